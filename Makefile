@@ -1,0 +1,18 @@
+# Two commands on a fresh machine with Python and pip: `make up`, `make test`.
+# uv is bootstrapped with pip when missing; `python3 -m uv` works even where pip's bin dir is not on PATH.
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: up test sync bootstrap
+
+bootstrap:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+sync: bootstrap
+	$(UV) sync --frozen
+
+up: sync
+	$(UV) run chorus up
+
+test: sync
+	$(UV) run pytest

@@ -1,0 +1,131 @@
+"""Data generators, loaders and the two training loops on tiny profiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from features import FrontEndConfig, decode_audio
+from training.birdcall_data import GenerateSpec, generate_dataset, read_manifest
+from training.birdcall_model import BirdCallArch, BirdCallNet
+from training.birdcall_synth import SPECIES, synthesize_recording
+from training.checkpoint import load_checkpoint, load_weights
+from training.frames_data import load_frames
+from training.frames_synth import render_frames
+
+
+def test_at_least_twelve_species_with_distinct_spectra():
+    assert len(SPECIES) >= 12
+    # Distinct call structures: the average spectra of any two species must differ clearly.
+    rate = 16_000
+    spectra = {}
+    for name in SPECIES:
+        rec = synthesize_recording(name, 6.0, rate, np.random.default_rng(1), lowpass_probability=0.0)
+        power = np.abs(np.fft.rfft(rec.audio)) ** 2
+        bands = np.add.reduceat(power, np.linspace(0, len(power) - 1, 65).astype(int)[:-1])
+        spectra[name] = bands / bands.sum()
+    names = list(spectra)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert np.abs(spectra[a] - spectra[b]).sum() > 0.05 or a == b, (a, b)
+
+
+def test_generation_is_deterministic_and_varied():
+    a = synthesize_recording("upsweep_finch", 4.0, 22_050, np.random.default_rng(7))
+    b = synthesize_recording("upsweep_finch", 4.0, 22_050, np.random.default_rng(7))
+    c = synthesize_recording("upsweep_finch", 4.0, 22_050, np.random.default_rng(8))
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert not np.allclose(a.audio, c.audio)
+    assert a.audio.dtype == np.float32 and np.abs(a.audio).max() <= 1.0
+
+
+def test_generated_dataset_round_trips_through_the_real_loader(tmp_path):
+    spec = GenerateSpec(recordings_per_species=4, min_seconds=3, max_seconds=4, n_species=12, seed=3)
+    csv_path = generate_dataset(tmp_path, spec, workers=1)
+    items = read_manifest(csv_path)
+    assert len(items) == 48
+    assert len({i.label for i in items}) == 12
+    # Split by recording: every recording sits in exactly one split.
+    assert {i.split for i in items} <= {"train", "val", "test"}
+    assert len({i.path for i in items}) == len(items)
+    for item in items[:6]:
+        decoded = decode_audio(item.path)
+        assert 3.0 <= decoded.duration_seconds <= 4.2
+
+
+def test_manifest_without_split_column_splits_by_hash(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"r{i}.wav,x\n" for i in range(200)))
+    items = read_manifest(tmp_path / "labels.csv")
+    splits = [i.split for i in items]
+    assert 0.6 < splits.count("train") / 200 < 0.95
+    assert items == read_manifest(tmp_path / "labels.csv")
+
+
+def test_manifest_errors_are_clear(tmp_path):
+    (tmp_path / "bad.csv").write_text("file,species\na.wav,x\n")
+    with pytest.raises(ValueError, match="path,label"):
+        read_manifest(tmp_path / "bad.csv")
+
+
+def test_birdcall_net_shapes():
+    arch = BirdCallArch(n_classes=15)
+    assert arch.seq_len == 39
+    model = BirdCallNet(arch).eval()
+    assert model(torch.zeros(3, *FrontEndConfig().feature_shape)).shape == (3, 15)
+
+
+def test_tiny_birdcall_training_writes_a_complete_checkpoint(tiny_birdcall, tiny_workspace):
+    assert 0.0 <= tiny_birdcall["test_accuracy"] <= 1.0
+    assert tiny_birdcall["n_classes"] == 12
+    checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("birdcall"))
+    assert checkpoint.labels == sorted(checkpoint.labels) and len(checkpoint.labels) == 12
+    assert len(checkpoint.norm_stats["mean"]) == 64
+    assert checkpoint.config["frontend"] == FrontEndConfig().to_dict()
+    model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
+    assert model(torch.zeros(1, 1, 64, 157)).shape == (1, 12)
+    reports = tiny_workspace.reports_dir("birdcall")
+    assert (reports / "confusion_matrix.png").stat().st_size > 1000
+    assert (reports / "training_curves.png").stat().st_size > 1000
+    # No pickles anywhere: weights are safetensors, the rest JSON.
+    for path in checkpoint.directory.iterdir():
+        assert path.suffix in {".safetensors", ".json"}, path
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+
+
+def test_rendered_keyboards_look_like_keyboards():
+    frames = render_frames(8, 32, seed=0)
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames, render_frames(8, 32, seed=0))
+    # Keys: bright white keys, near-black black keys, and vertical stripes (edges across x
+    # outweigh edges across y) in every frame.
+    for frame in frames:
+        gray = frame.mean(axis=2)
+        assert (gray > 180).mean() > 0.08
+        assert (gray < 60).mean() > 0.03
+        assert np.abs(np.diff(gray, axis=1)).mean() > 1.5 * np.abs(np.diff(gray, axis=0)).mean()
+
+
+def test_frames_loader_reads_any_image_folder(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(tmp_path / "a.jpg")
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (20, 30), (0, 255, 0)).save(tmp_path / "sub" / "b.png")
+    frames = load_frames(tmp_path, 16)
+    assert frames.shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="no images"):
+        load_frames(tmp_path / "sub" / "missing", 16)
+
+
+def test_tiny_frames_training_saves_weights_schedule_and_samples(tiny_frames, tiny_workspace):
+    assert np.isfinite(tiny_frames["final_loss"])
+    checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("frames"))
+    assert checkpoint.config["arch"]["objective"] == "pred_v"
+    assert checkpoint.config["arch"]["beta_schedule"] == "sigmoid"
+    alphas = np.array(checkpoint.config["alphas_cumprod"])
+    assert alphas.shape == (1000,) and np.all(np.diff(alphas) < 0)
+    assert (tiny_workspace.reports_dir("frames") / "samples.png").stat().st_size > 100

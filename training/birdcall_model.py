@@ -1,0 +1,65 @@
+"""The birdcall network (the seed's "autobird" architecture): conv blocks, one transformer layer,
+attention pooling, linear head. Input: normalized ln-mel windows [B, 1, n_mels, n_frames]."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BirdCallArch:
+    n_classes: int
+    n_mels: int = 64
+    n_frames: int = 157
+    d_model: int = 64
+    n_heads: int = 2
+    ff_dim: int = 2048
+    dropout: float = 0.1
+
+    @property
+    def seq_len(self) -> int:
+        """Time steps after two 2x poolings: 157 -> 78 -> 39."""
+        return self.n_frames // 2 // 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+
+
+class AttentionPool(nn.Module):
+    """Softmax-weighted sum over time: the model learns which steps hold the call."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.score = nn.Linear(d_model, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, D]
+        weights = torch.softmax(self.score(x), dim=1)
+        return (weights * x).sum(dim=1)
+
+
+class BirdCallNet(nn.Module):
+    def __init__(self, arch: BirdCallArch):
+        super().__init__()
+        self.arch = arch
+        self.features = nn.Sequential(_conv_block(1, 32), _conv_block(32, 64))
+        self.project = nn.Linear(64, arch.d_model)
+        self.position = nn.Parameter(torch.zeros(1, arch.seq_len, arch.d_model))
+        nn.init.normal_(self.position, std=0.02)
+        self.encoder = nn.TransformerEncoderLayer(
+            arch.d_model, arch.n_heads, dim_feedforward=arch.ff_dim, dropout=arch.dropout, batch_first=True
+        )
+        self.pool = AttentionPool(arch.d_model)
+        self.head = nn.Linear(arch.d_model, arch.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, n_mels, n_frames] -> logits [B, n_classes]."""
+        h = self.features(x).mean(dim=2)  # average over frequency: [B, 64, T]
+        h = self.project(h.transpose(1, 2)) + self.position
+        return self.head(self.pool(self.encoder(h)))

@@ -1,0 +1,73 @@
+"""Checkpoints: safetensors weights + JSON files. Never a pickled model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+LABELS = "labels.json"
+NORM_STATS = "norm_stats.json"
+METRICS = "metrics.json"
+
+
+@dataclass
+class Checkpoint:
+    """What training leaves behind and export reads."""
+
+    directory: Path
+    config: dict[str, Any]
+    """`model` name, `arch` kwargs, `frontend` config (birdcall), `training` facts."""
+    labels: list[str] | None
+    norm_stats: dict[str, list[float]] | None
+    metrics: dict[str, Any]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / WEIGHTS
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    labels: list[str] | None = None,
+    norm_stats: dict[str, list[float]] | None = None,
+) -> Checkpoint:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS)
+    _write_json(directory / CONFIG, config)
+    _write_json(directory / METRICS, metrics)
+    if labels is not None:
+        _write_json(directory / LABELS, labels)
+    if norm_stats is not None:
+        _write_json(directory / NORM_STATS, norm_stats)
+    return Checkpoint(directory, config, labels, norm_stats, metrics)
+
+
+def load_checkpoint(directory: Path) -> Checkpoint:
+    if not (directory / WEIGHTS).exists():
+        raise FileNotFoundError(f"no checkpoint in {directory} (missing {WEIGHTS}); train first: chorus train")
+
+    def read(name: str) -> Any:
+        path = directory / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    return Checkpoint(directory, read(CONFIG), read(LABELS), read(NORM_STATS), read(METRICS) or {})
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
+    model.load_state_dict(load_file(checkpoint.weights_path))
+    return model.eval()
