@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# A private model store: BentoML reads BENTOML_HOME once, at import, so set it before anything imports it.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="chorus-test-bentoml-")
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:

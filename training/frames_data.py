@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,22 @@ def generate_frames(out_dir: Path, n: int, size: int, seed: int) -> Path:
     return out_dir
 
 
+def _image_paths(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over every image's relative path and bytes: names the exact data a model was trained on."""
+    digest = hashlib.sha256()
+    for path in _image_paths(folder):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def load_frames(folder: Path, size: int) -> np.ndarray:
     """Every image under folder (recursively), center-cropped square and resized: [n, size, size, 3] uint8."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = _image_paths(folder)
     if not paths:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     frames = []

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from chorus.workspace import Workspace
 from training.checkpoint import save_checkpoint
-from training.frames_data import generate_frames, load_frames
+from training.frames_data import folder_hash, generate_frames, load_frames
 from training.plots import plot_curves, save_image_grid
 
 
@@ -138,6 +138,8 @@ def train_frames(profile: FramesProfile, workspace: Workspace, data_dir: Path | 
         "steps": step,
         "images": len(images),
         "image_size": arch.image_size,
+        "data_hash": folder_hash(data_dir),
+        "data_dir": str(data_dir),
         "parameters": sum(p.numel() for p in ema_model.model.parameters()),
         "seconds": round(time.perf_counter() - started, 1),
         "checkpoint": str(checkpoint_dir),

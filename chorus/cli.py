@@ -1,0 +1,88 @@
+"""The `chorus` command: train, export, up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from chorus.workspace import Workspace
+
+
+def _print_result(result: dict) -> None:
+    """Scripts that other programs read end with one JSON object on the last stdout line."""
+    sys.stdout.flush()
+    print(json.dumps(result), flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    workspace = Workspace.from_env()
+    if args.model == "birdcall":
+        from training.train_birdcall import PROFILES, train_birdcall
+
+        result = train_birdcall(PROFILES[args.profile], workspace, data_csv=args.data)
+    else:
+        from training.train_frames import PROFILES, train_frames
+
+        result = train_frames(PROFILES[args.profile], workspace, data_dir=args.data)
+    _print_result(result)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    workspace = Workspace.from_env()
+    if args.model == "birdcall":
+        from export.birdcall import export_birdcall
+
+        report = export_birdcall(workspace)
+    else:
+        from export.frames import export_frames
+
+        report = export_frames(workspace)
+    _print_result(report)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    """Train what has no checkpoint yet, export what is not in the model store yet, then serve."""
+    workspace = Workspace.from_env()
+    for model in ("birdcall", "frames"):
+        if not (workspace.checkpoint_dir(model) / "model.safetensors").exists():
+            print(f"chorus up: no {model} checkpoint in {workspace.home}; training the default profile", flush=True)
+            _train(argparse.Namespace(model=model, profile="default", data=None))
+        _export(argparse.Namespace(model=model))
+    print("chorus up: models trained and registered (`bentoml models list`); the HTTP service is not built yet", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model (generates stand-in data unless --data is given)")
+    train.add_argument("model", choices=["birdcall", "frames"])
+    train.add_argument("--profile", default="default", choices=["tiny", "default", "full"], help="data and model size")
+    train.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="real data: birdcall takes a labels CSV (path,label[,split]); frames takes a folder of images",
+    )
+    train.set_defaults(handler=_train)
+    export = sub.add_parser("export", help="export a trained model to ONNX variants, gate parity, register in BentoML")
+    export.add_argument("model", choices=["birdcall", "frames"])
+    export.set_defaults(handler=_export)
+    up = sub.add_parser("up", help="train if needed, export if needed, serve")
+    up.set_defaults(handler=_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

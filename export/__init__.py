@@ -1,0 +1,1 @@
+"""torch -> ONNX export, quantized variants, parity gates, BentoML model store registration."""

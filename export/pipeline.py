@@ -1,0 +1,121 @@
+"""The export steps every model shares: ONNX variants -> parity gate -> CPU timing -> registration -> report."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.onnx_tools import OPSET, convert_fp16, cpu_session, export_onnx, quantize_int8, run_batched, time_session
+from export.parity import Tolerance, check_parity
+from export.registry import content_hash, find_registered, git_sha, register
+from export.report import write_report
+from training.checkpoint import Checkpoint
+
+BATCH_SIZES = (1, 8, 32, 128)
+_BUILDERS: dict[str, Callable[[Path, Path], Path]] = {"int8": quantize_int8, "fp16": convert_fp16}
+
+
+@dataclass
+class ExportJob:
+    """Everything one model's export needs; the model modules fill it in."""
+
+    name: str
+    checkpoint: Checkpoint
+    module: torch.nn.Module
+    inputs: dict[str, np.ndarray]
+    """Held-out inputs, keyed by ONNX input name in forward()'s argument order, batch first."""
+    output: str
+    variants: tuple[str, ...]
+    tolerances: dict[str, Tolerance]
+    digest: str
+    labels: np.ndarray | None = None
+    """Ground-truth classes of the held-out inputs, for accuracy checks (classifiers only)."""
+    store_labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    checkpoint_files: tuple[str, ...] = ()
+    """Checkpoint files copied next to the ONNX files (config, labels, stats, metrics)."""
+    bench_batch_sizes: tuple[int, ...] = BATCH_SIZES
+
+
+def export_digest(checkpoint: Checkpoint, files: tuple[str, ...], variants: tuple[str, ...], tolerances: dict[str, Tolerance]) -> str:
+    """Same checkpoint, settings and export code -> same digest -> no new model version."""
+    settings = {"opset": OPSET, "variants": list(variants), "tolerances": {k: vars(tolerances[k]) for k in variants}}
+    export_code = sorted(Path(__file__).parent.glob("*.py"))
+    return content_hash([checkpoint.directory / name for name in files] + export_code, settings)
+
+
+def already_registered(name: str, digest: str, reports_dir: Path) -> dict[str, Any] | None:
+    """The stored report when this exact export is in the model store already."""
+    existing = find_registered(name, digest)
+    if existing is None:
+        return None
+    report = dict(existing.info.metadata["report"], tag=str(existing.tag), created=False)
+    write_report(report, reports_dir)
+    return report
+
+
+def _torch_reference(module: torch.nn.Module, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+    n = len(next(iter(inputs.values())))
+    with torch.inference_mode():
+        outs = [module(*(torch.from_numpy(v[i : i + batch_size]) for v in inputs.values())) for i in range(0, n, batch_size)]
+    return torch.cat(outs).numpy()
+
+
+def _tile(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in inputs.items()}
+
+
+def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
+    """Export every variant, gate it, time it and register the lot. A ParityError registers nothing."""
+    reference = _torch_reference(job.module.eval(), job.inputs)
+    staging = Path(tempfile.mkdtemp(prefix=f"chorus-export-{job.name}-"))
+    try:
+        example = {k: torch.from_numpy(v[:2]) for k, v in job.inputs.items()}
+        paths = {"fp32": export_onnx(job.module, example, [job.output], staging / f"{job.name}.fp32.onnx")}
+        for variant in job.variants:
+            if variant != "fp32":
+                paths[variant] = _BUILDERS[variant](paths["fp32"], staging / f"{job.name}.{variant}.onnx")
+        outputs: dict[str, np.ndarray] = {}
+        variants: dict[str, Any] = {}
+        for variant in job.variants:
+            session = cpu_session(paths[variant])
+            outputs[variant] = run_batched(session, job.inputs)
+            # fp32 is held to torch; the other variants to fp32 ONNX, whose accuracy they must keep.
+            against = reference if variant == "fp32" else outputs["fp32"]
+            parity = check_parity(variant, job.output, against, outputs[variant], job.tolerances[variant], job.labels)
+            variants[variant] = {
+                "file": paths[variant].name,
+                "size_bytes": paths[variant].stat().st_size,
+                "parity": parity.to_dict(),
+                "tolerance": vars(job.tolerances[variant]),
+                "cpu_timing": time_session(session, lambda b: _tile(job.inputs, b), job.bench_batch_sizes),
+            }
+        for name in job.checkpoint_files:
+            shutil.copy2(job.checkpoint.directory / name, staging / name)
+        report = {
+            "model": job.name,
+            "tag": None,
+            "created": True,
+            "checkpoint": str(job.checkpoint.directory),
+            "reference": "torch eager (fp32); fp32 ONNX (other variants)",
+            "held_out_inputs": len(reference),
+            "git_sha": git_sha(),
+            "data_hash": job.checkpoint.metrics.get("data_hash"),
+            "inputs": {k: {"shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in job.inputs.items()},
+            "output": {"name": job.output, "shape": ["batch", *reference.shape[1:]], "dtype": "float32"},
+            "variants": variants,
+        }
+        store_labels = {"framework": "onnx", "variants": ",".join(job.variants), "git_sha": report["git_sha"][:12], **job.store_labels}
+        tag, created = register(job.name, staging, store_labels, {"report": report, **job.metadata}, job.digest)
+        report.update(tag=tag, created=created)
+        write_report(report, reports_dir)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
