@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,26 +13,17 @@ import torch
 
 import export.pipeline
 from export.birdcall import export_birdcall
-from export.frames import export_frames
 from export.onnx_tools import cpu_session
 from export.parity import ParityError, Tolerance, check_parity
+from tests.conftest import TINY_TOLERANCES
 from training.checkpoint import load_checkpoint
 
-# The tiny test model is barely trained: its logits are near ties, so int8/fp16 argmax flips
-# are expected there. The real tolerances (export.birdcall.TOLERANCES) hold for trained models.
-TINY_TOLERANCES = {
-    "int8": Tolerance(min_top1_agreement=0.5),
-    "fp16": Tolerance(max_abs_diff=0.1, min_top1_agreement=0.5),
-}
-
-
 @pytest.fixture(scope="module")
-def birdcall_report(tiny_birdcall, tiny_workspace):
-    return export_birdcall(tiny_workspace, tolerances=TINY_TOLERANCES)
+def birdcall_report(tiny_exports):
+    return tiny_exports["birdcall"]
 
 
 def test_birdcall_export_registers_all_variants_with_metadata(birdcall_report, tiny_workspace):
-    assert birdcall_report["created"] is True
     assert set(birdcall_report["variants"]) == {"fp32", "int8", "fp16"}
     fp32 = birdcall_report["variants"]["fp32"]
     assert fp32["parity"]["max_abs_diff"] <= 1e-3
@@ -77,7 +69,7 @@ def test_parity_gate_refuses_a_perturbed_model_and_registers_nothing(birdcall_re
     real_export = export.pipeline.export_onnx
 
     def export_perturbed(module, example, outputs, path):
-        broken = __import__("copy").deepcopy(module)
+        broken = copy.deepcopy(module)
         with torch.no_grad():
             broken.head.weight.add_(torch.randn_like(broken.head.weight))
         return real_export(broken, example, outputs, path)
@@ -106,8 +98,8 @@ def test_check_parity_measures_and_names_each_limit():
         check_parity("v", "y", reference, reference * np.nan, Tolerance(max_abs_diff=1.0))
 
 
-def test_frames_export_registers_the_denoiser(tiny_frames, tiny_workspace):
-    report = export_frames(tiny_workspace)
+def test_frames_export_registers_the_denoiser(tiny_exports):
+    report = tiny_exports["frames"]
     assert set(report["variants"]) == {"fp32", "fp16"}
     assert report["variants"]["fp32"]["parity"]["max_abs_diff"] <= 1e-3
     model = bentoml.models.get(report["tag"])

@@ -1,0 +1,93 @@
+"""The engine: one BentoML service that owns the ONNX Runtime sessions and batches model calls.
+
+Batching contract (BentoML adaptive batching, per engine process, one batch at a time):
+- `birdcall_logits`: input [n, 1, 64, 157] float32 normalized log-mel windows, output [n, classes]
+  float32 logits. Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per
+  batch; callers split larger requests (the core does).
+- `frames_denoise`: input [n, 4, H, W] float32 = x_t (3 channels) with the timestep t filled into a
+  4th plane (BentoML batches one array argument); output v [n, 3, H, W]. Batch unit: one image at
+  one DDIM step, so requests at different steps share batches.
+Models load in a background thread; `__is_ready__` turns true only after every warm-up batch ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import bentoml
+import numpy as np
+
+from service.models import LoadedModel, choose_providers, load_model
+from service.settings import ServiceSettings
+
+log = logging.getLogger("chorus.engine")
+settings = ServiceSettings()
+
+
+def pack_denoise_input(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(x_t [n,3,H,W], t [n]) -> [n,4,H,W]: one array, as BentoML batching wants."""
+    plane = np.broadcast_to(t.astype(np.float32)[:, None, None, None], (len(t), 1, *x_t.shape[2:]))
+    return np.concatenate([x_t.astype(np.float32), plane], axis=1)
+
+
+@bentoml.service(name="chorus-engine", workers=1, traffic={"timeout": 300})
+class Engine:
+    def __init__(self) -> None:
+        self.birdcall: LoadedModel | None = None
+        self.frames: LoadedModel | None = None
+        self._ready = threading.Event()
+        self.load_error: str | None = None
+        threading.Thread(target=self._load, name="chorus-model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            providers = choose_providers(settings.providers)
+            self.birdcall = load_model(settings.birdcall_model, settings.birdcall_variant, providers, settings.ort_threads)
+            self.frames = load_model(settings.frames_model, settings.frames_variant, providers, settings.ort_threads)
+            self._warm_up()
+            self._ready.set()
+            log.info("engine ready: %s, %s", self.birdcall.info(), self.frames.info())
+        except Exception as exc:  # reported through /readyz and every call, not swallowed
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model loading failed")
+
+    def _warm_up(self) -> None:
+        """Run each batch size once, so first requests see neither lazy init nor a bad latency fit."""
+        bird_shape = [d if isinstance(d, int) else 1 for d in self.birdcall.session.get_inputs()[0].shape]
+        size = int(self.frames.config["arch"]["image_size"])
+        for n in settings.warmup_batch_sizes:
+            self._run_birdcall(np.zeros((min(n, settings.birdcall_max_batch_size), *bird_shape[1:]), np.float32))
+            k = min(n, settings.frames_max_batch_size)
+            self._run_frames(pack_denoise_input(np.zeros((k, 3, size, size), np.float32), np.zeros(k, np.float32)))
+
+    def __is_ready__(self) -> bool:
+        return self._ready.is_set()
+
+    def _require_ready(self) -> None:
+        if not self._ready.wait(timeout=120):
+            raise RuntimeError(self.load_error or "models are still loading")
+
+    def _run_birdcall(self, windows: np.ndarray) -> np.ndarray:
+        return self.birdcall.session.run(None, {"features": windows.astype(np.float32, copy=False)})[0]
+
+    def _run_frames(self, packed: np.ndarray) -> np.ndarray:
+        x_t = np.ascontiguousarray(packed[:, :3], dtype=np.float32)
+        t = np.ascontiguousarray(packed[:, 3, 0, 0], dtype=np.float32)
+        return self.frames.session.run(None, {"x_t": x_t, "t": t})[0]
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.birdcall_max_batch_size, max_latency_ms=settings.birdcall_max_latency_ms)
+    def birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
+        self._require_ready()
+        return self._run_birdcall(windows)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.frames_max_batch_size, max_latency_ms=settings.frames_max_latency_ms)
+    def frames_denoise(self, packed: np.ndarray) -> np.ndarray:
+        self._require_ready()
+        return self._run_frames(packed)
+
+    @bentoml.api
+    def models(self) -> dict:
+        """Name, version, variant and provider of each served model (empty until loaded)."""
+        self._require_ready()
+        return {"birdcall": self.birdcall.info(), "frames": self.frames.info()}

@@ -1,0 +1,93 @@
+"""Request errors and their one mapping to HTTP: status code + a JSON body a user can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features import (
+    ACCEPTED_FORMATS,
+    AudioError,
+    AudioTooLongError,
+    CorruptAudioError,
+    EmptyAudioError,
+    InvalidSamplesError,
+    UnsupportedFormatError,
+)
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status. `details` lands in the JSON body next to the message."""
+
+    status = 500
+    kind = "internal_error"
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers: dict[str, str] = {}
+
+
+class BadRequest(ServiceError):
+    status, kind = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status, kind = 401, "unauthorized"
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message, **details)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(ServiceError):
+    status, kind = 404, "not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, kind = 413, "payload_too_large"
+
+
+class UnsupportedMedia(ServiceError):
+    status, kind = 415, "unsupported_media"
+
+
+class InvalidParameter(ServiceError):
+    status, kind = 422, "invalid_parameter"
+
+
+class Overloaded(ServiceError):
+    status, kind = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after: int, **details: Any):
+        super().__init__(message, retry_after_seconds=retry_after, **details)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class NotReady(Overloaded):
+    kind = "not_ready"
+
+
+class DeadlineExceeded(ServiceError):
+    status, kind = 504, "deadline_exceeded"
+
+
+_AUDIO_STATUS: list[tuple[type[AudioError], type[ServiceError]]] = [
+    (EmptyAudioError, BadRequest),
+    (AudioTooLongError, PayloadTooLarge),
+    (UnsupportedFormatError, UnsupportedMedia),
+    (CorruptAudioError, UnsupportedMedia),
+    (InvalidSamplesError, UnsupportedMedia),
+]
+
+
+def from_audio_error(exc: AudioError, **details: Any) -> ServiceError:
+    """Typed front-end errors -> HTTP errors, with the accepted formats in the body."""
+    for audio_type, http_type in _AUDIO_STATUS:
+        if isinstance(exc, audio_type):
+            return http_type(str(exc), accepted_formats=list(ACCEPTED_FORMATS), **details)
+    return UnsupportedMedia(str(exc), accepted_formats=list(ACCEPTED_FORMATS), **details)
+
+
+def error_body(exc: ServiceError) -> dict[str, Any]:
+    return {"error": {"type": exc.kind, "status": exc.status, "message": exc.message, **exc.details}}

@@ -1,0 +1,121 @@
+"""What every HTTP adapter shares: error responses, auth, body limits, deadlines, parameter parsing."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, ServiceError, Unauthorized, error_body
+from service.settings import ServiceSettings
+
+log = logging.getLogger("chorus.http")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
+
+
+def json_errors(handler: Handler) -> Handler:
+    """Map ServiceError to its status with a JSON body; anything unexpected is a JSON 500, logged."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServiceError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(ServiceError("internal error; the server log has the details"))
+
+    return wrapped
+
+
+def authorize(request: Request, settings: ServiceSettings) -> None:
+    """When an API token is configured, inference routes need 'Authorization: Bearer <token>'."""
+    if not settings.api_token:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.api_token):
+        raise Unauthorized("missing or wrong API token; send 'Authorization: Bearer <token>'")
+
+
+def check_content_length(request: Request, limit: int) -> None:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"the request body has {int(length)} bytes; at most {limit} are accepted", max_bytes=limit)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length said)."""
+    check_content_length(request, limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body passes {limit} bytes, the limit", max_bytes=limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise BadRequest("the request body is empty; send the audio file as the body or as multipart field 'audio'")
+    return body
+
+
+def deadline_seconds(request: Request, settings: ServiceSettings) -> float:
+    """X-Request-Timeout (seconds) can shorten, never lengthen, the server's default deadline."""
+    raw = request.headers.get("x-request-timeout")
+    if raw is None:
+        return settings.default_deadline_seconds
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InvalidParameter(f"X-Request-Timeout must be a positive number of seconds, got {raw!r}")
+    return min(value, settings.default_deadline_seconds)
+
+
+def parse_int(params: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"{name} must be an integer from {low} to {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise InvalidParameter(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def parse_float(params: Any, name: str, default: float, low: float, high: float) -> float:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"{name} must be a number from {low} to {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise InvalidParameter(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def parse_bool(params: Any, name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    text = str(raw).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidParameter(f"{name} must be true or false, got {raw!r}")

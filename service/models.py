@@ -1,0 +1,77 @@
+"""Load exported models from the BentoML model store into ONNX Runtime sessions (no torch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import onnxruntime as ort
+
+from features import FrontEnd, FrontEndConfig, NormStats
+
+log = logging.getLogger("chorus.models")
+
+
+def choose_providers(preference: str) -> list[str]:
+    """CUDA first when asked for (or 'auto') and available; CPU always last, so a GPU-less host falls back."""
+    available = ort.get_available_providers()
+    if preference in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if preference == "cuda":
+        log.warning("CUDA requested but onnxruntime has no CUDAExecutionProvider (%s): using CPU", available)
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Spinning threads steal the cores numpy pre-processing needs (measured 4x lower throughput).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    """Model store name (birdcall, frames)."""
+    version: str
+    variant: str
+    path: Path
+    session: ort.InferenceSession
+    config: dict
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def info(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "variant": self.variant, "provider": self.provider}
+
+
+def load_model(tag: str, variant: str, providers: list[str], threads: int) -> LoadedModel:
+    """Resolve a tag (e.g. birdcall:latest) and open the variant's ONNX file."""
+    model = bentoml.models.get(tag)
+    path = Path(model.path)
+    onnx_path = path / f"{model.tag.name}.{variant}.onnx"
+    if not onnx_path.exists():
+        raise FileNotFoundError(f"{model.tag} has no {variant} variant ({onnx_path.name}); re-export with it")
+    config = json.loads((path / "config.json").read_text())
+    session = make_session(onnx_path, providers, threads)
+    return LoadedModel(model.tag.name, model.tag.version or "", variant, path, session, config)
+
+
+def birdcall_frontend(model: LoadedModel) -> tuple[FrontEnd, list[str]]:
+    """The front end and labels stored with the model, so serving features match training exactly."""
+    labels = json.loads((model.path / "labels.json").read_text())
+    stats = NormStats.load(model.path / "norm_stats.json")
+    return FrontEnd(FrontEndConfig.from_dict(model.config["frontend"]), stats), labels
+
+
+def frames_schedule(model: LoadedModel) -> tuple[np.ndarray, int]:
+    """alphas_cumprod (float64, one per training timestep) and the image size."""
+    return np.asarray(model.config["alphas_cumprod"], np.float64), int(model.config["arch"]["image_size"])

@@ -1,0 +1,164 @@
+"""REST adapter: /classify, /classify/batch, /generate and the web page, thin over the inference core."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from service.core import ClassifyOptions, GenerateRequest, encode_png
+from service.errors import BadRequest, InvalidParameter, ServiceError
+from service.http_common import (
+    authorize,
+    check_content_length,
+    deadline_seconds,
+    json_errors,
+    parse_bool,
+    parse_float,
+    parse_int,
+    read_body,
+)
+
+if TYPE_CHECKING:
+    from service.service import Chorus
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _chorus(request: Request) -> Chorus:
+    return request.app.state.chorus
+
+
+async def _form(request: Request, max_files: int, limit: int):
+    check_content_length(request, limit)
+    try:
+        return await request.form(max_files=max_files, max_fields=20, max_part_size=limit)
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from exc
+
+
+async def _upload_bytes(upload: Any, field: str) -> bytes:
+    if not isinstance(upload, UploadFile):
+        raise BadRequest(f"multipart requests need a file field {field!r} holding the recording")
+    data = await upload.read()
+    if not data:
+        raise BadRequest(f"the file in field {field!r} ({upload.filename}) is empty")
+    return data
+
+
+def _classify_options(chorus: Chorus, params: Any) -> ClassifyOptions:
+    n_labels = len(chorus.birdcall_core().labels)
+    return ClassifyOptions(
+        top_k=parse_int(params, "top_k", min(chorus.settings.default_top_k, n_labels), 1, n_labels),
+        timeline=parse_bool(params, "timeline", True),
+        min_confidence=parse_float(params, "min_confidence", 0.0, 0.0, 1.0),
+    )
+
+
+@json_errors
+async def classify(request: Request) -> Response:
+    chorus = _chorus(request)
+    authorize(request, chorus.settings)
+    limit = chorus.settings.max_upload_bytes
+    params: dict[str, Any] = dict(request.query_params)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await _form(request, 1, limit)
+        data = await _upload_bytes(form.get("audio"), "audio")
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    else:
+        data = await read_body(request, limit)
+    core = await chorus.ready_birdcall()
+    options = _classify_options(chorus, params)
+    result = await chorus.admission.run(core.classify(data, options), deadline_seconds(request, chorus.settings))
+    return JSONResponse(result)
+
+
+@json_errors
+async def classify_batch(request: Request) -> Response:
+    chorus = _chorus(request)
+    authorize(request, chorus.settings)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest("send the recordings as multipart/form-data, each in a file field named 'audio'")
+    max_files = chorus.settings.max_batch_files
+    form = await _form(request, max_files, chorus.settings.max_upload_bytes)
+    uploads = form.getlist("audio")
+    if not uploads:
+        raise BadRequest(f"no file fields named 'audio'; send 1-{max_files} recordings")
+    files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
+    params = {**request.query_params, **{k: v for k, v in form.items() if isinstance(v, str)}}
+    core = await chorus.ready_birdcall()
+    options = _classify_options(chorus, params)
+
+    async def one(name: str, data: bytes) -> dict[str, Any]:
+        try:
+            return {"file": name, **await core.classify(data, options)}
+        except ServiceError as exc:
+            exc.details["file"] = name
+            exc.message = f"{name}: {exc.message}"
+            raise
+
+    async def run_all() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(name, data) for name, data in files)))
+
+    results = await chorus.admission.run(run_all(), deadline_seconds(request, chorus.settings))
+    return JSONResponse({"results": results})
+
+
+@json_errors
+async def generate(request: Request) -> Response:
+    chorus = _chorus(request)
+    authorize(request, chorus.settings)
+    params: dict[str, Any] = dict(request.query_params)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("the JSON body must be an object like {\"count\": 1, \"steps\": 50, \"seed\": 0}")
+        params.update(body)
+    s = chorus.settings
+    req = GenerateRequest(
+        count=parse_int(params, "count", 1, 1, s.max_images),
+        steps=parse_int(params, "steps", 50, s.min_steps, s.max_steps),
+        seed=parse_int(params, "seed", 0, 0, 2**63 - 1),
+    )
+    fmt = str(params.get("format") or ("png" if req.count == 1 else "json"))
+    if fmt not in ("png", "json"):
+        raise InvalidParameter(f"format must be 'png' or 'json', got {fmt!r}")
+    if fmt == "png" and req.count != 1:
+        raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
+    core = await chorus.ready_frames()
+    images, timings = await chorus.admission.run(core.generate(req), deadline_seconds(request, s))
+    headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": core.model_info["version"]}
+    if fmt == "png":
+        return Response(encode_png(images[0]), media_type="image/png", headers=headers)
+    return JSONResponse(
+        {
+            "model": core.model_info,
+            "count": req.count,
+            "steps": req.steps,
+            "seed": req.seed,
+            "images": [base64.b64encode(encode_png(img)).decode() for img in images],
+            "timings_ms": timings,
+        }
+    )
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+ROUTES = [
+    Route("/classify", classify, methods=["POST"]),
+    Route("/classify/batch", classify_batch, methods=["POST"]),
+    Route("/generate", generate, methods=["POST"]),
+    Route("/", index, methods=["GET"]),
+]

@@ -1,0 +1,87 @@
+"""The chorus API service: REST, KServe v2 HTTP (and gRPC) adapters over one inference core per model.
+
+Run with `bentoml serve` from the repo root (bentofile.yaml names `service.service:Chorus`) or
+`chorus up`. Pre-processing runs in these API workers; model calls go to the Engine service,
+whose batchable methods batch across all requests and protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from features import FrontEnd, FrontEndConfig, NormStats
+from starlette.applications import Starlette
+
+from service import kserve, rest
+from service.core import Admission, BirdcallCore, FramesCore
+from service.engine import Engine, pack_denoise_input
+from service.errors import NotReady
+from service.settings import ServiceSettings
+
+log = logging.getLogger("chorus.service")
+settings = ServiceSettings()
+app = Starlette(routes=[*rest.ROUTES, *kserve.ROUTES])
+
+
+@bentoml.service(name="chorus", workers=settings.api_workers, traffic={"timeout": 300})
+@bentoml.asgi_app(app, path="/")
+class Chorus:
+    engine = bentoml.depends(Engine)
+
+    def __init__(self) -> None:
+        self.settings = settings
+        self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds)
+        self._birdcall: BirdcallCore | None = None
+        self._frames: FramesCore | None = None
+        self._init_lock = asyncio.Lock()
+        app.state.chorus = self
+
+    async def _init_cores(self) -> None:
+        """Build the cores once the engine is ready, from the exact model versions it loaded."""
+        async with self._init_lock:
+            if self._birdcall is not None:
+                return
+            if not await self.engine.is_ready(1):
+                raise NotReady("the models are still loading; retry shortly (GET /readyz says when)", settings.retry_after_seconds)
+            info = await self.engine.to_async.models()
+            bird_path = Path(bentoml.models.get(f"{info['birdcall']['name']}:{info['birdcall']['version']}").path)
+            bird_config = json.loads((bird_path / "config.json").read_text())
+            frontend = FrontEnd(FrontEndConfig.from_dict(bird_config["frontend"]), NormStats.load(bird_path / "norm_stats.json"))
+            labels = json.loads((bird_path / "labels.json").read_text())
+            self._birdcall = BirdcallCore(
+                frontend, labels, info["birdcall"], self._birdcall_logits, settings.birdcall_max_batch_size, settings.max_audio_seconds
+            )
+            frames_path = Path(bentoml.models.get(f"{info['frames']['name']}:{info['frames']['version']}").path)
+            frames_config = json.loads((frames_path / "config.json").read_text())
+            self._frames = FramesCore(
+                np.asarray(frames_config["alphas_cumprod"], np.float64),
+                int(frames_config["arch"]["image_size"]),
+                info["frames"],
+                self._denoise,
+                (settings.max_images, settings.min_steps, settings.max_steps),
+            )
+
+    async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
+        return await self.engine.to_async.birdcall_logits(windows)
+
+    async def _denoise(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return await self.engine.to_async.frames_denoise(pack_denoise_input(x_t, t))
+
+    async def ready_birdcall(self) -> BirdcallCore:
+        await self._init_cores()
+        return self._birdcall
+
+    async def ready_frames(self) -> FramesCore:
+        await self._init_cores()
+        return self._frames
+
+    def birdcall_core(self) -> BirdcallCore:
+        return self._birdcall
+
+    def frames_core(self) -> FramesCore:
+        return self._frames

@@ -1,0 +1,60 @@
+"""Every serving knob in one typed place. Each field reads env var CHORUS_<FIELD> (e.g. CHORUS_MAX_BATCH_SIZE)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHORUS_", extra="ignore")
+
+    # Models
+    birdcall_model: str = Field("birdcall:latest", description="BentoML model tag of the exported birdcall model.")
+    birdcall_variant: Literal["fp32", "int8", "fp16"] = Field(
+        "fp32", description="ONNX variant to serve; fp16 is for GPUs (slower on CPU)."
+    )
+    frames_model: str = Field("frames:latest", description="BentoML model tag of the exported frames denoiser.")
+    frames_variant: Literal["fp32", "fp16"] = Field("fp32", description="ONNX variant of the denoiser.")
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime providers: auto takes CUDA when onnxruntime-gpu sees a GPU, else CPU."
+    )
+    ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 lets ORT choose (one per core).")
+
+    # Adaptive batching (BentoML): units are windows (birdcall) and denoising steps (frames)
+    birdcall_max_batch_size: int = Field(64, ge=1, description="Most 5 s windows in one birdcall batch.")
+    birdcall_max_latency_ms: int = Field(
+        2000, ge=1, description="Longest a window may wait for and run in a batch before BentoML answers 503, in ms."
+    )
+    frames_max_batch_size: int = Field(32, ge=1, description="Most denoising steps (one image each) in one frames batch.")
+    frames_max_latency_ms: int = Field(10_000, ge=1, description="Batch latency budget for one denoising step, in ms.")
+    warmup_batch_sizes: tuple[int, ...] = Field(
+        (1, 8, 32, 64), description="Batch sizes run once before /readyz says ready."
+    )
+
+    # Requests
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest accepted request body, in bytes (413 past it).")
+    max_audio_seconds: float = Field(600.0, gt=0, description="Longest accepted recording, in seconds (413 past it).")
+    max_batch_files: int = Field(16, ge=1, description="Most files in one /classify/batch request.")
+    default_top_k: int = Field(3, ge=1, description="Species per window and overall when the request does not say.")
+    max_in_flight: int = Field(
+        256, ge=1, description="Inference requests one API worker holds at once; past it: 503 with Retry-After."
+    )
+    retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503 overload answers, in seconds.")
+    default_deadline_seconds: float = Field(
+        60.0, gt=0, description="Per-request deadline unless the X-Request-Timeout header (seconds) says less; 504 past it."
+    )
+    api_token: str | None = Field(
+        None, description="When set, inference routes need 'Authorization: Bearer <token>' (health and /metrics stay open)."
+    )
+
+    # Frames generation limits
+    max_images: int = Field(16, ge=1, description="Most images per /generate request.")
+    min_steps: int = Field(5, ge=1, description="Fewest DDIM steps per /generate request.")
+    max_steps: int = Field(250, ge=1, description="Most DDIM steps per /generate request.")
+
+    # Processes and ports
+    api_workers: int = Field(1, ge=1, description="API worker processes (decode and features run here).")
+    grpc_port: int = Field(3001, ge=0, description="Port of the KServe v2 gRPC server; 0 disables it.")
