@@ -22,20 +22,34 @@ def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
-def json_errors(handler: Handler) -> Handler:
-    """Map ServiceError to its status with a JSON body; anything unexpected is a JSON 500, logged."""
+def kserve_error_response(exc: ServiceError) -> JSONResponse:
+    """The Open Inference Protocol's error shape: 'error' is the message string (tritonclient reads it so)."""
+    body = {"error": exc.message, "type": exc.kind, **exc.details}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
+
+def _json_errors(handler: Handler, respond: Callable[[ServiceError], JSONResponse]) -> Handler:
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
         except ServiceError as exc:
-            return error_response(exc)
+            return respond(exc)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error_response(ServiceError("internal error; the server log has the details"))
+            return respond(ServiceError("internal error; the server log has the details"))
 
     return wrapped
+
+
+def json_errors(handler: Handler) -> Handler:
+    """Map ServiceError to its status with a JSON body; anything unexpected is a JSON 500, logged."""
+    return _json_errors(handler, error_response)
+
+
+def kserve_errors(handler: Handler) -> Handler:
+    """As json_errors, in the KServe v2 error shape."""
+    return _json_errors(handler, kserve_error_response)
 
 
 def authorize(request: Request, settings: ServiceSettings) -> None:

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.errors import InvalidParameter, NotFound, NotReady
-from service.http_common import authorize, deadline_seconds, json_errors, read_body
+from service.http_common import authorize, deadline_seconds, kserve_errors, read_body
 from service.kserve_codec import HEADER_LENGTH, build_response, parse_request
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ async def server_ready(request: Request) -> Response:
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-@json_errors
+@kserve_errors
 async def model_metadata(request: Request) -> Response:
     chorus = _chorus(request)
     if not await _ready(chorus):
@@ -99,7 +99,7 @@ async def model_metadata(request: Request) -> Response:
     return JSONResponse(_metadata(chorus, request.path_params["name"]))
 
 
-@json_errors
+@kserve_errors
 async def model_ready(request: Request) -> Response:
     chorus = _chorus(request)
     name = request.path_params["name"]
@@ -129,7 +129,7 @@ async def _infer_denoiser(chorus: Chorus, tensors: dict) -> dict[str, np.ndarray
     return {"v": await core.denoise_batch(x_t, t, chorus.settings.frames_max_batch_size)}
 
 
-@json_errors
+@kserve_errors
 async def infer(request: Request) -> Response:
     chorus = _chorus(request)
     authorize(request, chorus.settings)
