@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up test sync bootstrap
+.PHONY: up test sync bootstrap protos
 
 bootstrap:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -16,3 +16,7 @@ up: sync
 
 test: sync
 	$(UV) run pytest
+
+# Regenerate the KServe v2 gRPC modules after editing service/kserve_v2.proto.
+protos: sync
+	$(UV) run python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. service/kserve_v2.proto

@@ -30,12 +30,24 @@ def _chorus(request: Request) -> Chorus:
     return request.app.state.chorus
 
 
-async def _ready(chorus: Chorus) -> bool:
+async def is_ready(chorus: Chorus) -> bool:
     try:
         await chorus.ready_birdcall()
         return True
     except NotReady:
         return False
+
+
+def check_model_name(name: str) -> None:
+    if name not in (BIRDCALL, DENOISER):
+        raise NotFound(f"no model named {name!r}; models: {[BIRDCALL, DENOISER]}")
+
+
+async def model_metadata_for(chorus: Chorus, name: str) -> dict[str, Any]:
+    check_model_name(name)
+    if not await is_ready(chorus):
+        raise NotReady("the models are still loading; retry shortly", chorus.settings.retry_after_seconds)
+    return _metadata(chorus, name)
 
 
 def _metadata(chorus: Chorus, name: str) -> dict[str, Any]:
@@ -87,25 +99,20 @@ async def server_live(request: Request) -> Response:
 
 
 async def server_ready(request: Request) -> Response:
-    ready = await _ready(_chorus(request))
+    ready = await is_ready(_chorus(request))
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 @kserve_errors
 async def model_metadata(request: Request) -> Response:
-    chorus = _chorus(request)
-    if not await _ready(chorus):
-        raise NotReady("the models are still loading; retry shortly", chorus.settings.retry_after_seconds)
-    return JSONResponse(_metadata(chorus, request.path_params["name"]))
+    return JSONResponse(await model_metadata_for(_chorus(request), request.path_params["name"]))
 
 
 @kserve_errors
 async def model_ready(request: Request) -> Response:
-    chorus = _chorus(request)
     name = request.path_params["name"]
-    if name not in (BIRDCALL, DENOISER):
-        raise NotFound(f"no model named {name!r}; models: {[BIRDCALL, DENOISER]}")
-    ready = await _ready(chorus)
+    check_model_name(name)
+    ready = await is_ready(_chorus(request))
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
@@ -129,18 +136,23 @@ async def _infer_denoiser(chorus: Chorus, tensors: dict) -> dict[str, np.ndarray
     return {"v": await core.denoise_batch(x_t, t, chorus.settings.frames_max_batch_size)}
 
 
+async def run_inference(chorus: Chorus, name: str, tensors: dict, deadline: float) -> tuple[str, dict[str, np.ndarray]]:
+    """What every KServe protocol (HTTP, gRPC) calls: (model version, output tensors by name)."""
+    handlers = {BIRDCALL: _infer_birdcall, DENOISER: _infer_denoiser}
+    check_model_name(name)
+    outputs = await chorus.admission.run(handlers[name](chorus, tensors), deadline)
+    return _metadata(chorus, name)["versions"][0], outputs
+
+
 @kserve_errors
 async def infer(request: Request) -> Response:
     chorus = _chorus(request)
     authorize(request, chorus.settings)
     name = request.path_params["name"]
-    handlers = {BIRDCALL: _infer_birdcall, DENOISER: _infer_denoiser}
-    if name not in handlers:
-        raise NotFound(f"no model named {name!r}; models: {sorted(handlers)}")
+    check_model_name(name)
     body = await read_body(request, chorus.settings.max_upload_bytes)
     kserve_request, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    outputs = await chorus.admission.run(handlers[name](chorus, tensors), deadline_seconds(request, chorus.settings))
-    version = _metadata(chorus, name)["versions"][0]
+    version, outputs = await run_inference(chorus, name, tensors, deadline_seconds(request, chorus.settings))
     content, headers = build_response(kserve_request, name, version, outputs)
     return Response(content, headers=headers)
 

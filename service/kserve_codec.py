@@ -42,7 +42,7 @@ def datatype_of(array: np.ndarray) -> str:
     raise TypeError(f"no KServe datatype for {array.dtype}")
 
 
-def _decode_bytes_tensor(raw: bytes) -> np.ndarray:
+def decode_bytes_tensor(raw: bytes) -> np.ndarray:
     items, offset = [], 0
     while offset < len(raw):
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -52,12 +52,33 @@ def _decode_bytes_tensor(raw: bytes) -> np.ndarray:
     return np.array(items, dtype=object)
 
 
-def _encode_bytes_tensor(array: np.ndarray) -> bytes:
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
     out = bytearray()
     for item in array.reshape(-1):
         data = item if isinstance(item, bytes) else str(item).encode()
         out += struct.pack("<I", len(data)) + data
     return bytes(out)
+
+
+def tensor_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
+    """Flat row-major bytes (binary extension, gRPC raw contents) -> a checked Tensor."""
+    if datatype != "BYTES" and datatype not in DTYPES:
+        raise InvalidParameter(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DTYPES) + ['BYTES']}")
+    if datatype == "BYTES":
+        array = decode_bytes_tensor(raw)
+    else:
+        itemsize = np.dtype(DTYPES[datatype]).itemsize
+        if len(raw) % itemsize:
+            raise InvalidParameter(f"input {name!r}: {len(raw)} bytes are not a whole number of {datatype} values")
+        array = np.frombuffer(raw, dtype=DTYPES[datatype])
+    if array.size != int(np.prod(shape)):
+        raise InvalidParameter(f"input {name!r}: {array.size} values do not fill shape {shape}")
+    return Tensor(name, datatype, list(shape), array.reshape(shape))
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """A tensor's flat row-major bytes, BYTES tensors length-prefixed."""
+    return encode_bytes_tensor(array) if datatype_of(array) == "BYTES" else np.ascontiguousarray(array).tobytes()
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -84,23 +105,23 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
         except (KeyError, TypeError, ValueError):
             raise BadRequest("each input needs 'name', 'datatype' and an integer 'shape'") from None
-        if datatype != "BYTES" and datatype not in DTYPES:
-            raise InvalidParameter(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DTYPES) + ['BYTES']}")
         size = (spec.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             raw = binary[offset : offset + int(size)]
             if len(raw) != int(size):
                 raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body")
             offset += int(size)
-            array = _decode_bytes_tensor(raw) if datatype == "BYTES" else np.frombuffer(raw, dtype=DTYPES[datatype])
-        else:
-            if "data" not in spec:
-                raise BadRequest(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-            try:
-                dtype = object if datatype == "BYTES" else DTYPES[datatype]
-                array = np.asarray(spec["data"], dtype=dtype).reshape(-1)
-            except (TypeError, ValueError) as exc:
-                raise InvalidParameter(f"input {name!r}: data does not fit {datatype}: {exc}") from None
+            tensors[name] = tensor_from_raw(name, datatype, shape, raw)
+            continue
+        if datatype != "BYTES" and datatype not in DTYPES:
+            raise InvalidParameter(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DTYPES) + ['BYTES']}")
+        if "data" not in spec:
+            raise BadRequest(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        try:
+            dtype = object if datatype == "BYTES" else DTYPES[datatype]
+            array = np.asarray(spec["data"], dtype=dtype).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameter(f"input {name!r}: data does not fit {datatype}: {exc}") from None
         if array.size != int(np.prod(shape)):
             raise InvalidParameter(f"input {name!r}: {array.size} values do not fill shape {shape}")
         tensors[name] = Tensor(name, datatype, shape, array.reshape(shape))
@@ -129,7 +150,7 @@ def build_response(
         datatype = datatype_of(array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if wants_binary(request, name):
-            blob = _encode_bytes_tensor(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            blob = raw_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -39,6 +39,7 @@ class Chorus:
         self._birdcall: BirdcallCore | None = None
         self._frames: FramesCore | None = None
         self._init_lock = asyncio.Lock()
+        self._grpc = None
         app.state.chorus = self
 
     async def _init_cores(self) -> None:
@@ -65,6 +66,19 @@ class Chorus:
                 self._denoise,
                 (settings.max_images, settings.min_steps, settings.max_steps),
             )
+
+    @bentoml.on_startup
+    async def _start_grpc(self) -> None:
+        # Imported here, in the worker only: the generated `inference.*` protobuf symbols would
+        # clash with tritonclient's copies in any client process that imports this module.
+        from service.grpc_server import start_grpc_server
+
+        self._grpc = await start_grpc_server(self, settings.grpc_port) if settings.grpc_port else None
+
+    @bentoml.on_shutdown
+    async def _stop_grpc(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=5)  # in-flight calls finish first
 
     async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         return await self.engine.to_async.birdcall_logits(windows)

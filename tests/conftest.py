@@ -107,6 +107,7 @@ def serve(**env: str):
     import bentoml
 
     port = free_port()
+    env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -125,7 +126,16 @@ def serve(**env: str):
         server.stop()
 
 
+_GRPC_PORTS: dict[str, int] = {}
+
+
+def server_grpc_port(url: str) -> int:
+    return _GRPC_PORTS[url]
+
+
 @pytest.fixture(scope="session")
 def server_url(tiny_exports):
-    with serve(CHORUS_GRPC_PORT=str(free_port())) as url:
+    grpc_port = free_port()
+    with serve(CHORUS_GRPC_PORT=str(grpc_port)) as url:
+        _GRPC_PORTS[url] = grpc_port
         yield url

@@ -85,3 +85,48 @@ def test_kserve_errors(triton, server_url):
         body = {"inputs": [{"name": "log_mel", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]}]}
         r = c.post("/v2/models/birdcall/infer", content=json.dumps(body))
         assert r.status_code == 422 and "log_mel must have shape" in r.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def triton_grpc(server_url):
+    import tritonclient.grpc as triton_grpc_client
+
+    from tests.conftest import server_grpc_port
+
+    client = triton_grpc_client.InferenceServerClient(f"127.0.0.1:{server_grpc_port(server_url)}")
+    yield triton_grpc_client, client
+    client.close()
+
+
+def test_grpc_metadata_and_readiness(triton_grpc):
+    _, client = triton_grpc
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("birdcall")
+    meta = client.get_model_metadata("birdcall", as_json=True)
+    assert {i["name"] for i in meta["inputs"]} == {"waveform", "log_mel"}
+    assert client.get_server_metadata(as_json=True)["name"] == "chorus"
+
+
+def test_grpc_birdcall_and_denoiser(triton_grpc):
+    module, client = triton_grpc
+    waveform = (0.1 * np.random.default_rng(1).standard_normal(16_000 * 3)).astype(np.float32)
+    inp = module.InferInput("waveform", [len(waveform)], "FP32")
+    inp.set_data_from_numpy(waveform)
+    result = client.infer("birdcall", [inp])
+    assert result.as_numpy("probabilities").shape == (1, 12)
+    assert result.as_numpy("labels").shape == (12,)
+    x_t = np.zeros((2, 3, 16, 16), np.float32)
+    inputs = [module.InferInput("x_t", [2, 3, 16, 16], "FP32"), module.InferInput("t", [2], "FP32")]
+    inputs[0].set_data_from_numpy(x_t)
+    inputs[1].set_data_from_numpy(np.array([10, 900], np.float32))
+    assert client.infer("frames-denoiser", inputs).as_numpy("v").shape == (2, 3, 16, 16)
+
+
+def test_grpc_errors_map_to_status_codes(triton_grpc):
+    module, client = triton_grpc
+    with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+        client.get_model_metadata("nope")
+    bad = module.InferInput("waveform", [4], "FP32")
+    bad.set_data_from_numpy(np.array([1, np.nan, 0, 0], np.float32))
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*NaN"):
+        client.infer("birdcall", [bad])
