@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up test sync bootstrap protos
+.PHONY: up test sync bootstrap protos requirements
 
 bootstrap:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -20,3 +20,7 @@ test: sync
 # Regenerate the KServe v2 gRPC modules after editing service/kserve_v2.proto.
 protos: sync
 	$(UV) run python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. service/kserve_v2.proto
+
+# The Bento's serving requirements (no torch, no training tools), pinned from uv.lock.
+requirements: bootstrap
+	$(UV) export --frozen --no-default-groups --no-hashes --no-emit-project --no-header -o docker/requirements.txt

@@ -1,10 +1,11 @@
-"""The `chorus` command: train, export, up."""
+"""The `chorus` command: train, export, serve, up."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +46,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """`bentoml serve` of the chorus service from the repo root, with the gRPC port passed as a setting."""
+    env = {**os.environ, "CHORUS_GRPC_PORT": str(args.grpc_port)}
+    command = [sys.executable, "-m", "bentoml", "serve", "service.service:Chorus", "--host", args.host, "--port", str(args.port)]
+    print(f"chorus: serving HTTP on http://{args.host}:{args.port} and KServe v2 gRPC on port {args.grpc_port}", flush=True)
+    try:
+        return subprocess.call(command, env=env, cwd=Path(__file__).resolve().parent.parent)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     """Train what has no checkpoint yet, export what is not in the model store yet, then serve."""
     workspace = Workspace.from_env()
@@ -53,8 +65,13 @@ def _up(args: argparse.Namespace) -> int:
             print(f"chorus up: no {model} checkpoint in {workspace.home}; training the default profile", flush=True)
             _train(argparse.Namespace(model=model, profile="default", data=None))
         _export(argparse.Namespace(model=model))
-    print("chorus up: models trained and registered (`bentoml models list`); the HTTP service is not built yet", flush=True)
-    return 0
+    return _serve(args)
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
+    parser.add_argument("--grpc-port", type=int, default=3001, help="KServe v2 gRPC port (default 3001; 0 disables)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", choices=["birdcall", "frames"])
     export.set_defaults(handler=_export)
     up = sub.add_parser("up", help="train if needed, export if needed, serve")
+    _add_serve_options(up)
     up.set_defaults(handler=_up)
+    serve = sub.add_parser("serve", help="serve the registered models (REST, KServe v2 HTTP + gRPC, web page)")
+    _add_serve_options(serve)
+    serve.set_defaults(handler=_serve)
     return parser
 
 
