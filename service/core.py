@@ -22,6 +22,7 @@ from PIL import Image
 from features import AudioError, DecodedAudio, FrontEnd, decode_audio, resample
 from service.ddim import ddim_sample, to_uint8_images
 from service.errors import DeadlineExceeded, InvalidParameter, Overloaded, from_audio_error
+from service.metrics import Metrics
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 Denoise = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
@@ -33,10 +34,11 @@ class Admission:
     Past the bound a request is refused at once with 503 + Retry-After: never an unbounded wait.
     """
 
-    def __init__(self, max_in_flight: int, retry_after: int):
+    def __init__(self, max_in_flight: int, retry_after: int, metrics: Metrics | None = None):
         self.max_in_flight = max_in_flight
         self.retry_after = retry_after
         self.in_flight = 0
+        self.metrics = metrics
 
     @asynccontextmanager
     async def slot(self):
@@ -46,10 +48,14 @@ class Admission:
                 self.retry_after,
             )
         self.in_flight += 1
+        if self.metrics:
+            self.metrics.in_flight.inc()
         try:
             yield
         finally:
             self.in_flight -= 1
+            if self.metrics:
+                self.metrics.in_flight.dec()
 
     async def run(self, work: Awaitable[Any], deadline_seconds: float) -> Any:
         async with self.slot():
@@ -76,7 +82,17 @@ class ClassifyOptions:
 
 
 class BirdcallCore:
-    def __init__(self, frontend: FrontEnd, labels: list[str], model_info: dict[str, str], infer: Infer, max_batch: int, max_seconds: float):
+    def __init__(
+        self,
+        frontend: FrontEnd,
+        labels: list[str],
+        model_info: dict[str, str],
+        infer: Infer,
+        max_batch: int,
+        max_seconds: float,
+        metrics: Metrics | None = None,
+    ):
+        self.metrics = metrics
         self.frontend = frontend
         self.labels = labels
         self.model_info = model_info
@@ -164,6 +180,9 @@ class BirdcallCore:
             ]
         timings["postprocess"] = time.perf_counter() - start
         timings["total"] = time.perf_counter() - started
+        if self.metrics:
+            top1 = [self.labels[i] for i in probs.argmax(axis=1)]
+            self.metrics.record_classification(self.model_info, timings, top1, decoded.duration_seconds, decoded.sample_rate)
         result["timings_ms"] = {k: round(v * 1e3, 3) for k, v in timings.items()}
         return result
 
@@ -176,7 +195,16 @@ class GenerateRequest:
 
 
 class FramesCore:
-    def __init__(self, alphas_cumprod: np.ndarray, image_size: int, model_info: dict[str, str], denoise: Denoise, limits: tuple[int, int, int]):
+    def __init__(
+        self,
+        alphas_cumprod: np.ndarray,
+        image_size: int,
+        model_info: dict[str, str],
+        denoise: Denoise,
+        limits: tuple[int, int, int],
+        metrics: Metrics | None = None,
+    ):
+        self.metrics = metrics
         self.alphas_cumprod = alphas_cumprod
         self.image_size = image_size
         self.model_info = model_info
@@ -211,7 +239,10 @@ class FramesCore:
         started = time.perf_counter()
         shape = (request.count, 3, self.image_size, self.image_size)
         images = await ddim_sample(self.denoise, self.alphas_cumprod, shape, request.steps, request.seed)
-        return to_uint8_images(images), {"total": round((time.perf_counter() - started) * 1e3, 3)}
+        total = time.perf_counter() - started
+        if self.metrics:
+            self.metrics.stage_seconds.labels(self.model_info["name"], self.model_info["variant"], "total").observe(total)
+        return to_uint8_images(images), {"total": round(total * 1e3, 3)}
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import bentoml
 import numpy as np
 
+from service.metrics import Metrics
 from service.models import LoadedModel, choose_providers, load_model
 from service.settings import ServiceSettings
 
@@ -38,6 +40,7 @@ class Engine:
         self.frames: LoadedModel | None = None
         self._ready = threading.Event()
         self.load_error: str | None = None
+        self.metrics = Metrics()
         threading.Thread(target=self._load, name="chorus-model-loader", daemon=True).start()
 
     def _load(self) -> None:
@@ -46,6 +49,8 @@ class Engine:
             self.birdcall = load_model(settings.birdcall_model, settings.birdcall_variant, providers, settings.ort_threads)
             self.frames = load_model(settings.frames_model, settings.frames_variant, providers, settings.ort_threads)
             self._warm_up()
+            for model in (self.birdcall, self.frames):
+                self.metrics.model_info.labels(**model.info()).set(1)
             self._ready.set()
             log.info("engine ready: %s, %s", self.birdcall.info(), self.frames.info())
         except Exception as exc:  # reported through /readyz and every call, not swallowed
@@ -76,15 +81,22 @@ class Engine:
         t = np.ascontiguousarray(packed[:, 3, 0, 0], dtype=np.float32)
         return self.frames.session.run(None, {"x_t": x_t, "t": t})[0]
 
+    def _observed(self, model: LoadedModel, run, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = run(batch)
+        self.metrics.batch_seconds.labels(model.name, model.variant).observe(time.perf_counter() - start)
+        self.metrics.batch_size.labels(model.name).observe(len(batch))
+        return out
+
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.birdcall_max_batch_size, max_latency_ms=settings.birdcall_max_latency_ms)
     def birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         self._require_ready()
-        return self._run_birdcall(windows)
+        return self._observed(self.birdcall, self._run_birdcall, windows)
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.frames_max_batch_size, max_latency_ms=settings.frames_max_latency_ms)
     def frames_denoise(self, packed: np.ndarray) -> np.ndarray:
         self._require_ready()
-        return self._run_frames(packed)
+        return self._observed(self.frames, self._run_frames, packed)
 
     @bentoml.api
     def models(self) -> dict:

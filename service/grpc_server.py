@@ -83,6 +83,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self.chorus = chorus
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: ServiceError) -> None:
+        self.chorus.metrics.record_error("grpc", exc.kind, exc.status)
         await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:

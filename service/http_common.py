@@ -29,15 +29,21 @@ def kserve_error_response(exc: ServiceError) -> JSONResponse:
 
 
 def _json_errors(handler: Handler, respond: Callable[[ServiceError], JSONResponse]) -> Handler:
+    route = handler.__name__
+
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
         except ServiceError as exc:
-            return respond(exc)
+            error = exc
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return respond(ServiceError("internal error; the server log has the details"))
+            error = ServiceError("internal error; the server log has the details")
+        chorus = getattr(request.app.state, "chorus", None)
+        if chorus is not None:
+            chorus.metrics.record_error(route, error.kind, error.status)
+        return respond(error)
 
     return wrapped
 
@@ -68,8 +74,14 @@ def check_content_length(request: Request, limit: int) -> None:
         raise PayloadTooLarge(f"the request body has {int(length)} bytes; at most {limit} are accepted", max_bytes=limit)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, route: str) -> bytes:
     """The raw body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length said)."""
+    body = await _read_body(request, limit)
+    request.app.state.chorus.metrics.body_bytes.labels(route).observe(len(body))
+    return body
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     check_content_length(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -150,7 +150,7 @@ async def infer(request: Request) -> Response:
     authorize(request, chorus.settings)
     name = request.path_params["name"]
     check_model_name(name)
-    body = await read_body(request, chorus.settings.max_upload_bytes)
+    body = await read_body(request, chorus.settings.max_upload_bytes, "kserve_infer")
     kserve_request, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
     version, outputs = await run_inference(chorus, name, tensors, deadline_seconds(request, chorus.settings))
     content, headers = build_response(kserve_request, name, version, outputs)

@@ -72,8 +72,9 @@ async def classify(request: Request) -> Response:
         form = await _form(request, 1, limit)
         data = await _upload_bytes(form.get("audio"), "audio")
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
+        chorus.metrics.body_bytes.labels("classify").observe(len(data))
     else:
-        data = await read_body(request, limit)
+        data = await read_body(request, limit, "classify")
     core = await chorus.ready_birdcall()
     options = _classify_options(chorus, params)
     result = await chorus.admission.run(core.classify(data, options), deadline_seconds(request, chorus.settings))

@@ -21,6 +21,7 @@ from service import kserve, rest
 from service.core import Admission, BirdcallCore, FramesCore
 from service.engine import Engine, pack_denoise_input
 from service.errors import NotReady
+from service.metrics import Metrics
 from service.settings import ServiceSettings
 
 log = logging.getLogger("chorus.service")
@@ -35,7 +36,8 @@ class Chorus:
 
     def __init__(self) -> None:
         self.settings = settings
-        self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds)
+        self.metrics = Metrics()
+        self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds, self.metrics)
         self._birdcall: BirdcallCore | None = None
         self._frames: FramesCore | None = None
         self._init_lock = asyncio.Lock()
@@ -55,7 +57,13 @@ class Chorus:
             frontend = FrontEnd(FrontEndConfig.from_dict(bird_config["frontend"]), NormStats.load(bird_path / "norm_stats.json"))
             labels = json.loads((bird_path / "labels.json").read_text())
             self._birdcall = BirdcallCore(
-                frontend, labels, info["birdcall"], self._birdcall_logits, settings.birdcall_max_batch_size, settings.max_audio_seconds
+                frontend,
+                labels,
+                info["birdcall"],
+                self._birdcall_logits,
+                settings.birdcall_max_batch_size,
+                settings.max_audio_seconds,
+                self.metrics,
             )
             frames_path = Path(bentoml.models.get(f"{info['frames']['name']}:{info['frames']['version']}").path)
             frames_config = json.loads((frames_path / "config.json").read_text())
@@ -65,6 +73,7 @@ class Chorus:
                 info["frames"],
                 self._denoise,
                 (settings.max_images, settings.min_steps, settings.max_steps),
+                self.metrics,
             )
 
     @bentoml.on_startup
@@ -81,10 +90,20 @@ class Chorus:
             await self._grpc.stop(grace=5)  # in-flight calls finish first
 
     async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
-        return await self.engine.to_async.birdcall_logits(windows)
+        pending = self.metrics.engine_queue.labels("birdcall")
+        pending.inc(len(windows))
+        try:
+            return await self.engine.to_async.birdcall_logits(windows)
+        finally:
+            pending.dec(len(windows))
 
     async def _denoise(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return await self.engine.to_async.frames_denoise(pack_denoise_input(x_t, t))
+        pending = self.metrics.engine_queue.labels("frames")
+        pending.inc(len(x_t))
+        try:
+            return await self.engine.to_async.frames_denoise(pack_denoise_input(x_t, t))
+        finally:
+            pending.dec(len(x_t))
 
     async def ready_birdcall(self) -> BirdcallCore:
         await self._init_cores()

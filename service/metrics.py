@@ -1,0 +1,81 @@
+"""chorus' Prometheus metrics (besides BentoML's built-ins), correct with several worker processes.
+
+prometheus_client decides single- or multi-process mode when it is first imported, and BentoML
+sets PROMETHEUS_MULTIPROC_DIR in each worker only after importing the service module: so the
+metrics are created in the worker (`Metrics()` in a service's __init__), never at import time.
+Units are in the names; buckets fit the measured timings (sub-millisecond stages included).
+"""
+
+from __future__ import annotations
+
+# Seconds: post-processing takes ~0.1 ms, decode/features ~1-30 ms, a generate call seconds.
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+RATE_BUCKETS = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
+BYTES_BUCKETS = tuple(2**k for k in range(10, 27, 2))  # 1 KiB .. 64 MiB
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.stage_seconds = Histogram(
+            "chorus_stage_duration_seconds",
+            "Time per request stage: decode, resample, features, inference (round trip to the engine, "
+            "queue wait included), postprocess, total (end to end).",
+            ["model", "variant", "stage"],
+            buckets=STAGE_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "chorus_batch_size",
+            "Items per engine batch: 5 s windows (birdcall) or images at one DDIM step (frames).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+        )
+        self.batch_seconds = Histogram(
+            "chorus_batch_duration_seconds",
+            "ONNX Runtime time per engine batch; request duration at the engine minus this is queue wait.",
+            ["model", "variant"],
+            buckets=STAGE_BUCKETS,
+        )
+        self.predictions = Counter("chorus_predictions_total", "Top-1 class of each classified window.", ["model", "label"])
+        self.errors = Counter("chorus_errors_total", "Requests answered with an error.", ["route", "type", "status"])
+        self.rejected = Counter("chorus_rejected_total", "Requests refused with 503 (overload or not ready).", ["route", "reason"])
+        self.timeouts = Counter("chorus_timeouts_total", "Requests that passed their deadline (504).", ["route"])
+        self.audio_seconds = Histogram(
+            "chorus_audio_duration_seconds", "Duration of received recordings.", buckets=DURATION_BUCKETS
+        )
+        self.sample_rate = Histogram(
+            "chorus_audio_sample_rate_hertz", "Sample rate of received recordings.", buckets=RATE_BUCKETS
+        )
+        self.body_bytes = Histogram("chorus_request_body_bytes", "Size of inference request bodies.", ["route"], buckets=BYTES_BUCKETS)
+        self.in_flight = Gauge(
+            "chorus_in_flight_requests", "Inference requests held by the API workers (the admission queue depth).",
+            multiprocess_mode="livesum",
+        )
+        self.engine_queue = Gauge(
+            "chorus_engine_pending_items", "Items sent to the engine and not yet answered.", ["model"],
+            multiprocess_mode="livesum",
+        )
+        self.model_info = Gauge(
+            "chorus_model_info", "1 for each served model, with its name, version, variant and ONNX Runtime provider.",
+            ["name", "version", "variant", "provider"],
+            multiprocess_mode="max",
+        )
+
+    def record_error(self, route: str, kind: str, status: int) -> None:
+        self.errors.labels(route, kind, str(status)).inc()
+        if status == 503:
+            self.rejected.labels(route, kind).inc()
+        elif status == 504:
+            self.timeouts.labels(route).inc()
+
+    def record_classification(self, model: dict[str, str], timings: dict[str, float], top1: list[str], duration: float, rate: int) -> None:
+        """timings in seconds per stage; top1 = the top label of each window."""
+        for stage, seconds in timings.items():
+            self.stage_seconds.labels(model["name"], model["variant"], stage).observe(seconds)
+        for label in top1:
+            self.predictions.labels(model["name"], label).inc()
+        self.audio_seconds.observe(duration)
+        self.sample_rate.observe(rate)

@@ -1,0 +1,78 @@
+"""/metrics after real traffic: chorus' own metrics with their names, labels and counts."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import encode
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels without worker/pid ids): value}, summed across processes."""
+    samples: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("pid", "worker_index")))
+            samples[(s.name, labels)] = samples.get((s.name, labels), 0.0) + s.value
+    return samples
+
+
+def value(samples, metric: str, **labels: str) -> float:
+    """Sum of the samples of `metric` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, l), v in samples.items() if n == metric and want <= set(l))
+
+
+@pytest.fixture(scope="module")
+def client(server_url):
+    with httpx.Client(base_url=server_url, timeout=120) as c:
+        yield c
+
+
+def test_metrics_after_traffic(client, chirp):
+    before = scrape(client)
+    wav = encode(chirp, 44_100, "WAV", "PCM_16")  # 3 s -> one window
+    for _ in range(3):
+        assert client.post("/classify", content=wav).status_code == 200
+    assert client.post("/classify", content=b"not audio at all").status_code == 415
+    assert client.post("/generate", json={"steps": 5, "count": 2}).status_code == 200
+    assert client.post("/generate", json={"steps": 500}).status_code == 422
+    after = scrape(client)
+
+    def delta(metric: str, **labels: str) -> float:
+        return value(after, metric, **labels) - value(before, metric, **labels)
+
+    for stage in ("decode", "resample", "features", "inference", "postprocess", "total"):
+        assert delta("chorus_stage_duration_seconds_count", model="birdcall", variant="fp32", stage=stage) == 3, stage
+    assert delta("chorus_stage_duration_seconds_count", model="frames", stage="total") == 1
+    assert delta("chorus_predictions_total", model="birdcall") == 3
+    assert delta("chorus_audio_duration_seconds_count") == 3
+    assert delta("chorus_audio_sample_rate_hertz_bucket", le="44100.0") == 3
+    assert delta("chorus_audio_sample_rate_hertz_bucket", le="32000.0") == 0
+    assert delta("chorus_errors_total", route="classify", type="unsupported_media", status="415") == 1
+    assert delta("chorus_errors_total", route="generate", type="invalid_parameter", status="422") == 1
+    assert delta("chorus_request_body_bytes_count", route="classify") == 4
+    # Engine side: batch sizes in items (windows; images per DDIM step) and ORT time per batch.
+    assert delta("chorus_batch_size_sum", model="birdcall") == 3
+    assert delta("chorus_batch_size_sum", model="frames") == 2 * 5
+    assert delta("chorus_batch_duration_seconds_count", model="birdcall", variant="fp32") >= 1
+    # Gauges: every model announced once, nothing left in flight.
+    assert value(after, "chorus_model_info", name="birdcall", variant="fp32", provider="CPUExecutionProvider") == 1
+    assert value(after, "chorus_model_info", name="frames") == 1
+    assert value(after, "chorus_in_flight_requests") == 0
+    assert value(after, "chorus_engine_pending_items") == 0
+    # Sub-millisecond buckets exist where stages are that fast.
+    assert ("chorus_stage_duration_seconds_bucket", (("le", "0.0001"), ("model", "birdcall"), ("stage", "postprocess"), ("variant", "fp32"))) in after
+
+
+def test_rejections_and_timeouts_are_counted(client, chirp):
+    before = scrape(client)
+    wav = encode(chirp, 16_000, "WAV", "PCM_16")
+    assert client.post("/generate", json={"steps": 250, "count": 16}, headers={"X-Request-Timeout": "0.05"}).status_code == 504
+    assert client.post("/classify", content=wav).status_code == 200
+    after = scrape(client)
+    assert value(after, "chorus_timeouts_total", route="generate") - value(before, "chorus_timeouts_total", route="generate") == 1
+    assert value(after, "chorus_errors_total", status="504") - value(before, "chorus_errors_total", status="504") == 1
