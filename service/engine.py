@@ -51,6 +51,8 @@ class Engine:
             self._warm_up()
             for model in (self.birdcall, self.frames):
                 self.metrics.model_info.labels(**model.info()).set(1)
+            for label, share in self.birdcall.training_metrics.get("train_class_share", {}).items():
+                self.metrics.training_class_share.labels(self.birdcall.name, label).set(share)
             self._ready.set()
             log.info("engine ready: %s, %s", self.birdcall.info(), self.frames.info())
         except Exception as exc:  # reported through /readyz and every call, not swallowed

@@ -64,6 +64,13 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.training_class_share = Gauge(
+            "chorus_training_class_share",
+            "Share of each class among the training windows (reference for the class-drift alert).",
+            ["model", "label"],
+            multiprocess_mode="max",
+        )
+
     def record_error(self, route: str, kind: str, status: int) -> None:
         self.errors.labels(route, kind, str(status)).inc()
         if status == 503:

@@ -44,6 +44,7 @@ class LoadedModel:
     path: Path
     session: ort.InferenceSession
     config: dict
+    training_metrics: dict
 
     @property
     def provider(self) -> str:
@@ -61,17 +62,25 @@ def load_model(tag: str, variant: str, providers: list[str], threads: int) -> Lo
     if not onnx_path.exists():
         raise FileNotFoundError(f"{model.tag} has no {variant} variant ({onnx_path.name}); re-export with it")
     config = json.loads((path / "config.json").read_text())
+    metrics_path = path / "metrics.json"
+    training_metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     session = make_session(onnx_path, providers, threads)
-    return LoadedModel(model.tag.name, model.tag.version or "", variant, path, session, config)
+    return LoadedModel(model.tag.name, model.tag.version or "", variant, path, session, config, training_metrics)
 
 
-def birdcall_frontend(model: LoadedModel) -> tuple[FrontEnd, list[str]]:
+def stored_model_path(name: str, version: str) -> Path:
+    return Path(bentoml.models.get(f"{name}:{version}").path)
+
+
+def birdcall_frontend(path: Path) -> tuple[FrontEnd, list[str]]:
     """The front end and labels stored with the model, so serving features match training exactly."""
-    labels = json.loads((model.path / "labels.json").read_text())
-    stats = NormStats.load(model.path / "norm_stats.json")
-    return FrontEnd(FrontEndConfig.from_dict(model.config["frontend"]), stats), labels
+    config = json.loads((path / "config.json").read_text())
+    labels = json.loads((path / "labels.json").read_text())
+    stats = NormStats.load(path / "norm_stats.json")
+    return FrontEnd(FrontEndConfig.from_dict(config["frontend"]), stats), labels
 
 
-def frames_schedule(model: LoadedModel) -> tuple[np.ndarray, int]:
+def frames_schedule(path: Path) -> tuple[np.ndarray, int]:
     """alphas_cumprod (float64, one per training timestep) and the image size."""
-    return np.asarray(model.config["alphas_cumprod"], np.float64), int(model.config["arch"]["image_size"])
+    config = json.loads((path / "config.json").read_text())
+    return np.asarray(config["alphas_cumprod"], np.float64), int(config["arch"]["image_size"])

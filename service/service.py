@@ -8,13 +8,10 @@ whose batchable methods batch across all requests and protocols.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from pathlib import Path
 
 import bentoml
 import numpy as np
-from features import FrontEnd, FrontEndConfig, NormStats
 from starlette.applications import Starlette
 
 from service import kserve, rest
@@ -22,6 +19,7 @@ from service.core import Admission, BirdcallCore, FramesCore
 from service.engine import Engine, pack_denoise_input
 from service.errors import NotReady
 from service.metrics import Metrics
+from service.models import birdcall_frontend, frames_schedule, stored_model_path
 from service.settings import ServiceSettings
 
 log = logging.getLogger("chorus.service")
@@ -52,10 +50,7 @@ class Chorus:
             if not await self.engine.is_ready(1):
                 raise NotReady("the models are still loading; retry shortly (GET /readyz says when)", settings.retry_after_seconds)
             info = await self.engine.to_async.models()
-            bird_path = Path(bentoml.models.get(f"{info['birdcall']['name']}:{info['birdcall']['version']}").path)
-            bird_config = json.loads((bird_path / "config.json").read_text())
-            frontend = FrontEnd(FrontEndConfig.from_dict(bird_config["frontend"]), NormStats.load(bird_path / "norm_stats.json"))
-            labels = json.loads((bird_path / "labels.json").read_text())
+            frontend, labels = birdcall_frontend(stored_model_path(info["birdcall"]["name"], info["birdcall"]["version"]))
             self._birdcall = BirdcallCore(
                 frontend,
                 labels,
@@ -65,11 +60,10 @@ class Chorus:
                 settings.max_audio_seconds,
                 self.metrics,
             )
-            frames_path = Path(bentoml.models.get(f"{info['frames']['name']}:{info['frames']['version']}").path)
-            frames_config = json.loads((frames_path / "config.json").read_text())
+            alphas_cumprod, image_size = frames_schedule(stored_model_path(info["frames"]["name"], info["frames"]["version"]))
             self._frames = FramesCore(
-                np.asarray(frames_config["alphas_cumprod"], np.float64),
-                int(frames_config["arch"]["image_size"]),
+                alphas_cumprod,
+                image_size,
                 info["frames"],
                 self._denoise,
                 (settings.max_images, settings.min_steps, settings.max_steps),

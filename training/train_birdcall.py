@@ -158,6 +158,10 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         "best_epoch": best_epoch,
         "epochs_run": len(history["val_loss"]),
         "windows": {name: len(ws) for name, ws in splits.items()},
+        # What the model saw in training; the service exports it so drift alerts can compare.
+        "train_class_share": {
+            label: round(float(np.mean(splits["train"].labels == i)), 6) for i, label in enumerate(labels)
+        },
         "n_classes": len(labels),
         "data_hash": dataset_hash(data_csv),
         "data_csv": str(data_csv),
