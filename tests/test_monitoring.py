@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -80,9 +81,9 @@ def test_dashboard_queries_only_metrics_that_exist():
     assert len(exprs) >= 8
     known = (ROOT / "service" / "metrics.py").read_text() + "bentoml_service_request_total bentoml_service_adaptive_batch_size"
     recorded = [line.split(":", 1)[1].strip() for line in (MONITORING / "alerts.yml").read_text().splitlines() if "- record:" in line]
-    known += " ".join(recorded)
+    known += " " + " ".join(recorded)
     for expr in exprs:
-        words = expr.replace("(", " ").replace("{", " ").replace("[", " ").split()
+        words = re.split(r"[\s(){}\[\],/*]+", expr)
         names = [w for w in words if w.startswith(("chorus_", "chorus:", "bentoml_"))]
         assert names, expr
         for name in names:
