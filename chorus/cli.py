@@ -1,4 +1,4 @@
-"""The `chorus` command: train, export, serve, up."""
+"""The `chorus` command: train, export, serve, up, loadtest."""
 
 from __future__ import annotations
 
@@ -68,6 +68,18 @@ def _up(args: argparse.Namespace) -> int:
     return _serve(args)
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    """Locust headless against a running server; exit 1 when the SLO is broken."""
+    from loadtests.runner import SLO, read_summary, run_locust, verdict
+
+    out_dir = args.out or Workspace.from_env().reports_dir("loadtest")
+    prefix = run_locust(args.host, args.users, args.spawn_rate, args.duration, out_dir)
+    summary = read_summary(prefix)
+    result = {**summary, **verdict(summary, SLO(args.p99_ms, args.max_error_ratio)), "reports": str(out_dir)}
+    _print_result(result)
+    return 0 if result["slo_held"] else 1
+
+
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
@@ -96,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the registered models (REST, KServe v2 HTTP + gRPC, web page)")
     _add_serve_options(serve)
     serve.set_defaults(handler=_serve)
+    load = sub.add_parser("loadtest", help="Locust headless SLO run against a running server")
+    load.add_argument("--host", default="http://localhost:3000", help="server URL (loopback or your own test hosts only)")
+    load.add_argument("--users", type=int, default=16, help="concurrent simulated users")
+    load.add_argument("--spawn-rate", type=float, default=4.0, help="users started per second")
+    load.add_argument("--duration", type=int, default=60, help="run time in seconds")
+    load.add_argument("--p99-ms", type=float, default=2000.0, help="SLO: aggregated p99 latency in ms")
+    load.add_argument("--max-error-ratio", type=float, default=0.0, help="SLO: allowed share of failed requests")
+    load.add_argument("--out", type=Path, default=None, help="report folder (CSV + HTML); default artifacts/reports/loadtest")
+    load.set_defaults(handler=_loadtest)
     return parser
 
 

@@ -33,7 +33,14 @@ def pack_denoise_input(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.concatenate([x_t.astype(np.float32), plane], axis=1)
 
 
-@bentoml.service(name="chorus-engine", workers=1, traffic={"timeout": 300})
+# The API workers' client to this service otherwise swaps its connection pool every 100 calls and
+# closes the old one under requests still in flight (500s under load): keep one pool for good.
+@bentoml.service(
+    name="chorus-engine",
+    workers=1,
+    traffic={"timeout": 300},
+    runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
+)
 class Engine:
     def __init__(self) -> None:
         self.birdcall: LoadedModel | None = None

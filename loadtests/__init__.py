@@ -1,0 +1,1 @@
+"""Locust load tests and the headless SLO runner (`chorus loadtest`)."""
