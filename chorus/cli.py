@@ -1,4 +1,4 @@
-"""The `chorus` command: train, export, serve, up, loadtest."""
+"""The `chorus` command: train, export, serve, up, loadtest, bench."""
 
 from __future__ import annotations
 
@@ -80,6 +80,15 @@ def _loadtest(args: argparse.Namespace) -> int:
     return 0 if result["slo_held"] else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.run import run_bench
+
+    out_dir = args.out or Workspace.from_env().reports_dir("bench")
+    result = run_bench(out_dir, seconds=args.seconds, steps=args.steps)
+    _print_result({"ratios": {"birdcall": result["birdcall"]["ratios"], "frames": result["frames"]["ratios"]}, "reports": str(out_dir)})
+    return 0
+
+
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
@@ -117,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--max-error-ratio", type=float, default=0.0, help="SLO: allowed share of failed requests")
     load.add_argument("--out", type=Path, default=None, help="report folder (CSV + HTML); default artifacts/reports/loadtest")
     load.set_defaults(handler=_loadtest)
+    bench = sub.add_parser("bench", help="raw engine vs served (batching on/off) vs seed-style baseline; table + plot")
+    bench.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level")
+    bench.add_argument("--steps", type=int, default=20, help="DDIM steps for the frames runs")
+    bench.add_argument("--out", type=Path, default=None, help="results folder; default artifacts/reports/bench")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

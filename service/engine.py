@@ -27,6 +27,13 @@ log = logging.getLogger("chorus.engine")
 settings = ServiceSettings()
 
 
+def batching(max_batch_size: int, max_latency_ms: int) -> dict:
+    """@bentoml.api options; a max batch size of 1 turns batching off (BentoML refuses 1 as a batch size)."""
+    if max_batch_size <= 1:
+        return {}
+    return {"batchable": True, "batch_dim": 0, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
+
+
 def pack_denoise_input(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
     """(x_t [n,3,H,W], t [n]) -> [n,4,H,W]: one array, as BentoML batching wants."""
     plane = np.broadcast_to(t.astype(np.float32)[:, None, None, None], (len(t), 1, *x_t.shape[2:]))
@@ -97,12 +104,12 @@ class Engine:
         self.metrics.batch_size.labels(model.name).observe(len(batch))
         return out
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.birdcall_max_batch_size, max_latency_ms=settings.birdcall_max_latency_ms)
+    @bentoml.api(**batching(settings.birdcall_max_batch_size, settings.birdcall_max_latency_ms))
     def birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         self._require_ready()
         return self._observed(self.birdcall, self._run_birdcall, windows)
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=settings.frames_max_batch_size, max_latency_ms=settings.frames_max_latency_ms)
+    @bentoml.api(**batching(settings.frames_max_batch_size, settings.frames_max_latency_ms))
     def frames_denoise(self, packed: np.ndarray) -> np.ndarray:
         self._require_ready()
         return self._observed(self.frames, self._run_frames, packed)

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import io
-import contextlib
 import os
-import socket
 import tempfile
-import time
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
+from chorus.local_server import ROOT, free_port, serve  # noqa: F401  (tests import them from here)
 from export.parity import Tolerance
-
-ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # A private model store: BentoML reads BENTOML_HOME once, at import, so set it before anything imports it.
@@ -80,50 +74,6 @@ def tiny_exports(tiny_birdcall, tiny_frames, tiny_workspace):
         "birdcall": export_birdcall(tiny_workspace, tolerances=TINY_TOLERANCES),
         "frames": export_frames(tiny_workspace),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, timeout: float = 180.0) -> None:
-    """Poll /readyz (a readiness check, not a sleep) until the service has loaded and warmed up."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} was not ready within {timeout} s")
-
-
-@contextlib.contextmanager
-def serve(**env: str):
-    """The real service (`bentoml.serve`, production mode) on a free port, with CHORUS_* settings from env."""
-    import bentoml
-
-    port = free_port()
-    env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        server = bentoml.serve("service.service:Chorus", host="127.0.0.1", port=port, working_dir=str(ROOT))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
-        yield url
-    finally:
-        server.stop()
 
 
 _GRPC_PORTS: dict[str, int] = {}

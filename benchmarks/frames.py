@@ -1,0 +1,62 @@
+"""frames: images/s of the raw engine, chorus served, and torch eager sequential DDIM (the seed's way)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.load import LevelResult, sweep
+from chorus.local_server import serve
+from service.ddim import ddim_sample
+from service.models import frames_schedule, make_session
+
+
+def raw_engine(model_path: Path, steps: int, seconds: float = 8.0) -> dict:
+    """ORT + the numpy DDIM loop in-process: one image at a time, and 8 images per call."""
+    alphas, size = frames_schedule(model_path)
+    session = make_session(model_path / "frames.fp32.onnx", ["CPUExecutionProvider"], 0)
+
+    async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return session.run(None, {"x_t": x, "t": t})[0]
+
+    result = {}
+    for count in (1, 8):
+        images, start, seed = 0, time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            asyncio.run(ddim_sample(denoise, alphas, (count, 3, size, size), steps, seed))
+            images += count
+            seed += 1
+        result[f"batch{count}_images_per_s"] = round(images / (time.perf_counter() - start), 2)
+    return result
+
+
+def torch_eager(workspace_checkpoint: Path, steps: int, seconds: float = 8.0) -> dict:
+    """The seed: denoising-diffusion-pytorch's own DDIM sampler, one image after another."""
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"  # the sampler draws a progress bar per image
+    import torch
+
+    from training.checkpoint import load_checkpoint, load_weights
+    from training.train_frames import FramesArch, build_diffusion
+
+    checkpoint = load_checkpoint(workspace_checkpoint)
+    arch = FramesArch(**checkpoint.config["arch"])
+    diffusion = build_diffusion(arch, sampling_steps=steps)
+    load_weights(diffusion.model, checkpoint)
+    diffusion.eval()
+    images, start = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - start < seconds:
+            diffusion.ddim_sample((1, 3, arch.image_size, arch.image_size))
+            images += 1
+    return {"images_per_s": round(images / (time.perf_counter() - start), 2)}
+
+
+def served(steps: int, levels: tuple[int, ...], seconds: float) -> list[LevelResult]:
+    requests = [("/generate", {"json": {"steps": steps, "seed": s, "format": "json"}}) for s in range(16)]
+    with serve() as url:
+        return sweep(url, requests, levels, seconds)

@@ -1,0 +1,140 @@
+"""`chorus bench`: every configuration in one run on one machine; table, plot and ratios."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import bentoml
+
+from benchmarks import birdcall, frames
+from chorus.workspace import Workspace
+
+LEVELS = (1, 2, 4, 8, 16)
+
+
+def _table(rows: list[tuple[str, list[dict]]], unit: str) -> str:
+    lines = [f"| configuration | concurrency | {unit}/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for name, results in rows:
+        for r in results:
+            lines.append(f"| {name} | {r['concurrency']} | {r['throughput']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[tuple[str, list[dict]]], path: Path, title: str, unit: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for name, results in rows:
+        x = [r["throughput"] for r in results]
+        for ax, key in zip(axes, ("p50_ms", "p99_ms")):
+            ax.plot(x, [r[key] for r in results], marker="o", label=name)
+            for r in results:
+                ax.annotate(str(r["concurrency"]), (r["throughput"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for ax, key in zip(axes, ("p50", "p99")):
+        ax.set_xlabel(f"throughput ({unit}/s)")
+        ax.set_ylabel(f"{key} latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title} (labels: concurrency)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(out_dir: Path, seconds: float = 8.0, steps: int = 20) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workspace = Workspace.from_env()
+    bird_path = Path(bentoml.models.get("birdcall:latest").path)
+    frames_path = Path(bentoml.models.get("frames:latest").path)
+    pool = birdcall.bench_pool()
+
+    raw = birdcall.raw_engine(bird_path, pool)
+    on = [r.row() for r in birdcall.served(pool, LEVELS, seconds)]
+    off = [r.row() for r in birdcall.served(pool, LEVELS, seconds, CHORUS_BIRDCALL_MAX_BATCH_SIZE="1")]
+    base = [r.row() for r in birdcall.baseline(pool, LEVELS, seconds)]
+    best = lambda rows: max(rows, key=lambda r: r["throughput"])  # noqa: E731
+    by_c = lambda rows, c: next(r for r in rows if r["concurrency"] == c)  # noqa: E731
+    top = LEVELS[-1]
+    bird = {
+        "raw_engine": raw,
+        "served_batching": on,
+        "served_no_batching": off,
+        "baseline_fastapi_torch": base,
+        "ratios": {
+            "served_over_raw": round(best(on)["throughput"] / raw["recordings_per_s"], 3),
+            "served_batching_gain": round(by_c(on, top)["throughput"] / by_c(off, top)["throughput"], 3),
+            "engine_batching_gain": raw["network_batching_gain"],
+            "chorus_over_baseline": round(best(on)["throughput"] / best(base)["throughput"], 3),
+            "overhead_ms_at_c1_p50": round(by_c(on, 1)["p50_ms"] - raw["p50_ms"], 1),
+        },
+        "stages_ms_at_best": best(on)["stage_ms"],
+    }
+    bird["ratios"]["batching_gain_share"] = round(bird["ratios"]["served_batching_gain"] / bird["ratios"]["engine_batching_gain"], 3)
+
+    frames_levels = (1, 4, 8)
+    frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds)]
+    frames_raw = frames.raw_engine(frames_path, steps)
+    frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps)
+    frame = {
+        "steps": steps,
+        "raw_engine": frames_raw,
+        "served": frames_served,
+        "torch_eager_sequential": frames_eager,
+        "ratios": {
+            "served_over_eager": round(best(frames_served)["throughput"] / frames_eager["images_per_s"], 3),
+            "served_over_raw_batch8": round(best(frames_served)["throughput"] / frames_raw["batch8_images_per_s"], 3),
+        },
+    }
+    bird_rows = [("chorus, batching on", on), ("chorus, batching off", off), ("FastAPI + torch eager", base)]
+    _plot(bird_rows, out_dir / "birdcall_latency_throughput.png", "birdcall: recordings of 10-60 s, WAV + MP3", "recordings")
+    _plot([("chorus /generate", frames_served)], out_dir / "frames_latency_throughput.png", f"frames: {steps} DDIM steps", "images")
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
+        "command": "uv run chorus bench",
+        "seconds_per_level": seconds,
+    }
+    markdown = "\n".join(
+        [
+            f"# chorus bench, {meta['date']} ({meta['machine']})",
+            "",
+            f"`{meta['command']}`; {seconds:g} s per concurrency level, closed loop, client on the same machine.",
+            "",
+            f"## birdcall (recordings/s; raw engine {raw['recordings_per_s']} rec/s, {raw['windows_per_s']} windows/s, p50 {raw['p50_ms']} ms)",
+            "",
+            _table(bird_rows, "recordings"),
+            "",
+            "| ratio | value |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in bird["ratios"].items()],
+            "",
+            f"Network alone, windows/s by batch: {raw['network_windows_per_s']}",
+            "",
+            "Mean time per stage at the best served level (ms): "
+            + ", ".join(f"{k} {v}" for k, v in bird["stages_ms_at_best"].items()),
+            "",
+            f"## frames ({steps} DDIM steps, images/s)",
+            "",
+            _table([("chorus /generate", frames_served)], "images"),
+            "",
+            f"raw engine (ORT + numpy DDIM in-process): {frames_raw}; torch eager sequential: {frames_eager}",
+            "",
+            "| ratio | value |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in frame["ratios"].items()],
+            "",
+        ]
+    )
+    (out_dir / "results.md").write_text(markdown)
+    result = {"meta": meta, "birdcall": bird, "frames": frame}
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    print(markdown, flush=True)
+    return result

@@ -1,0 +1,61 @@
+"""Start the real chorus service (bentoml.serve, production mode) on a free local port.
+
+Tests and benchmarks share this, so both measure exactly what `chorus serve` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz") -> None:
+    """Poll a readiness endpoint (a readiness check, not a sleep) until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}{path} was not ready within {timeout} s")
+
+
+@contextlib.contextmanager
+def serve(**env: str) -> Iterator[str]:
+    """Yield the base URL of a running chorus; CHORUS_* settings come from `env` (gRPC on a free port)."""
+    import bentoml
+
+    port = free_port()
+    env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        server = bentoml.serve("service.service:Chorus", host="127.0.0.1", port=port, working_dir=str(ROOT))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        server.stop()
