@@ -22,5 +22,8 @@ protos: sync
 	$(UV) run python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. service/kserve_v2.proto
 
 # The Bento's serving requirements (no torch, no training tools), pinned from uv.lock.
+# The GPU Bento swaps onnxruntime for onnxruntime-gpu 1.22 (CUDA 12, cuDNN 9: bentofile.gpu.yaml's base image).
 requirements: bootstrap
 	$(UV) export --frozen --no-default-groups --no-hashes --no-emit-project --no-header -o docker/requirements.txt
+	grep -v '^onnxruntime==' docker/requirements.txt > docker/requirements-gpu.txt
+	echo 'onnxruntime-gpu==1.22.0' >> docker/requirements-gpu.txt
