@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,12 @@ def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz") -> None:
 def serve(**env: str) -> Iterator[str]:
     """Yield the base URL of a running chorus; CHORUS_* settings come from `env` (gRPC on a free port)."""
     import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
 
+    # bentoml.serve runs the server's arbiter in this process, and every arbiter empties the
+    # metrics directory under BENTOML_HOME at start: give each server its own, so a second server
+    # does not blank the first one's /metrics.
+    BentoMLContainer.prometheus_multiproc_dir.set(tempfile.mkdtemp(prefix="chorus-metrics-"))
     port = free_port()
     env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
     saved = {k: os.environ.get(k) for k in env}

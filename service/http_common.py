@@ -109,30 +109,25 @@ def deadline_seconds(request: Request, settings: ServiceSettings) -> float:
     return min(value, settings.default_deadline_seconds)
 
 
-def parse_int(params: Any, name: str, default: int, low: int, high: int) -> int:
+def _parse_number(params: Any, name: str, default: Any, low: Any, high: Any, cast: type, kind: str) -> Any:
     raw = params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = cast(raw)
     except (TypeError, ValueError):
-        raise InvalidParameter(f"{name} must be an integer from {low} to {high}, got {raw!r}") from None
+        raise InvalidParameter(f"{name} must be {kind} from {low} to {high}, got {raw!r}") from None
     if not low <= value <= high:
         raise InvalidParameter(f"{name} must be from {low} to {high}, got {value}")
     return value
+
+
+def parse_int(params: Any, name: str, default: int, low: int, high: int) -> int:
+    return _parse_number(params, name, default, low, high, int, "an integer")
 
 
 def parse_float(params: Any, name: str, default: float, low: float, high: float) -> float:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"{name} must be a number from {low} to {high}, got {raw!r}") from None
-    if not low <= value <= high:
-        raise InvalidParameter(f"{name} must be from {low} to {high}, got {value}")
-    return value
+    return _parse_number(params, name, default, low, high, float, "a number")
 
 
 def parse_bool(params: Any, name: str, default: bool) -> bool:

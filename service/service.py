@@ -8,6 +8,7 @@ whose batchable methods batch across all requests and protocols.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import bentoml
@@ -83,21 +84,23 @@ class Chorus:
         if self._grpc is not None:
             await self._grpc.stop(grace=5)  # in-flight calls finish first
 
-    async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
-        pending = self.metrics.engine_queue.labels("birdcall")
-        pending.inc(len(windows))
+    @contextlib.contextmanager
+    def _pending(self, model: str, items: int):
+        """Count items sent to the engine and not answered yet."""
+        gauge = self.metrics.engine_queue.labels(model)
+        gauge.inc(items)
         try:
-            return await self.engine.to_async.birdcall_logits(windows)
+            yield
         finally:
-            pending.dec(len(windows))
+            gauge.dec(items)
+
+    async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
+        with self._pending("birdcall", len(windows)):
+            return await self.engine.to_async.birdcall_logits(windows)
 
     async def _denoise(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
-        pending = self.metrics.engine_queue.labels("frames")
-        pending.inc(len(x_t))
-        try:
+        with self._pending("frames", len(x_t)):
             return await self.engine.to_async.frames_denoise(pack_denoise_input(x_t, t))
-        finally:
-            pending.dec(len(x_t))
 
     async def ready_birdcall(self) -> BirdcallCore:
         await self._init_cores()

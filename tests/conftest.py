@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
 
 from chorus.local_server import ROOT, free_port, serve  # noqa: F401  (tests import them from here)
 from export.parity import Tolerance
@@ -16,6 +19,22 @@ from export.parity import Tolerance
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # A private model store: BentoML reads BENTOML_HOME once, at import, so set it before anything imports it.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="chorus-test-bentoml-")
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels without worker/pid ids): value}, summed across processes."""
+    samples: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("pid", "worker_index")))
+            samples[(s.name, labels)] = samples.get((s.name, labels), 0.0) + s.value
+    return samples
+
+
+def value(samples, metric: str, **labels: str) -> float:
+    """Sum of the samples of `metric` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, l), v in samples.items() if n == metric and want <= set(l))
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
@@ -74,6 +93,15 @@ def tiny_exports(tiny_birdcall, tiny_frames, tiny_workspace):
         "birdcall": export_birdcall(tiny_workspace, tolerances=TINY_TOLERANCES),
         "frames": export_frames(tiny_workspace),
     }
+
+
+def isolated_bentoml_home(target) -> str:
+    """A copy of the test model store for a server started as a subprocess (`bentoml serve TAG`):
+    every BentoML server empties the metrics directory under its BENTOML_HOME at start, which
+    would blank the session server's /metrics."""
+    source = os.environ["BENTOML_HOME"]
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    return str(target)
 
 
 _GRPC_PORTS: dict[str, int] = {}

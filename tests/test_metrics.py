@@ -3,27 +3,8 @@
 from __future__ import annotations
 
 import httpx
-import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.conftest import encode
-
-
-def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels without worker/pid ids): value}, summed across processes."""
-    samples: dict[tuple[str, tuple], float] = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for s in family.samples:
-            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("pid", "worker_index")))
-            samples[(s.name, labels)] = samples.get((s.name, labels), 0.0) + s.value
-    return samples
-
-
-def value(samples, metric: str, **labels: str) -> float:
-    """Sum of the samples of `metric` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, l), v in samples.items() if n == metric and want <= set(l))
+from tests.conftest import encode, scrape, value
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from chorus.local_server import ROOT, free_port, wait_ready
-from tests.conftest import encode
+from tests.conftest import encode, isolated_bentoml_home
 
 TRAINING_ONLY = re.compile(r"^(torch|torchaudio|torchvision|denoising-diffusion-pytorch|onnxscript|matplotlib)==", re.M)
 
@@ -49,9 +49,10 @@ def test_bento_contents_and_dockerfile(bento):
     assert "EXPOSE 3000" in dockerfile and "EXPOSE 3001" in dockerfile
 
 
-def test_built_bento_serves(bento, chirp):
+def test_built_bento_serves(bento, chirp, tmp_path):
     port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "CHORUS_GRPC_PORT": str(grpc_port)}
+    home = isolated_bentoml_home(tmp_path / "bentoml")
+    env = {**os.environ, "CHORUS_GRPC_PORT": str(grpc_port), "BENTOML_HOME": home}
     command = [sys.executable, "-m", "bentoml", "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
     try:
