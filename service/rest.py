@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from service.core import ClassifyOptions, GenerateRequest, encode_png
 from service.errors import BadRequest, InvalidParameter, ServiceError
+from service.openapi import openapi
 from service.http_common import (
     authorize,
     check_content_length,
@@ -162,4 +163,5 @@ ROUTES = [
     Route("/classify/batch", classify_batch, methods=["POST"]),
     Route("/generate", generate, methods=["POST"]),
     Route("/", index, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -182,6 +182,17 @@ def test_page_is_served(client):
     assert response.status_code == 200 and "chorus" in response.text
 
 
+def test_openapi_lists_every_route(client):
+    from service import kserve, rest
+
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    for route in [*rest.ROUTES, *kserve.ROUTES]:
+        methods = {m.lower() for m in route.methods} - {"head"}
+        assert route.path in spec["paths"], route.path
+        assert methods <= set(spec["paths"][route.path]), route.path
+
+
 def test_service_process_never_imports_torch():
     code = "import sys, service.service; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     subprocess.run([sys.executable, "-c", code], check=True)
