@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +40,16 @@ class Admission:
         self.in_flight = 0
         self.metrics = metrics
 
-    @asynccontextmanager
-    async def slot(self):
+    def _refuse_if_full(self) -> None:
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(
                 f"the server holds {self.in_flight} requests, its limit; retry after {self.retry_after} s",
                 self.retry_after,
             )
+
+    @asynccontextmanager
+    async def slot(self):
+        self._refuse_if_full()
         self.in_flight += 1
         if self.metrics:
             self.metrics.in_flight.inc()
@@ -57,7 +60,12 @@ class Admission:
             if self.metrics:
                 self.metrics.in_flight.dec()
 
-    async def run(self, work: Awaitable[Any], deadline_seconds: float) -> Any:
+    async def run(self, work: Coroutine[Any, Any, Any], deadline_seconds: float) -> Any:
+        try:
+            self._refuse_if_full()
+        except Overloaded:
+            work.close()  # never started: close it so it is not reported as "never awaited"
+            raise
         async with self.slot():
             try:
                 return await asyncio.wait_for(work, timeout=deadline_seconds)

@@ -1,0 +1,107 @@
+"""Service pieces without a server: DDIM parity with the library, KServe codec, admission, providers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from service.core import Admission
+from service.ddim import ddim_sample, time_pairs
+from service.errors import BadRequest, DeadlineExceeded, InvalidParameter, Overloaded
+from service.kserve_codec import HEADER_LENGTH, build_response, parse_request
+from service.models import choose_providers
+
+
+def test_numpy_ddim_matches_denoising_diffusion_pytorch(tiny_frames, tiny_workspace, monkeypatch):
+    """The serving loop (numpy, one batchable call per step) reproduces the library's ddim_sample."""
+    from training.checkpoint import load_checkpoint, load_weights
+    from training.train_frames import FramesArch, build_diffusion
+
+    checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("frames"))
+    arch = FramesArch(**checkpoint.config["arch"])
+    steps, seed = 7, 3
+    diffusion = build_diffusion(arch, sampling_steps=steps)
+    load_weights(diffusion.model, checkpoint)
+    diffusion.eval()
+    shape = (2, 3, arch.image_size, arch.image_size)
+    start = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)  # what ddim_sample draws
+
+    async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return diffusion.model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+
+    ours = asyncio.run(ddim_sample(denoise, diffusion.alphas_cumprod.double().numpy(), shape, steps, seed))
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: torch.from_numpy(start.copy()))
+    with torch.inference_mode():
+        theirs = diffusion.ddim_sample(shape).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_time_pairs_end_at_minus_one():
+    pairs = time_pairs(1000, 5)
+    assert pairs[0][0] == 999 and pairs[-1][1] == -1 and len(pairs) == 5
+    assert all(a > b for a, b in pairs)
+
+
+def test_kserve_binary_round_trip():
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "a", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}},
+                {"name": "s", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 13}},
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}],
+        }
+    ).encode()
+    strings = struct.pack("<I", 2) + b"hi" + struct.pack("<I", 3) + b"abc"
+    body = head + np.arange(4, dtype=np.float32).tobytes() + strings
+    request, tensors = parse_request(body, str(len(head)))
+    np.testing.assert_array_equal(tensors["a"].data, [[0, 1], [2, 3]])
+    assert list(tensors["s"].data) == [b"hi", b"abc"]
+    content, headers = build_response(request, "m", "1", {"y": np.ones((2,), np.float32), "z": np.array([b"x"], dtype=object)})
+    split = int(headers[HEADER_LENGTH])
+    meta = json.loads(content[:split])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 8 and meta["outputs"][1]["data"] == ["x"]
+    np.testing.assert_array_equal(np.frombuffer(content[split:], np.float32), [1, 1])
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "error"),
+    [
+        (b'{"inputs": []}', None, BadRequest),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [3], "data": [1]}]}', None, InvalidParameter),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}', "90", BadRequest),
+    ],
+)
+def test_kserve_bad_requests(body, header, error):
+    with pytest.raises(error):
+        parse_request(body, header)
+
+
+def test_admission_bounds_and_deadline():
+    async def scenario() -> None:
+        admission = Admission(max_in_flight=1, retry_after=2)
+        slow = asyncio.create_task(admission.run(asyncio.sleep(0.2), 5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as info:
+            await admission.run(asyncio.sleep(0), 5)
+        assert info.value.headers == {"Retry-After": "2"}
+        await slow
+        with pytest.raises(DeadlineExceeded):
+            await admission.run(asyncio.sleep(1), 0.05)
+        assert admission.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_gpu_request_falls_back_to_cpu_without_cuda(caplog):
+    providers = choose_providers("cuda")
+    assert providers[-1] == "CPUExecutionProvider"
+    if providers == ["CPUExecutionProvider"]:
+        assert "using CPU" in caplog.text
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
