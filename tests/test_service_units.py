@@ -99,9 +99,15 @@ def test_admission_bounds_and_deadline():
     asyncio.run(scenario())
 
 
-def test_gpu_request_falls_back_to_cpu_without_cuda(caplog):
-    providers = choose_providers("cuda")
-    assert providers[-1] == "CPUExecutionProvider"
-    if providers == ["CPUExecutionProvider"]:
-        assert "using CPU" in caplog.text
+def test_gpu_request_falls_back_to_cpu_without_cuda(monkeypatch):
+    import service.models
+
+    warnings: list[str] = []
+    monkeypatch.setattr(service.models.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(service.models.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert choose_providers("cuda") == ["CPUExecutionProvider"]
+    assert warnings and "using CPU" in warnings[0]
+    assert choose_providers("auto") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(service.models.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
