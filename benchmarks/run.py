@@ -79,7 +79,7 @@ def run_bench(out_dir: Path, seconds: float = 8.0, steps: int = 20) -> dict:
     }
     bird["ratios"]["batching_gain_share"] = round(bird["ratios"]["served_batching_gain"] / bird["ratios"]["engine_batching_gain"], 3)
 
-    frames_levels = (1, 4, 8)
+    frames_levels = (1, 4, 8, 16)
     frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds)]
     frames_raw = frames.raw_engine(frames_path, steps)
     frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps)

@@ -16,6 +16,7 @@ import numpy as np
 from starlette.applications import Starlette
 
 from service import kserve, rest
+from service.coalesce import Coalescer
 from service.core import Admission, BirdcallCore, FramesCore
 from service.engine import Engine, pack_denoise_input
 from service.errors import NotReady
@@ -40,6 +41,7 @@ class Chorus:
         self._birdcall: BirdcallCore | None = None
         self._frames: FramesCore | None = None
         self._init_lock = asyncio.Lock()
+        self._denoise_calls = Coalescer(self._engine_denoise, settings.frames_max_batch_size)
         self._grpc = None
         app.state.chorus = self
 
@@ -98,9 +100,12 @@ class Chorus:
         with self._pending("birdcall", len(windows)):
             return await self.engine.to_async.birdcall_logits(windows)
 
+    async def _engine_denoise(self, packed: np.ndarray) -> np.ndarray:
+        return await self.engine.to_async.frames_denoise(packed)
+
     async def _denoise(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
         with self._pending("frames", len(x_t)):
-            return await self.engine.to_async.frames_denoise(pack_denoise_input(x_t, t))
+            return await self._denoise_calls(pack_denoise_input(x_t, t))
 
     async def ready_birdcall(self) -> BirdcallCore:
         await self._init_cores()

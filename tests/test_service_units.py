@@ -111,3 +111,47 @@ def test_gpu_request_falls_back_to_cpu_without_cuda(monkeypatch):
     monkeypatch.setattr(service.models.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_coalescer_merges_calls_made_while_one_is_in_flight():
+    from service.coalesce import Coalescer
+
+    calls: list[int] = []
+
+    async def engine(items: np.ndarray) -> np.ndarray:
+        calls.append(len(items))
+        await asyncio.sleep(0.02)
+        return items * 10
+
+    async def scenario() -> list[np.ndarray]:
+        coalesce = Coalescer(engine, max_items=5)
+        return await asyncio.gather(*(coalesce(np.full(2, i)) for i in range(4)))
+
+    results = asyncio.run(scenario())
+    # All four arrive in one event-loop tick, before the first engine call starts: they go out
+    # as whole requests of at most 5 items, so two calls of 2 + 2.
+    assert calls == [4, 4]
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out, np.full(2, i * 10))
+
+
+def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
+    from service.coalesce import Coalescer
+
+    async def failing(items: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("engine down")
+
+    async def scenario() -> None:
+        coalesce = Coalescer(failing, max_items=8)
+        first = asyncio.create_task(coalesce(np.zeros(1)))
+        await asyncio.sleep(0)
+        cancelled = asyncio.create_task(coalesce(np.zeros(1)))
+        waiting = asyncio.create_task(coalesce(np.zeros(1)))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        for task in (first, waiting):
+            with pytest.raises(RuntimeError, match="engine down"):
+                await task
+
+    asyncio.run(scenario())
