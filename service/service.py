@@ -41,6 +41,7 @@ class Chorus:
         self._birdcall: BirdcallCore | None = None
         self._frames: FramesCore | None = None
         self._init_lock = asyncio.Lock()
+        self._birdcall_calls = Coalescer(self._engine_birdcall, settings.birdcall_max_batch_size)
         self._denoise_calls = Coalescer(self._engine_denoise, settings.frames_max_batch_size)
         self._grpc = None
         app.state.chorus = self
@@ -96,9 +97,12 @@ class Chorus:
         finally:
             gauge.dec(items)
 
+    async def _engine_birdcall(self, windows: np.ndarray) -> np.ndarray:
+        return await self.engine.to_async.birdcall_logits(windows)
+
     async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         with self._pending("birdcall", len(windows)):
-            return await self.engine.to_async.birdcall_logits(windows)
+            return await self._birdcall_calls(windows)
 
     async def _engine_denoise(self, packed: np.ndarray) -> np.ndarray:
         return await self.engine.to_async.frames_denoise(packed)

@@ -125,13 +125,8 @@ def test_concurrent_classify_all_succeed_and_batch(client, server_url):
     windows = value(after, "chorus_batch_size_sum", model="birdcall") - value(before, "chorus_batch_size_sum", model="birdcall")
     batches = value(after, "chorus_batch_size_count", model="birdcall") - value(before, "chorus_batch_size_count", model="birdcall")
     assert windows >= 64 and windows / batches > 1.0, (windows, batches)
-    requests = value(after, "bentoml_service_adaptive_batch_size_sum", method_name="birdcall_logits") - value(
-        before, "bentoml_service_adaptive_batch_size_sum", method_name="birdcall_logits"
-    )
-    calls = value(after, "bentoml_service_adaptive_batch_size_count", method_name="birdcall_logits") - value(
-        before, "bentoml_service_adaptive_batch_size_count", method_name="birdcall_logits"
-    )
-    assert requests / calls > 1.0, (requests, calls)
+    # BentoML's own histogram counts engine calls per batch; the API worker coalesces concurrent
+    # requests into one call first, so that one can read 1 while every batch holds many windows.
 
 
 def test_generate_png_is_deterministic(client):
