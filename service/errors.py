@@ -68,6 +68,12 @@ class NotReady(Overloaded):
     kind = "not_ready"
 
 
+class EngineUnavailable(Overloaded):
+    """The engine process cannot be reached (shutting down or restarting)."""
+
+    kind = "engine_unavailable"
+
+
 class DeadlineExceeded(ServiceError):
     status, kind = 504, "deadline_exceeded"
 

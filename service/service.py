@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 
+import aiohttp
 import bentoml
 import numpy as np
 from starlette.applications import Starlette
@@ -19,7 +20,7 @@ from service import kserve, rest
 from service.coalesce import Coalescer
 from service.core import Admission, BirdcallCore, FramesCore
 from service.engine import Engine, pack_denoise_input
-from service.errors import NotReady
+from service.errors import EngineUnavailable, NotReady
 from service.metrics import Metrics
 from service.models import birdcall_frontend, frames_schedule, stored_model_path
 from service.settings import ServiceSettings
@@ -97,15 +98,27 @@ class Chorus:
         finally:
             gauge.dec(items)
 
+    @contextlib.asynccontextmanager
+    async def _engine_call(self):
+        """A lost engine connection (shutdown, restart) is a 503 the client can retry, not a 500."""
+        try:
+            yield
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise EngineUnavailable(
+                f"the inference engine is unavailable ({type(exc).__name__}); retry shortly", settings.retry_after_seconds
+            ) from exc
+
     async def _engine_birdcall(self, windows: np.ndarray) -> np.ndarray:
-        return await self.engine.to_async.birdcall_logits(windows)
+        async with self._engine_call():
+            return await self.engine.to_async.birdcall_logits(windows)
 
     async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         with self._pending("birdcall", len(windows)):
             return await self._birdcall_calls(windows)
 
     async def _engine_denoise(self, packed: np.ndarray) -> np.ndarray:
-        return await self.engine.to_async.frames_denoise(packed)
+        async with self._engine_call():
+            return await self.engine.to_async.frames_denoise(packed)
 
     async def _denoise(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
         with self._pending("frames", len(x_t)):
