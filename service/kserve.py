@@ -141,7 +141,8 @@ async def run_inference(chorus: Chorus, name: str, tensors: dict, deadline: floa
     handlers = {BIRDCALL: _infer_birdcall, DENOISER: _infer_denoiser}
     check_model_name(name)
     outputs = await chorus.admission.run(handlers[name](chorus, tensors), deadline)
-    return _metadata(chorus, name)["versions"][0], outputs
+    core = chorus.birdcall_core() if name == BIRDCALL else chorus.frames_core()
+    return core.model_info["version"], outputs
 
 
 @kserve_errors
