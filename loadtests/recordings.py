@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from training.birdcall_synth import SPECIES, synthesize_recording
+from training.birdcall_synth import SPECIES, synthesize_recording, write_audio
 
 # (container, subtype, file suffix, MIME type)
 FORMATS = {
@@ -51,10 +50,7 @@ def make_recording(seconds: float, rate: int, fmt: str, seed: int, channels: int
         audio = np.stack([audio, audio * 0.9], axis=1)
     container, subtype, mime = FORMATS[fmt]
     buffer = io.BytesIO()
-    # Chunked writes: libsndfile's Vorbis encoder crashed on one 50 s write at 44.1/48 kHz.
-    with sf.SoundFile(buffer, "w", rate, channels, format=container, subtype=subtype) as f:
-        for start in range(0, len(audio), 1 << 15):
-            f.write(audio[start : start + (1 << 15)])
+    write_audio(buffer, audio, rate, container, subtype)
     return Recording(f"{species}_{seconds:.0f}s_{rate}.{fmt}", buffer.getvalue(), mime, seconds, species)
 
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
 from features import FrontEnd, FrontEndConfig
-from training.birdcall_synth import SPECIES, synthesize_recording
+from training.birdcall_synth import SPECIES, synthesize_recording, write_audio
 
 SPLITS = ("train", "val", "test")
 # Container, libsndfile subtype and file suffix, with their share of generated recordings.
@@ -63,7 +62,7 @@ def _write_one(job: tuple[Path, str, int, float, int, int]) -> None:
     rng = np.random.default_rng(seed)
     recording = synthesize_recording(species, seconds, rate, rng)
     fmt, subtype, _, _ = _FORMATS[fmt_index]
-    sf.write(path, recording.audio, rate, format=fmt, subtype=subtype)
+    write_audio(path, recording.audio, rate, fmt, subtype)
 
 
 def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers: int | None = None) -> Path:

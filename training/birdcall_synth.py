@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 import scipy.signal
+import soundfile as sf
 
 Rng = np.random.Generator
 # (rng, sample_rate, pitch factor, tempo factor) -> one call (or phrase), float64, peak ~1
@@ -236,3 +237,14 @@ def synthesize_recording(
         else:
             cutoff = None
     return Recording(np.clip(signal, -1, 1).astype(np.float32), sample_rate, cutoff)
+
+
+def write_audio(target, audio: np.ndarray, rate: int, container: str, subtype: str) -> None:
+    """Write mono [n] or multichannel [n, c] audio to a path or file object.
+
+    In chunks: libsndfile's Vorbis encoder crashed on one 50 s write at 44.1/48 kHz.
+    """
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    with sf.SoundFile(target, "w", rate, channels, format=container, subtype=subtype) as f:
+        for start in range(0, len(audio), 1 << 15):
+            f.write(audio[start : start + (1 << 15)])
