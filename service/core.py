@@ -20,12 +20,13 @@ import numpy as np
 from PIL import Image
 
 from features import AudioError, DecodedAudio, FrontEnd, decode_audio, resample
-from service.ddim import ddim_sample, to_uint8_images
 from service.errors import DeadlineExceeded, InvalidParameter, Overloaded, from_audio_error
 from service.metrics import Metrics
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 Denoise = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+# sample(count, steps, seed, timeout_seconds) -> [count, H, W, 3] uint8 images
+Sample = Callable[[int, int, int, float], Awaitable[np.ndarray]]
 
 
 class Admission:
@@ -208,6 +209,7 @@ class FramesCore:
         alphas_cumprod: np.ndarray,
         image_size: int,
         model_info: dict[str, str],
+        sample: Sample,
         denoise: Denoise,
         limits: tuple[int, int, int],
         metrics: Metrics | None = None,
@@ -216,6 +218,7 @@ class FramesCore:
         self.alphas_cumprod = alphas_cumprod
         self.image_size = image_size
         self.model_info = model_info
+        self.sample = sample
         self.denoise = denoise
         self.max_images, self.min_steps, self.max_steps = limits
 
@@ -241,16 +244,15 @@ class FramesCore:
         if problems:
             raise InvalidParameter("; ".join(problems), accepted={"count": [1, self.max_images], "steps": [self.min_steps, self.max_steps]})
 
-    async def generate(self, request: GenerateRequest) -> tuple[np.ndarray, dict[str, float]]:
-        """[count, H, W, 3] uint8 images and timings (ms)."""
+    async def generate(self, request: GenerateRequest, timeout_seconds: float) -> tuple[np.ndarray, dict[str, float]]:
+        """[count, H, W, 3] uint8 images and timings (ms); the engine drops the work past timeout_seconds."""
         self.validate(request)
         started = time.perf_counter()
-        shape = (request.count, 3, self.image_size, self.image_size)
-        images = await ddim_sample(self.denoise, self.alphas_cumprod, shape, request.steps, request.seed)
+        images = await self.sample(request.count, request.steps, request.seed, timeout_seconds)
         total = time.perf_counter() - started
         if self.metrics:
             self.metrics.stage_seconds.labels(self.model_info["name"], self.model_info["variant"], "total").observe(total)
-        return to_uint8_images(images), {"total": round(total * 1e3, 3)}
+        return images, {"total": round(total * 1e3, 3)}
 
 
 def encode_png(image: np.ndarray) -> bytes:

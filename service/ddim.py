@@ -1,7 +1,8 @@
 """DDIM sampling (eta = 0) in numpy, step for step as denoising-diffusion-pytorch's ddim_sample with pred_v.
 
-The loop lives outside the ONNX graph so every step is one batchable denoiser call, and steps of
-different requests share batches.
+The loop lives outside the ONNX graph so every step is one denoiser call, and steps of different
+requests can share a batch (service/step_batching.py). `ddim_step` takes one timestep per image
+for that reason; `ddim_sample` is the one-request loop (reference and in-process benchmark).
 """
 
 from __future__ import annotations
@@ -20,24 +21,39 @@ def time_pairs(total_timesteps: int, steps: int) -> list[tuple[int, int]]:
     return list(zip(times[:-1], times[1:]))
 
 
+def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """x_T for a request: same seed, same noise, whatever else is being generated."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def ddim_step(img: np.ndarray, v: np.ndarray, alphas_cumprod: np.ndarray, time: np.ndarray, time_next: np.ndarray) -> np.ndarray:
+    """One update per image: x_t -> x_{t_next}, or the clipped x_0 estimate where t_next is -1.
+
+    time and time_next are int arrays with one entry per image, so images at different steps
+    update together.
+    """
+    alpha = alphas_cumprod[time].reshape(-1, 1, 1, 1)
+    alpha_next = alphas_cumprod[np.maximum(time_next, 0)].reshape(-1, 1, 1, 1)
+    x_start = np.clip(np.sqrt(alpha) * img - np.sqrt(1 - alpha) * v, -1.0, 1.0)
+    pred_noise = (img / np.sqrt(alpha) - x_start) / np.sqrt(1 / alpha - 1)
+    stepped = x_start * np.sqrt(alpha_next) + np.sqrt(1 - alpha_next) * pred_noise
+    return np.where((time_next < 0).reshape(-1, 1, 1, 1), x_start, stepped).astype(np.float32)
+
+
+def to_unit_range(img: np.ndarray) -> np.ndarray:
+    """x_0 in [-1, 1] -> images in [0, 1]."""
+    return ((img + 1) / 2).astype(np.float32)
+
+
 async def ddim_sample(
     denoise: Denoise, alphas_cumprod: np.ndarray, shape: tuple[int, ...], steps: int, seed: int
 ) -> np.ndarray:
     """Images in [0, 1], float32 [n, C, H, W]. Same seed, steps and model -> same images."""
-    rng = np.random.default_rng(seed)
-    img = rng.standard_normal(shape, dtype=np.float32)
+    img = initial_noise(shape, seed)
     for time, time_next in time_pairs(len(alphas_cumprod), steps):
-        alpha = alphas_cumprod[time]
-        t = np.full(shape[0], time, dtype=np.float32)
-        v = await denoise(img, t)
-        x_start = np.clip(np.sqrt(alpha) * img - np.sqrt(1 - alpha) * v, -1.0, 1.0)
-        if time_next < 0:
-            img = x_start
-            break
-        pred_noise = (img / np.sqrt(alpha) - x_start) / np.sqrt(1 / alpha - 1)
-        alpha_next = alphas_cumprod[time_next]
-        img = (x_start * np.sqrt(alpha_next) + np.sqrt(1 - alpha_next) * pred_noise).astype(np.float32)
-    return ((img + 1) / 2).astype(np.float32)
+        v = await denoise(img, np.full(shape[0], time, dtype=np.float32))
+        img = ddim_step(img, v, alphas_cumprod, np.full(shape[0], time), np.full(shape[0], time_next))
+    return to_unit_range(img)
 
 
 def to_uint8_images(images: np.ndarray) -> np.ndarray:

@@ -4,14 +4,18 @@ Batching contract (BentoML adaptive batching, per engine process, one batch at a
 - `birdcall_logits`: input [n, 1, 64, 157] float32 normalized log-mel windows, output [n, classes]
   float32 logits. Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per
   batch; callers split larger requests (the core does).
-- `frames_denoise`: input [n, 4, H, W] float32 = x_t (3 channels) with the timestep t filled into a
-  4th plane (BentoML batches one array argument); output v [n, 3, H, W]. Batch unit: one image at
-  one DDIM step, so requests at different steps share batches.
+- `frames_sample`: a whole DDIM generation (count, steps, seed) -> uint8 images [count, H, W, 3].
+  Not a BentoML batchable: the engine's own step batcher (service/step_batching.py) batches images
+  of all requests at every DDIM step, at most CHORUS_FRAMES_MAX_BATCH_SIZE images per step.
+- `frames_denoise`: the bare denoiser for KServe clients that run their own loop. Input
+  [n, 4, H, W] float32 = x_t (3 channels) with the timestep t filled into a 4th plane (BentoML
+  batches one array argument); output v [n, 3, H, W]. Batch unit: one image at one DDIM step.
 Models load in a background thread; `__is_ready__` turns true only after every warm-up batch ran.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -19,9 +23,11 @@ import time
 import bentoml
 import numpy as np
 
+from service.ddim import to_uint8_images
 from service.metrics import Metrics
-from service.models import LoadedModel, choose_providers, load_model
+from service.models import LoadedModel, choose_providers, frames_schedule, load_model
 from service.settings import ServiceSettings
+from service.step_batching import StepBatcher
 
 log = logging.getLogger("chorus.engine")
 settings = ServiceSettings()
@@ -52,6 +58,7 @@ class Engine:
     def __init__(self) -> None:
         self.birdcall: LoadedModel | None = None
         self.frames: LoadedModel | None = None
+        self.sampler: StepBatcher | None = None
         self._ready = threading.Event()
         self.load_error: str | None = None
         self.metrics = Metrics()
@@ -60,9 +67,15 @@ class Engine:
     def _load(self) -> None:
         try:
             providers = choose_providers(settings.providers)
-            self.birdcall = load_model(settings.birdcall_model, settings.birdcall_variant, providers, settings.ort_threads)
-            self.frames = load_model(settings.frames_model, settings.frames_variant, providers, settings.ort_threads)
+            self.birdcall = load_model(settings.birdcall_model, settings.birdcall_variant, providers, settings.ort_threads, settings.ort_lanes)
+            self.frames = load_model(settings.frames_model, settings.frames_variant, providers, settings.ort_threads, settings.ort_lanes)
             self._warm_up()
+            self.sampler = StepBatcher(
+                self._run_frames_split,
+                frames_schedule(self.frames.path)[0],
+                settings.frames_max_batch_size,
+                on_tick=self._observe_frames_tick,
+            )
             for model in (self.birdcall, self.frames):
                 self.metrics.model_info.labels(**model.info()).set(1)
             for label, share in self.birdcall.training_metrics.get("train_class_share", {}).items():
@@ -90,12 +103,18 @@ class Engine:
             raise RuntimeError(self.load_error or "models are still loading")
 
     def _run_birdcall(self, windows: np.ndarray) -> np.ndarray:
-        return self.birdcall.session.run(None, {"features": windows.astype(np.float32, copy=False)})[0]
+        return self.birdcall.run({"features": windows.astype(np.float32, copy=False)})
 
     def _run_frames(self, packed: np.ndarray) -> np.ndarray:
-        x_t = np.ascontiguousarray(packed[:, :3], dtype=np.float32)
-        t = np.ascontiguousarray(packed[:, 3, 0, 0], dtype=np.float32)
-        return self.frames.session.run(None, {"x_t": x_t, "t": t})[0]
+        return self._run_frames_split(packed[:, :3], packed[:, 3, 0, 0])
+
+    def _run_frames_split(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+        feeds = {"x_t": np.ascontiguousarray(x_t, dtype=np.float32), "t": np.ascontiguousarray(t, dtype=np.float32)}
+        return self.frames.run(feeds)
+
+    def _observe_frames_tick(self, images: int, seconds: float) -> None:
+        self.metrics.batch_seconds.labels(self.frames.name, self.frames.variant).observe(seconds)
+        self.metrics.batch_size.labels(self.frames.name).observe(images)
 
     def _observed(self, model: LoadedModel, run, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -113,6 +132,15 @@ class Engine:
     def frames_denoise(self, packed: np.ndarray) -> np.ndarray:
         self._require_ready()
         return self._observed(self.frames, self._run_frames, packed)
+
+    @bentoml.api
+    async def frames_sample(self, count: int, steps: int, seed: int, timeout_seconds: float) -> np.ndarray:
+        """[count, H, W, 3] uint8 images; requests past timeout_seconds are dropped between steps."""
+        if not self._ready.is_set():
+            await asyncio.to_thread(self._require_ready)
+        size = int(self.frames.config["arch"]["image_size"])
+        images = await self.sampler.sample((count, 3, size, size), steps, seed, timeout_seconds)
+        return to_uint8_images(images)
 
     @bentoml.api
     def models(self) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from features import FrontEnd, FrontEndConfig, NormStats
+from service.lanes import LaneRunner, plan_lanes
 
 log = logging.getLogger("chorus.models")
 
@@ -35,6 +36,12 @@ def make_session(path: Path, providers: list[str], threads: int) -> ort.Inferenc
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
+def open_runner(path: Path, providers: list[str], threads: int = 0, lanes: int = 0) -> LaneRunner:
+    """A session run the way the engine runs it; threads and lanes 0 mean automatic (service.lanes)."""
+    lanes, threads = plan_lanes(lanes, threads, on_gpu=providers[0] != "CPUExecutionProvider")
+    return LaneRunner(make_session(path, providers, threads), lanes)
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -42,20 +49,31 @@ class LoadedModel:
     version: str
     variant: str
     path: Path
-    session: ort.InferenceSession
+    runner: LaneRunner
     config: dict
     training_metrics: dict
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        return self.runner.session
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's first output for a whole batch, its slices run on all lanes at once."""
+        return self.runner.run(feeds)
+
     def info(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "variant": self.variant, "provider": self.provider}
 
 
-def load_model(tag: str, variant: str, providers: list[str], threads: int) -> LoadedModel:
-    """Resolve a tag (e.g. birdcall:latest) and open the variant's ONNX file."""
+def load_model(tag: str, variant: str, providers: list[str], threads: int = 0, lanes: int = 0) -> LoadedModel:
+    """Resolve a tag (e.g. birdcall:latest) and open the variant's ONNX file.
+
+    threads and lanes as ServiceSettings.ort_threads / ort_lanes (0: automatic, see service.lanes).
+    """
     model = bentoml.models.get(tag)
     path = Path(model.path)
     onnx_path = path / f"{model.tag.name}.{variant}.onnx"
@@ -64,8 +82,8 @@ def load_model(tag: str, variant: str, providers: list[str], threads: int) -> Lo
     config = json.loads((path / "config.json").read_text())
     metrics_path = path / "metrics.json"
     training_metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    session = make_session(onnx_path, providers, threads)
-    return LoadedModel(model.tag.name, model.tag.version or "", variant, path, session, config, training_metrics)
+    runner = open_runner(onnx_path, providers, threads, lanes)
+    return LoadedModel(model.tag.name, model.tag.version or "", variant, path, runner, config, training_metrics)
 
 
 def stored_model_path(name: str, version: str) -> Path:

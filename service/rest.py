@@ -138,7 +138,8 @@ async def generate(request: Request) -> Response:
     if fmt == "png" and req.count != 1:
         raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
     core = await chorus.ready_frames()
-    images, timings = await chorus.admission.run(core.generate(req), deadline_seconds(request, s))
+    deadline = deadline_seconds(request, s)
+    images, timings = await chorus.admission.run(core.generate(req, deadline), deadline)
     headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": core.model_info["version"]}
     if fmt == "png":
         return Response(encode_png(images[0]), media_type="image/png", headers=headers)

@@ -27,6 +27,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger("chorus.service")
 settings = ServiceSettings()
+ENGINE_DEADLINE_SLACK_SECONDS = 1.0
 app = Starlette(routes=[*rest.ROUTES, *kserve.ROUTES])
 
 
@@ -70,6 +71,7 @@ class Chorus:
                 alphas_cumprod,
                 image_size,
                 info["frames"],
+                self._sample,
                 self._denoise,
                 (settings.max_images, settings.min_steps, settings.max_steps),
                 self.metrics,
@@ -115,6 +117,14 @@ class Chorus:
     async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         with self._pending("birdcall", len(windows)):
             return await self._birdcall_calls(windows)
+
+    async def _sample(self, count: int, steps: int, seed: int, timeout_seconds: float) -> np.ndarray:
+        # The engine gives up a moment after the API's own deadline (504) so its work stops too.
+        with self._pending("frames", count):
+            async with self._engine_call():
+                return await self.engine.to_async.frames_sample(
+                    count=count, steps=steps, seed=seed, timeout_seconds=timeout_seconds + ENGINE_DEADLINE_SLACK_SECONDS
+                )
 
     async def _engine_denoise(self, packed: np.ndarray) -> np.ndarray:
         async with self._engine_call():

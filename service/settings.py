@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,15 +21,22 @@ class ServiceSettings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime providers: auto takes CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
-    ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; 0 lets ORT choose (one per core).")
+    ort_lanes: int = Field(
+        0, ge=0, description="Slices of each batch run at once (service/lanes.py); 0: one per CPU core, 1 on a GPU."
+    )
+    ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per slice; 0: the cores divided by the lanes.")
 
     # Adaptive batching (BentoML): units are windows (birdcall) and denoising steps (frames)
     birdcall_max_batch_size: int = Field(64, ge=1, description="Most 5 s windows in one birdcall batch.")
     birdcall_max_latency_ms: int = Field(
         2000, ge=1, description="Longest a window may wait for and run in a batch before BentoML answers 503, in ms."
     )
-    frames_max_batch_size: int = Field(32, ge=1, description="Most denoising steps (one image each) in one frames batch.")
-    frames_max_latency_ms: int = Field(10_000, ge=1, description="Batch latency budget for one denoising step, in ms.")
+    frames_max_batch_size: int = Field(
+        32, ge=1, description="Most images in one denoiser batch (each image at its own DDIM step); at least max_images."
+    )
+    frames_max_latency_ms: int = Field(
+        10_000, ge=1, description="Batch latency budget of one bare denoiser call (KServe frames-denoiser), in ms."
+    )
     warmup_batch_sizes: tuple[int, ...] = Field(
         (1, 8, 32, 64), description="Batch sizes run once before /readyz says ready."
     )
@@ -58,3 +65,12 @@ class ServiceSettings(BaseSettings):
     # Processes and ports
     api_workers: int = Field(1, ge=1, description="API worker processes (decode and features run here).")
     grpc_port: int = Field(3001, ge=0, description="Port of the KServe v2 gRPC server; 0 disables it.")
+
+    @model_validator(mode="after")
+    def _one_request_fits_one_batch(self) -> ServiceSettings:
+        # A /generate request's images go through the step batcher together.
+        if self.max_images > self.frames_max_batch_size:
+            raise ValueError(
+                f"CHORUS_MAX_IMAGES ({self.max_images}) must not exceed CHORUS_FRAMES_MAX_BATCH_SIZE ({self.frames_max_batch_size})"
+            )
+        return self

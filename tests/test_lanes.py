@@ -1,0 +1,47 @@
+"""Lanes: a batch split across cores gives the same answer as one run, and knows when not to split."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from service.lanes import LaneRunner, plan_lanes
+from service.models import make_session
+from service.settings import ServiceSettings
+
+
+@pytest.fixture(scope="module")
+def row_sum_session(tmp_path_factory):
+    """y[n] = sum of x[n, :] * w: per-row, so slicing the batch must not change it."""
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["xw"]), helper.make_node("ReduceSum", ["xw", "axes"], ["y"], keepdims=0)],
+        "row_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+        [weights, helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    path = tmp_path_factory.mktemp("lanes") / "row_sum.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return make_session(path, ["CPUExecutionProvider"], 1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64])
+def test_split_batches_equal_one_run(row_sum_session, n):
+    x = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+    whole = row_sum_session.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(LaneRunner(row_sum_session, lanes=3).run({"x": x}), whole)
+
+
+def test_lane_plan():
+    assert plan_lanes(0, 0, on_gpu=True) == (1, 1)
+    assert plan_lanes(2, 0, on_gpu=False)[0] == 2 and plan_lanes(2, 0, on_gpu=False)[1] >= 1
+    assert plan_lanes(1, 3, on_gpu=False) == (1, 3)
+
+
+def test_settings_refuse_requests_larger_than_a_denoiser_batch(monkeypatch):
+    monkeypatch.setenv("CHORUS_MAX_IMAGES", "40")
+    with pytest.raises(ValueError, match="CHORUS_MAX_IMAGES"):
+        ServiceSettings()
