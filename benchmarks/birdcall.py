@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from benchmarks.load import LevelResult, sweep
 from chorus.local_server import ROOT, free_port, serve, wait_ready
 from loadtests.recordings import recording_pool
-from service.models import birdcall_frontend, make_session
+from service.models import birdcall_frontend, open_runner
 
 
 def bench_pool(n: int = 12) -> list:
@@ -22,33 +23,42 @@ def bench_pool(n: int = 12) -> list:
     return recording_pool(n, seed=11, min_seconds=10, max_seconds=60, formats=("wav", "mp3"))
 
 
-def raw_engine(model_path: Path, pool: list, seconds: float = 10.0) -> dict:
-    """The ceiling: shared front end + ORT in one process, each recording's windows in one batch."""
-    frontend, _ = birdcall_frontend(model_path)
-    session = make_session(model_path / "birdcall.fp32.onnx", ["CPUExecutionProvider"], 0)
+class RawEngine:
+    """The ceiling: the shared front end + ORT (run as the engine runs it) in this process, no server."""
+
+    def __init__(self, model_path: Path):
+        self.frontend, _ = birdcall_frontend(model_path)
+        self.runner = open_runner(model_path / "birdcall.fp32.onnx", ["CPUExecutionProvider"])
+
+    def classify(self, data: bytes) -> int:
+        """Decode, resample, features, network, as /classify does; returns the window count."""
+        _, wave = self.frontend.load(data)
+        x = self.frontend.features(self.frontend.windows(wave)[0])
+        for i in range(0, len(x), 64):
+            self.runner.run({"features": x[i : i + 64]})
+        return len(x)
+
+
+def raw_engine(engine: RawEngine, pool: list, seconds: float = 10.0) -> dict:
+    frontend, runner = engine.frontend, engine.runner
     # The network alone at each batch size, on real features: the engine's own batching gain.
     _, wave = frontend.load(pool[0].data)
     feats = frontend.features(frontend.windows(wave)[0])
     network = {}
     for batch in (1, 8, 32, 64):
         x = np.resize(feats, (batch, *feats.shape[1:]))
-        session.run(None, {"features": x})
+        runner.run({"features": x})
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < 1.5:
-            session.run(None, {"features": x})
+            runner.run({"features": x})
             n += batch
         network[batch] = n / (time.perf_counter() - start)
     latencies, windows, done = [], 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        rec = pool[done % len(pool)]
         t0 = time.perf_counter()
-        _, wave = frontend.load(rec.data)
-        x = frontend.features(frontend.windows(wave)[0])
-        for i in range(0, len(x), 64):
-            session.run(None, {"features": x[i : i + 64]})
+        windows += engine.classify(pool[done % len(pool)].data)
         latencies.append((time.perf_counter() - t0) * 1e3)
-        windows += len(x)
         done += 1
     elapsed = time.perf_counter() - start
     best = max(network, key=network.get)
@@ -66,10 +76,40 @@ def _stage_times(response) -> dict[str, float]:
     return response.json()["timings_ms"]
 
 
-def served(pool: list, levels: tuple[int, ...], seconds: float, **env: str) -> list[LevelResult]:
+def _paired_overhead(url: str, engine: RawEngine, pool: list, rounds: int) -> dict:
+    """Served minus in-process latency of the same recording, the two run back to back.
+
+    Pairing per recording and alternating keeps the mix of lengths and formats and the machine's
+    drift out of the difference: p50 of the pairs is the per-request cost of serving.
+    """
+    diffs, served_ms, raw_ms = [], [], []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for _ in range(rounds):
+            for rec in pool:
+                t0 = time.perf_counter()
+                engine.classify(rec.data)
+                t1 = time.perf_counter()
+                http.post("/classify?timeline=false", content=rec.data).raise_for_status()
+                t2 = time.perf_counter()
+                raw_ms.append((t1 - t0) * 1e3)
+                served_ms.append((t2 - t1) * 1e3)
+                diffs.append((t2 - t1 - (t1 - t0)) * 1e3)
+    return {
+        "pairs": len(diffs),
+        "overhead_ms_p50": round(float(np.median(diffs)), 2),
+        "served_ms_p50": round(float(np.median(served_ms)), 1),
+        "raw_ms_p50": round(float(np.median(raw_ms)), 1),
+    }
+
+
+def served(
+    pool: list, levels: tuple[int, ...], seconds: float, overhead_of: RawEngine | None = None, **env: str
+) -> tuple[list[LevelResult], dict | None]:
+    """The sweep, and with overhead_of the paired per-request overhead at concurrency 1."""
     requests = [("/classify?timeline=false", {"content": rec.data}) for rec in pool]
     with serve(**env) as url:
-        return sweep(url, requests, levels, seconds, _stage_times)
+        results = sweep(url, requests, levels, seconds, _stage_times)
+        return results, (_paired_overhead(url, overhead_of, pool, rounds=5) if overhead_of else None)
 
 
 @contextlib.contextmanager

@@ -11,19 +11,19 @@ import numpy as np
 from benchmarks.load import LevelResult, sweep
 from chorus.local_server import serve
 from service.ddim import ddim_sample
-from service.models import frames_schedule, make_session
+from service.models import frames_schedule, open_runner
 
 
 def raw_engine(model_path: Path, steps: int, seconds: float = 8.0) -> dict:
-    """ORT + the numpy DDIM loop in-process: one image at a time, and 8 images per call."""
+    """ORT (run as the engine runs it) + the numpy DDIM loop in-process, 1, 8 and 16 images per call."""
     alphas, size = frames_schedule(model_path)
-    session = make_session(model_path / "frames.fp32.onnx", ["CPUExecutionProvider"], 0)
+    runner = open_runner(model_path / "frames.fp32.onnx", ["CPUExecutionProvider"])
 
     async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return session.run(None, {"x_t": x, "t": t})[0]
+        return runner.run({"x_t": x, "t": t})
 
     result = {}
-    for count in (1, 8):
+    for count in (1, 8, 16):
         images, start, seed = 0, time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             asyncio.run(ddim_sample(denoise, alphas, (count, 3, size, size), steps, seed))
