@@ -103,7 +103,8 @@ class FrontEnd:
         frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft, axis=-1)[:, :: cfg.hop_length]
         spectrum = scipy.fft.rfft(frames * self._window, axis=-1, workers=self.fft_workers)
         power = spectrum.real**2 + spectrum.imag**2
-        mel = np.matmul(power, self._filterbank)  # [n, frames, n_mels]
+        # One 2-D matmul: a stacked 3-D one is a BLAS call per window.
+        mel = (power.reshape(-1, power.shape[-1]) @ self._filterbank).reshape(*power.shape[:-1], -1)  # [n, frames, n_mels]
         out = np.log(mel + cfg.log_eps).transpose(0, 2, 1)
         return np.ascontiguousarray(out[:, None], dtype=np.float32)
 

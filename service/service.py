@@ -15,6 +15,7 @@ import aiohttp
 import bentoml
 import numpy as np
 from starlette.applications import Starlette
+from threadpoolctl import threadpool_limits
 
 from service import kserve, rest
 from service.coalesce import Coalescer
@@ -37,6 +38,9 @@ class Chorus:
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
+        # Requests are featurized in parallel threads; a multi-threaded BLAS inside each of them
+        # spins against the others (8 threads on 2 cores: 77 -> 205 log-mel calls/s with one BLAS thread).
+        threadpool_limits(1, user_api="blas")
         self.settings = settings
         self.metrics = Metrics()
         self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds, self.metrics)
