@@ -1,8 +1,9 @@
 """The engine: one BentoML service that owns the ONNX Runtime sessions and batches model calls.
 
 Batching contract (BentoML adaptive batching, per engine process, one batch at a time):
-- `birdcall_logits`: input [n, 1, 64, 157] float32 normalized log-mel windows, output [n, classes]
-  float32 logits. Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per
+- `birdcall_logits`: input [n, 1, 64, 157] float32 normalized log-mel windows, output
+  [n, classes + 1] float32: the logits, then the seconds ONNX Runtime took on the batch that held
+  the row (so the API can tell each request's queue wait from its compute time). Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per
   batch; callers split larger requests (the core does).
 - `frames_sample`: a whole DDIM generation (count, steps, seed) -> uint8 images [count, H, W, 3].
   Not a BentoML batchable: the engine's own step batcher (service/step_batching.py) batches images
@@ -75,6 +76,7 @@ class Engine:
                 frames_schedule(self.frames.path)[0],
                 settings.frames_max_batch_size,
                 on_tick=self._observe_frames_tick,
+                on_wait=self.metrics.queue_wait_seconds.labels(self.frames.name).observe,
             )
             for model in (self.birdcall, self.frames):
                 self.metrics.model_info.labels(**model.info()).set(1)
@@ -126,7 +128,10 @@ class Engine:
     @bentoml.api(**batching(settings.birdcall_max_batch_size, settings.birdcall_max_latency_ms))
     def birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         self._require_ready()
-        return self._observed(self.birdcall, self._run_birdcall, windows)
+        start = time.perf_counter()
+        logits = self._observed(self.birdcall, self._run_birdcall, windows)
+        seconds = np.full((len(logits), 1), time.perf_counter() - start, np.float32)
+        return np.concatenate([logits, seconds], axis=1)
 
     @bentoml.api(**batching(settings.frames_max_batch_size, settings.frames_max_latency_ms))
     def frames_denoise(self, packed: np.ndarray) -> np.ndarray:

@@ -39,6 +39,14 @@ class Metrics:
             ["model", "variant"],
             buckets=STAGE_BUCKETS,
         )
+        self.queue_wait_seconds = Histogram(
+            "chorus_queue_wait_seconds",
+            "Per request, time before the model ran on it: birdcall, the engine round trip minus the ONNX Runtime "
+            "time of the batch that held it (coalescing, batching wait and transport); frames, arrival at the "
+            "step batcher to the first denoiser batch.",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+        )
         self.predictions = Counter("chorus_predictions_total", "Top-1 class of each classified window.", ["model", "label"])
         self.errors = Counter("chorus_errors_total", "Requests answered with an error.", ["route", "type", "status"])
         self.rejected = Counter("chorus_rejected_total", "Requests refused with 503 (overload or not ready).", ["route", "reason"])

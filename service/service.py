@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import aiohttp
 import bentoml
@@ -119,8 +120,13 @@ class Chorus:
             return await self.engine.to_async.birdcall_logits(windows)
 
     async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
         with self._pending("birdcall", len(windows)):
-            return await self._birdcall_calls(windows)
+            out = await self._birdcall_calls(windows)
+        # The engine appends the seconds its batch took; the rest of the round trip was waiting.
+        compute = float(out[:, -1].max())
+        self.metrics.queue_wait_seconds.labels("birdcall").observe(max(0.0, time.perf_counter() - start - compute))
+        return out[:, :-1]
 
     async def _sample(self, count: int, steps: int, seed: int, timeout_seconds: float) -> np.ndarray:
         # The engine gives up a moment after the API's own deadline (504) so its work stops too.

@@ -26,6 +26,8 @@ from service.ddim import ddim_step, initial_noise, time_pairs, to_unit_range
 SyncDenoise = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # on_tick(images in the batch, seconds the denoiser took)
 TickObserver = Callable[[int, float], None]
+# on_wait(seconds from a request's arrival to its first denoiser batch)
+WaitObserver = Callable[[float], None]
 
 
 class SamplingTimeout(TimeoutError):
@@ -40,6 +42,7 @@ class _Job:
     future: asyncio.Future
     expires: float
     """Deadline in time.monotonic() seconds."""
+    arrived: float = field(default_factory=time.monotonic)
     step: int = field(default=0)
 
     @property
@@ -48,11 +51,19 @@ class _Job:
 
 
 class StepBatcher:
-    def __init__(self, denoise: SyncDenoise, alphas_cumprod: np.ndarray, max_batch: int, on_tick: TickObserver | None = None):
+    def __init__(
+        self,
+        denoise: SyncDenoise,
+        alphas_cumprod: np.ndarray,
+        max_batch: int,
+        on_tick: TickObserver | None = None,
+        on_wait: WaitObserver | None = None,
+    ):
         self._denoise = denoise
         self._alphas = alphas_cumprod
         self.max_batch = max_batch
         self._on_tick = on_tick
+        self._on_wait = on_wait
         self._jobs: list[_Job] = []
         self._wake = asyncio.Event()
         self._runner: asyncio.Task | None = None
@@ -102,6 +113,11 @@ class StepBatcher:
         img = np.concatenate([job.images for job in batch])
         now_t = np.concatenate([np.full(job.count, job.times[job.step]) for job in batch])
         next_t = np.concatenate([np.full(job.count, job.times[job.step + 1]) for job in batch])
+        if self._on_wait is not None:
+            now = time.monotonic()
+            for job in batch:
+                if job.step == 0:
+                    self._on_wait(now - job.arrived)
         started = time.perf_counter()
         try:
             v = await asyncio.to_thread(self._denoise, img, now_t.astype(np.float32))

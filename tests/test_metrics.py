@@ -40,6 +40,12 @@ def test_metrics_after_traffic(client, chirp):
     assert delta("chorus_batch_size_sum", model="birdcall") == 3
     assert delta("chorus_batch_size_sum", model="frames") == 2 * 5
     assert delta("chorus_batch_duration_seconds_count", model="birdcall", variant="fp32") >= 1
+    # Queue wait per request (birdcall: per engine call, one each here; frames: one per /generate).
+    assert delta("chorus_queue_wait_seconds_count", model="birdcall") == 3
+    assert delta("chorus_queue_wait_seconds_count", model="frames") == 1
+    assert 0 <= delta("chorus_queue_wait_seconds_sum", model="birdcall") < delta(
+        "chorus_stage_duration_seconds_sum", model="birdcall", variant="fp32", stage="inference"
+    )
     # Gauges: every model announced once, nothing left in flight.
     assert value(after, "chorus_model_info", name="birdcall", variant="fp32", provider="CPUExecutionProvider") == 1
     assert value(after, "chorus_model_info", name="frames") == 1

@@ -59,6 +59,19 @@ def test_concurrent_requests_share_steps_and_match_the_single_request_loop():
     assert sum(sizes) == sum(count * steps for count, steps, _ in requests)  # every image-step ran once
 
 
+def test_each_request_reports_its_wait_before_its_first_step():
+    denoiser = FakeDenoiser(delay=0.02)
+    waits: list[float] = []
+
+    async def scenario() -> None:
+        batcher = StepBatcher(denoiser, ALPHAS, max_batch=1, on_wait=waits.append)
+        await asyncio.gather(*(batcher.sample((1, *SHAPE), 3, seed, 30) for seed in range(2)))
+
+    asyncio.run(scenario())
+    # One slot per tick: the second request waits for the first one's three steps.
+    assert len(waits) == 2 and sorted(waits)[0] < 0.01 and sorted(waits)[1] >= 3 * 0.02 * 0.9
+
+
 def test_a_tick_never_exceeds_max_batch_and_requests_keep_their_order():
     denoiser = FakeDenoiser(delay=0.001)
 
