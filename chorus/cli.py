@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,14 +46,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """`bentoml serve` of the chorus service from the repo root, with the gRPC port passed as a setting."""
+    """`bentoml serve` of the chorus service from the repo root, with the gRPC port passed as a setting.
+
+    The server replaces this process: signals reach it directly (a `kill` of chorus stops the
+    server rather than orphaning it), and `chorus up` does not keep torch in memory while serving.
+    """
     env = {**os.environ, "CHORUS_GRPC_PORT": str(args.grpc_port)}
     command = [sys.executable, "-m", "bentoml", "serve", "service.service:Chorus", "--host", args.host, "--port", str(args.port)]
     print(f"chorus: serving HTTP on http://{args.host}:{args.port} and KServe v2 gRPC on port {args.grpc_port}", flush=True)
-    try:
-        return subprocess.call(command, env=env, cwd=Path(__file__).resolve().parent.parent)
-    except KeyboardInterrupt:
-        return 0
+    os.chdir(Path(__file__).resolve().parent.parent)
+    os.execve(sys.executable, command, env)
 
 
 def _up(args: argparse.Namespace) -> int:
