@@ -1,9 +1,8 @@
 """Coalesce concurrent model calls of one API worker into one engine call while a call is in flight.
 
-A /generate request makes one engine call per DDIM step, a /classify request one per chunk of
-windows. With many requests in flight, one HTTP call (and one pickled array) per request costs
-the API worker more CPU than the model work it carries. Here a
-call goes out at once when none is in flight (no added latency at low load); calls that arrive
+A /classify request makes one engine call per chunk of windows, a KServe frames-denoiser request
+one per call. With many requests in flight, one HTTP call (and one pickled array) per request
+costs the API worker more CPU than the model work it carries. Here a call goes out at once when none is in flight (no added latency at low load); calls that arrive
 meanwhile are concatenated (up to `max_items`) into the next one. The engine's adaptive batching
 still merges calls across API workers.
 """
