@@ -121,14 +121,14 @@ class StepBatcher:
         started = time.perf_counter()
         try:
             v = await asyncio.to_thread(self._denoise, img, now_t.astype(np.float32))
+            if self._on_tick is not None:
+                self._on_tick(len(img), time.perf_counter() - started)
+            stepped = ddim_step(img, v, self._alphas, now_t, next_t)
         except Exception as exc:  # every request in this tick gets the error; the others go on
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        if self._on_tick is not None:
-            self._on_tick(len(img), time.perf_counter() - started)
-        stepped = ddim_step(img, v, self._alphas, now_t, next_t)
         offset = 0
         for job in batch:
             job.images = stepped[offset : offset + job.count]
