@@ -3,8 +3,9 @@
 Batching contract (BentoML adaptive batching, per engine process, one batch at a time):
 - `birdcall_logits`: input [n, 1, 64, 157] float32 normalized log-mel windows, output
   [n, classes + 1] float32: the logits, then the seconds ONNX Runtime took on the batch that held
-  the row (so the API can tell each request's queue wait from its compute time). Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per
-  batch; callers split larger requests (the core does).
+  the row (so the API can tell each request's queue wait from its compute time). Batch unit: one
+  5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per batch; callers split larger
+  requests (the core does).
 - `frames_sample`: a whole DDIM generation (count, steps, seed) -> uint8 images [count, H, W, 3].
   Not a BentoML batchable: the engine's own step batcher (service/step_batching.py) batches images
   of all requests at every DDIM step, at most CHORUS_FRAMES_MAX_BATCH_SIZE images per step.
@@ -118,25 +119,25 @@ class Engine:
         self.metrics.batch_seconds.labels(self.frames.name, self.frames.variant).observe(seconds)
         self.metrics.batch_size.labels(self.frames.name).observe(images)
 
-    def _observed(self, model: LoadedModel, run, batch: np.ndarray) -> np.ndarray:
+    def _observed(self, model: LoadedModel, run, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """The batch's output and the seconds it took, both recorded in the metrics."""
         start = time.perf_counter()
         out = run(batch)
-        self.metrics.batch_seconds.labels(model.name, model.variant).observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.batch_seconds.labels(model.name, model.variant).observe(seconds)
         self.metrics.batch_size.labels(model.name).observe(len(batch))
-        return out
+        return out, seconds
 
     @bentoml.api(**batching(settings.birdcall_max_batch_size, settings.birdcall_max_latency_ms))
     def birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
         self._require_ready()
-        start = time.perf_counter()
-        logits = self._observed(self.birdcall, self._run_birdcall, windows)
-        seconds = np.full((len(logits), 1), time.perf_counter() - start, np.float32)
-        return np.concatenate([logits, seconds], axis=1)
+        logits, seconds = self._observed(self.birdcall, self._run_birdcall, windows)
+        return np.concatenate([logits, np.full((len(logits), 1), seconds, np.float32)], axis=1)
 
     @bentoml.api(**batching(settings.frames_max_batch_size, settings.frames_max_latency_ms))
     def frames_denoise(self, packed: np.ndarray) -> np.ndarray:
         self._require_ready()
-        return self._observed(self.frames, self._run_frames, packed)
+        return self._observed(self.frames, self._run_frames, packed)[0]
 
     @bentoml.api
     async def frames_sample(self, count: int, steps: int, seed: int, timeout_seconds: float) -> np.ndarray:
