@@ -1,7 +1,8 @@
 """The seed project's way of serving birdcall, as a baseline: FastAPI + torch/torchaudio eager,
 model loaded once, windows classified one by one. Run: uvicorn benchmarks.baseline_app:app
 
-Reads the same checkpoint chorus exported (CHORUS_HOME) so both serve identical weights.
+Reads the same checkpoint chorus exported (CHORUS_HOME) so both serve identical weights; the model
+runs on CHORUS_BASELINE_DEVICE (cpu, or cuda for the GPU bench).
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from training.birdcall_model import BirdCallArch, BirdCallNet
 from training.checkpoint import load_checkpoint, load_weights
 
 torch.set_num_threads(os.cpu_count() or 1)
+device = torch.device(os.environ.get("CHORUS_BASELINE_DEVICE", "cpu"))
 checkpoint = load_checkpoint(Workspace.from_env().checkpoint_dir("birdcall"))
-model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
+model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint).to(device)
 fe = checkpoint.config["frontend"]
 mel = torchaudio.transforms.MelSpectrogram(
     sample_rate=fe["sample_rate"], n_fft=fe["n_fft"], hop_length=fe["hop_length"], f_min=fe["f_min"], f_max=fe["f_max"], n_mels=fe["n_mels"]
-)
-mean = torch.tensor(checkpoint.norm_stats["mean"]).view(1, -1, 1)
-std = torch.tensor(checkpoint.norm_stats["std"]).view(1, -1, 1)
+).to(device)
+mean = torch.tensor(checkpoint.norm_stats["mean"], device=device).view(1, -1, 1)
+std = torch.tensor(checkpoint.norm_stats["std"], device=device).view(1, -1, 1)
 clip, stride = int(fe["clip_seconds"] * fe["sample_rate"]), int(fe["stride_seconds"] * fe["sample_rate"])
 app = FastAPI()
 
@@ -38,9 +40,9 @@ async def classify(request: Request) -> dict:
     results = []
     start = 0
     while True:
-        window = torch.zeros(clip)
+        window = torch.zeros(clip, device=device)
         piece = wave[start : start + clip]
-        window[: len(piece)] = piece
+        window[: len(piece)] = piece.to(device)
         with torch.inference_mode():
             features = ((torch.log(mel(window) + fe["log_eps"]) - mean) / std).unsqueeze(0)
             probs = torch.softmax(model(features), dim=1)[0]

@@ -26,9 +26,9 @@ def bench_pool(n: int = 12) -> list:
 class RawEngine:
     """The ceiling: the shared front end + ORT (run as the engine runs it) in this process, no server."""
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, providers: list[str]):
         self.frontend, _ = birdcall_frontend(model_path)
-        self.runner = open_runner(model_path / "birdcall.fp32.onnx", ["CPUExecutionProvider"])
+        self.runner = open_runner(model_path / "birdcall.fp32.onnx", providers)
 
     def classify(self, data: bytes) -> int:
         """Decode, resample, features, network, as /classify does; returns the window count."""
@@ -49,7 +49,7 @@ def raw_engine(engine: RawEngine, pool: list, seconds: float = 10.0) -> dict:
         x = np.resize(feats, (batch, *feats.shape[1:]))
         runner.run({"features": x})
         n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 1.5:
+        while time.perf_counter() - start < min(1.5, seconds):
             runner.run({"features": x})
             n += batch
         network[batch] = n / (time.perf_counter() - start)
@@ -109,23 +109,28 @@ def _paired_overhead(url: str, engine: RawEngine, pool: list, rounds: int) -> di
 
 
 def served(
-    pool: list, levels: tuple[int, ...], seconds: float, overhead_of: RawEngine | None = None, **env: str
+    pool: list,
+    levels: tuple[int, ...],
+    seconds: float,
+    overhead_of: RawEngine | None = None,
+    overhead_rounds: int = 5,
+    **env: str,
 ) -> tuple[list[LevelResult], dict | None]:
     """The sweep, and with overhead_of the paired per-request overhead at concurrency 1."""
     requests = [("/classify?timeline=false", {"content": rec.data}) for rec in pool]
     with serve(**env) as url:
         results = sweep(url, requests, levels, seconds, _stage_times)
-        return results, (_paired_overhead(url, overhead_of, pool, rounds=5) if overhead_of else None)
+        return results, (_paired_overhead(url, overhead_of, pool, overhead_rounds) if overhead_of else None)
 
 
 @contextlib.contextmanager
-def baseline_server():
-    """The seed-style FastAPI + torch eager app in its own process."""
+def baseline_server(device: str = "cpu"):
+    """The seed-style FastAPI + torch eager app in its own process, its model on `device`."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "benchmarks.baseline_app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT,
-        env={**os.environ},
+        env={**os.environ, "CHORUS_BASELINE_DEVICE": device},
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -136,7 +141,7 @@ def baseline_server():
         process.wait(timeout=30)
 
 
-def baseline(pool: list, levels: tuple[int, ...], seconds: float) -> list[LevelResult]:
+def baseline(pool: list, levels: tuple[int, ...], seconds: float, device: str = "cpu") -> list[LevelResult]:
     requests = [("/classify", {"content": rec.data}) for rec in pool]
-    with baseline_server() as url:
+    with baseline_server(device) as url:
         return sweep(url, requests, levels, seconds)

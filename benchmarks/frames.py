@@ -14,10 +14,10 @@ from service.ddim import ddim_sample
 from service.models import frames_schedule, open_runner
 
 
-def raw_engine(model_path: Path, steps: int, seconds: float = 8.0) -> dict:
+def raw_engine(model_path: Path, steps: int, providers: list[str], seconds: float = 8.0) -> dict:
     """ORT (run as the engine runs it) + the numpy DDIM loop in-process, 1, 8 and 16 images per call."""
     alphas, size = frames_schedule(model_path)
-    runner = open_runner(model_path / "frames.fp32.onnx", ["CPUExecutionProvider"])
+    runner = open_runner(model_path / "frames.fp32.onnx", providers)
 
     async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         return runner.run({"x_t": x, "t": t})
@@ -33,7 +33,7 @@ def raw_engine(model_path: Path, steps: int, seconds: float = 8.0) -> dict:
     return result
 
 
-def torch_eager(workspace_checkpoint: Path, steps: int, seconds: float = 8.0) -> dict:
+def torch_eager(workspace_checkpoint: Path, steps: int, device: str = "cpu", seconds: float = 8.0) -> dict:
     """The seed: denoising-diffusion-pytorch's own DDIM sampler, one image after another."""
     import os
 
@@ -47,16 +47,18 @@ def torch_eager(workspace_checkpoint: Path, steps: int, seconds: float = 8.0) ->
     arch = FramesArch(**checkpoint.config["arch"])
     diffusion = build_diffusion(arch, sampling_steps=steps)
     load_weights(diffusion.model, checkpoint)
-    diffusion.eval()
+    diffusion.to(device).eval()
     images, start = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - start < seconds:
             diffusion.ddim_sample((1, 3, arch.image_size, arch.image_size))
             images += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
     return {"images_per_s": round(images / (time.perf_counter() - start), 2)}
 
 
-def served(steps: int, levels: tuple[int, ...], seconds: float) -> list[LevelResult]:
+def served(steps: int, levels: tuple[int, ...], seconds: float, **env: str) -> list[LevelResult]:
     requests = [("/generate", {"json": {"steps": steps, "seed": s, "format": "json"}}) for s in range(16)]
-    with serve() as url:
+    with serve(**env) as url:
         return sweep(url, requests, levels, seconds)

@@ -14,6 +14,22 @@ from benchmarks import birdcall, frames
 from chorus.workspace import Workspace
 
 LEVELS = (1, 2, 4, 8, 16)
+FRAMES_LEVELS = (1, 4, 8, 16)
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime providers for a bench device; a GPU bench refuses to fall back to CPU quietly."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+    import torch
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
+        raise RuntimeError(
+            f"--device cuda needs onnxruntime-gpu and a CUDA torch (ORT providers: {ort.get_available_providers()}, "
+            f"torch CUDA: {torch.cuda.is_available()})"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def _table(rows: list[tuple[str, list[dict]]], unit: str) -> str:
@@ -49,22 +65,34 @@ def _plot(rows: list[tuple[str, list[dict]]], path: Path, title: str, unit: str)
     plt.close(fig)
 
 
-def run_bench(out_dir: Path, seconds: float = 8.0, steps: int = 20) -> dict:
+def run_bench(
+    out_dir: Path,
+    seconds: float = 8.0,
+    steps: int = 20,
+    device: str = "cpu",
+    levels: tuple[int, ...] = LEVELS,
+    frames_levels: tuple[int, ...] = FRAMES_LEVELS,
+    overhead_rounds: int = 5,
+) -> dict:
+    """Every configuration on `device` (cpu or cuda: the engine, the raw engine and both torch
+    baselines); `seconds` is the time per concurrency level and per in-process measurement."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    providers = providers_for(device)
+    served_env = {"CHORUS_PROVIDERS": device}
     workspace = Workspace.from_env()
     bird_path = Path(bentoml.models.get("birdcall:latest").path)
     frames_path = Path(bentoml.models.get("frames:latest").path)
     pool = birdcall.bench_pool()
 
-    engine = birdcall.RawEngine(bird_path)
-    raw = birdcall.raw_engine(engine, pool)
-    on, overhead = birdcall.served(pool, LEVELS, seconds, overhead_of=engine)
+    engine = birdcall.RawEngine(bird_path, providers)
+    raw = birdcall.raw_engine(engine, pool, seconds)
+    on, overhead = birdcall.served(pool, levels, seconds, overhead_of=engine, overhead_rounds=overhead_rounds, **served_env)
     on = [r.row() for r in on]
-    off = [r.row() for r in birdcall.served(pool, LEVELS, seconds, CHORUS_BIRDCALL_MAX_BATCH_SIZE="1")[0]]
-    base = [r.row() for r in birdcall.baseline(pool, LEVELS, seconds)]
+    off = [r.row() for r in birdcall.served(pool, levels, seconds, CHORUS_BIRDCALL_MAX_BATCH_SIZE="1", **served_env)[0]]
+    base = [r.row() for r in birdcall.baseline(pool, levels, seconds, device)]
     best = lambda rows: max(rows, key=lambda r: r["throughput"])  # noqa: E731
     by_c = lambda rows, c: next(r for r in rows if r["concurrency"] == c)  # noqa: E731
-    top = LEVELS[-1]
+    top = levels[-1]
     bird = {
         "raw_engine": raw,
         "served_batching": on,
@@ -82,10 +110,9 @@ def run_bench(out_dir: Path, seconds: float = 8.0, steps: int = 20) -> dict:
     }
     bird["ratios"]["batching_gain_share"] = round(bird["ratios"]["served_batching_gain"] / bird["ratios"]["engine_batching_gain"], 3)
 
-    frames_levels = (1, 4, 8, 16)
-    frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds)]
-    frames_raw = frames.raw_engine(frames_path, steps)
-    frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps)
+    frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds, **served_env)]
+    frames_raw = frames.raw_engine(frames_path, steps, providers, seconds)
+    frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps, device, seconds)
     frame = {
         "steps": steps,
         "raw_engine": frames_raw,
@@ -102,12 +129,14 @@ def run_bench(out_dir: Path, seconds: float = 8.0, steps: int = 20) -> dict:
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
-        "command": "uv run chorus bench",
+        "command": "uv run chorus bench" + (f" --device {device}" if device != "cpu" else ""),
+        "device": device,
+        "engine_provider": engine.runner.session.get_providers()[0],
         "seconds_per_level": seconds,
     }
     markdown = "\n".join(
         [
-            f"# chorus bench, {meta['date']} ({meta['machine']})",
+            f"# chorus bench, {meta['date']} ({meta['machine']}; {meta['engine_provider']})",
             "",
             f"`{meta['command']}`; {seconds:g} s per concurrency level, closed loop, client on the same machine.",
             "",

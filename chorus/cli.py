@@ -85,7 +85,7 @@ def _bench(args: argparse.Namespace) -> int:
     from benchmarks.run import run_bench
 
     out_dir = args.out or Workspace.from_env().reports_dir("bench")
-    result = run_bench(out_dir, seconds=args.seconds, steps=args.steps)
+    result = run_bench(out_dir, seconds=args.seconds, steps=args.steps, device=args.device)
     _print_result({"ratios": {"birdcall": result["birdcall"]["ratios"], "frames": result["frames"]["ratios"]}, "reports": str(out_dir)})
     return 0
 
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level")
     bench.add_argument("--steps", type=int, default=20, help="DDIM steps for the frames runs")
     bench.add_argument("--out", type=Path, default=None, help="results folder; default artifacts/reports/bench")
+    bench.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the engine and the torch baselines run (cuda needs onnxruntime-gpu)"
+    )
     bench.set_defaults(handler=_bench)
     return parser
 

@@ -1,0 +1,44 @@
+"""`chorus bench` end to end on the tiny models, with short levels: every configuration runs without
+errors and the report (markdown table, JSON, plots) says what it measured. Speed goals live in the
+benchmark's own output, never here."""
+
+from __future__ import annotations
+
+import json
+
+import onnxruntime as ort
+import pytest
+
+from benchmarks.run import providers_for, run_bench
+
+
+@pytest.mark.integration
+def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny_workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHORUS_HOME", str(tiny_workspace.home))  # the baseline apps load these checkpoints
+    result = run_bench(tmp_path, seconds=0.5, steps=5, levels=(1, 2), frames_levels=(1, 2), overhead_rounds=1)
+
+    bird, frames = result["birdcall"], result["frames"]
+    for rows in (bird["served_batching"], bird["served_no_batching"], bird["baseline_fastapi_torch"], frames["served"]):
+        assert [r["concurrency"] for r in rows] == [1, 2]
+        assert all(r["errors"] == 0 and r["throughput"] > 0 for r in rows), rows
+    assert set(bird["ratios"]) == {
+        "served_over_raw", "served_batching_gain", "engine_batching_gain", "chorus_over_baseline",
+        "overhead_ms_at_c1_p50", "batching_gain_share",
+    }
+    assert bird["overhead_at_c1"]["pairs"] == 12  # one round over the 12 recordings
+    assert {"decode", "resample", "features", "inference", "total"} <= set(bird["stages_ms_at_best"])
+    assert frames["ratios"]["served_over_eager"] > 0 and frames["torch_eager_sequential"]["images_per_s"] > 0
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["meta"]["device"] == "cpu" and saved["meta"]["engine_provider"] == "CPUExecutionProvider"
+    markdown = (tmp_path / "results.md").read_text()
+    for name in ("chorus, batching on", "chorus, batching off", "FastAPI + torch eager", "chorus /generate", "served_over_eager"):
+        assert name in markdown
+    for plot in ("birdcall_latency_throughput.png", "frames_latency_throughput.png"):
+        assert (tmp_path / plot).stat().st_size > 10_000
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this host can run the GPU bench")
+def test_gpu_bench_refuses_to_fall_back_to_cpu():
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        providers_for("cuda")
