@@ -18,6 +18,7 @@ Models load in a background thread; `__is_ready__` turns true only after every w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -76,7 +77,7 @@ class Engine:
                 self._run_frames_split,
                 frames_schedule(self.frames.path)[0],
                 settings.frames_max_batch_size,
-                on_tick=self._observe_frames_tick,
+                on_tick=functools.partial(self._record_batch, self.frames),
                 on_wait=self.metrics.queue_wait_seconds.labels(self.frames.name).observe,
             )
             for model in (self.birdcall, self.frames):
@@ -115,17 +116,16 @@ class Engine:
         feeds = {"x_t": np.ascontiguousarray(x_t, dtype=np.float32), "t": np.ascontiguousarray(t, dtype=np.float32)}
         return self.frames.run(feeds)
 
-    def _observe_frames_tick(self, images: int, seconds: float) -> None:
-        self.metrics.batch_seconds.labels(self.frames.name, self.frames.variant).observe(seconds)
-        self.metrics.batch_size.labels(self.frames.name).observe(images)
+    def _record_batch(self, model: LoadedModel, items: int, seconds: float) -> None:
+        self.metrics.batch_seconds.labels(model.name, model.variant).observe(seconds)
+        self.metrics.batch_size.labels(model.name).observe(items)
 
     def _observed(self, model: LoadedModel, run, batch: np.ndarray) -> tuple[np.ndarray, float]:
         """The batch's output and the seconds it took, both recorded in the metrics."""
         start = time.perf_counter()
         out = run(batch)
         seconds = time.perf_counter() - start
-        self.metrics.batch_seconds.labels(model.name, model.variant).observe(seconds)
-        self.metrics.batch_size.labels(model.name).observe(len(batch))
+        self._record_batch(model, len(batch), seconds)
         return out, seconds
 
     @bentoml.api(**batching(settings.birdcall_max_batch_size, settings.birdcall_max_latency_ms))
