@@ -2,7 +2,8 @@
 
 Recordings of 3-60 s in WAV/FLAC/MP3/OGG at 16-48 kHz (some stereo) sent as multipart and raw
 bodies, some batch calls, some /generate calls, and a share of bad inputs that must get a 4xx
-with a JSON error body (a 2xx or 5xx there counts as a failure).
+with a JSON error body (a 2xx or 5xx there counts as a failure). Each user starts with one bad
+input, so even a short run checks that route.
 Run headless through `chorus loadtest`, or `locust -f loadtests/locustfile.py --host URL`.
 """
 
@@ -37,6 +38,7 @@ class ChorusUser(HttpUser):
         token = os.environ.get("CHORUS_API_TOKEN")
         if token:
             self.client.headers["Authorization"] = f"Bearer {token}"
+        self.bad_input()
 
     @task(10)
     def classify_upload(self) -> None:
