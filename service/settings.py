@@ -64,6 +64,16 @@ class ServiceSettings(BaseSettings):
 
     # Processes and ports
     api_workers: int = Field(1, ge=1, description="API worker processes (decode and features run here).")
+    engine_access_log: bool = Field(
+        False,
+        description="Log every API -> engine call too. Off by default: each client request is already in the "
+        "API's access log with its trace id.",
+    )
+    engine_tracing: bool = Field(
+        False,
+        description="Trace API -> engine calls (OpenTelemetry) when BentoML tracing is configured. Off by default: "
+        "the engine's tracing middleware cost about a quarter of its per-call work even unsampled.",
+    )
     grpc_port: int = Field(3001, ge=0, description="Port of the KServe v2 gRPC server; 0 disables it.")
 
     @model_validator(mode="after")

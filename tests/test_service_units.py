@@ -155,3 +155,10 @@ def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
                 await task
 
     asyncio.run(scenario())
+
+
+def test_engine_calls_stay_out_of_access_logs_and_traces_by_default():
+    from service.engine import Engine
+
+    assert Engine.config["logging"]["access"]["enabled"] is False
+    assert Engine.config["tracing"]["excluded_urls"] == ["."]
