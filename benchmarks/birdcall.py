@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,32 +80,50 @@ def _stage_times(response) -> dict[str, float]:
 PAUSE_SECONDS = 0.05
 
 
-def _paired_overhead(url: str, engine: RawEngine, pool: list, rounds: int) -> dict:
-    """Served minus in-process latency of the same recording, the two run back to back.
+def _queue_wait_totals(http: httpx.Client) -> tuple[float, float]:
+    """(sum of seconds, count) of chorus_queue_wait_seconds for birdcall, from /metrics."""
+    text = http.get("/metrics").text
+    totals = []
+    for part in ("sum", "count"):
+        match = re.search(rf'^chorus_queue_wait_seconds_{part}\{{model="birdcall"\}} (\S+)$', text, re.M)
+        totals.append(float(match.group(1)) if match else 0.0)
+    return totals[0], totals[1]
+
+
+def _paired_overhead(url: str, floor_url: str, engine: RawEngine, pool: list, rounds: int) -> dict:
+    """Served minus in-process latency of the same recording, run back to back, and its parts.
 
     Pairing per recording and alternating keeps the mix of lengths and formats and the machine's
     drift out of the difference: p50 of the pairs is the per-request cost of serving. A pause after
     each run lets the server's after-response work finish (it slowed the next in-process run by
-    ~25 ms when measured back to back without one).
+    ~25 ms when measured back to back without one). Each recording also goes to a bare HTTP echo
+    (benchmarks/echo_app.py): the floor no ASGI server goes below here. The engine hop is the
+    mean of chorus_queue_wait_seconds over the pairs: the engine round trip minus ONNX Runtime time.
     """
-    served_ms, raw_ms = [], []
-    with httpx.Client(base_url=url, timeout=60) as http:
+    served_ms, raw_ms, floor_ms = [], [], []
+    with httpx.Client(base_url=url, timeout=60) as http, httpx.Client(base_url=floor_url, timeout=60) as floor:
+        wait_before = _queue_wait_totals(http)
         for _ in range(rounds):
             for rec in pool:
-                start = time.perf_counter()
-                engine.classify(rec.data)
-                raw_ms.append((time.perf_counter() - start) * 1e3)
-                time.sleep(PAUSE_SECONDS)
-                start = time.perf_counter()
-                http.post("/classify?timeline=false", content=rec.data).raise_for_status()
-                served_ms.append((time.perf_counter() - start) * 1e3)
-                time.sleep(PAUSE_SECONDS)
+                for client, times in ((None, raw_ms), (http, served_ms), (floor, floor_ms)):
+                    start = time.perf_counter()
+                    if client is None:
+                        engine.classify(rec.data)
+                    else:
+                        client.post("/classify?timeline=false", content=rec.data).raise_for_status()
+                    times.append((time.perf_counter() - start) * 1e3)
+                    time.sleep(PAUSE_SECONDS)
+        wait_after = _queue_wait_totals(http)
     diffs = np.subtract(served_ms, raw_ms)
+    waits = wait_after[1] - wait_before[1]
     return {
         "pairs": len(diffs),
         "overhead_ms_p50": round(float(np.median(diffs)), 2),
         "served_ms_p50": round(float(np.median(served_ms)), 1),
         "raw_ms_p50": round(float(np.median(raw_ms)), 1),
+        "http_floor_ms_p50": round(float(np.median(floor_ms)), 2),
+        "overhead_above_http_floor_ms_p50": round(float(np.median(diffs - np.asarray(floor_ms))), 2),
+        "engine_hop_ms_mean": round((wait_after[0] - wait_before[0]) / waits * 1e3, 2) if waits else None,
     }
 
 
@@ -120,21 +139,24 @@ def served(
     requests = [("/classify?timeline=false", {"content": rec.data}) for rec in pool]
     with serve(**env) as url:
         results = sweep(url, requests, levels, seconds, _stage_times)
-        return results, (_paired_overhead(url, overhead_of, pool, overhead_rounds) if overhead_of else None)
+        if overhead_of is None:
+            return results, None
+        with uvicorn_app("benchmarks.echo_app:app", "/readyz", "--http", "httptools", "--loop", "uvloop") as floor_url:
+            return results, _paired_overhead(url, floor_url, overhead_of, pool, overhead_rounds)
 
 
 @contextlib.contextmanager
-def baseline_server(device: str = "cpu"):
-    """The seed-style FastAPI + torch eager app in its own process, its model on `device`."""
+def uvicorn_app(app: str, ready_path: str, *options: str, **env: str):
+    """An ASGI app (module:attribute) under uvicorn in its own process; yields its URL once ready."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchmarks.baseline_app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *options],
         cwd=ROOT,
-        env={**os.environ, "CHORUS_BASELINE_DEVICE": device},
+        env={**os.environ, **env},
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, path="/docs")
+        wait_ready(url, path=ready_path)
         yield url
     finally:
         process.terminate()
@@ -142,6 +164,7 @@ def baseline_server(device: str = "cpu"):
 
 
 def baseline(pool: list, levels: tuple[int, ...], seconds: float, device: str = "cpu") -> list[LevelResult]:
+    """The seed-style FastAPI + torch eager app in its own process, its model on `device`."""
     requests = [("/classify", {"content": rec.data}) for rec in pool]
-    with baseline_server(device) as url:
+    with uvicorn_app("benchmarks.baseline_app:app", "/docs", CHORUS_BASELINE_DEVICE=device) as url:
         return sweep(url, requests, levels, seconds)

@@ -25,14 +25,16 @@ def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny
         "served_over_raw", "served_batching_gain", "engine_batching_gain", "chorus_over_baseline",
         "overhead_ms_at_c1_p50", "batching_gain_share",
     }
-    assert bird["overhead_at_c1"]["pairs"] == 12  # one round over the 12 recordings
+    overhead = bird["overhead_at_c1"]
+    assert overhead["pairs"] == 12  # one round over the 12 recordings
+    assert overhead["http_floor_ms_p50"] > 0 and overhead["engine_hop_ms_mean"] > 0
     assert {"decode", "resample", "features", "inference", "total"} <= set(bird["stages_ms_at_best"])
     assert frames["ratios"]["served_over_eager"] > 0 and frames["torch_eager_sequential"]["images_per_s"] > 0
 
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["device"] == "cpu" and saved["meta"]["engine_provider"] == "CPUExecutionProvider"
     markdown = (tmp_path / "results.md").read_text()
-    for name in ("chorus, batching on", "chorus, batching off", "FastAPI + torch eager", "chorus /generate", "served_over_eager"):
+    for name in ("chorus, batching on", "chorus, batching off", "FastAPI + torch eager", "chorus /generate", "served_over_eager", "HTTP floor"):
         assert name in markdown
     for plot in ("birdcall_latency_throughput.png", "frames_latency_throughput.png"):
         assert (tmp_path / plot).stat().st_size > 10_000
