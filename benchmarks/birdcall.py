@@ -93,19 +93,23 @@ def _queue_wait_totals(http: httpx.Client) -> tuple[float, float]:
 def _paired_overhead(url: str, floor_url: str, engine: RawEngine, pool: list, rounds: int) -> dict:
     """Served minus in-process latency of the same recording, run back to back, and its parts.
 
-    Pairing per recording and alternating keeps the mix of lengths and formats and the machine's
-    drift out of the difference: p50 of the pairs is the per-request cost of serving. A pause after
-    each run lets the server's after-response work finish (it slowed the next in-process run by
-    ~25 ms when measured back to back without one). Each recording also goes to a bare HTTP echo
+    Pairing per recording, in a random order each time, keeps the mix of lengths and formats, the
+    machine's drift and any order effect out of the difference: p50 of the pairs is the
+    per-request cost of serving. A pause after each run lets the server's after-response work
+    finish (it slowed the next in-process run by ~25 ms when measured back to back without one).
+    Each recording also goes to a bare HTTP echo
     (benchmarks/echo_app.py): the floor no ASGI server goes below here. The engine hop is the
     mean of chorus_queue_wait_seconds over the pairs: the engine round trip minus ONNX Runtime time.
     """
     served_ms, raw_ms, floor_ms = [], [], []
+    order = np.random.default_rng(0)
     with httpx.Client(base_url=url, timeout=60) as http, httpx.Client(base_url=floor_url, timeout=60) as floor:
         wait_before = _queue_wait_totals(http)
         for _ in range(rounds):
             for rec in pool:
-                for client, times in ((None, raw_ms), (http, served_ms), (floor, floor_ms)):
+                runs = [(None, raw_ms), (http, served_ms), (floor, floor_ms)]
+                for i in order.permutation(len(runs)):  # no run always goes first or after another
+                    client, times = runs[i]
                     start = time.perf_counter()
                     if client is None:
                         engine.classify(rec.data)

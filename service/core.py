@@ -23,7 +23,8 @@ from features import AudioError, DecodedAudio, FrontEnd, decode_audio, resample
 from service.errors import DeadlineExceeded, InvalidParameter, Overloaded, from_audio_error
 from service.metrics import Metrics
 
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+# infer(windows) -> (logits, seconds the model ran on the batch that carried them)
+Infer = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, float]]]
 Denoise = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
 # sample(count, steps, seed, timeout_seconds) -> [count, H, W, 3] uint8 images
 Sample = Callable[[int, int, int, float], Awaitable[np.ndarray]]
@@ -138,10 +139,15 @@ class BirdcallCore:
         except AudioError as exc:
             raise from_audio_error(exc) from exc
 
-    async def logits(self, features: np.ndarray) -> np.ndarray:
-        """Network outputs for any number of windows: chunks of at most max_batch go out together."""
+    async def logits(self, features: np.ndarray) -> tuple[np.ndarray, float]:
+        """Network outputs for any number of windows, and the model's seconds on them.
+
+        Chunks of at most max_batch go out together; no two chunks of one request fit in one engine
+        batch, so the model's time on the request is the sum of its chunks' batch times.
+        """
         chunks = [features[i : i + self.max_batch] for i in range(0, len(features), self.max_batch)]
-        return np.concatenate(await asyncio.gather(*(self.infer(c) for c in chunks)))
+        results = await asyncio.gather(*(self.infer(c) for c in chunks))
+        return np.concatenate([logits for logits, _ in results]), sum(seconds for _, seconds in results)
 
     async def probabilities_from_waveform(self, waveform: np.ndarray) -> np.ndarray:
         """Mono float32 samples at the model's rate -> [n_windows, n_classes] probabilities."""
@@ -155,20 +161,21 @@ class BirdcallCore:
         def features() -> np.ndarray:
             return self.frontend.features(self.frontend.windows(waveform.astype(np.float32, copy=False))[0])
 
-        return softmax(await self.logits(await anyio.to_thread.run_sync(features)))
+        return softmax((await self.logits(await anyio.to_thread.run_sync(features)))[0])
 
     async def probabilities_from_features(self, features: np.ndarray) -> np.ndarray:
         expected = self.frontend.config.feature_shape
         if features.ndim != 4 or features.shape[1:] != expected or len(features) == 0:
             raise InvalidParameter(f"log_mel must have shape [n, {', '.join(map(str, expected))}], got {list(features.shape)}")
-        return softmax(await self.logits(features.astype(np.float32, copy=False)))
+        return softmax((await self.logits(features.astype(np.float32, copy=False)))[0])
 
     async def classify(self, data: bytes, options: ClassifyOptions) -> dict[str, Any]:
         started = time.perf_counter()
         decoded, features, spans, timings = await self.prepare(data)
         start = time.perf_counter()
-        logits = await self.logits(features)
+        logits, model_seconds = await self.logits(features)
         timings["inference"] = time.perf_counter() - start
+        timings["model"] = model_seconds
         start = time.perf_counter()
         probs = softmax(logits)
         result: dict[str, Any] = {

@@ -119,14 +119,14 @@ class Chorus:
         async with self._engine_call():
             return await self.engine.to_async.birdcall_logits(windows)
 
-    async def _birdcall_logits(self, windows: np.ndarray) -> np.ndarray:
+    async def _birdcall_logits(self, windows: np.ndarray) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
         with self._pending("birdcall", len(windows)):
             out = await self._birdcall_calls(windows)
         # The engine appends the seconds its batch took; the rest of the round trip was waiting.
-        compute = float(out[:, -1].max())
-        self.metrics.queue_wait_seconds.labels("birdcall").observe(max(0.0, time.perf_counter() - start - compute))
-        return out[:, :-1]
+        model_seconds = float(out[:, -1].max())
+        self.metrics.queue_wait_seconds.labels("birdcall").observe(max(0.0, time.perf_counter() - start - model_seconds))
+        return out[:, :-1], model_seconds
 
     async def _sample(self, count: int, steps: int, seed: int, timeout_seconds: float) -> np.ndarray:
         # The engine gives up a moment after the API's own deadline (504) so its work stops too.

@@ -26,7 +26,7 @@ def test_metrics_after_traffic(client, chirp):
     def delta(metric: str, **labels: str) -> float:
         return value(after, metric, **labels) - value(before, metric, **labels)
 
-    for stage in ("decode", "resample", "features", "inference", "postprocess", "total"):
+    for stage in ("decode", "resample", "features", "inference", "model", "postprocess", "total"):
         assert delta("chorus_stage_duration_seconds_count", model="birdcall", variant="fp32", stage=stage) == 3, stage
     assert delta("chorus_stage_duration_seconds_count", model="frames", stage="total") == 1
     assert delta("chorus_predictions_total", model="birdcall") == 3

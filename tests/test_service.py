@@ -57,7 +57,9 @@ def test_classify_multipart_mp3(client, mp3_44k_stereo):
     assert [w["start"] for w in body["windows"]] == [0.0, 2.5, 5.0]
     assert body["windows"][-1]["end"] == pytest.approx(9.0, abs=0.1)
     assert body["model"]["name"] == "birdcall" and body["model"]["variant"] == "fp32" and body["model"]["version"]
-    assert {"decode", "resample", "features", "inference", "total"} <= set(body["timings_ms"])
+    timings = body["timings_ms"]
+    assert {"decode", "resample", "features", "inference", "model", "total"} <= set(timings)
+    assert 0 < timings["model"] < timings["inference"] < timings["total"]
 
 
 def test_classify_raw_body_and_options(client, chirp):
