@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import time
@@ -78,56 +77,54 @@ def _stage_times(response) -> dict[str, float]:
 
 
 PAUSE_SECONDS = 0.05
+ENGINE_WORK = ("decode", "resample", "features", "model")
 
 
-def _queue_wait_totals(http: httpx.Client) -> tuple[float, float]:
-    """(sum of seconds, count) of chorus_queue_wait_seconds for birdcall, from /metrics."""
-    text = http.get("/metrics").text
-    totals = []
-    for part in ("sum", "count"):
-        match = re.search(rf'^chorus_queue_wait_seconds_{part}\{{model="birdcall"\}} (\S+)$', text, re.M)
-        totals.append(float(match.group(1)) if match else 0.0)
-    return totals[0], totals[1]
+def _p50(values) -> float:
+    return round(float(np.median(values)), 2)
 
 
-def _paired_overhead(url: str, floor_url: str, engine: RawEngine, pool: list, rounds: int) -> dict:
-    """Served minus in-process latency of the same recording, run back to back, and its parts.
+def _overhead_at_c1(url: str, floor_url: str, pool: list, rounds: int) -> dict:
+    """Per-request overhead at concurrency 1, and where it goes.
 
-    Pairing per recording, in a random order each time, keeps the mix of lengths and formats, the
-    machine's drift and any order effect out of the difference: p50 of the pairs is the
-    per-request cost of serving. A pause after each run lets the server's after-response work
-    finish (it slowed the next in-process run by ~25 ms when measured back to back without one).
-    Each recording also goes to a bare HTTP echo
-    (benchmarks/echo_app.py): the floor no ASGI server goes below here. The engine hop is the
-    mean of chorus_queue_wait_seconds over the pairs: the engine round trip minus ONNX Runtime time.
+    Overhead of a request = its latency at the client minus the engine's work on it (decode,
+    resample, features and ONNX Runtime time, from the request's own timings_ms), so no second
+    run of the same recording, with its own noise, enters the difference. Each recording also goes
+    to a bare HTTP echo (benchmarks/echo_app.py) in a random order with the served request: the
+    floor no ASGI server goes below here. A pause after each request lets the server's
+    after-response work finish before the next one.
     """
-    served_ms, raw_ms, floor_ms = [], [], []
+    parts: dict[str, list[float]] = {k: [] for k in ("served", "work", "http", "hop", "in_server", "floor")}
     order = np.random.default_rng(0)
     with httpx.Client(base_url=url, timeout=60) as http, httpx.Client(base_url=floor_url, timeout=60) as floor:
-        wait_before = _queue_wait_totals(http)
         for _ in range(rounds):
             for rec in pool:
-                runs = [(None, raw_ms), (http, served_ms), (floor, floor_ms)]
-                for i in order.permutation(len(runs)):  # no run always goes first or after another
-                    client, times = runs[i]
+                for client in (http, floor)[:: order.choice([1, -1])]:
                     start = time.perf_counter()
-                    if client is None:
-                        engine.classify(rec.data)
-                    else:
-                        client.post("/classify?timeline=false", content=rec.data).raise_for_status()
-                    times.append((time.perf_counter() - start) * 1e3)
+                    response = client.post("/classify?timeline=false", content=rec.data).raise_for_status()
+                    elapsed = (time.perf_counter() - start) * 1e3
                     time.sleep(PAUSE_SECONDS)
-        wait_after = _queue_wait_totals(http)
-    diffs = np.subtract(served_ms, raw_ms)
-    waits = wait_after[1] - wait_before[1]
+                    if client is floor:
+                        parts["floor"].append(elapsed)
+                        continue
+                    t = _stage_times(response)
+                    parts["served"].append(elapsed)
+                    parts["work"].append(sum(t[k] for k in ENGINE_WORK))
+                    parts["http"].append(elapsed - t["total"])
+                    parts["hop"].append(t["inference"] - t["model"])
+                    parts["in_server"].append(t["total"] - sum(t[k] for k in ("decode", "resample", "features", "inference")))
+    p = {k: np.asarray(v) for k, v in parts.items()}
+    overhead = p["served"] - p["work"]
     return {
-        "pairs": len(diffs),
-        "overhead_ms_p50": round(float(np.median(diffs)), 2),
-        "served_ms_p50": round(float(np.median(served_ms)), 1),
-        "raw_ms_p50": round(float(np.median(raw_ms)), 1),
-        "http_floor_ms_p50": round(float(np.median(floor_ms)), 2),
-        "overhead_above_http_floor_ms_p50": round(float(np.median(diffs - np.asarray(floor_ms))), 2),
-        "engine_hop_ms_mean": round((wait_after[0] - wait_before[0]) / waits * 1e3, 2) if waits else None,
+        "requests": len(overhead),
+        "overhead_ms_p50": _p50(overhead),
+        "served_ms_p50": _p50(p["served"]),
+        "engine_work_ms_p50": _p50(p["work"]),
+        "http_in_out_ms_p50": _p50(p["http"]),
+        "engine_hop_ms_p50": _p50(p["hop"]),
+        "rest_in_server_ms_p50": _p50(p["in_server"]),
+        "http_floor_ms_p50": _p50(p["floor"]),
+        "overhead_above_http_floor_ms_p50": _p50(overhead - p["floor"]),
     }
 
 
@@ -135,18 +132,17 @@ def served(
     pool: list,
     levels: tuple[int, ...],
     seconds: float,
-    overhead_of: RawEngine | None = None,
-    overhead_rounds: int = 5,
+    overhead_rounds: int = 0,
     **env: str,
 ) -> tuple[list[LevelResult], dict | None]:
-    """The sweep, and with overhead_of the paired per-request overhead at concurrency 1."""
+    """The sweep, then with overhead_rounds > 0 the per-request overhead at concurrency 1."""
     requests = [("/classify?timeline=false", {"content": rec.data}) for rec in pool]
     with serve(**env) as url:
         results = sweep(url, requests, levels, seconds, _stage_times)
-        if overhead_of is None:
+        if not overhead_rounds:
             return results, None
         with uvicorn_app("benchmarks.echo_app:app", "/readyz", "--http", "httptools", "--loop", "uvloop") as floor_url:
-            return results, _paired_overhead(url, floor_url, overhead_of, pool, overhead_rounds)
+            return results, _overhead_at_c1(url, floor_url, pool, overhead_rounds)
 
 
 @contextlib.contextmanager

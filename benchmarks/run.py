@@ -86,7 +86,7 @@ def run_bench(
 
     engine = birdcall.RawEngine(bird_path, providers)
     raw = birdcall.raw_engine(engine, pool, seconds)
-    on, overhead = birdcall.served(pool, levels, seconds, overhead_of=engine, overhead_rounds=overhead_rounds, **served_env)
+    on, overhead = birdcall.served(pool, levels, seconds, overhead_rounds=overhead_rounds, **served_env)
     on = [r.row() for r in on]
     off = [r.row() for r in birdcall.served(pool, levels, seconds, CHORUS_BIRDCALL_MAX_BATCH_SIZE="1", **served_env)[0]]
     base = [r.row() for r in birdcall.baseline(pool, levels, seconds, device)]
@@ -150,15 +150,18 @@ def run_bench(
             "",
             f"Network alone, windows/s by batch: {raw['network_windows_per_s']}",
             "",
-            f"Per-request overhead at concurrency 1, {overhead['pairs']} pairs (the same recording in-process, then served):",
+            f"Per-request overhead at concurrency 1, {overhead['requests']} requests (the client's latency minus the"
+            " engine's work on the request: decode, resample, features, ONNX Runtime; from its own timings_ms):",
             "",
-            "| | ms |",
+            "| p50 | ms |",
             "|---|---|",
-            f"| served p50, in-process p50 | {overhead['served_ms_p50']}, {overhead['raw_ms_p50']} |",
-            f"| overhead: served minus in-process, p50 | {overhead['overhead_ms_p50']} |",
-            f"| HTTP floor: bare uvicorn + Starlette echo of the same body, p50 | {overhead['http_floor_ms_p50']} |",
-            f"| overhead above that floor, p50 | {overhead['overhead_above_http_floor_ms_p50']} |",
-            f"| API -> engine hop (round trip minus ORT time), mean | {overhead['engine_hop_ms_mean']} |",
+            f"| served latency; the engine's work in it | {overhead['served_ms_p50']}; {overhead['engine_work_ms_p50']} |",
+            f"| **overhead** | {overhead['overhead_ms_p50']} |",
+            f"| of which HTTP in and out (client latency minus the server's total) | {overhead['http_in_out_ms_p50']} |",
+            f"| of which the API -> engine hop (round trip minus ONNX Runtime) | {overhead['engine_hop_ms_p50']} |",
+            f"| of which the rest in the server (thread hand-offs, post-processing) | {overhead['rest_in_server_ms_p50']} |",
+            f"| HTTP floor: a bare uvicorn + Starlette echo of the same body | {overhead['http_floor_ms_p50']} |",
+            f"| overhead above that floor | {overhead['overhead_above_http_floor_ms_p50']} |",
             "",
             "Mean time per stage at the best served level (ms): "
             + ", ".join(f"{k} {v}" for k, v in bird["stages_ms_at_best"].items()),
