@@ -11,6 +11,7 @@ from pathlib import Path
 import bentoml
 
 from benchmarks import birdcall, frames
+from benchmarks.hop_floor import hop_floor
 from chorus.workspace import Workspace
 
 LEVELS = (1, 2, 4, 8, 16)
@@ -87,6 +88,7 @@ def run_bench(
     engine = birdcall.RawEngine(bird_path, providers)
     raw = birdcall.raw_engine(engine, pool, seconds)
     on, overhead = birdcall.served(pool, levels, seconds, overhead_rounds=overhead_rounds, **served_env)
+    overhead["bentoml_hop_floor"] = hop_floor(calls=12 * overhead_rounds)
     on = [r.row() for r in on]
     off = [r.row() for r in birdcall.served(pool, levels, seconds, CHORUS_BIRDCALL_MAX_BATCH_SIZE="1", **served_env)[0]]
     base = [r.row() for r in birdcall.baseline(pool, levels, seconds, device)]
@@ -161,6 +163,8 @@ def run_bench(
             f"| of which the API -> engine hop (round trip minus ONNX Runtime) | {overhead['engine_hop_ms_p50']} |",
             f"| of which the rest in the server (thread hand-offs, post-processing) | {overhead['rest_in_server_ms_p50']} |",
             f"| HTTP floor: a bare uvicorn + Starlette echo of the same body | {overhead['http_floor_ms_p50']} |",
+            "| hop floor: BentoML's call of a trivial service with a 12-window array, batchable; plain |"
+            f" {overhead['bentoml_hop_floor']['batched_ms_p50']}; {overhead['bentoml_hop_floor']['plain_ms_p50']} |",
             f"| overhead above that floor | {overhead['overhead_above_http_floor_ms_p50']} |",
             "",
             "Mean time per stage at the best served level (ms): "

@@ -38,8 +38,9 @@ def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz") -> None:
 
 
 @contextlib.contextmanager
-def serve(**env: str) -> Iterator[str]:
-    """Yield the base URL of a running chorus; CHORUS_* settings come from `env` (gRPC on a free port)."""
+def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
+    """Yield the base URL of a running chorus (or another service of this repo, `target`);
+    CHORUS_* settings come from `env` (gRPC on a free port)."""
     import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
 
@@ -52,7 +53,7 @@ def serve(**env: str) -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        server = bentoml.serve("service.service:Chorus", host="127.0.0.1", port=port, working_dir=str(ROOT))
+        server = bentoml.serve(target, host="127.0.0.1", port=port, working_dir=str(ROOT))
     finally:
         for key, value in saved.items():
             if value is None:

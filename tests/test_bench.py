@@ -29,13 +29,14 @@ def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny
     assert overhead["requests"] == 12  # one round over the 12 recordings
     assert 0 < overhead["engine_work_ms_p50"] < overhead["served_ms_p50"]
     assert overhead["http_floor_ms_p50"] > 0 and overhead["engine_hop_ms_p50"] > 0 and overhead["http_in_out_ms_p50"] > 0
+    assert overhead["bentoml_hop_floor"]["batched_ms_p50"] > 0 and overhead["bentoml_hop_floor"]["plain_ms_p50"] > 0
     assert {"decode", "resample", "features", "inference", "total"} <= set(bird["stages_ms_at_best"])
     assert frames["ratios"]["served_over_eager"] > 0 and frames["torch_eager_sequential"]["images_per_s"] > 0
 
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["device"] == "cpu" and saved["meta"]["engine_provider"] == "CPUExecutionProvider"
     markdown = (tmp_path / "results.md").read_text()
-    for name in ("chorus, batching on", "chorus, batching off", "FastAPI + torch eager", "chorus /generate", "served_over_eager", "HTTP floor"):
+    for name in ("chorus, batching on", "chorus, batching off", "FastAPI + torch eager", "chorus /generate", "served_over_eager", "HTTP floor", "hop floor"):
         assert name in markdown
     for plot in ("birdcall_latency_throughput.png", "frames_latency_throughput.png"):
         assert (tmp_path / plot).stat().st_size > 10_000
