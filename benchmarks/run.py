@@ -163,9 +163,9 @@ def run_bench(
             f"| of which the API -> engine hop (round trip minus ONNX Runtime) | {overhead['engine_hop_ms_p50']} |",
             f"| of which the rest in the server (thread hand-offs, post-processing) | {overhead['rest_in_server_ms_p50']} |",
             f"| HTTP floor: a bare uvicorn + Starlette echo of the same body | {overhead['http_floor_ms_p50']} |",
+            f"| overhead above that floor | {overhead['overhead_above_http_floor_ms_p50']} |",
             "| hop floor: BentoML's call of a trivial service with a 12-window array, batchable; plain |"
             f" {overhead['bentoml_hop_floor']['batched_ms_p50']}; {overhead['bentoml_hop_floor']['plain_ms_p50']} |",
-            f"| overhead above that floor | {overhead['overhead_above_http_floor_ms_p50']} |",
             "",
             "Mean time per stage at the best served level (ms): "
             + ", ".join(f"{k} {v}" for k, v in bird["stages_ms_at_best"].items()),
