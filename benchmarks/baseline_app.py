@@ -15,7 +15,7 @@ import torch
 import torchaudio
 from fastapi import FastAPI, Request
 
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
 from training.birdcall_model import BirdCallArch, BirdCallNet
 from training.checkpoint import load_checkpoint, load_weights
 

@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 
 from benchmarks.load import LevelResult, sweep
-from chorus.local_server import ROOT, free_port, serve, wait_ready
+from layout.artifacts import onnx_file
+from service.local_server import ROOT, free_port, serve, wait_ready
 from loadtests.recordings import recording_pool
 from service.models import birdcall_frontend, open_runner
 
@@ -28,7 +29,7 @@ class RawEngine:
 
     def __init__(self, model_path: Path, providers: list[str]):
         self.frontend, _ = birdcall_frontend(model_path)
-        self.runner = open_runner(model_path / "birdcall.fp32.onnx", providers)
+        self.runner = open_runner(model_path / onnx_file("birdcall", "fp32"), providers)
 
     def classify(self, data: bytes) -> int:
         """Decode, resample, features, network, as /classify does; returns the window count."""

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.load import LevelResult, sweep
-from chorus.local_server import serve
+from layout.artifacts import onnx_file
+from service.local_server import serve
 from service.ddim import ddim_sample
 from service.models import frames_schedule, open_runner
 
@@ -17,7 +18,7 @@ from service.models import frames_schedule, open_runner
 def raw_engine(model_path: Path, steps: int, providers: list[str], seconds: float = 8.0) -> dict:
     """ORT (run as the engine runs it) + the numpy DDIM loop in-process, 1, 8 and 16 images per call."""
     alphas, size = frames_schedule(model_path)
-    runner = open_runner(model_path / "frames.fp32.onnx", providers)
+    runner = open_runner(model_path / onnx_file("frames", "fp32"), providers)
 
     async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         return runner.run({"x_t": x, "t": t})

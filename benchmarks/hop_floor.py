@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 from bentoml.validators import ContentType
 
-from chorus.local_server import serve
+from service.local_server import serve
 
 Answer = Annotated[np.ndarray, ContentType("application/json")]
 

@@ -12,7 +12,7 @@ import bentoml
 
 from benchmarks import birdcall, frames
 from benchmarks.hop_floor import hop_floor
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
 
 LEVELS = (1, 2, 4, 8, 16)
 FRAMES_LEVELS = (1, 4, 8, 16)

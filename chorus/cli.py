@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
 
 
 def _print_result(result: dict) -> None:

@@ -7,13 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
 from export.parity import Tolerance
 from export.pipeline import ExportJob, already_registered, export_digest, run_export
 from features import FrontEnd, FrontEndConfig, NormStats
 from training.birdcall_data import clip_filter, featurize, read_manifest
 from training.birdcall_model import BirdCallArch, BirdCallNet
-from training.checkpoint import CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS, Checkpoint, load_checkpoint, load_weights
+from layout import artifacts
+from layout.artifacts import CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS
+from training.checkpoint import Checkpoint, load_checkpoint, load_weights
 
 INPUT, OUTPUT = "features", "logits"
 # Named tolerances per variant, measured on the held-out test split.
@@ -31,7 +33,7 @@ def held_out_inputs(checkpoint: Checkpoint, limit: int | None = None) -> tuple[n
     if not csv_path.exists():
         raise FileNotFoundError(f"the training data {csv_path} is gone; the parity gate needs its test split")
     items = [item for item in read_manifest(csv_path) if item.split == "test"][:limit]
-    config = FrontEndConfig.from_dict(checkpoint.config["frontend"])
+    config = FrontEndConfig.from_dict(checkpoint.config[artifacts.FRONTEND])
     windows = featurize(items, checkpoint.labels, config, desc="features test")
     windows = windows.select(clip_filter(windows))
     frontend = FrontEnd(config, NormStats.from_dict(checkpoint.norm_stats))
@@ -52,7 +54,7 @@ def export_birdcall(
     reports = workspace.reports_dir("birdcall")
     if (report := already_registered("birdcall", digest, reports)) is not None:
         return report
-    model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
+    model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config[artifacts.ARCH])), checkpoint)
     x, y = held_out_inputs(checkpoint, limit_test_recordings)
     job = ExportJob(
         name="birdcall",
@@ -67,8 +69,8 @@ def export_birdcall(
         store_labels={"task": "audio-classification", "data_hash": str(checkpoint.metrics.get("data_hash", ""))[:16]},
         metadata={
             "labels": checkpoint.labels,
-            "frontend": checkpoint.config["frontend"],
-            "arch": checkpoint.config["arch"],
+            artifacts.FRONTEND: checkpoint.config[artifacts.FRONTEND],
+            artifacts.ARCH: checkpoint.config[artifacts.ARCH],
             "training_metrics": {k: v for k, v in checkpoint.metrics.items() if isinstance(v, (int, float, str))},
         },
         checkpoint_files=(CONFIG, LABELS, NORM_STATS, METRICS),

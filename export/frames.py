@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
 from export.parity import Tolerance
 from export.pipeline import ExportJob, already_registered, export_digest, run_export
-from training.checkpoint import CONFIG, METRICS, WEIGHTS, load_checkpoint, load_weights
+from layout import artifacts
+from layout.artifacts import CONFIG, METRICS, WEIGHTS
+from training.checkpoint import load_checkpoint, load_weights
 from training.frames_synth import render_frames
 from training.train_frames import FramesArch
 from denoising_diffusion_pytorch import Unet
@@ -57,19 +59,19 @@ def export_frames(workspace: Workspace, *, variants: tuple[str, ...] = VARIANTS,
     reports = workspace.reports_dir("frames")
     if (report := already_registered("frames", digest, reports)) is not None:
         return report
-    arch = FramesArch(**checkpoint.config["arch"])
+    arch = FramesArch(**checkpoint.config[artifacts.ARCH])
     unet = load_weights(Unet(**arch.unet_kwargs()), checkpoint)
     job = ExportJob(
         name="frames",
         checkpoint=checkpoint,
         module=Denoiser(unet),
-        inputs=held_out_inputs(arch, np.asarray(checkpoint.config["alphas_cumprod"])),
+        inputs=held_out_inputs(arch, np.asarray(checkpoint.config[artifacts.ALPHAS_CUMPROD])),
         output=OUTPUT,
         variants=variants,
         tolerances=tolerances,
         digest=digest,
         store_labels={"task": "image-generation", "image_size": str(arch.image_size)},
-        metadata={"arch": checkpoint.config["arch"], "training_metrics": checkpoint.metrics},
+        metadata={artifacts.ARCH: checkpoint.config[artifacts.ARCH], "training_metrics": checkpoint.metrics},
         checkpoint_files=(CONFIG, METRICS),
         bench_batch_sizes=(1, 8, 32),
     )

@@ -16,6 +16,7 @@ from export.onnx_tools import OPSET, convert_fp16, cpu_session, export_onnx, qua
 from export.parity import Tolerance, check_parity
 from export.registry import content_hash, find_registered, git_sha, register
 from export.report import write_report
+from layout.artifacts import onnx_file
 from training.checkpoint import Checkpoint
 
 BATCH_SIZES = (1, 8, 32, 128)
@@ -78,10 +79,10 @@ def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=f"chorus-export-{job.name}-"))
     try:
         example = {k: torch.from_numpy(v[:2]) for k, v in job.inputs.items()}
-        paths = {"fp32": export_onnx(job.module, example, [job.output], staging / f"{job.name}.fp32.onnx")}
+        paths = {"fp32": export_onnx(job.module, example, [job.output], staging / onnx_file(job.name, "fp32"))}
         for variant in job.variants:
             if variant != "fp32":
-                paths[variant] = _BUILDERS[variant](paths["fp32"], staging / f"{job.name}.{variant}.onnx")
+                paths[variant] = _BUILDERS[variant](paths["fp32"], staging / onnx_file(job.name, variant))
         outputs: dict[str, np.ndarray] = {}
         variants: dict[str, Any] = {}
         for variant in job.variants:

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from chorus.local_server import ROOT, free_port, serve  # noqa: F401  (tests import them from here)
+from service.local_server import ROOT, free_port, serve  # noqa: F401  (tests import them from here)
 from export.parity import Tolerance
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -55,7 +55,7 @@ def chirp() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory):
-    from chorus.workspace import Workspace
+    from layout.workspace import Workspace
 
     return Workspace(tmp_path_factory.mktemp("chorus_home"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from chorus.local_server import free_port, wait_ready
+from service.local_server import free_port, wait_ready
 from tests.conftest import isolated_bentoml_home
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from chorus.local_server import ROOT, free_port, wait_ready
+from service.local_server import ROOT, free_port, wait_ready
 from tests.conftest import encode, isolated_bentoml_home
 
 TRAINING_ONLY = re.compile(r"^(torch|torchaudio|torchvision|denoising-diffusion-pytorch|onnxscript|matplotlib)==", re.M)

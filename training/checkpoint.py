@@ -10,11 +10,8 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-LABELS = "labels.json"
-NORM_STATS = "norm_stats.json"
-METRICS = "metrics.json"
+from layout.artifacts import CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS, read_json
+
 
 
 @dataclass
@@ -62,8 +59,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         raise FileNotFoundError(f"no checkpoint in {directory} (missing {WEIGHTS}); train first: chorus train")
 
     def read(name: str) -> Any:
-        path = directory / name
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(directory, name) if (directory / name).exists() else None
 
     return Checkpoint(directory, read(CONFIG), read(LABELS), read(NORM_STATS), read(METRICS) or {})
 

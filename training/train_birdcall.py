@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
 from features import FrontEnd, FrontEndConfig, NormStats
 from training.birdcall_data import GenerateSpec, WindowSet, clip_filter, dataset_hash, featurize, generate_dataset, read_manifest
 from training.birdcall_model import BirdCallArch, BirdCallNet
+from layout import artifacts
 from training.checkpoint import save_checkpoint
 from training.plots import plot_confusion, plot_curves
 
@@ -171,8 +172,8 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     }
     config = {
         "model": "birdcall",
-        "arch": arch.to_dict(),
-        "frontend": frontend_config.to_dict(),
+        artifacts.ARCH: arch.to_dict(),
+        artifacts.FRONTEND: frontend_config.to_dict(),
         "training": {"profile": asdict(profile), "history": history},
     }
     save_checkpoint(checkpoint_dir, model, config, metrics, labels=labels, norm_stats=stats.to_dict())

@@ -14,7 +14,8 @@ from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 from ema_pytorch import EMA
 from tqdm import tqdm
 
-from chorus.workspace import Workspace
+from layout.workspace import Workspace
+from layout import artifacts
 from training.checkpoint import save_checkpoint
 from training.frames_data import folder_hash, generate_frames, load_frames
 from training.plots import plot_curves, save_image_grid
@@ -147,9 +148,9 @@ def train_frames(profile: FramesProfile, workspace: Workspace, data_dir: Path | 
     }
     config = {
         "model": "frames",
-        "arch": asdict(arch),
+        artifacts.ARCH: asdict(arch),
         # The serving DDIM loop reads the schedule from here, so it cannot drift from training.
-        "alphas_cumprod": ema_model.alphas_cumprod.double().tolist(),
+        artifacts.ALPHAS_CUMPROD: ema_model.alphas_cumprod.double().tolist(),
         "training": {"profile": asdict(profile), "history": history, "data_dir": str(data_dir)},
     }
     # Only the Unet's weights (EMA): the diffusion wrapper's buffers are derived from the config.
