@@ -7,16 +7,16 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 
 from benchmarks.load import LevelResult, sweep
-from layout.artifacts import onnx_file
-from service.local_server import ROOT, free_port, serve, wait_ready
 from loadtests.recordings import recording_pool
-from service.models import birdcall_frontend, open_runner
+from service.engine.runtime import open_runner
+from service.local_server import ROOT, free_port, serve, wait_ready
+from service.models.birdcall import stored_frontend
+from service.store import StoredModel
 
 
 def bench_pool(n: int = 12) -> list:
@@ -27,9 +27,9 @@ def bench_pool(n: int = 12) -> list:
 class RawEngine:
     """The ceiling: the shared front end + ORT (run as the engine runs it) in this process, no server."""
 
-    def __init__(self, model_path: Path, providers: list[str]):
-        self.frontend, _ = birdcall_frontend(model_path)
-        self.runner = open_runner(model_path / onnx_file("birdcall", "fp32"), providers)
+    def __init__(self, stored: StoredModel, providers: list[str]):
+        self.frontend = stored_frontend(stored)
+        self.runner = open_runner(stored.onnx_path("fp32"), providers)
 
     def classify(self, data: bytes) -> int:
         """Decode, resample, features, network, as /classify does; returns the window count."""

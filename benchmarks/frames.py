@@ -9,19 +9,20 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.load import LevelResult, sweep
-from layout.artifacts import onnx_file
+from service.engine.ddim import ddim_sample
+from service.engine.runtime import open_runner
 from service.local_server import serve
-from service.ddim import ddim_sample
-from service.models import frames_schedule, open_runner
+from service.models.frames import stored_schedule
+from service.store import StoredModel
 
 
-def raw_engine(model_path: Path, steps: int, providers: list[str], seconds: float = 8.0) -> dict:
+def raw_engine(stored: StoredModel, steps: int, providers: list[str], seconds: float = 8.0) -> dict:
     """ORT (run as the engine runs it) + the numpy DDIM loop in-process, 1, 8 and 16 images per call."""
-    alphas, size = frames_schedule(model_path)
-    runner = open_runner(model_path / onnx_file("frames", "fp32"), providers)
+    alphas, size = stored_schedule(stored)
+    runner = open_runner(stored.onnx_path("fp32"), providers)
 
     async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return runner.run({"x_t": x, "t": t})
+        return runner.run({"x_t": x, "t": t})[0]
 
     result = {}
     for count in (1, 8, 16):

@@ -8,11 +8,10 @@ import os
 import platform
 from pathlib import Path
 
-import bentoml
-
 from benchmarks import birdcall, frames
 from benchmarks.hop_floor import hop_floor
 from layout.workspace import Workspace
+from service.store import StoredModel
 
 LEVELS = (1, 2, 4, 8, 16)
 FRAMES_LEVELS = (1, 4, 8, 16)
@@ -81,11 +80,11 @@ def run_bench(
     providers = providers_for(device)
     served_env = {"CHORUS_PROVIDERS": device}
     workspace = Workspace.from_env()
-    bird_path = Path(bentoml.models.get("birdcall:latest").path)
-    frames_path = Path(bentoml.models.get("frames:latest").path)
+    bird_stored = StoredModel.resolve("birdcall:latest")
+    frames_stored = StoredModel.resolve("frames:latest")
     pool = birdcall.bench_pool()
 
-    engine = birdcall.RawEngine(bird_path, providers)
+    engine = birdcall.RawEngine(bird_stored, providers)
     raw = birdcall.raw_engine(engine, pool, seconds)
     on, overhead = birdcall.served(pool, levels, seconds, overhead_rounds=overhead_rounds, **served_env)
     overhead["bentoml_hop_floor"] = hop_floor(calls=12 * overhead_rounds)
@@ -113,7 +112,7 @@ def run_bench(
     bird["ratios"]["batching_gain_share"] = round(bird["ratios"]["served_batching_gain"] / bird["ratios"]["engine_batching_gain"], 3)
 
     frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds, **served_env)]
-    frames_raw = frames.raw_engine(frames_path, steps, providers, seconds)
+    frames_raw = frames.raw_engine(frames_stored, steps, providers, seconds)
     frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps, device, seconds)
     frame = {
         "steps": steps,
@@ -133,7 +132,7 @@ def run_bench(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
         "command": "uv run chorus bench" + (f" --device {device}" if device != "cpu" else ""),
         "device": device,
-        "engine_provider": engine.runner.session.get_providers()[0],
+        "engine_provider": engine.runner.provider,
         "seconds_per_level": seconds,
     }
     markdown = "\n".join(

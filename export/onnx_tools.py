@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.models import make_session
+from service.engine.runtime import make_session
 
 OPSET = 18
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from features import (
@@ -26,6 +27,13 @@ class ServiceError(Exception):
         self.message = message
         self.details = details
         self.headers: dict[str, str] = {}
+
+
+class InternalError(ServiceError):
+    """An exception no code path expected. Its text can hold internals, so clients get a fixed
+    message and the log gets the traceback."""
+
+    status, kind = 500, "internal_error"
 
 
 class BadRequest(ServiceError):
@@ -97,3 +105,12 @@ def from_audio_error(exc: AudioError, **details: Any) -> ServiceError:
 
 def error_body(exc: ServiceError) -> dict[str, Any]:
     return {"error": {"type": exc.kind, "status": exc.status, "message": exc.message, **exc.details}}
+
+
+def as_service_error(exc: Exception, log: logging.Logger, where: str) -> ServiceError:
+    """What every protocol adapter answers for an exception: typed errors as they are; anything
+    else an InternalError, logged here with its traceback."""
+    if isinstance(exc, ServiceError):
+        return exc
+    log.error("unhandled error on %s", where, exc_info=exc)
+    return InternalError("internal error; the server log has the details")

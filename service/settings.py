@@ -1,15 +1,40 @@
-"""Every serving knob in one typed place. Each field reads env var CHORUS_<FIELD> (e.g. CHORUS_MAX_BATCH_SIZE)."""
+"""Every serving knob in one typed place. Each field reads env var CHORUS_<FIELD>, e.g.
+CHORUS_BIRDCALL_MAX_BATCH_SIZE=32 for `birdcall_max_batch_size`.
+
+A CHORUS_* variable that names no setting is an error at start (a typo would otherwise be
+silently ignored), except the variables of chorus' other tools listed in OTHER_VARIABLES.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PREFIX = "CHORUS_"
+OTHER_VARIABLES = {
+    "CHORUS_HOME": "workspace of training, export and reports (layout/workspace.py)",
+    "CHORUS_LOAD_POOL": "recordings the load test sends (loadtests/recordings.py)",
+    "CHORUS_LOAD_POOL_DIR": "where the load test keeps them (loadtests/recordings.py)",
+    "CHORUS_BASELINE_DEVICE": "device of the benchmark's torch baseline (benchmarks/baseline_app.py)",
+    "CHORUS_TEST_ARTIFACTS": "where tests leave screenshots and logs (tests/)",
+}
+
+
+class UnknownSettingError(ValueError):
+    """A CHORUS_* environment variable names no setting."""
+
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHORUS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    def __init__(self, **values: object) -> None:
+        self.check_environment()
+        super().__init__(**values)
 
     # Models
     birdcall_model: str = Field("birdcall:latest", description="BentoML model tag of the exported birdcall model.")
@@ -75,6 +100,15 @@ class ServiceSettings(BaseSettings):
         "the engine's tracing middleware cost about a quarter of its per-call work even unsampled.",
     )
     grpc_port: int = Field(3001, ge=0, description="Port of the KServe v2 gRPC server; 0 disables it.")
+
+    @classmethod
+    def check_environment(cls, environ: Mapping[str, str] | None = None) -> None:
+        """Raise UnknownSettingError for a CHORUS_* variable that is neither a setting nor another tool's."""
+        known = {PREFIX + name.upper() for name in cls.model_fields} | set(OTHER_VARIABLES)
+        unknown = sorted(k for k in (os.environ if environ is None else environ) if k.upper().startswith(PREFIX) and k.upper() not in known)
+        if unknown:
+            hints = [f"{k} (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(k.upper(), known, 2)) else k for k in unknown]
+            raise UnknownSettingError(f"unknown chorus setting(s): {'; '.join(hints)}. The settings are in service/settings.py and docs/serving.md")
 
     @model_validator(mode="after")
     def _one_request_fits_one_batch(self) -> ServiceSettings:

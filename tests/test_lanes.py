@@ -7,8 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service.lanes import LaneRunner, plan_lanes
-from service.models import make_session
+from service.engine.runtime import Runner, make_session, plan_lanes
 from service.settings import ServiceSettings
 
 
@@ -32,7 +31,7 @@ def row_sum_session(tmp_path_factory):
 def test_split_batches_equal_one_run(row_sum_session, n):
     x = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
     whole = row_sum_session.run(None, {"x": x})[0]
-    np.testing.assert_array_equal(LaneRunner(row_sum_session, lanes=3).run({"x": x}), whole)
+    np.testing.assert_array_equal(Runner(row_sum_session, lanes=3).run({"x": x})[0], whole)
 
 
 def test_lane_plan():

@@ -182,11 +182,11 @@ def test_page_is_served(client):
 
 
 def test_openapi_lists_every_route(client):
-    from service import kserve, rest
+    from service.adapters import kserve_http, rest
 
     spec = client.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    for route in [*rest.ROUTES, *kserve.ROUTES]:
+    for route in [*rest.ROUTES, *kserve_http.ROUTES]:
         methods = {m.lower() for m in route.methods} - {"head"}
         assert route.path in spec["paths"], route.path
         assert methods <= set(spec["paths"][route.path]), route.path

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.core import Admission
-from service.ddim import ddim_sample, time_pairs
+from service.admission import Admission
+from service.engine.ddim import ddim_sample, time_pairs
 from service.errors import BadRequest, DeadlineExceeded, InvalidParameter, Overloaded
-from service.kserve_codec import HEADER_LENGTH, build_response, parse_request
-from service.models import choose_providers
+from service.adapters.kserve_codec import HEADER_LENGTH, build_response, parse_request
+from service.engine.runtime import choose_providers
 
 
 def test_numpy_ddim_matches_denoising_diffusion_pytorch(tiny_frames, tiny_workspace, monkeypatch):
@@ -100,21 +100,21 @@ def test_admission_bounds_and_deadline():
 
 
 def test_gpu_request_falls_back_to_cpu_without_cuda(monkeypatch):
-    import service.models
+    import service.engine.runtime
 
     warnings: list[str] = []
-    monkeypatch.setattr(service.models.log, "warning", lambda msg, *args: warnings.append(msg % args))
-    monkeypatch.setattr(service.models.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(service.engine.runtime.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(service.engine.runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert choose_providers("cuda") == ["CPUExecutionProvider"]
     assert warnings and "using CPU" in warnings[0]
     assert choose_providers("auto") == ["CPUExecutionProvider"]
-    monkeypatch.setattr(service.models.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(service.engine.runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
 
 
 def test_coalescer_merges_calls_made_while_one_is_in_flight():
-    from service.coalesce import Coalescer
+    from service.engine.coalesce import Coalescer
 
     calls: list[int] = []
 
@@ -136,7 +136,7 @@ def test_coalescer_merges_calls_made_while_one_is_in_flight():
 
 
 def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
-    from service.coalesce import Coalescer
+    from service.engine.coalesce import Coalescer
 
     async def failing(items: np.ndarray) -> np.ndarray:
         await asyncio.sleep(0.01)
@@ -158,7 +158,7 @@ def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
 
 
 def test_engine_calls_stay_out_of_access_logs_and_traces_by_default():
-    from service.engine import Engine
+    from service.engine.service import Engine
 
     assert Engine.config["logging"]["access"]["enabled"] is False
     assert Engine.config["tracing"]["excluded_urls"] == ["."]

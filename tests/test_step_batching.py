@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.ddim import ddim_sample
-from service.step_batching import SamplingTimeout, StepBatcher
+from service.engine.ddim import ddim_sample
+from service.engine.step_batching import SamplingTimeout, StepBatcher
 
 ALPHAS = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
 SHAPE = (3, 4, 4)

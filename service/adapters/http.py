@@ -1,21 +1,28 @@
-"""What every HTTP adapter shares: error responses, auth, body limits, deadlines, parameter parsing."""
+"""What the HTTP adapters share: the data plane of the app, error responses, auth, body limits,
+deadlines and parameter parsing."""
 
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, ServiceError, Unauthorized, error_body
-from service.settings import ServiceSettings
+from service.auth import check_bearer
+from service.dataplane import DataPlane
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, ServiceError, as_service_error, error_body
 
 log = logging.getLogger("chorus.http")
 Handler = Callable[[Request], Awaitable[Response]]
+N = TypeVar("N", int, float)
+
+
+def plane_of(request: Request) -> DataPlane:
+    """The data plane this worker serves (set on the app by the BentoML service at start)."""
+    return request.app.state.plane
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
@@ -35,14 +42,11 @@ def _json_errors(handler: Handler, respond: Callable[[ServiceError], JSONRespons
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except ServiceError as exc:
-            error = exc
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            error = ServiceError("internal error; the server log has the details")
-        chorus = getattr(request.app.state, "chorus", None)
-        if chorus is not None:
-            chorus.metrics.record_error(route, error.kind, error.status)
+        except Exception as exc:
+            error = as_service_error(exc, log, f"{request.method} {request.url.path}")
+        plane = getattr(request.app.state, "plane", None)
+        if plane is not None:
+            plane.metrics.record_error(route, error.kind, error.status)
         return respond(error)
 
     return wrapped
@@ -58,14 +62,10 @@ def kserve_errors(handler: Handler) -> Handler:
     return _json_errors(handler, kserve_error_response)
 
 
-def authorize(request: Request, settings: ServiceSettings) -> None:
+def authorize(request: Request) -> None:
     """When an API token is configured, inference routes need 'Authorization: Bearer <token>'."""
-    if not settings.api_token:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.api_token):
-        raise Unauthorized("missing or wrong API token; send 'Authorization: Bearer <token>'")
+    token = plane_of(request).settings.api_token
+    check_bearer(request.headers.get("authorization"), token, "'Authorization: Bearer <token>'")
 
 
 def check_content_length(request: Request, limit: int) -> None:
@@ -76,12 +76,6 @@ def check_content_length(request: Request, limit: int) -> None:
 
 async def read_body(request: Request, limit: int, route: str) -> bytes:
     """The raw body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length said)."""
-    body = await _read_body(request, limit)
-    request.app.state.chorus.metrics.body_bytes.labels(route).observe(len(body))
-    return body
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
     check_content_length(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -92,24 +86,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     if not body:
         raise BadRequest("the request body is empty; send the audio file as the body or as multipart field 'audio'")
+    plane_of(request).metrics.body_bytes.labels(route).observe(len(body))
     return body
 
 
-def deadline_seconds(request: Request, settings: ServiceSettings) -> float:
+def deadline_seconds(request: Request) -> float:
     """X-Request-Timeout (seconds) can shorten, never lengthen, the server's default deadline."""
     raw = request.headers.get("x-request-timeout")
     if raw is None:
-        return settings.default_deadline_seconds
+        return plane_of(request).deadline(None)
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not value > 0:
         raise InvalidParameter(f"X-Request-Timeout must be a positive number of seconds, got {raw!r}")
-    return min(value, settings.default_deadline_seconds)
+    return plane_of(request).deadline(value)
 
 
-def _parse_number(params: Any, name: str, default: Any, low: Any, high: Any, cast: type, kind: str) -> Any:
+def _parse_number(params: Mapping[str, Any], name: str, default: N, low: N, high: N, cast: type[N], kind: str) -> N:
     raw = params.get(name)
     if raw is None or raw == "":
         return default
@@ -122,15 +117,15 @@ def _parse_number(params: Any, name: str, default: Any, low: Any, high: Any, cas
     return value
 
 
-def parse_int(params: Any, name: str, default: int, low: int, high: int) -> int:
+def parse_int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
     return _parse_number(params, name, default, low, high, int, "an integer")
 
 
-def parse_float(params: Any, name: str, default: float, low: float, high: float) -> float:
+def parse_float(params: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
     return _parse_number(params, name, default, low, high, float, "a number")
 
 
-def parse_bool(params: Any, name: str, default: bool) -> bool:
+def parse_bool(params: Mapping[str, Any], name: str, default: bool) -> bool:
     raw = params.get(name)
     if raw is None or raw == "":
         return default

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.ddim import ddim_step, initial_noise, time_pairs, to_unit_range
+from service.engine.ddim import ddim_step, initial_noise, time_pairs, to_unit_range
 
 # denoise(x_t [n, 3, H, W] float32, t [n] float32) -> v [n, 3, H, W]; blocking (ONNX Runtime).
 SyncDenoise = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -1,22 +1,20 @@
-"""REST adapter: /classify, /classify/batch, /generate and the web page, thin over the inference core."""
+"""REST adapter: /classify, /classify/batch, /generate and the web page, thin over the data plane."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from service.core import ClassifyOptions, GenerateRequest, encode_png
-from service.errors import BadRequest, InvalidParameter, ServiceError
-from service.openapi import openapi
-from service.http_common import (
+from service.adapters.http import (
     authorize,
     check_content_length,
     deadline_seconds,
@@ -24,20 +22,22 @@ from service.http_common import (
     parse_bool,
     parse_float,
     parse_int,
+    plane_of,
     read_body,
 )
+from service.adapters.openapi import openapi
+from service.errors import BadRequest, InvalidParameter, ServiceError
+from service.models.birdcall import BirdcallModel, ClassifyOptions
+from service.models.frames import FramesModel, GenerateRequest, encode_png
 
-if TYPE_CHECKING:
-    from service.service import Chorus
-
-STATIC = Path(__file__).parent / "static"
-
-
-def _chorus(request: Request) -> Chorus:
-    return request.app.state.chorus
+STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-async def _form(request: Request, max_files: int, limit: int):
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
+
+
+async def _form(request: Request, max_files: int, limit: int) -> FormData:
     check_content_length(request, limit)
     try:
         return await request.form(max_files=max_files, max_fields=20, max_part_size=limit)
@@ -54,10 +54,14 @@ async def _upload_bytes(upload: Any, field: str) -> bytes:
     return data
 
 
-def _classify_options(chorus: Chorus, params: Any) -> ClassifyOptions:
-    n_labels = len(chorus.birdcall_core().labels)
+def _text_fields(form: FormData) -> dict[str, str]:
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _classify_options(model: BirdcallModel, params: Mapping[str, Any]) -> ClassifyOptions:
+    n_labels = len(model.labels)
     return ClassifyOptions(
-        top_k=parse_int(params, "top_k", min(chorus.settings.default_top_k, n_labels), 1, n_labels),
+        top_k=parse_int(params, "top_k", min(model.limits.default_top_k, n_labels), 1, n_labels),
         timeline=parse_bool(params, "timeline", True),
         min_confidence=parse_float(params, "min_confidence", 0.0, 0.0, 1.0),
     )
@@ -65,42 +69,43 @@ def _classify_options(chorus: Chorus, params: Any) -> ClassifyOptions:
 
 @json_errors
 async def classify(request: Request) -> Response:
-    chorus = _chorus(request)
-    authorize(request, chorus.settings)
-    limit = chorus.settings.max_upload_bytes
+    plane = plane_of(request)
+    authorize(request)
+    limit = plane.settings.max_upload_bytes
     params: dict[str, Any] = dict(request.query_params)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if _is_multipart(request):
         form = await _form(request, 1, limit)
         data = await _upload_bytes(form.get("audio"), "audio")
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
-        chorus.metrics.body_bytes.labels("classify").observe(len(data))
+        params.update(_text_fields(form))
+        plane.metrics.body_bytes.labels("classify").observe(len(data))
     else:
         data = await read_body(request, limit, "classify")
-    core = await chorus.ready_birdcall()
-    options = _classify_options(chorus, params)
-    result = await chorus.admission.run(core.classify(data, options), deadline_seconds(request, chorus.settings))
-    return JSONResponse(result)
+    deadline = deadline_seconds(request)
+    model = await plane.model(BirdcallModel)
+    options = _classify_options(model, params)
+    return JSONResponse(await plane.run(model.classify(data, options), deadline))
 
 
 @json_errors
 async def classify_batch(request: Request) -> Response:
-    chorus = _chorus(request)
-    authorize(request, chorus.settings)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    plane = plane_of(request)
+    authorize(request)
+    if not _is_multipart(request):
         raise BadRequest("send the recordings as multipart/form-data, each in a file field named 'audio'")
-    max_files = chorus.settings.max_batch_files
-    form = await _form(request, max_files, chorus.settings.max_upload_bytes)
+    max_files = plane.settings.max_batch_files
+    form = await _form(request, max_files, plane.settings.max_upload_bytes)
     uploads = form.getlist("audio")
     if not uploads:
         raise BadRequest(f"no file fields named 'audio'; send 1-{max_files} recordings")
     files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
-    params = {**request.query_params, **{k: v for k, v in form.items() if isinstance(v, str)}}
-    core = await chorus.ready_birdcall()
-    options = _classify_options(chorus, params)
+    params = {**request.query_params, **_text_fields(form)}
+    deadline = deadline_seconds(request)
+    model = await plane.model(BirdcallModel)
+    options = _classify_options(model, params)
 
     async def one(name: str, data: bytes) -> dict[str, Any]:
         try:
-            return {"file": name, **await core.classify(data, options)}
+            return {"file": name, **await model.classify(data, options)}
         except ServiceError as exc:
             exc.details["file"] = name
             exc.message = f"{name}: {exc.message}"
@@ -109,14 +114,10 @@ async def classify_batch(request: Request) -> Response:
     async def run_all() -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(one(name, data) for name, data in files)))
 
-    results = await chorus.admission.run(run_all(), deadline_seconds(request, chorus.settings))
-    return JSONResponse({"results": results})
+    return JSONResponse({"results": await plane.run(run_all(), deadline)})
 
 
-@json_errors
-async def generate(request: Request) -> Response:
-    chorus = _chorus(request)
-    authorize(request, chorus.settings)
+async def _generate_params(request: Request) -> dict[str, Any]:
     params: dict[str, Any] = dict(request.query_params)
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
@@ -124,9 +125,17 @@ async def generate(request: Request) -> Response:
         except ValueError as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
-            raise BadRequest("the JSON body must be an object like {\"count\": 1, \"steps\": 50, \"seed\": 0}")
+            raise BadRequest('the JSON body must be an object like {"count": 1, "steps": 50, "seed": 0}')
         params.update(body)
-    s = chorus.settings
+    return params
+
+
+@json_errors
+async def generate(request: Request) -> Response:
+    plane = plane_of(request)
+    authorize(request)
+    params = await _generate_params(request)
+    s = plane.settings
     req = GenerateRequest(
         count=parse_int(params, "count", 1, 1, s.max_images),
         steps=parse_int(params, "steps", 50, s.min_steps, s.max_steps),
@@ -137,15 +146,15 @@ async def generate(request: Request) -> Response:
         raise InvalidParameter(f"format must be 'png' or 'json', got {fmt!r}")
     if fmt == "png" and req.count != 1:
         raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
-    core = await chorus.ready_frames()
-    deadline = deadline_seconds(request, s)
-    images, timings = await chorus.admission.run(core.generate(req, deadline), deadline)
-    headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": core.model_info["version"]}
+    model = await plane.model(FramesModel)
+    deadline = deadline_seconds(request)
+    images, timings = await plane.run(model.generate(req, deadline), deadline)
+    headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": model.version}
     if fmt == "png":
         return Response(encode_png(images[0]), media_type="image/png", headers=headers)
     return JSONResponse(
         {
-            "model": core.model_info,
+            "model": model.info,
             "count": req.count,
             "steps": req.steps,
             "seed": req.seed,

@@ -1,0 +1,1 @@
+"""Protocol adapters over the data plane: REST, KServe v2 over HTTP, KServe v2 over gRPC."""

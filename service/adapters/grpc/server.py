@@ -1,0 +1,177 @@
+"""KServe v2 gRPC (`inference.GRPCInferenceService`) on its own port, thin over the data plane.
+
+It runs on the API worker's event loop (started by a BentoML startup hook), so gRPC requests
+join the same engine batches as REST and KServe HTTP requests. Errors map from the same typed
+errors as HTTP: the status of each ServiceError picks the gRPC code; anything unexpected is
+INTERNAL with a fixed message, logged with its traceback and counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from service.adapters.grpc.kserve_v2_pb2 import (
+    InferTensorContents,
+    ModelInferRequest,
+    ModelInferResponse,
+    ModelMetadataRequest,
+    ModelMetadataResponse,
+    ModelReadyRequest,
+    ModelReadyResponse,
+    ServerLiveRequest,
+    ServerLiveResponse,
+    ServerMetadataRequest,
+    ServerMetadataResponse,
+    ServerReadyRequest,
+    ServerReadyResponse,
+)
+from service.adapters.grpc.kserve_v2_pb2_grpc import GRPCInferenceServiceServicer, add_GRPCInferenceServiceServicer_to_server
+from service.auth import check_bearer
+from service.dataplane import DataPlane
+from service.errors import InvalidParameter, ServiceError, as_service_error
+from service.tensors import Tensor, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
+
+log = logging.getLogger("chorus.grpc")
+Response = TypeVar("Response")
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# InferTensorContents field holding each datatype when raw contents are not used (FP16 has none).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def grpc_status(error: ServiceError) -> grpc.StatusCode:
+    return _STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+def _contents_values(name: str, datatype: str, contents: InferTensorContents) -> list[Any]:
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidParameter(f"input {name!r}: datatype {datatype!r} needs raw_input_contents or is unknown")
+    return list(getattr(contents, field))
+
+
+def input_tensors(request: ModelInferRequest) -> dict[str, Tensor]:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidParameter(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    tensors = {}
+    for i, spec in enumerate(request.inputs):
+        shape = list(spec.shape)
+        if raw:
+            tensors[spec.name] = tensor_from_raw(spec.name, spec.datatype, shape, raw[i])
+        else:
+            values = _contents_values(spec.name, spec.datatype, spec.contents)
+            tensors[spec.name] = tensor_from_values(spec.name, spec.datatype, shape, values)
+    return tensors
+
+
+def _mapped_errors(
+    method: Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Every RPC answers a typed error with its status and message; an unexpected one with INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapped(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            error = as_service_error(exc, log, f"gRPC {method.__name__}")
+        self.plane.metrics.record_error("grpc", error.kind, error.status)
+        return await context.abort(grpc_status(error), error.message)  # abort raises: the RPC ends here
+
+    return wrapped
+
+
+class InferenceServicer(GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        credentials = metadata.get("authorization")
+        token = self.plane.settings.api_token
+        check_bearer(credentials if isinstance(credentials, str) else None, token, "metadata 'authorization: Bearer <token>'")
+
+    @_mapped_errors
+    async def ServerLive(self, request: ServerLiveRequest, context: grpc.aio.ServicerContext) -> ServerLiveResponse:
+        return ServerLiveResponse(live=True)
+
+    @_mapped_errors
+    async def ServerReady(self, request: ServerReadyRequest, context: grpc.aio.ServicerContext) -> ServerReadyResponse:
+        return ServerReadyResponse(ready=await self.plane.ready())
+
+    @_mapped_errors
+    async def ModelReady(self, request: ModelReadyRequest, context: grpc.aio.ServicerContext) -> ModelReadyResponse:
+        return ModelReadyResponse(ready=await self.plane.model_ready(request.name, request.version or None))
+
+    @_mapped_errors
+    async def ServerMetadata(self, request: ServerMetadataRequest, context: grpc.aio.ServicerContext) -> ServerMetadataResponse:
+        return ServerMetadataResponse(**self.plane.server_metadata())
+
+    @_mapped_errors
+    async def ModelMetadata(self, request: ModelMetadataRequest, context: grpc.aio.ServicerContext) -> ModelMetadataResponse:
+        meta = await self.plane.model_metadata(request.name, request.version or None)
+
+        def tensors(items: list[dict[str, Any]]) -> list[ModelMetadataResponse.TensorMetadata]:
+            return [ModelMetadataResponse.TensorMetadata(**t) for t in items]
+
+        return ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=tensors(meta["inputs"]),
+            outputs=tensors(meta["outputs"]),
+        )
+
+    @_mapped_errors
+    async def ModelInfer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
+        self._authorize(context)
+        self.plane.check_name(request.model_name)
+        tensors = input_tensors(request)
+        remaining = context.time_remaining()
+        result = await self.plane.infer(
+            request.model_name,
+            tensors,
+            version=request.model_version or None,
+            outputs=[o.name for o in request.outputs],
+            deadline_seconds=self.plane.deadline(remaining),
+        )
+        response = ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=request.id)
+        for name, array in result.outputs.items():
+            response.outputs.add(name=name, datatype=datatype_of(np.asarray(array)), shape=list(array.shape))
+            response.raw_output_contents.append(raw_bytes(array))
+        return response
+
+
+async def start_grpc_server(plane: DataPlane, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", plane.settings.max_upload_bytes)])
+    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    log.info("KServe v2 gRPC listening on %s:%d", host, port)
+    return server

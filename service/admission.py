@@ -1,0 +1,60 @@
+"""Admission: a bounded number of requests in flight per API worker, and a deadline for each.
+
+Past the bound a request is refused at once with 503 + Retry-After, never queued without end;
+past its deadline it is cancelled (its engine work too) and answered 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from service.errors import DeadlineExceeded, Overloaded
+from service.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class Admission:
+    def __init__(self, max_in_flight: int, retry_after: int, metrics: Metrics | None = None):
+        self.max_in_flight = max_in_flight
+        self.retry_after = retry_after
+        self.in_flight = 0
+        self.metrics = metrics
+
+    def _refuse_if_full(self) -> None:
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(
+                f"the server holds {self.in_flight} requests, its limit; retry after {self.retry_after} s",
+                self.retry_after,
+            )
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self._refuse_if_full()
+        self.in_flight += 1
+        if self.metrics:
+            self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.metrics:
+                self.metrics.in_flight.dec()
+
+    async def run(self, work: Coroutine[Any, Any, T], deadline_seconds: float) -> T:
+        try:
+            self._refuse_if_full()
+        except Overloaded:
+            work.close()  # never started: close it so it is not reported as "never awaited"
+            raise
+        async with self.slot():
+            try:
+                return await asyncio.wait_for(work, timeout=deadline_seconds)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request did not finish within its deadline of {deadline_seconds:g} s",
+                    deadline_seconds=deadline_seconds,
+                ) from None

@@ -1,0 +1,146 @@
+"""The data plane: readiness, metadata and inference by model name, plus admission.
+
+Protocol-neutral, as MLServer's DataPlane is: REST, KServe v2 over HTTP and KServe v2 over gRPC are
+thin adapters over it and never over each other. Model cores are built on first use, once the
+engine is ready, from the exact model versions the engine loaded, so what a response reports is
+what ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.admission import Admission
+from service.engine.client import EngineClient
+from service.errors import InvalidParameter, NotFound, NotReady
+from service.metrics import Metrics
+from service.models import MODELS, ServedModel
+from service.settings import ServiceSettings
+from service.tensors import Tensor
+
+M = TypeVar("M", bound=ServedModel)
+T = TypeVar("T")
+SERVER_NAME, SERVER_VERSION = "chorus", "0.1.0"
+EXTENSIONS = ("binary_tensor_data", "model_repository")
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    """The requested outputs (every output when none was named), in the requested order."""
+
+
+class DataPlane:
+    def __init__(
+        self,
+        engine: EngineClient,
+        settings: ServiceSettings,
+        metrics: Metrics,
+        kinds: Sequence[type[ServedModel]] = MODELS,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds, metrics)
+        self._kinds = {kind.name: kind for kind in kinds}
+        self._models: dict[str, ServedModel] = {}
+        self._loading = asyncio.Lock()
+
+    # Models
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._kinds)
+
+    async def _load(self) -> dict[str, ServedModel]:
+        if self._models:
+            return self._models
+        async with self._loading:
+            if not self._models:
+                if not await self.engine.is_ready():
+                    raise NotReady("the models are still loading; retry shortly (GET /readyz says when)", self.settings.retry_after_seconds)
+                info = await self.engine.models()
+                self._models = {
+                    name: kind.build(info[kind.store_name], self.engine, self.settings, self.metrics) for name, kind in self._kinds.items()
+                }
+        return self._models
+
+    def check_name(self, name: str) -> None:
+        if name not in self._kinds:
+            raise NotFound(f"no model named {name!r}; models: {self.model_names}")
+
+    async def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model of this name (and version, when given); NotFound or NotReady otherwise."""
+        self.check_name(name)
+        model = (await self._load())[name]
+        if version is not None and version != model.version:
+            raise NotFound(f"model {name!r} has no version {version!r}; versions: [{model.version!r}]")
+        return model
+
+    async def model(self, kind: type[M]) -> M:
+        """The ready core of a model kind, typed (what the REST routes of that model use)."""
+        model = await self.get(kind.name)
+        assert isinstance(model, kind)
+        return model
+
+    # Health and metadata
+
+    async def ready(self) -> bool:
+        try:
+            await self._load()
+        except NotReady:
+            return False
+        return True
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        self.check_name(name)
+        if not await self.ready():
+            return False
+        await self.get(name, version)
+        return True
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return (await self.get(name, version)).metadata()
+
+    # Inference
+
+    def deadline(self, requested_seconds: float | None) -> float:
+        """A client's deadline can shorten, never lengthen, the server's default."""
+        default = self.settings.default_deadline_seconds
+        return default if requested_seconds is None else min(requested_seconds, default)
+
+    async def run(self, work: Coroutine[Any, Any, T], deadline_seconds: float) -> T:
+        """Any model work under admission: refused at once past the in-flight bound, 504 past its deadline."""
+        return await self.admission.run(work, deadline_seconds)
+
+    async def infer(
+        self,
+        name: str,
+        inputs: dict[str, Tensor],
+        *,
+        version: str | None = None,
+        outputs: Sequence[str] = (),
+        deadline_seconds: float,
+    ) -> InferenceResult:
+        """KServe v2 inference of a model; `outputs` names the outputs wanted (all when empty)."""
+        self.check_name(name)
+
+        async def work() -> InferenceResult:
+            model = await self.get(name, version)
+            unknown = [o for o in outputs if o not in model.outputs]
+            if unknown:
+                raise InvalidParameter(f"unknown output(s) {unknown}; this model has {sorted(model.outputs)}")
+            produced = await model.infer(inputs)
+            return InferenceResult(model.name, model.version, {o: produced[o] for o in (outputs or model.outputs)})
+
+        return await self.run(work(), deadline_seconds)

@@ -1,0 +1,45 @@
+"""What the service reads from the BentoML model store: a model version's folder, in the layout of
+`layout.artifacts` (written by `chorus export`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+from layout import artifacts
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One version of a model in the store."""
+
+    name: str
+    """Store name (birdcall, frames)."""
+    version: str
+    path: Path
+
+    @classmethod
+    def resolve(cls, tag: str) -> StoredModel:
+        """A tag such as `birdcall:latest` or `birdcall:abc123` -> the exact version it names now."""
+        model = bentoml.models.get(tag)
+        return cls(model.tag.name, model.tag.version or "", Path(model.path))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return artifacts.read_json(self.path, artifacts.CONFIG)
+
+    @property
+    def training_metrics(self) -> dict[str, Any]:
+        return artifacts.read_json(self.path, artifacts.METRICS, default={})
+
+    def read_json(self, name: str) -> Any:
+        return artifacts.read_json(self.path, name)
+
+    def onnx_path(self, variant: str) -> Path:
+        path = self.path / artifacts.onnx_file(self.name, variant)
+        if not path.exists():
+            raise FileNotFoundError(f"{self.name}:{self.version} has no {variant} variant ({path.name}); re-export with it")
+        return path

@@ -1,0 +1,106 @@
+"""Protocol-neutral tensors (KServe v2 / Open Inference Protocol datatypes) and their raw bytes.
+
+The KServe HTTP codec (JSON data or the binary tensor data extension) and the gRPC adapter (typed
+contents or raw_input_contents) both build their input tensors here, so the checks on datatype,
+shape and size exist once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidParameter
+
+DTYPES: dict[str, type[np.generic]] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+DATATYPES = (*DTYPES, "BYTES")
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in ("U", "S", "O"):
+        return "BYTES"
+    for name, dtype in DTYPES.items():
+        if array.dtype == dtype:
+            return name
+    raise TypeError(f"no KServe datatype for {array.dtype}")
+
+
+def check_datatype(name: str, datatype: str) -> None:
+    if datatype not in DATATYPES:
+        raise InvalidParameter(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
+
+
+def _fill(name: str, datatype: str, shape: Sequence[int], array: np.ndarray) -> Tensor:
+    if array.size != int(np.prod(shape)):
+        raise InvalidParameter(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
+    return Tensor(name, datatype, list(shape), array.reshape(shape))
+
+
+def decode_bytes_tensor(raw: bytes) -> np.ndarray:
+    """Length-prefixed (uint32 little-endian) items -> an object array of bytes."""
+    items, offset = [], 0
+    while offset < len(raw):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        items.append(raw[offset : offset + length])
+        offset += length
+    return np.array(items, dtype=object)
+
+
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
+    out = bytearray()
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        out += struct.pack("<I", len(data)) + data
+    return bytes(out)
+
+
+def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
+    """Flat row-major bytes (HTTP binary extension, gRPC raw contents) -> a checked Tensor."""
+    check_datatype(name, datatype)
+    if datatype == "BYTES":
+        array = decode_bytes_tensor(raw)
+    else:
+        itemsize = np.dtype(DTYPES[datatype]).itemsize
+        if len(raw) % itemsize:
+            raise InvalidParameter(f"input {name!r}: {len(raw)} bytes are not a whole number of {datatype} values")
+        array = np.frombuffer(raw, dtype=DTYPES[datatype])
+    return _fill(name, datatype, shape, array)
+
+
+def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> Tensor:
+    """A list of values (HTTP JSON `data`, gRPC typed contents) -> a checked Tensor."""
+    check_datatype(name, datatype)
+    try:
+        dtype = object if datatype == "BYTES" else DTYPES[datatype]
+        array = np.asarray(values, dtype=dtype).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter(f"input {name!r}: data does not fit {datatype}: {exc}") from None
+    return _fill(name, datatype, shape, array)
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """A tensor's flat row-major bytes, BYTES tensors length-prefixed."""
+    return encode_bytes_tensor(array) if datatype_of(array) == "BYTES" else np.ascontiguousarray(array).tobytes()
