@@ -17,9 +17,9 @@ up: sync
 test: sync
 	$(UV) run pytest
 
-# Regenerate the KServe v2 gRPC modules after editing service/adapters/grpc/kserve_v2.proto.
+# Regenerate the KServe v2 gRPC descriptor set after editing service/adapters/grpc/kserve_v2.proto.
 protos: sync
-	$(UV) run python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. service/adapters/grpc/kserve_v2.proto
+	$(UV) run python -m grpc_tools.protoc -I. --descriptor_set_out=service/adapters/grpc/kserve_v2.desc service/adapters/grpc/kserve_v2.proto
 
 # The Bento's serving requirements (no torch, no training tools), pinned from uv.lock.
 # The GPU Bento swaps onnxruntime for onnxruntime-gpu 1.22 (CUDA 12, cuDNN 9: bentofile.gpu.yaml's base image).

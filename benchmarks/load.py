@@ -73,7 +73,9 @@ async def _run_level(url: str, requests: list[RequestSpec], concurrency: int, se
     return LevelResult(concurrency, len(latencies), errors, elapsed, latencies, {k: float(np.mean(v)) for k, v in stages.items()})
 
 
-def sweep(url: str, requests: list[RequestSpec], levels: tuple[int, ...], seconds: float, timings: Callable | None = None) -> list[LevelResult]:
+def sweep(
+    url: str, requests: list[RequestSpec], levels: tuple[int, ...], seconds: float, timings: Callable | None = None
+) -> list[LevelResult]:
     """One warm-up pass, then each concurrency level for `seconds` (bounded, loopback only)."""
     asyncio.run(_run_level(url, requests, 1, min(2.0, seconds), None))
     return [asyncio.run(_run_level(url, requests, c, seconds, timings)) for c in levels]

@@ -49,11 +49,11 @@ def _plot(rows: list[tuple[str, list[dict]]], path: Path, title: str, unit: str)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
     for name, results in rows:
         x = [r["throughput"] for r in results]
-        for ax, key in zip(axes, ("p50_ms", "p99_ms")):
+        for ax, key in zip(axes, ("p50_ms", "p99_ms"), strict=True):
             ax.plot(x, [r[key] for r in results], marker="o", label=name)
             for r in results:
                 ax.annotate(str(r["concurrency"]), (r["throughput"], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for ax, key in zip(axes, ("p50", "p99")):
+    for ax, key in zip(axes, ("p50", "p99"), strict=True):
         ax.set_xlabel(f"throughput ({unit}/s)")
         ax.set_ylabel(f"{key} latency (ms)")
         ax.set_yscale("log")
@@ -141,7 +141,8 @@ def run_bench(
             "",
             f"`{meta['command']}`; {seconds:g} s per concurrency level, closed loop, client on the same machine.",
             "",
-            f"## birdcall (recordings/s; raw engine {raw['recordings_per_s']} rec/s, {raw['windows_per_s']} windows/s, p50 {raw['p50_ms']} ms)",
+            f"## birdcall (recordings/s; raw engine {raw['recordings_per_s']} rec/s, {raw['windows_per_s']} windows/s,"
+            f" p50 {raw['p50_ms']} ms)",
             "",
             _table(bird_rows, "recordings"),
             "",
@@ -166,8 +167,7 @@ def run_bench(
             "| hop floor: BentoML's call of a trivial service with a 12-window array, batchable; plain |"
             f" {overhead['bentoml_hop_floor']['batched_ms_p50']}; {overhead['bentoml_hop_floor']['plain_ms_p50']} |",
             "",
-            "Mean time per stage at the best served level (ms): "
-            + ", ".join(f"{k} {v}" for k, v in bird["stages_ms_at_best"].items()),
+            "Mean time per stage at the best served level (ms): " + ", ".join(f"{k} {v}" for k, v in bird["stages_ms_at_best"].items()),
             "",
             f"## frames ({steps} DDIM steps, images/s)",
             "",

@@ -29,9 +29,27 @@ def run_locust(host: str, users: int, spawn_rate: float, seconds: int, out_dir: 
     cached_pool(pool_dir(), pool_size(), POOL_SEED)  # synthesize before the clock starts
     prefix = out_dir / "locust"
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
-        "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", f"{seconds}s",
-        "--csv", str(prefix), "--html", str(out_dir / "locust.html"), "--only-summary", "--stop-timeout", "30",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(users),
+        "--spawn-rate",
+        str(spawn_rate),
+        "--run-time",
+        f"{seconds}s",
+        "--csv",
+        str(prefix),
+        "--html",
+        str(out_dir / "locust.html"),
+        "--only-summary",
+        "--stop-timeout",
+        "30",
     ]
     # Locust exits 1 when any request failed; the SLO verdict below is what decides.
     subprocess.run(command, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parent.parent)

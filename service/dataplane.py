@@ -9,7 +9,7 @@ what ran.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,10 +20,11 @@ from service.engine.client import EngineClient
 from service.errors import InvalidParameter, NotFound, NotReady
 from service.metrics import Metrics
 from service.models import MODELS, ServedModel
+from service.models.tasks import AudioClassifier, ImageGenerator
 from service.settings import ServiceSettings
+from service.store import StoredModel
 from service.tensors import Tensor
 
-M = TypeVar("M", bound=ServedModel)
 T = TypeVar("T")
 SERVER_NAME, SERVER_VERSION = "chorus", "0.1.0"
 EXTENSIONS = ("binary_tensor_data", "model_repository")
@@ -44,12 +45,15 @@ class DataPlane:
         settings: ServiceSettings,
         metrics: Metrics,
         kinds: Sequence[type[ServedModel]] = MODELS,
+        open_stored: Callable[[str], StoredModel] = StoredModel.resolve,
     ):
+        """`open_stored` finds a stored model by tag (name:version): the BentoML store unless a test says otherwise."""
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
         self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds, metrics)
         self._kinds = {kind.name: kind for kind in kinds}
+        self._open_stored = open_stored
         self._models: dict[str, ServedModel] = {}
         self._loading = asyncio.Lock()
 
@@ -67,10 +71,12 @@ class DataPlane:
                 if not await self.engine.is_ready():
                     raise NotReady("the models are still loading; retry shortly (GET /readyz says when)", self.settings.retry_after_seconds)
                 info = await self.engine.models()
-                self._models = {
-                    name: kind.build(info[kind.store_name], self.engine, self.settings, self.metrics) for name, kind in self._kinds.items()
-                }
+                self._models = {name: self._build(kind, info[kind.store_name]) for name, kind in self._kinds.items()}
         return self._models
+
+    def _build(self, kind: type[ServedModel], info: dict[str, str]) -> ServedModel:
+        stored = self._open_stored(f"{info['name']}:{info['version']}")
+        return kind.build(stored, info, self.engine, self.settings, self.metrics)
 
     def check_name(self, name: str) -> None:
         if name not in self._kinds:
@@ -84,11 +90,20 @@ class DataPlane:
             raise NotFound(f"model {name!r} has no version {version!r}; versions: [{model.version!r}]")
         return model
 
-    async def model(self, kind: type[M]) -> M:
-        """The ready core of a model kind, typed (what the REST routes of that model use)."""
-        model = await self.get(kind.name)
-        assert isinstance(model, kind)
-        return model
+    async def classifier(self) -> AudioClassifier:
+        """The ready model that classifies recordings (/classify)."""
+        return await self._doing(AudioClassifier)
+
+    async def generator(self) -> ImageGenerator:
+        """The ready model that generates images (/generate)."""
+        return await self._doing(ImageGenerator)
+
+    async def _doing(self, task: type[Any]) -> Any:
+        """The ready model that does a task (models/tasks.py): the REST routes find models so, never by name."""
+        for model in (await self._load()).values():
+            if isinstance(model, task):
+                return model
+        raise NotFound(f"no served model does {task.__name__}; models: {self.model_names}")
 
     # Health and metadata
 

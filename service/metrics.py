@@ -29,7 +29,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "chorus_batch_size",
-            "Items per engine batch: 5 s windows (birdcall) or images at one DDIM step (frames).",
+            "Items per engine batch, in each model's batch unit: 5 s windows (classifier) or images at one DDIM step (frames).",
             ["model"],
             buckets=BATCH_BUCKETS,
         )
@@ -41,7 +41,7 @@ class Metrics:
         )
         self.queue_wait_seconds = Histogram(
             "chorus_queue_wait_seconds",
-            "Per request, time before the model ran on it: birdcall, the engine round trip minus the ONNX Runtime "
+            "Per request, time before the model ran on it: classifier, the engine round trip minus the ONNX Runtime "
             "time of the batch that held it (coalescing, batching wait and transport); frames, arrival at the "
             "step batcher to the first denoiser batch.",
             ["model"],
@@ -51,23 +51,23 @@ class Metrics:
         self.errors = Counter("chorus_errors_total", "Requests answered with an error.", ["route", "type", "status"])
         self.rejected = Counter("chorus_rejected_total", "Requests refused with 503 (overload or not ready).", ["route", "reason"])
         self.timeouts = Counter("chorus_timeouts_total", "Requests that passed their deadline (504).", ["route"])
-        self.audio_seconds = Histogram(
-            "chorus_audio_duration_seconds", "Duration of received recordings.", buckets=DURATION_BUCKETS
-        )
-        self.sample_rate = Histogram(
-            "chorus_audio_sample_rate_hertz", "Sample rate of received recordings.", buckets=RATE_BUCKETS
-        )
+        self.audio_seconds = Histogram("chorus_audio_duration_seconds", "Duration of received recordings.", buckets=DURATION_BUCKETS)
+        self.sample_rate = Histogram("chorus_audio_sample_rate_hertz", "Sample rate of received recordings.", buckets=RATE_BUCKETS)
         self.body_bytes = Histogram("chorus_request_body_bytes", "Size of inference request bodies.", ["route"], buckets=BYTES_BUCKETS)
         self.in_flight = Gauge(
-            "chorus_in_flight_requests", "Inference requests held by the API workers (the admission queue depth).",
+            "chorus_in_flight_requests",
+            "Inference requests held by the API workers (the admission queue depth).",
             multiprocess_mode="livesum",
         )
         self.engine_queue = Gauge(
-            "chorus_engine_pending_items", "Items sent to the engine and not yet answered.", ["model"],
+            "chorus_engine_pending_items",
+            "Items sent to the engine and not yet answered.",
+            ["model"],
             multiprocess_mode="livesum",
         )
         self.model_info = Gauge(
-            "chorus_model_info", "1 for each served model, with its name, version, variant and ONNX Runtime provider.",
+            "chorus_model_info",
+            "1 for each served model, with its name, version, variant and ONNX Runtime provider.",
             ["name", "version", "variant", "provider"],
             multiprocess_mode="max",
         )

@@ -14,7 +14,8 @@ import bentoml
 from starlette.applications import Starlette
 from threadpoolctl import threadpool_limits
 
-from service.adapters import kserve_http, rest
+from service.adapters import HTTP_ROUTES
+from service.adapters.grpc.server import start_grpc_server
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine.service import Engine
@@ -23,7 +24,7 @@ from service.settings import ServiceSettings
 
 settings = ServiceSettings()
 # BentoML mounts the app when this module is imported; each worker attaches its data plane at start.
-app = Starlette(routes=[*rest.ROUTES, *kserve_http.ROUTES])
+app = Starlette(routes=HTTP_ROUTES)
 
 
 @bentoml.service(name="chorus", workers=settings.api_workers, traffic={"timeout": 300})
@@ -42,10 +43,6 @@ class Chorus:
 
     @bentoml.on_startup
     async def _start_grpc(self) -> None:
-        # Imported here, in the worker only: the generated `inference.*` protobuf symbols would
-        # clash with tritonclient's copies in any client process that imports this module.
-        from service.adapters.grpc.server import start_grpc_server
-
         if settings.grpc_port:
             self._grpc = await start_grpc_server(self.plane, "0.0.0.0", settings.grpc_port)
 

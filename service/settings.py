@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,10 +29,15 @@ class UnknownSettingError(ValueError):
     """A CHORUS_* environment variable names no setting."""
 
 
+def _with_suggestion(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name.upper(), known, 2)
+    return f"{name} (did you mean {' or '.join(close)}?)" if close else name
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
-    def __init__(self, **values: object) -> None:
+    def __init__(self, **values: Any) -> None:
         self.check_environment()
         super().__init__(**values)
 
@@ -46,9 +51,7 @@ class ServiceSettings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime providers: auto takes CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
-    ort_lanes: int = Field(
-        0, ge=0, description="Slices of each batch run at once (service/lanes.py); 0: one per CPU core, 1 on a GPU."
-    )
+    ort_lanes: int = Field(0, ge=0, description="Slices of each batch run at once (service/lanes.py); 0: one per CPU core, 1 on a GPU.")
     ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per slice; 0: the cores divided by the lanes.")
 
     # Adaptive batching (BentoML): units are windows (birdcall) and denoising steps (frames)
@@ -62,18 +65,14 @@ class ServiceSettings(BaseSettings):
     frames_max_latency_ms: int = Field(
         10_000, ge=1, description="Batch latency budget of one bare denoiser call (KServe frames-denoiser), in ms."
     )
-    warmup_batch_sizes: tuple[int, ...] = Field(
-        (1, 8, 32, 64), description="Batch sizes run once before /readyz says ready."
-    )
+    warmup_batch_sizes: tuple[int, ...] = Field((1, 8, 32, 64), description="Batch sizes run once before /readyz says ready.")
 
     # Requests
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest accepted request body, in bytes (413 past it).")
     max_audio_seconds: float = Field(600.0, gt=0, description="Longest accepted recording, in seconds (413 past it).")
     max_batch_files: int = Field(16, ge=1, description="Most files in one /classify/batch request.")
     default_top_k: int = Field(3, ge=1, description="Species per window and overall when the request does not say.")
-    max_in_flight: int = Field(
-        256, ge=1, description="Inference requests one API worker holds at once; past it: 503 with Retry-After."
-    )
+    max_in_flight: int = Field(256, ge=1, description="Inference requests one API worker holds at once; past it: 503 with Retry-After.")
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503 overload answers, in seconds.")
     default_deadline_seconds: float = Field(
         60.0, gt=0, description="Per-request deadline unless the X-Request-Timeout header (seconds) says less; 504 past it."
@@ -105,10 +104,13 @@ class ServiceSettings(BaseSettings):
     def check_environment(cls, environ: Mapping[str, str] | None = None) -> None:
         """Raise UnknownSettingError for a CHORUS_* variable that is neither a setting nor another tool's."""
         known = {PREFIX + name.upper() for name in cls.model_fields} | set(OTHER_VARIABLES)
-        unknown = sorted(k for k in (os.environ if environ is None else environ) if k.upper().startswith(PREFIX) and k.upper() not in known)
+        names = os.environ if environ is None else environ
+        unknown = sorted(k for k in names if k.upper().startswith(PREFIX) and k.upper() not in known)
         if unknown:
-            hints = [f"{k} (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(k.upper(), known, 2)) else k for k in unknown]
-            raise UnknownSettingError(f"unknown chorus setting(s): {'; '.join(hints)}. The settings are in service/settings.py and docs/serving.md")
+            hints = [_with_suggestion(name, known) for name in unknown]
+            raise UnknownSettingError(
+                f"unknown chorus setting(s): {'; '.join(hints)}. The settings are listed in service/settings.py and docs/serving.md"
+            )
 
     @model_validator(mode="after")
     def _one_request_fits_one_batch(self) -> ServiceSettings:

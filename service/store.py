@@ -17,13 +17,13 @@ class StoredModel:
     """One version of a model in the store."""
 
     name: str
-    """Store name (birdcall, frames)."""
+    """Store name, as `chorus export` registered it."""
     version: str
     path: Path
 
     @classmethod
     def resolve(cls, tag: str) -> StoredModel:
-        """A tag such as `birdcall:latest` or `birdcall:abc123` -> the exact version it names now."""
+        """A tag such as `name:latest` or `name:abc123` -> the exact version it names now."""
         model = bentoml.models.get(tag)
         return cls(model.tag.name, model.tag.version or "", Path(model.path))
 

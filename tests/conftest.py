@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny trained models and synthetic audio, made once per test session."""
+"""Shared fixtures: tiny trained models and synthetic audio, made once per test session.
+
+The tests come in layers, one folder each, and each test is marked with its layer (see
+docs/testing.md): unit (pure functions), api (the adapters in-process over the data plane with a
+fake engine), integration (training, export, external tools), e2e (the real service).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,23 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.local_server import ROOT, free_port, serve  # noqa: F401  (tests import them from here)
 from export.parity import Tolerance
+from service.local_server import ROOT, free_port, serve  # noqa: F401  (tests import them from here)
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # A private model store: BentoML reads BENTOML_HOME once, at import, so set it before anything imports it.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="chorus-test-bentoml-")
+
+
+LAYERS = ("unit", "api", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with the layer its folder names, so `-m unit` and the like select by layer."""
+    for item in items:
+        layer = item.path.parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:

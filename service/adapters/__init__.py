@@ -1,1 +1,8 @@
-"""Protocol adapters over the data plane: REST, KServe v2 over HTTP, KServe v2 over gRPC."""
+"""Protocol adapters over the data plane: REST, KServe v2 over HTTP, KServe v2 over gRPC (grpc/)."""
+
+from __future__ import annotations
+
+from service.adapters import kserve_http, rest
+
+HTTP_ROUTES = [*rest.ROUTES, *kserve_http.ROUTES]
+"""Every HTTP route; the app serving them needs `app.state.plane` set to a DataPlane."""

@@ -104,7 +104,10 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
                         }
                     },
                     "responses": {
-                        "200": {"description": "image/png (count 1) or JSON with base64 PNGs", "content": {"image/png": {}, "application/json": {}}},
+                        "200": {
+                            "description": "image/png (count 1) or JSON with base64 PNGs",
+                            "content": {"image/png": {}, "application/json": {}},
+                        },
                         **_ERRORS,
                     },
                 }

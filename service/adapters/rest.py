@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -27,8 +30,7 @@ from service.adapters.http import (
 )
 from service.adapters.openapi import openapi
 from service.errors import BadRequest, InvalidParameter, ServiceError
-from service.models.birdcall import BirdcallModel, ClassifyOptions
-from service.models.frames import FramesModel, GenerateRequest, encode_png
+from service.models.tasks import AudioClassifier, ClassifyOptions, GenerateRequest
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -58,10 +60,10 @@ def _text_fields(form: FormData) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _classify_options(model: BirdcallModel, params: Mapping[str, Any]) -> ClassifyOptions:
+def _classify_options(model: AudioClassifier, params: Mapping[str, Any]) -> ClassifyOptions:
     n_labels = len(model.labels)
     return ClassifyOptions(
-        top_k=parse_int(params, "top_k", min(model.limits.default_top_k, n_labels), 1, n_labels),
+        top_k=parse_int(params, "top_k", min(model.default_top_k, n_labels), 1, n_labels),
         timeline=parse_bool(params, "timeline", True),
         min_confidence=parse_float(params, "min_confidence", 0.0, 0.0, 1.0),
     )
@@ -81,7 +83,7 @@ async def classify(request: Request) -> Response:
     else:
         data = await read_body(request, limit, "classify")
     deadline = deadline_seconds(request)
-    model = await plane.model(BirdcallModel)
+    model = await plane.classifier()
     options = _classify_options(model, params)
     return JSONResponse(await plane.run(model.classify(data, options), deadline))
 
@@ -100,7 +102,7 @@ async def classify_batch(request: Request) -> Response:
     files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
     params = {**request.query_params, **_text_fields(form)}
     deadline = deadline_seconds(request)
-    model = await plane.model(BirdcallModel)
+    model = await plane.classifier()
     options = _classify_options(model, params)
 
     async def one(name: str, data: bytes) -> dict[str, Any]:
@@ -146,10 +148,10 @@ async def generate(request: Request) -> Response:
         raise InvalidParameter(f"format must be 'png' or 'json', got {fmt!r}")
     if fmt == "png" and req.count != 1:
         raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
-    model = await plane.model(FramesModel)
+    model = await plane.generator()
     deadline = deadline_seconds(request)
     images, timings = await plane.run(model.generate(req, deadline), deadline)
-    headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": model.version}
+    headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": model.info["version"]}
     if fmt == "png":
         return Response(encode_png(images[0]), media_type="image/png", headers=headers)
     return JSONResponse(
@@ -162,6 +164,12 @@ async def generate(request: Request) -> Response:
             "timings_ms": timings,
         }
     )
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 async def index(request: Request) -> Response:

@@ -2,8 +2,9 @@
 
 A /classify request makes one engine call per chunk of windows, a KServe frames-denoiser request
 one per call. With many requests in flight, one HTTP call (and one pickled array) per request
-costs the API worker more CPU than the model work it carries. Here a call goes out at once when none is in flight (no added latency at low load); calls that arrive
-meanwhile are concatenated (up to `max_items`) into the next one. The engine's adaptive batching
+costs the API worker more CPU than the model work it carries. Here a call goes out at once when
+none is in flight (no added latency at low load); calls that arrive meanwhile are concatenated
+(up to `max_items`) into the next one. The engine's adaptive batching
 still merges calls across API workers.
 """
 
@@ -20,19 +21,19 @@ class Coalescer:
         self._call = call
         self._max_items = max_items
         self._queue: list[tuple[np.ndarray, asyncio.Future]] = []
-        self._draining = False
+        self._drainer: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
     async def __call__(self, items: np.ndarray) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((items, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.create_task(self._drain())
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
         return await future
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         """Whole queued calls, oldest first, up to max_items (always at least one)."""
-        taken, count = [], 0
+        taken: list[tuple[np.ndarray, asyncio.Future]] = []
+        count = 0
         while self._queue and (not taken or count + len(self._queue[0][0]) <= self._max_items):
             items, future = self._queue.pop(0)
             if future.done():  # its request was cancelled (deadline): skip the work
@@ -42,22 +43,19 @@ class Coalescer:
         return taken
 
     async def _drain(self) -> None:
-        try:
-            while self._queue:
-                taken = self._take()
-                if not taken:
-                    continue
-                try:
-                    out = await self._call(np.concatenate([items for items, _ in taken]))
-                except Exception as exc:  # every caller of this batch gets the error
-                    for _, future in taken:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                offset = 0
-                for items, future in taken:
+        while self._queue:
+            taken = self._take()
+            if not taken:
+                continue
+            try:
+                out = await self._call(np.concatenate([items for items, _ in taken]))
+            except Exception as exc:  # every caller of this batch gets the error
+                for _, future in taken:
                     if not future.done():
-                        future.set_result(out[offset : offset + len(items)])
-                    offset += len(items)
-        finally:
-            self._draining = False
+                        future.set_exception(exc)
+                continue
+            offset = 0
+            for items, future in taken:
+                if not future.done():
+                    future.set_result(out[offset : offset + len(items)])
+                offset += len(items)

@@ -7,6 +7,7 @@ for that reason; `ddim_sample` is the one-request loop (reference and in-process
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ def time_pairs(total_timesteps: int, steps: int) -> list[tuple[int, int]]:
     """[(T-1, t1), ..., (t_k, -1)]: the library's float32 linspace, truncated to int."""
     times = np.linspace(-1, total_timesteps - 1, steps + 1, dtype=np.float32).astype(np.int64)
     times = times[::-1].tolist()
-    return list(zip(times[:-1], times[1:]))
+    return list(itertools.pairwise(times))
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -45,9 +46,7 @@ def to_unit_range(img: np.ndarray) -> np.ndarray:
     return ((img + 1) / 2).astype(np.float32)
 
 
-async def ddim_sample(
-    denoise: Denoise, alphas_cumprod: np.ndarray, shape: tuple[int, ...], steps: int, seed: int
-) -> np.ndarray:
+async def ddim_sample(denoise: Denoise, alphas_cumprod: np.ndarray, shape: tuple[int, ...], steps: int, seed: int) -> np.ndarray:
     """Images in [0, 1], float32 [n, C, H, W]. Same seed, steps and model -> same images."""
     img = initial_noise(shape, seed)
     for time, time_next in time_pairs(len(alphas_cumprod), steps):

@@ -36,7 +36,7 @@ class LoadedModel:
 
 
 def load_model(tag: str, variant: str, providers: list[str], threads: int = 0, lanes: int = 0) -> LoadedModel:
-    """Resolve a tag (e.g. birdcall:latest) and open the variant's ONNX file.
+    """Resolve a tag (e.g. name:latest) and open the variant's ONNX file.
 
     threads and lanes as ServiceSettings.ort_threads / ort_lanes (0: automatic, see runtime.plan_lanes).
     """

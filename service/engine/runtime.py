@@ -4,7 +4,7 @@ The only module of the serving path that imports onnxruntime: the seam where the
 TensorRT execution providers, or another runtime, plug in. Everything else holds a `Runner`.
 
 Lanes: on CPU, ONNX Runtime's intra-op threads scale poorly on these small networks. Measured on
-2 cores, two 1-thread runs side by side beat one 2-thread run by ~30% (birdcall, 1.3k vs 1.0k
+2 cores, two 1-thread runs side by side beat one 2-thread run by ~30% (the classifier, 1.3k vs 1.0k
 windows/s) and ~70% (frames denoiser, 12 vs 7 images/s). So batching stays in one place and each
 batch is split into `lanes` slices along the batch axis, run concurrently on one session (ORT
 sessions are thread-safe; each run uses the calling thread). On a GPU one lane is right: the
@@ -13,6 +13,7 @@ device is the parallelism.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,12 @@ log = logging.getLogger("chorus.runtime")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
 def choose_providers(preference: str) -> list[str]:
@@ -83,8 +89,7 @@ class TensorSpec:
 
 def _specs(args: list[ort.NodeArg]) -> tuple[TensorSpec, ...]:
     return tuple(
-        TensorSpec(a.name, tuple(d if isinstance(d, int) else None for d in a.shape), _NUMPY_TYPES.get(a.type, np.float32))
-        for a in args
+        TensorSpec(a.name, tuple(d if isinstance(d, int) else None for d in a.shape), _NUMPY_TYPES.get(a.type, np.float32)) for a in args
     )
 
 
@@ -109,7 +114,7 @@ class Runner:
         if parts <= 1 or self._pool is None:
             return self.session.run(None, feeds)
         bounds = np.linspace(0, n, parts + 1).astype(int)
-        slices = [{k: np.ascontiguousarray(v[a:b]) for k, v in feeds.items()} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        slices = [{k: np.ascontiguousarray(v[a:b]) for k, v in feeds.items()} for a, b in itertools.pairwise(bounds)]
         others = [self._pool.submit(self.session.run, None, part) for part in slices[1:]]
         first = self.session.run(None, slices[0])  # this thread is a lane too
         results = [first, *(future.result() for future in others)]

@@ -10,6 +10,7 @@ import numpy as np
 from service.engine.client import EngineClient
 from service.metrics import Metrics
 from service.settings import ServiceSettings
+from service.store import StoredModel
 from service.tensors import Tensor
 
 
@@ -38,8 +39,10 @@ class ServedModel(ABC):
 
     @classmethod
     @abstractmethod
-    def build(cls, info: dict[str, str], engine: EngineClient, settings: ServiceSettings, metrics: Metrics) -> ServedModel:
-        """The core for the stored version `info` names, reading what it needs from the model store."""
+    def build(
+        cls, stored: StoredModel, info: dict[str, str], engine: EngineClient, settings: ServiceSettings, metrics: Metrics
+    ) -> ServedModel:
+        """The core for the stored version the engine loaded (`info` as the engine reports it)."""
 
     @abstractmethod
     def metadata(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from service.engine.client import EngineClient, TimedCall
 from service.errors import InvalidParameter, from_audio_error
 from service.metrics import Metrics
 from service.models.base import ServedModel
+from service.models.tasks import AudioClassifier, ClassifyOptions
 from service.settings import ServiceSettings
 from service.store import StoredModel
 from service.tensors import Tensor
@@ -33,13 +34,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-@dataclass(frozen=True)
-class ClassifyOptions:
-    top_k: int = 3
-    timeline: bool = True
-    min_confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def stored_frontend(stored: StoredModel) -> FrontEnd:
     return FrontEnd(config, NormStats.from_dict(stored.read_json(artifacts.NORM_STATS)))
 
 
-class BirdcallModel(ServedModel):
+class BirdcallModel(ServedModel, AudioClassifier):
     store_name = "birdcall"
     name = "birdcall"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "labels")
@@ -91,11 +85,13 @@ class BirdcallModel(ServedModel):
         self.labels = labels
         self._logits = logits
         self.limits = limits
+        self.default_top_k = limits.default_top_k
         self.metrics = metrics
 
     @classmethod
-    def build(cls, info: dict[str, str], engine: EngineClient, settings: ServiceSettings, metrics: Metrics) -> BirdcallModel:
-        stored = StoredModel.resolve(f"{info['name']}:{info['version']}")
+    def build(
+        cls, stored: StoredModel, info: dict[str, str], engine: EngineClient, settings: ServiceSettings, metrics: Metrics
+    ) -> BirdcallModel:
         limits = BirdcallLimits(
             max_batch=settings.birdcall_max_batch_size,
             max_seconds=settings.max_audio_seconds,

@@ -8,13 +8,11 @@ steps of all requests in shared batches. KServe clients get the bare denoiser
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from layout import artifacts
 from service.engine.client import BatchCall, EngineClient
@@ -22,6 +20,7 @@ from service.engine.contracts import StepPlanes
 from service.errors import InvalidParameter
 from service.metrics import Metrics
 from service.models.base import ServedModel
+from service.models.tasks import GenerateRequest, ImageGenerator
 from service.settings import ServiceSettings
 from service.store import StoredModel
 from service.tensors import Tensor
@@ -30,13 +29,6 @@ SAMPLE_METHOD = "frames_sample"
 DENOISE_METHOD = "frames_denoise"
 # The engine gives up a moment after the API's own deadline (504) so its work stops too.
 ENGINE_DEADLINE_SLACK_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    count: int = 1
-    steps: int = 50
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,19 +42,13 @@ class FramesLimits:
     """Most images of one denoiser engine call; larger KServe requests go in chunks."""
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def stored_schedule(stored: StoredModel) -> tuple[np.ndarray, int]:
     """The training's diffusion schedule (alphas_cumprod, one per timestep) and the image size."""
     config = stored.config
     return np.asarray(config[artifacts.ALPHAS_CUMPROD], np.float64), int(config[artifacts.ARCH][artifacts.IMAGE_SIZE])
 
 
-class FramesModel(ServedModel):
+class FramesModel(ServedModel, ImageGenerator):
     store_name = "frames"
     name = "frames-denoiser"
     outputs: ClassVar[tuple[str, ...]] = ("v",)
@@ -85,8 +71,10 @@ class FramesModel(ServedModel):
         self.metrics = metrics
 
     @classmethod
-    def build(cls, info: dict[str, str], engine: EngineClient, settings: ServiceSettings, metrics: Metrics) -> FramesModel:
-        alphas, image_size = stored_schedule(StoredModel.resolve(f"{info['name']}:{info['version']}"))
+    def build(
+        cls, stored: StoredModel, info: dict[str, str], engine: EngineClient, settings: ServiceSettings, metrics: Metrics
+    ) -> FramesModel:
+        alphas, image_size = stored_schedule(stored)
         limits = FramesLimits(settings.max_images, settings.min_steps, settings.max_steps, settings.frames_max_batch_size)
         return cls(info, alphas, image_size, engine, limits, metrics)
 

@@ -15,30 +15,23 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
-from service.adapters.grpc.kserve_v2_pb2 import (
-    InferTensorContents,
-    ModelInferRequest,
-    ModelInferResponse,
-    ModelMetadataRequest,
-    ModelMetadataResponse,
-    ModelReadyRequest,
-    ModelReadyResponse,
-    ServerLiveRequest,
-    ServerLiveResponse,
-    ServerMetadataRequest,
-    ServerMetadataResponse,
-    ServerReadyRequest,
-    ServerReadyResponse,
-)
-from service.adapters.grpc.kserve_v2_pb2_grpc import GRPCInferenceServiceServicer, add_GRPCInferenceServiceServicer_to_server
+from service.adapters.grpc.messages import SERVICE, message, methods
 from service.auth import check_bearer
 from service.dataplane import DataPlane
 from service.errors import InvalidParameter, ServiceError, as_service_error
 from service.tensors import Tensor, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
 log = logging.getLogger("chorus.grpc")
-Response = TypeVar("Response")
+Response = TypeVar("Response", bound=Message)
+ServerLiveResponse = message("ServerLiveResponse")
+ServerReadyResponse = message("ServerReadyResponse")
+ModelReadyResponse = message("ModelReadyResponse")
+ServerMetadataResponse = message("ServerMetadataResponse")
+ModelMetadataResponse = message("ModelMetadataResponse")
+TensorMetadata = message("ModelMetadataResponse.TensorMetadata")
+ModelInferResponse = message("ModelInferResponse")
 
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -68,14 +61,15 @@ def grpc_status(error: ServiceError) -> grpc.StatusCode:
     return _STATUS.get(error.status, grpc.StatusCode.INTERNAL)
 
 
-def _contents_values(name: str, datatype: str, contents: InferTensorContents) -> list[Any]:
+def _contents_values(name: str, datatype: str, contents: Any) -> list[Any]:
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidParameter(f"input {name!r}: datatype {datatype!r} needs raw_input_contents or is unknown")
     return list(getattr(contents, field))
 
 
-def input_tensors(request: ModelInferRequest) -> dict[str, Tensor]:
+def input_tensors(request: Any) -> dict[str, Tensor]:
+    """A ModelInferRequest's inputs, from raw_input_contents or typed contents."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidParameter(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -107,9 +101,23 @@ def _mapped_errors(
     return wrapped
 
 
-class InferenceServicer(GRPCInferenceServiceServicer):
+class InferenceServicer:
+    """One method per RPC of `inference.GRPCInferenceService`; requests are messages of kserve_v2.proto."""
+
     def __init__(self, plane: DataPlane):
         self.plane = plane
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """This servicer's RPCs, with the proto's request types, for a grpc server."""
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(self, name),
+                request_deserializer=message(method.input_type.name).FromString,
+                response_serializer=lambda response: response.SerializeToString(),
+            )
+            for name, method in methods().items()
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -118,27 +126,27 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         check_bearer(credentials if isinstance(credentials, str) else None, token, "metadata 'authorization: Bearer <token>'")
 
     @_mapped_errors
-    async def ServerLive(self, request: ServerLiveRequest, context: grpc.aio.ServicerContext) -> ServerLiveResponse:
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         return ServerLiveResponse(live=True)
 
     @_mapped_errors
-    async def ServerReady(self, request: ServerReadyRequest, context: grpc.aio.ServicerContext) -> ServerReadyResponse:
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         return ServerReadyResponse(ready=await self.plane.ready())
 
     @_mapped_errors
-    async def ModelReady(self, request: ModelReadyRequest, context: grpc.aio.ServicerContext) -> ModelReadyResponse:
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         return ModelReadyResponse(ready=await self.plane.model_ready(request.name, request.version or None))
 
     @_mapped_errors
-    async def ServerMetadata(self, request: ServerMetadataRequest, context: grpc.aio.ServicerContext) -> ServerMetadataResponse:
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         return ServerMetadataResponse(**self.plane.server_metadata())
 
     @_mapped_errors
-    async def ModelMetadata(self, request: ModelMetadataRequest, context: grpc.aio.ServicerContext) -> ModelMetadataResponse:
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         meta = await self.plane.model_metadata(request.name, request.version or None)
 
-        def tensors(items: list[dict[str, Any]]) -> list[ModelMetadataResponse.TensorMetadata]:
-            return [ModelMetadataResponse.TensorMetadata(**t) for t in items]
+        def tensors(items: list[dict[str, Any]]) -> list[Message]:
+            return [TensorMetadata(**t) for t in items]
 
         return ModelMetadataResponse(
             name=meta["name"],
@@ -149,7 +157,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         )
 
     @_mapped_errors
-    async def ModelInfer(self, request: ModelInferRequest, context: grpc.aio.ServicerContext) -> ModelInferResponse:
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         self._authorize(context)
         self.plane.check_name(request.model_name)
         tensors = input_tensors(request)
@@ -170,7 +178,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
 async def start_grpc_server(plane: DataPlane, host: str, port: int) -> grpc.aio.Server:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", plane.settings.max_upload_bytes)])
-    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    server.add_generic_rpc_handlers((InferenceServicer(plane).handler(),))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     log.info("KServe v2 gRPC listening on %s:%d", host, port)

@@ -8,7 +8,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from service.engine.runtime import Runner, make_session, plan_lanes
-from service.settings import ServiceSettings
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,3 @@ def test_lane_plan():
     assert plan_lanes(0, 0, on_gpu=True) == (1, 1)
     assert plan_lanes(2, 0, on_gpu=False)[0] == 2 and plan_lanes(2, 0, on_gpu=False)[1] >= 1
     assert plan_lanes(1, 3, on_gpu=False) == (1, 3)
-
-
-def test_settings_refuse_requests_larger_than_a_denoiser_batch(monkeypatch):
-    monkeypatch.setenv("CHORUS_MAX_IMAGES", "40")
-    with pytest.raises(ValueError, match="CHORUS_MAX_IMAGES"):
-        ServiceSettings()

@@ -113,7 +113,10 @@ def test_classify_batch(client, chirp, mp3_44k_stereo):
 
 
 def test_concurrent_classify_all_succeed_and_batch(client, server_url):
-    data = [encode(np.tile(chirp_piece, 2), 16_000, "WAV", "PCM_16") for chirp_piece in [np.random.default_rng(i).standard_normal(40_000).astype(np.float32) * 0.1 for i in range(4)]]
+    data = [
+        encode(np.tile(chirp_piece, 2), 16_000, "WAV", "PCM_16")
+        for chirp_piece in [np.random.default_rng(i).standard_normal(40_000).astype(np.float32) * 0.1 for i in range(4)]
+    ]
 
     def call(i: int) -> int:
         with httpx.Client(base_url=server_url, timeout=120) as c:

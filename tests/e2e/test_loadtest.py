@@ -7,16 +7,29 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from loadtests.runner import SLO, verdict
 
 
-@pytest.mark.integration
 def test_loadtest_holds_a_slo_against_the_server(server_url, tmp_path):
     env = {**os.environ, "CHORUS_LOAD_POOL": "4", "CHORUS_LOAD_POOL_DIR": str(tmp_path / "pool")}
-    command = [sys.executable, "-m", "chorus.cli", "loadtest", "--host", server_url, "--users", "4", "--spawn-rate", "4",
-               "--duration", "8", "--p99-ms", "10000", "--out", str(tmp_path / "report")]
+    command = [
+        sys.executable,
+        "-m",
+        "chorus.cli",
+        "loadtest",
+        "--host",
+        server_url,
+        "--users",
+        "4",
+        "--spawn-rate",
+        "4",
+        "--duration",
+        "8",
+        "--p99-ms",
+        "10000",
+        "--out",
+        str(tmp_path / "report"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, result

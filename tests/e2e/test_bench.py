@@ -12,7 +12,6 @@ import pytest
 from benchmarks.run import providers_for, run_bench
 
 
-@pytest.mark.integration
 def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny_workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("CHORUS_HOME", str(tiny_workspace.home))  # the baseline apps load these checkpoints
     result = run_bench(tmp_path, seconds=0.5, steps=5, levels=(1, 2), frames_levels=(1, 2), overhead_rounds=1)
@@ -22,8 +21,12 @@ def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny
         assert [r["concurrency"] for r in rows] == [1, 2]
         assert all(r["errors"] == 0 and r["throughput"] > 0 for r in rows), rows
     assert set(bird["ratios"]) == {
-        "served_over_raw", "served_batching_gain", "engine_batching_gain", "chorus_over_baseline",
-        "overhead_ms_at_c1_p50", "batching_gain_share",
+        "served_over_raw",
+        "served_batching_gain",
+        "engine_batching_gain",
+        "chorus_over_baseline",
+        "overhead_ms_at_c1_p50",
+        "batching_gain_share",
     }
     overhead = bird["overhead_at_c1"]
     assert overhead["requests"] == 12  # one round over the 12 recordings
@@ -36,7 +39,15 @@ def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["device"] == "cpu" and saved["meta"]["engine_provider"] == "CPUExecutionProvider"
     markdown = (tmp_path / "results.md").read_text()
-    for name in ("chorus, batching on", "chorus, batching off", "FastAPI + torch eager", "chorus /generate", "served_over_eager", "HTTP floor", "hop floor"):
+    for name in (
+        "chorus, batching on",
+        "chorus, batching off",
+        "FastAPI + torch eager",
+        "chorus /generate",
+        "served_over_eager",
+        "HTTP floor",
+        "hop floor",
+    ):
         assert name in markdown
     for plot in ("birdcall_latency_throughput.png", "frames_latency_throughput.png"):
         assert (tmp_path / plot).stat().st_size > 10_000

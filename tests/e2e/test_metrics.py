@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from tests.conftest import encode, scrape, value
 
 
@@ -43,8 +44,10 @@ def test_metrics_after_traffic(client, chirp):
     # Queue wait per request (birdcall: per engine call, one each here; frames: one per /generate).
     assert delta("chorus_queue_wait_seconds_count", model="birdcall") == 3
     assert delta("chorus_queue_wait_seconds_count", model="frames") == 1
-    assert 0 <= delta("chorus_queue_wait_seconds_sum", model="birdcall") < delta(
-        "chorus_stage_duration_seconds_sum", model="birdcall", variant="fp32", stage="inference"
+    assert (
+        0
+        <= delta("chorus_queue_wait_seconds_sum", model="birdcall")
+        < delta("chorus_stage_duration_seconds_sum", model="birdcall", variant="fp32", stage="inference")
     )
     # Gauges: every model announced once, nothing left in flight.
     assert value(after, "chorus_model_info", name="birdcall", variant="fp32", provider="CPUExecutionProvider") == 1
@@ -52,7 +55,10 @@ def test_metrics_after_traffic(client, chirp):
     assert value(after, "chorus_in_flight_requests") == 0
     assert value(after, "chorus_engine_pending_items") == 0
     # Sub-millisecond buckets exist where stages are that fast.
-    assert ("chorus_stage_duration_seconds_bucket", (("le", "0.0001"), ("model", "birdcall"), ("stage", "postprocess"), ("variant", "fp32"))) in after
+    assert (
+        "chorus_stage_duration_seconds_bucket",
+        (("le", "0.0001"), ("model", "birdcall"), ("stage", "postprocess"), ("variant", "fp32")),
+    ) in after
 
 
 def test_rejections_and_timeouts_are_counted(client, chirp):

@@ -1,0 +1,122 @@
+"""REST over the data plane: /classify, /classify/batch, /generate, the page and /openapi.json."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from service.adapters import HTTP_ROUTES
+from service.settings import ServiceSettings
+from tests.api.conftest import LABELS, counted_errors
+
+pytestmark = pytest.mark.anyio
+
+
+def error_of(response, status: int, words: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status and words in error["message"], error
+    return error
+
+
+async def test_classify_raw_and_multipart_agree(http, wav, engine):
+    raw = await http.post("/classify", content=wav, params={"top_k": 2})
+    multipart = await http.post("/classify", files={"audio": ("tone.wav", wav)}, data={"top_k": "2"})
+    assert raw.status_code == multipart.status_code == 200, raw.text
+    body = raw.json()
+    assert body["audio"] == {"duration_seconds": 7.5, "sample_rate": 16_000, "channels": 1, "format": "WAV", "windows": 2}
+    assert [w["start"] for w in body["windows"]] == [0.0, 2.5]
+    assert len(body["top"]) == 2 and body["top"][0]["label"] in LABELS
+    assert body["model"] == {"name": "birdcall", "version": "b1", "variant": "fp32", "provider": "fake"}
+    assert {"decode", "resample", "features", "inference", "model", "postprocess", "total"} <= set(body["timings_ms"])
+    assert multipart.json()["top"] == body["top"]
+    assert engine.calls == [("birdcall_logits", 2), ("birdcall_logits", 2)]
+
+
+async def test_long_recordings_go_to_the_engine_in_chunks_of_the_batch_limit(plane, http, engine, wav):
+    plane.settings.birdcall_max_batch_size = 1
+    assert (await http.post("/classify", content=wav)).status_code == 200
+    assert engine.calls == [("birdcall_logits", 1), ("birdcall_logits", 1)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "words"),
+    [
+        ({"content": b""}, 400, "empty"),
+        ({"files": {"wrong_field": ("a.wav", b"RIFF")}}, 400, "'audio'"),
+        ({"content": b"plain text, not audio"}, 415, "unsupported audio format"),
+        ({"content": b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 8}, 415, "could not be decoded"),
+        ({"content": b"fLaC\x00", "params": {"top_k": "0"}}, 422, "top_k"),
+        ({"content": b"fLaC\x00", "params": {"timeline": "maybe"}}, 422, "timeline"),
+        ({"content": b"fLaC\x00", "headers": {"X-Request-Timeout": "-1"}}, 422, "X-Request-Timeout"),
+    ],
+)
+async def test_classify_errors(http, kwargs, status, words):
+    error_of(await http.post("/classify", **kwargs), status, words)
+
+
+async def test_classify_batch_names_the_file_that_failed(http, wav):
+    files = [("audio", ("a.wav", wav)), ("audio", ("b.bin", b"junk" * 10))]
+    error = error_of(await http.post("/classify/batch", files=files), 415, "b.bin")
+    assert error["file"] == "b.bin"
+    ok = await http.post("/classify/batch", files=[("audio", ("a.wav", wav)), ("audio", ("c.wav", wav))])
+    assert [r["file"] for r in ok.json()["results"]] == ["a.wav", "c.wav"]
+
+
+async def test_generate_png_and_json(http, engine):
+    png = await http.post("/generate", json={"seed": 3, "steps": 5})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.headers["x-model-version"] == "f1" and png.content.startswith(b"\x89PNG")
+    many = (await http.post("/generate", json={"count": 2, "steps": 5, "seed": 3})).json()
+    assert len(many["images"]) == 2 and base64.b64decode(many["images"][0]) == png.content
+    assert engine.calls[0] == ("frames_sample", 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [({"count": 17}, "count"), ({"steps": 4}, "steps"), ({"seed": -1}, "seed"), ({"count": 2, "format": "png"}, "format")],
+)
+async def test_generate_limits_come_from_settings(http, body, words):
+    error_of(await http.post("/generate", json=body), 422, words)
+
+
+async def test_token_is_checked_and_a_non_ascii_token_is_a_401(plane, http, wav):
+    plane.settings.api_token = "s3cret"
+    error_of(await http.post("/classify", content=wav), 401, "API token")
+    error_of(await http.post("/classify", content=wav, headers={"Authorization": "Bearer wrong"}), 401, "API token")
+    latin1 = "Bearer caf\u00e9".encode("latin-1")
+    error_of(await http.post("/classify", content=wav, headers=[(b"authorization", latin1)]), 401, "API token")
+    assert (await http.post("/classify", content=wav, headers={"Authorization": "Bearer s3cret"})).status_code == 200
+
+
+async def test_not_ready_is_a_503_with_retry_after(http, engine, wav):
+    engine.ready = False
+    response = await http.post("/classify", content=wav)
+    error_of(response, 503, "still loading")
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_an_unexpected_engine_error_is_a_logged_counted_500(http, engine, wav, caplog):
+    engine.fail = KeyError("secret internals")
+    before = counted_errors("classify", "internal_error", 500)
+    response = await http.post("/classify", content=wav)
+    error = error_of(response, 500, "internal error")
+    assert "secret" not in response.text and error["type"] == "internal_error"
+    assert counted_errors("classify", "internal_error", 500) == before + 1
+    assert any("unhandled error on POST /classify" in r.message and r.exc_info for r in caplog.records)
+
+
+async def test_openapi_lists_every_route_with_limits_from_settings(plane, http):
+    plane.settings = ServiceSettings(grpc_port=0, max_images=8, min_steps=3, max_steps=40)
+    spec = (await http.get("/openapi.json")).json()
+    for route in HTTP_ROUTES:
+        assert {m.lower() for m in route.methods} - {"head"} <= set(spec["paths"][route.path]), route.path
+    schema = spec["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert schema["count"]["maximum"] == 8 and (schema["steps"]["minimum"], schema["steps"]["maximum"]) == (3, 40)
+    assert "birdcall, frames-denoiser" in spec["paths"]["/v2/models/{name}"]["get"]["summary"]
+
+
+async def test_page(http):
+    response = await http.get("/")
+    assert response.status_code == 200 and "chorus" in response.text

@@ -1,0 +1,39 @@
+"""Settings: every knob typed and documented; a CHORUS_* typo is an error at start, not ignored."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service import settings as settings_module
+from service.settings import OTHER_VARIABLES, PREFIX, ServiceSettings, UnknownSettingError
+
+
+def test_an_unknown_variable_is_an_error_with_a_suggestion(monkeypatch):
+    monkeypatch.setenv("CHORUS_BIRDCAL_MAX_BATCH_SIZE", "8")
+    with pytest.raises(UnknownSettingError, match=r"CHORUS_BIRDCAL_MAX_BATCH_SIZE \(did you mean CHORUS_BIRDCALL_MAX_BATCH_SIZE"):
+        ServiceSettings()
+
+
+def test_other_chorus_tools_variables_are_allowed(monkeypatch):
+    for name in OTHER_VARIABLES:
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("CHORUS_MAX_IMAGES", "4")
+    assert ServiceSettings().max_images == 4
+
+
+def test_every_setting_is_documented():
+    for name, field in ServiceSettings.model_fields.items():
+        assert field.description, name
+
+
+def test_the_docstring_example_names_a_real_setting():
+    named = re.findall(r"CHORUS_[A-Z_]+", settings_module.__doc__ or "")
+    assert named and all(n.removeprefix(PREFIX).lower() in ServiceSettings.model_fields for n in named), named
+
+
+def test_settings_refuse_requests_larger_than_a_denoiser_batch(monkeypatch):
+    monkeypatch.setenv("CHORUS_MAX_IMAGES", "40")
+    with pytest.raises(ValueError, match="CHORUS_MAX_IMAGES"):
+        ServiceSettings()
