@@ -366,6 +366,15 @@ def test_memory_requests_cover_the_measured_footprint():
         assert 1 <= lanes * threads <= cpus, where
 
 
+@need_renderer
+def test_kserve_predictor_runs_the_base_container_settings():
+    base = container(one(render("base"), "Deployment")["spec"]["template"]["spec"], "chorus")
+    kserve = one(load("kserve/inferenceservice.yaml"), "InferenceService")["spec"]["predictor"]["containers"][0]
+    assert env_of(kserve) == {"PROTOCOL": "v2", **env_of(base)}
+    for field in ("resources", "securityContext", "volumeMounts", "image"):
+        assert kserve[field] == base[field], field
+
+
 def _drain_hooks() -> list[tuple[str, dict, int]]:
     hooks = []
     for name, docs in all_sets().items():
