@@ -9,16 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+TMP_SUFFIX = ".chorus-tmp"
+"""Distinctive, so that cleaning up after a kill cannot touch anyone else's files."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path next to `path`; when the block ends without error it is fsynced and renamed onto `path`.
 
     For writers that want a file name (pyarrow). The temporary name starts with a dot, so a
-    crash leaves at most a hidden `.name.*.tmp` file, which source expansion skips.
+    kill leaves at most a hidden `.name.*.chorus-tmp` file, which source expansion skips and
+    remove_leftovers deletes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,3 +56,9 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporaries that a kill -9 in the middle of a write left under `folder`."""
+    for leftover in folder.rglob(f".*{TMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)

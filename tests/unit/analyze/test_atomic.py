@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analyze.atomic import atomic_path, atomic_text, write_text
+from analyze.atomic import TMP_SUFFIX, atomic_path, atomic_text, remove_leftovers, write_text
 
 
 def test_write_text_creates_folders_and_replaces_the_file(tmp_path):
@@ -32,3 +32,14 @@ def test_the_temporary_is_hidden_and_next_to_the_target(tmp_path):
         tmp.write_bytes(b"data")
         assert not target.exists()
     assert target.read_bytes() == b"data"
+
+
+def test_leftovers_of_a_kill_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / "raven").mkdir()
+    leftover = tmp_path / "raven" / f".a.wav.selections.txt.k3j2{TMP_SUFFIX}"
+    leftover.write_text("half")
+    kept = [tmp_path / ".notes.tmp", tmp_path / "raven" / "a.wav.selections.txt"]
+    for path in kept:
+        path.write_text("x")
+    remove_leftovers(tmp_path)
+    assert not leftover.exists() and all(p.exists() for p in kept)

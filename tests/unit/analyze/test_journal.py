@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from analyze.atomic import TMP_SUFFIX
 from analyze.detections import Detection
 from analyze.journal import FOLDER, FileKey, Journal, JournalBusyError, settings_digest
 from analyze.records import FileFailure, FileResult, ModelInfo
@@ -84,7 +85,7 @@ def test_a_part_without_a_journal_line_is_deleted_and_a_missing_part_reads_as_no
     parts = tmp_path / "out" / FOLDER / "parts"
     parts.mkdir(parents=True)
     (parts / key.part_name).write_text("{}")  # written, then killed before its journal line
-    (parts / f".{key.part_name}.x.tmp").write_text("{")  # killed mid-write
+    (parts / f".{key.part_name}.x{TMP_SUFFIX}").write_text("{")  # killed mid-write
     with Journal.open(tmp_path / "out") as journal:
         assert list(parts.iterdir()) == []
         journal.record_result(key, a_result(a))

@@ -253,3 +253,13 @@ def test_formats_are_checked_before_any_work(monkeypatch):
     with pytest.raises(OutputError, match="needs pyarrow"):
         check_formats({"parquet"})
     assert check_formats({"csv"}) == {"csv"}
+
+
+def test_an_identical_per_file_table_is_left_alone(tmp_path, files):
+    [table] = write_file_outputs(tmp_path, files[0], files[0].path.parent, MODEL, {"raven"})
+    os.utime(table, ns=(1, 1))
+    write_file_outputs(tmp_path, files[0], files[0].path.parent, MODEL, {"raven"})
+    assert table.stat().st_mtime_ns == 1
+    changed = result(files[0].path, 60.0)
+    write_file_outputs(tmp_path, changed, files[0].path.parent, MODEL, {"raven"})
+    assert table.stat().st_mtime_ns != 1 and table.read_text().count("\n") == 1
