@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,6 +127,38 @@ def test_kill_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, monke
     if kill is not kill_while_writing_combined_outputs:
         assert len(resumed.calls) == len(recordings) - after  # only the unfinished files were analyzed again
         assert summary.files_skipped == after
+
+
+KILL_9 = """
+import json, os, signal, sys
+from pathlib import Path
+from analyze.run import run
+from tests.unit.analyze.fakes import FakeAnalyzer, decode_error
+from tests.unit.analyze.test_run import LABELS, config
+
+paths, out, after = [Path(p) for p in json.loads(sys.argv[1])], Path(sys.argv[2]), int(sys.argv[3])
+fake = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+
+def analyzer(path):
+    if len(fake.calls) == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake(path)
+
+run(paths, analyzer, config(out))
+"""
+
+
+def test_a_real_kill_9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, recordings, reference):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", KILL_9, json.dumps([str(p) for p in recordings]), str(out), "4"]
+    killed = subprocess.run(argv, cwd=Path(__file__).parents[3], env={**os.environ, "PYTHONPATH": ""}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert not (out / "detections.csv").exists()  # it died before any combined output
+
+    resumed = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    run(recordings, resumed, config(out))
+    assert len(resumed.calls) == len(recordings) - 4
+    assert outputs(out) == reference
 
 
 def shuffled(analyzer, paths):
