@@ -37,9 +37,16 @@ def recording_start(path: str | PurePath) -> datetime | None:
     match = _STAMP.fullmatch(PurePath(path).stem)
     if match is None or int(match["year"]) not in _YEARS:
         return None
-    fields = ("year", "month", "day", "hour", "minute", "second", "micro")
     # Fixed-width fields into datetime() itself: strptime would read month "13" as "1" and shift the rest.
     try:
-        return datetime(*(int(match[f] or 0) for f in fields))
+        return datetime(
+            int(match["year"]),
+            int(match["month"]),
+            int(match["day"]),
+            int(match["hour"]),
+            int(match["minute"]),
+            int(match["second"]),
+            int(match["micro"] or 0),
+        )
     except ValueError:
         return None

@@ -127,7 +127,7 @@ def detect(
     detections = []
     for channel, rows in _rows_by_channel(spans).items():
         position = {row: i for i, row in enumerate(rows)}
-        for species in np.flatnonzero(hits[rows].any(axis=0)):
+        for species in np.flatnonzero(hits[rows].any(axis=0)).tolist():
             run: list[int] = []
             for row in (r for r in rows if hits[r, species]):
                 # Adjacent in the channel's window order, not merely touching: at a 2.5 s stride the
