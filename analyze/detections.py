@@ -180,7 +180,9 @@ def _detection(
         begin_s=begin,
         end_s=end,
         species=labels[species],
-        score=float(scores[run, species].max()),
+        # Shortest decimal that round-trips in the scores' own dtype: a float32 0.91 is written 0.91,
+        # not 0.9100000262260437, and converts back to the very same float32.
+        score=float(str(scores[run, species].max())),
         windows=len(run),
         clock_begin=None if clock_start is None else clock_start + timedelta(seconds=begin),
         clock_end=None if clock_start is None else clock_start + timedelta(seconds=end),

@@ -154,3 +154,8 @@ def test_scores_of_the_wrong_shape_or_range_are_refused(scores, message):
 def test_settings_out_of_range_are_refused(kwargs):
     with pytest.raises(ValueError):
         DetectionSettings(**kwargs)
+
+
+def test_float32_scores_keep_their_short_decimal_spelling():
+    [d] = detect(np.array([[0.91]], dtype=np.float32), spans(1), ("owl",), DetectionSettings(), path=PATH)
+    assert d.score == 0.91 and np.float32(d.score) == np.float32(0.91)
