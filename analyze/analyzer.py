@@ -27,6 +27,7 @@ class FileScores:
     spans: tuple[Span, ...]
     """Where each row's window sits (and on which channel, when channels are analyzed one by one)."""
     duration_s: float
+    """Exact length (samples / native rate): the combined Raven table adds these up to place each file."""
     sample_rate: int
     """Native sample rate, in Hz."""
     channels: int

@@ -87,8 +87,8 @@ def run(
 ) -> Summary:
     """Analyze `paths` (unique, in output order, as expand_sources returns them) into config.out_dir."""
     started = time.monotonic()
-    if len(set(paths)) != len(paths):
-        raise ValueError("paths must be unique")
+    if not paths or len(set(paths)) != len(paths):
+        raise ValueError("paths must be given, each once")
     formats = check_formats(config.formats)
     config.detection.species_mask(config.model.labels)  # unknown species names fail before any work
     config.out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def common_root(paths: Sequence[Path]) -> Path:
 
 
 def write_file_outputs(out_dir: Path, result: FileResult, root: Path, model: ModelInfo, formats: Collection[str]) -> list[Path]:
-    """The per-file outputs of one finished file; returns the paths written."""
+    """The per-file outputs of one finished file; returns their paths."""
     relative = result.path.relative_to(root)
     written = []
     if "raven" in formats:
@@ -66,7 +66,7 @@ def write_file_outputs(out_dir: Path, result: FileResult, root: Path, model: Mod
 def write_combined_outputs(
     out_dir: Path, results: Iterable[FileResult], failures: Sequence[FileFailure], model: ModelInfo, formats: Collection[str]
 ) -> list[Path]:
-    """The outputs over all files, in the order of `results`; returns the paths written.
+    """The outputs over all files, in the order of `results`; returns their paths.
 
     `results` is iterated once per output, so each is streamed to disk and memory stays bounded:
     pass a collection, or an object that loads the results afresh on each iteration.

@@ -294,9 +294,10 @@ def test_progress_reports_each_file_and_can_stream_ndjson(tmp_path, recordings, 
     assert "".join(streamed).encode() == reference["detections.ndjson"]
 
 
-def test_paths_must_be_unique(tmp_path, recordings):
-    with pytest.raises(ValueError, match="unique"):
-        run([recordings[0], recordings[0]], FakeAnalyzer(LABELS), config(tmp_path / "out"))
+@pytest.mark.parametrize("pick", [lambda r: [r[0], r[0]], lambda r: []])
+def test_paths_must_be_given_each_once(tmp_path, recordings, pick):
+    with pytest.raises(ValueError, match="each once"):
+        run(pick(recordings), FakeAnalyzer(LABELS), config(tmp_path / "out"))
 
 
 def test_outputs_follow_the_order_of_the_paths_given(tmp_path, recordings):
