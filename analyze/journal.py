@@ -87,13 +87,12 @@ def _jsonable(value: Any) -> Any:
 class Journal:
     """Open with `Journal.open(out_dir)` as a context manager; it holds the folder's lock while open."""
 
-    def __init__(self, folder: Path, lock: int):
+    def __init__(self, folder: Path):
         self.folder = folder
-        self._lock = lock
         self._latest = _read_entries(folder / "journal.ndjson")
         self._compact()
         # Binary append: one write per line, so a line is either all there or a torn tail.
-        self._log = open(self.folder / "journal.ndjson", "ab")  # noqa: SIM115 (closed in close())
+        self._log = open(self.folder / "journal.ndjson", "ab")  # noqa: SIM115 (closed when open() exits)
 
     @classmethod
     @contextlib.contextmanager
@@ -106,7 +105,7 @@ class Journal:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise JournalBusyError(f"another chorus analyze is writing to {out_dir}") from None
-            journal = cls(folder, lock)
+            journal = cls(folder)
             try:
                 yield journal
             finally:
