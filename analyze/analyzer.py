@@ -1,0 +1,61 @@
+"""The contract between the run and the engine that decodes audio and scores windows.
+
+The engine provides an `Analyzer`: a callable from a file path to `FileScores`, raising
+`AnalysisFailed` when the file itself is the problem (unreadable, empty, corrupt, NaN
+samples). An `Execute` strategy runs the analyzer over many paths and yields each outcome as
+it arrives, in any order: `in_order` runs them one by one here; a process pool can replace it
+without the run or its outputs changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from analyze.detections import Span
+
+
+@dataclass(frozen=True)
+class FileScores:
+    """What the engine found in one file."""
+
+    scores: np.ndarray
+    """[windows, labels] independent scores in [0, 1], columns in the model's label order."""
+    spans: tuple[Span, ...]
+    """Where each row's window sits (and on which channel, when channels are analyzed one by one)."""
+    duration_s: float
+    """Exact length (samples / native rate): the combined Raven table adds these up to place each file."""
+    sample_rate: int
+    """Native sample rate, in Hz."""
+    channels: int
+
+
+class AnalysisFailed(Exception):
+    """The file cannot be analyzed, and retrying the same bytes would fail the same way."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+Analyzer = Callable[[Path], FileScores]
+Outcome = tuple[Path, FileScores | Exception]
+"""A path and its scores, or the exception its analysis raised."""
+Execute = Callable[[Analyzer, Sequence[Path]], Iterable[Outcome]]
+
+
+def in_order(analyzer: Analyzer, paths: Sequence[Path]) -> Iterator[Outcome]:
+    """Analyze the paths one after another in this process.
+
+    Exceptions become outcomes so one bad file cannot stop the batch; BaseException
+    (KeyboardInterrupt, SystemExit) is not caught and stops the run.
+    """
+    for path in paths:
+        try:
+            yield path, analyzer(path)
+        except Exception as error:
+            yield path, error

@@ -1,0 +1,64 @@
+"""Atomic file writes: a reader (or a rerun after a crash) sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+TMP_SUFFIX = ".chorus-tmp"
+"""Distinctive, so that cleaning up after a kill cannot touch anyone else's files."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path`; when the block ends without error it is fsynced and renamed onto `path`.
+
+    For writers that want a file name (pyarrow). The temporary name starts with a dot, so a
+    kill leaves at most a hidden `.name.*.chorus-tmp` file, which source expansion skips and
+    remove_leftovers deletes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_text(path: Path) -> Iterator[IO[str]]:
+    """Open `path` for writing UTF-8 text ("\\n" line ends) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        yield f
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write the whole of `text` to `path` atomically."""
+    with atomic_text(path) as f:
+        f.write(text)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable: without this a power cut can forget it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporaries that a kill -9 in the middle of a write left under `folder`."""
+    for leftover in folder.rglob(f".*{TMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)

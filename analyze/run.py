@@ -1,0 +1,206 @@
+"""One `chorus analyze` run: skip what the journal has, analyze the rest, then rebuild every output.
+
+The outputs are always rebuilt from the journal's stored results, in the order of the paths
+given, never from the order in which files finished: an interrupted run followed by a rerun,
+or a pool of workers finishing files in any order, gives the same bytes as one serial run.
+
+Failures come in two kinds. `AnalysisFailed` (the file is unreadable, empty, corrupt) is
+journaled: the file stays in the errors table of every later run and is not analyzed again
+until it changes on disk or the run asks `retry_failed`, since the same bytes would fail the
+same way. Any other exception from one file is listed for this run only, and retried on the
+next. BaseException (Ctrl-C, SystemExit) stops the run; the journal keeps what was finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analyze.analyzer import AnalysisFailed, Analyzer, Execute, FileScores, in_order
+from analyze.atomic import remove_leftovers
+from analyze.clock import recording_start
+from analyze.detections import DetectionSettings, detect
+from analyze.journal import FileKey, Journal, settings_digest
+from analyze.records import FileFailure, FileResult, ModelInfo
+from analyze.writers import DEFAULT_FORMATS, check_formats, common_root, write_combined_outputs, write_file_outputs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: Path
+    model: ModelInfo
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    formats: frozenset[str] = DEFAULT_FORMATS
+    """Outputs to write; see analyze.writers.FORMATS."""
+    analyzer_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The engine's settings that change its scores (stride, channel mode, ...): part of the resume key."""
+    retry_failed: bool = False
+    """Analyze again the files the journal lists as failed, even if they did not change."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Handed to the progress callback each time a file finishes."""
+
+    finished: FileResult | FileFailure
+    done: int
+    """Files finished in this run, this one included."""
+    total: int
+    """Files to analyze in this run (those taken from the journal are not counted)."""
+    audio_s: float
+    """Seconds of audio analyzed in this run so far."""
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The run in numbers; the CLI prints it as the last stdout line."""
+
+    files: int
+    files_ok: int
+    """Files in the outputs, analyzed now or earlier."""
+    files_failed: int
+    """Rows of the errors table."""
+    files_skipped: int
+    """Files whose result (ok or failed) came from the journal of an earlier run."""
+    audio_hours: float
+    """Audio in the outputs."""
+    detections: int
+    wall_s: float
+    realtime_factor: float
+    """Seconds of audio analyzed in this run per wall-clock second."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(
+    paths: Sequence[Path],
+    analyzer: Analyzer,
+    config: RunConfig,
+    *,
+    execute: Execute = in_order,
+    progress: Callable[[Progress], None] | None = None,
+) -> Summary:
+    """Analyze `paths` (unique, in output order, as expand_sources returns them) into config.out_dir."""
+    started = time.monotonic()
+    if not paths or len(set(paths)) != len(paths):
+        raise ValueError("paths must be given, each once")
+    formats = check_formats(config.formats)
+    config.detection.species_mask(config.model.labels)  # unknown species names fail before any work
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_digest({"detection": asdict(config.detection), "analyzer": dict(config.analyzer_settings)})
+    root = common_root(paths)
+
+    with Journal.open(config.out_dir) as journal:
+        remove_leftovers(config.out_dir)  # under the journal's lock: no other run is writing here
+        keys: dict[Path, FileKey] = {}
+        transient: dict[Path, FileFailure] = {}  # not journaled: the next run tries these again
+        todo = []
+        for path in paths:
+            try:
+                keys[path] = FileKey.of(path, config.model, settings)
+            except OSError as error:
+                transient[path] = FileFailure(path, "read", str(error))
+                continue
+            if not _finished(journal, keys[path], config.retry_failed):
+                todo.append(path)
+
+        audio_s = 0.0
+        for done, (path, outcome) in enumerate(execute(analyzer, todo), start=1):
+            finished, journaled = _record(path, outcome, keys[path], journal, config)
+            if isinstance(finished, FileResult):
+                write_file_outputs(config.out_dir, finished, root, config.model, formats)
+                audio_s += finished.duration_s
+            elif not journaled:
+                transient[path] = finished
+            if progress is not None:
+                progress(Progress(finished, done, len(todo), audio_s, time.monotonic() - started))
+
+        ok_keys, failures = _rebuild_lists(paths, keys, transient, journal)
+        results = _StoredResults(journal, ok_keys)
+        fresh = set(todo)
+        audio_total, detections = 0.0, 0
+        for result in results:
+            if result.path not in fresh:  # finished in an earlier run: its files may be missing or of other formats
+                write_file_outputs(config.out_dir, result, root, config.model, formats)
+            audio_total += result.duration_s
+            detections += len(result.detections)
+        write_combined_outputs(config.out_dir, results, failures, config.model, formats)
+
+    wall_s = time.monotonic() - started
+    return Summary(
+        files=len(paths),
+        files_ok=len(ok_keys),
+        files_failed=len(failures),
+        files_skipped=len(keys) - len(todo),
+        audio_hours=audio_total / 3600,
+        detections=detections,
+        wall_s=wall_s,
+        realtime_factor=audio_s / wall_s if wall_s > 0 else 0.0,
+    )
+
+
+def _finished(journal: Journal, key: FileKey, retry_failed: bool) -> bool:
+    entry = journal.entry(key)
+    if entry is None:
+        return False
+    if entry.status == "failed":
+        return not retry_failed
+    return journal.load_result(key) is not None
+
+
+def _record(
+    path: Path, outcome: FileScores | Exception, key: FileKey, journal: Journal, config: RunConfig
+) -> tuple[FileResult | FileFailure, bool]:
+    """Journal one file's outcome if it is final; returns its result or failure, and whether it was journaled."""
+    if isinstance(outcome, AnalysisFailed):
+        failure = FileFailure(path, outcome.stage, outcome.reason)
+        journal.record_failure(key, failure)
+        return failure, True
+    if not isinstance(outcome, FileScores):
+        return FileFailure(path, "internal", f"{type(outcome).__name__}: {outcome}"), False
+    labels, clock_start = config.model.labels, recording_start(path)
+    try:
+        detections = detect(outcome.scores, outcome.spans, labels, config.detection, path=path, clock_start=clock_start)
+    except ValueError as error:  # scores of the wrong shape or range: the engine's fault, not the file's
+        return FileFailure(path, "internal", str(error)), False
+    result = FileResult(path, outcome.duration_s, outcome.sample_rate, outcome.channels, tuple(detections))
+    journal.record_result(key, result)
+    return result, True
+
+
+def _rebuild_lists(
+    paths: Sequence[Path], keys: dict[Path, FileKey], transient: dict[Path, FileFailure], journal: Journal
+) -> tuple[list[FileKey], list[FileFailure]]:
+    """The ok files' keys and the failures, both in the order of `paths`."""
+    ok_keys, failures = [], []
+    for path in paths:
+        entry = journal.entry(keys[path]) if path in keys else None
+        if path in transient:
+            failures.append(transient[path])
+        elif entry is None:
+            raise RuntimeError(f"the analyzer gave no outcome for {path}")
+        elif entry.status == "ok":
+            ok_keys.append(entry.key)
+        else:
+            failures.append(FileFailure(path, entry.stage, entry.reason))
+    return ok_keys, failures
+
+
+@dataclass(frozen=True)
+class _StoredResults:
+    """The ok files' results, loaded from the journal afresh on each iteration: one file in memory at a time."""
+
+    journal: Journal
+    keys: Sequence[FileKey]
+
+    def __iter__(self) -> Iterator[FileResult]:
+        for key in self.keys:
+            result = self.journal.load_result(key)
+            if result is None:
+                raise RuntimeError(f"the stored result of {key.path} is gone or unreadable; run again to analyze it anew")
+            yield result

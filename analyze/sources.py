@@ -1,0 +1,114 @@
+"""Turn the PATH arguments of `chorus analyze` into the sorted list of audio files to analyze.
+
+An argument is a file, a folder (searched recursively), a glob (`site*/**/*.wav`), or a CSV
+manifest with a `path` column whose relative paths are relative to the manifest's folder.
+Paths stay as the user named them (absolute, `..` folded, symlinks not resolved), because a
+symlink's own name may be what carries the recording time.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3"})
+"""What folders and globs pick up, compared case-insensitively (AudioMoth writes `.WAV`)."""
+MANIFEST_EXTENSION = ".csv"
+MANIFEST_COLUMN = "path"
+
+
+class SourceError(ValueError):
+    """A PATH argument cannot be used; the message names it."""
+
+
+def expand_sources(arguments: Sequence[str | os.PathLike[str]], *, out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Audio files named by `arguments`: absolute, de-duplicated, sorted by path components.
+
+    Folders and globs yield files with an audio extension, skipping hidden files and folders
+    and anything inside `out_dir`. A file named directly or listed in a manifest is taken as
+    given, whatever its extension: the user asked for it, and if it is not audio the run lists
+    it in the errors table. A `.csv` file named directly is read as a manifest.
+    """
+    skip = _absolute(out_dir) if out_dir is not None else None
+    found: set[Path] = set()
+    for argument in arguments:
+        found.update(_expand_one(os.fspath(argument), skip))
+    if not found:
+        raise SourceError(f"no audio files found in: {', '.join(os.fspath(a) for a in arguments)}")
+    return sorted(found, key=lambda p: p.parts)
+
+
+def _expand_one(argument: str, skip: Path | None) -> Iterable[Path]:
+    path = Path(argument)
+    if path.is_dir():
+        return _walk(_absolute(path), skip)
+    if path.is_file():
+        return read_manifest(path) if path.suffix.lower() == MANIFEST_EXTENSION else [_absolute(path)]
+    if any(c in argument for c in "*?["):
+        matches = sorted(glob.glob(argument, recursive=True))
+        if not matches:
+            raise SourceError(f"{argument}: the pattern matches no file or folder")
+        return [f for m in matches for f in _from_match(_absolute(Path(m)), skip)]
+    raise SourceError(f"{argument}: no such file or folder")
+
+
+def _from_match(path: Path, skip: Path | None) -> Iterable[Path]:
+    """A glob match: folders are searched, files kept if they look like audio (a glob is a search, not a choice)."""
+    if path.is_dir():
+        return _walk(path, skip)
+    return [path] if _is_audio(path) and not _inside(path, skip) else []
+
+
+def _walk(root: Path, skip: Path | None) -> Iterable[Path]:
+    if _inside(root, skip):
+        return
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        # Pruning `dirs` in place is how os.walk is told not to descend.
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _inside(base / d, skip)]
+        for name in files:
+            if not name.startswith(".") and _is_audio(base / name):
+                yield base / name
+
+
+def read_manifest(manifest: Path) -> list[Path]:
+    """Files listed in the `path` column of a CSV manifest; relative entries are relative to its folder.
+
+    Every entry must exist: a manifest is a promise about what is there, so a missing file is
+    an error naming the file and the row, not a silent gap in the results.
+    """
+    folder = _absolute(manifest).parent
+    # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise stick to the first header.
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+        if MANIFEST_COLUMN not in columns:
+            found = ", ".join(reader.fieldnames or []) or "none"
+            raise SourceError(f"{manifest}: a manifest needs a '{MANIFEST_COLUMN}' column (columns found: {found})")
+        column = columns[MANIFEST_COLUMN]
+        paths = []
+        for row in reader:
+            entry = (row[column] or "").strip()
+            if not entry:
+                raise SourceError(f"{manifest}, line {reader.line_num}: empty '{MANIFEST_COLUMN}'")
+            path = _absolute(folder / entry)
+            if not path.is_file():
+                problem = "not a file" if path.exists() else "no such file"
+                raise SourceError(f"{manifest}, line {reader.line_num}: {problem}: {entry}")
+            paths.append(path)
+    return paths
+
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.is_relative_to(folder)

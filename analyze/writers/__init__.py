@@ -1,0 +1,104 @@
+"""Every output of a run, written atomically from the finished files' results.
+
+Layout under the output folder (each detection output selectable, see FORMATS):
+
+    raven/<path>.selections.txt   Raven selection table of each file        (raven)
+    combined.selections.txt       one Raven table for the whole sequence    (raven-combined)
+    combined.list.txt             the sound files of that sequence, for Raven (raven-combined)
+    audacity/<path>.labels.txt    Audacity label track of each file         (audacity)
+    detections.csv                                                          (csv)
+    detections.ndjson                                                       (ndjson)
+    detections.parquet                                                      (parquet)
+    errors.csv                    files that could not be analyzed          (always)
+
+`<path>` is the audio file's path below the folder common to all sources, with its full file
+name kept (`site1/20240517_053000.WAV.selections.txt`): recorders in different folders reuse
+the same names, and `a.wav` next to `a.flac` must not share one table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+from analyze.atomic import atomic_text, write_text
+from analyze.records import FileFailure, FileResult, ModelInfo
+from analyze.writers import audacity, raven, tables
+
+FORMATS = ("raven", "raven-combined", "audacity", "csv", "ndjson", "parquet")
+DEFAULT_FORMATS = frozenset({"raven", "raven-combined", "csv"})
+
+
+class OutputError(ValueError):
+    """An output cannot be written as asked (unknown format, missing library); said before any work starts."""
+
+
+def check_formats(formats: Collection[str]) -> frozenset[str]:
+    """Validate the selected formats up front, so a long run cannot fail at its very end."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise OutputError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    if "parquet" in formats and importlib.util.find_spec("pyarrow") is None:
+        raise OutputError("Parquet output needs pyarrow, which is not installed (pip install pyarrow)")
+    return frozenset(formats)
+
+
+def common_root(paths: Sequence[Path]) -> Path:
+    """The deepest folder holding every path: per-file outputs mirror the paths below it."""
+    return Path(os.path.commonpath([p.parent for p in paths]))
+
+
+def write_file_outputs(out_dir: Path, result: FileResult, root: Path, model: ModelInfo, formats: Collection[str]) -> list[Path]:
+    """The per-file outputs of one finished file; returns their paths."""
+    relative = result.path.relative_to(root)
+    written = []
+    if "raven" in formats:
+        table = raven.selection_table(result, model)
+        written.append(_write(out_dir / "raven" / relative.parent / f"{relative.name}.selections.txt", table))
+    if "audacity" in formats:
+        labels = audacity.label_track(result)
+        written.append(_write(out_dir / "audacity" / relative.parent / f"{relative.name}.labels.txt", labels))
+    return written
+
+
+def write_combined_outputs(
+    out_dir: Path, results: Iterable[FileResult], failures: Sequence[FileFailure], model: ModelInfo, formats: Collection[str]
+) -> list[Path]:
+    """The outputs over all files, in the order of `results`; returns their paths.
+
+    `results` is iterated once per output, so each is streamed to disk and memory stays bounded:
+    pass a collection, or an object that loads the results afresh on each iteration.
+    """
+    written = []
+    if "raven-combined" in formats:
+        written.append(_write_lines(out_dir / "combined.selections.txt", raven.combined_lines(results, model)))
+        written.append(_write_lines(out_dir / "combined.list.txt", raven.sequence_lines(results)))
+    for name, writer in (("csv", tables.write_csv), ("ndjson", tables.write_ndjson), ("parquet", tables.write_parquet)):
+        if name in formats:
+            path = out_dir / f"detections.{name}"
+            writer(path, results, model)
+            written.append(path)
+    tables.write_errors(out_dir / "errors.csv", failures)
+    written.append(out_dir / "errors.csv")
+    return written
+
+
+def _write(path: Path, content: str) -> Path:
+    # Every run rewrites every file's tables; leaving identical ones alone saves two fsyncs per
+    # file, which on an SD card or a network disk adds up over thousands of files.
+    data = content.encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return path
+    except OSError:
+        pass
+    write_text(path, content)
+    return path
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> Path:
+    with atomic_text(path) as f:
+        f.writelines(lines)
+    return path

@@ -1,0 +1,44 @@
+"""How values are spelled in the text outputs, in one place so every table agrees."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+
+def cell(text: str) -> str:
+    """A text value safe in a tab-separated row: tabs and line breaks become spaces.
+
+    Raven and Audacity files have no quoting, so a tab in a file name would shift every column
+    after it. The exact path is in the CSV, NDJSON and Parquet outputs.
+    """
+    return printable(text).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of a file name that are not UTF-8 become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def path_text(path: Path) -> str:
+    return printable(os.fspath(path))
+
+
+def seconds(value: float) -> str:
+    """Microseconds, as Audacity writes them: enough that rounding never moves a time across a file boundary."""
+    return f"{value:.6f}"
+
+
+def score(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def clock(value: datetime | None) -> str:
+    """ISO 8601 without a zone (the recorder's clock); empty when the file name gave no start time."""
+    return "" if value is None else value.isoformat(timespec="milliseconds")
+
+
+def channel(value: int | None) -> str:
+    """Channels are numbered from 1 in every output, as Raven and Audacity do; empty when channels were mixed."""
+    return "" if value is None else str(value + 1)

@@ -1,0 +1,307 @@
+"""The run over a fake engine: outputs, resume after a kill, arrival order, failures, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import analyze.journal
+import analyze.run
+from analyze.analyzer import in_order
+from analyze.atomic import TMP_SUFFIX
+from analyze.detections import DetectionSettings, UnknownSpeciesError
+from analyze.journal import FOLDER
+from analyze.records import FileFailure, FileResult, ModelInfo
+from analyze.run import RunConfig, run
+from analyze.sources import expand_sources
+from analyze.writers import FORMATS, tables
+from tests.unit.analyze.fakes import FakeAnalyzer, Killed, decode_error, write_recordings
+
+LABELS = ("owl", "robin", "wren", "finch", "thrush")
+MODEL = ModelInfo("birdcall", "2.0.0", LABELS, 20.0, 8000.0)
+ALL = frozenset(FORMATS)
+
+
+def config(out: Path, **kwargs) -> RunConfig:
+    kwargs.setdefault("detection", DetectionSettings(min_confidence=0.3, merge=True))
+    kwargs.setdefault("formats", ALL)
+    return RunConfig(out_dir=out, model=kwargs.pop("model", MODEL), **kwargs)
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    """Every output file under `out` (the journal's folder aside), by relative path."""
+    return {
+        os.path.relpath(os.path.join(folder, name), out): Path(folder, name).read_bytes()
+        for folder, dirs, names in os.walk(out)
+        if FOLDER not in Path(folder).relative_to(out).parts
+        for name in names
+    }
+
+
+@pytest.fixture
+def recordings(tmp_path) -> list[Path]:
+    write_recordings(tmp_path / "in" / "moth1", 5)
+    write_recordings(tmp_path / "in" / "moth2", 3, seconds=7.0)
+    (tmp_path / "in" / "moth2" / "broken.wav").write_bytes(b"")
+    return expand_sources([tmp_path / "in"])
+
+
+def broken(recordings: list[Path]) -> Path:
+    return next(p for p in recordings if p.name == "broken.wav")
+
+
+@pytest.fixture
+def reference(tmp_path, recordings) -> dict[str, bytes]:
+    """The outputs of one uninterrupted run."""
+    analyzer = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    run(recordings, analyzer, config(tmp_path / "reference"))
+    return outputs(tmp_path / "reference")
+
+
+def test_a_run_writes_every_output_and_sums_up(tmp_path, recordings, reference):
+    assert set(reference) == {
+        "combined.selections.txt",
+        "combined.list.txt",
+        "detections.csv",
+        "detections.ndjson",
+        "detections.parquet",
+        "errors.csv",
+        *(f"raven/{p.parent.name}/{p.name}.selections.txt" for p in recordings if p.name != "broken.wav"),
+        *(f"audacity/{p.parent.name}/{p.name}.labels.txt" for p in recordings if p.name != "broken.wav"),
+    }
+    summary = run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "again", retry_failed=True))
+    assert (summary.files, summary.files_ok, summary.files_failed, summary.files_skipped) == (9, 8, 1, 0)
+    assert summary.audio_hours == pytest.approx((5 * 20 + 10 + 3 * 7 + 3) / 3600)
+    assert summary.detections == reference["detections.ndjson"].count(b"\n") > 0
+    assert summary.realtime_factor > 0 and summary.wall_s > 0
+    json.dumps(summary.as_dict())  # the CLI prints it as its last line
+    errors = reference["errors.csv"].decode()
+    assert errors == f"path,stage,reason\n{broken(recordings)},decode,not a WAV file: RIFF header missing\n"
+
+
+def kill_between_files(monkeypatch, after: int) -> FakeAnalyzer:
+    return FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}, kill_after=after)
+
+
+def kill_after_part_before_journal_line(monkeypatch, after: int) -> FakeAnalyzer:
+    append = analyze.journal.Journal._append
+    count = {"n": 0}
+
+    def dying_append(self, entry):
+        count["n"] += 1
+        if count["n"] > after:
+            raise Killed
+        append(self, entry)
+
+    monkeypatch.setattr(analyze.journal.Journal, "_append", dying_append)
+    return FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+
+
+def kill_while_writing_combined_outputs(monkeypatch, after: int) -> FakeAnalyzer:
+    def dying_write_ndjson(path, results, model):
+        # What kill -9 leaves mid-write: a temporary that nothing got to clean up.
+        (path.parent / f".{path.name}.x1y2z3{TMP_SUFFIX}").write_text('{"half a line')
+        raise Killed
+
+    monkeypatch.setattr(tables, "write_ndjson", dying_write_ndjson)
+    return FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+
+
+@pytest.mark.parametrize("kill", [kill_between_files, kill_after_part_before_journal_line, kill_while_writing_combined_outputs])
+@pytest.mark.parametrize("after", [0, 3, 7])
+def test_kill_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch, recordings, reference, kill, after):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        run(recordings, kill(patch, after), config(out))
+
+    resumed = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    summary = run(recordings, resumed, config(out))
+    assert outputs(out) == reference  # hidden leftovers included: a kill leaves nothing behind after the rerun
+    if kill is not kill_while_writing_combined_outputs:
+        assert len(resumed.calls) == len(recordings) - after  # only the unfinished files were analyzed again
+        assert summary.files_skipped == after
+
+
+KILL_9 = """
+import json, os, signal, sys
+from pathlib import Path
+from analyze.run import run
+from tests.unit.analyze.fakes import FakeAnalyzer, decode_error
+from tests.unit.analyze.test_run import LABELS, config
+
+paths, out, after = [Path(p) for p in json.loads(sys.argv[1])], Path(sys.argv[2]), int(sys.argv[3])
+fake = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+
+def analyzer(path):
+    if len(fake.calls) == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake(path)
+
+run(paths, analyzer, config(out))
+"""
+
+
+def test_a_real_kill_9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, recordings, reference):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", KILL_9, json.dumps([str(p) for p in recordings]), str(out), "4"]
+    killed = subprocess.run(argv, cwd=Path(__file__).parents[3], env={**os.environ, "PYTHONPATH": ""}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert not (out / "detections.csv").exists()  # it died before any combined output
+
+    resumed = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    run(recordings, resumed, config(out))
+    assert len(resumed.calls) == len(recordings) - 4
+    assert outputs(out) == reference
+
+
+def shuffled(analyzer, paths):
+    """Outcomes in a random order, as a pool of workers would deliver them."""
+    paths = list(paths)
+    random.Random(7).shuffle(paths)
+    return in_order(analyzer, paths)
+
+
+def test_outputs_do_not_depend_on_the_order_files_finish_in(tmp_path, recordings, reference):
+    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"), execute=shuffled)
+    assert outputs(tmp_path / "out") == reference
+
+
+def test_a_rerun_skips_finished_files_and_redoes_changed_ones(tmp_path, recordings, reference):
+    out = tmp_path / "out"
+    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(out))
+    again = FakeAnalyzer(LABELS)
+    summary = run(recordings, again, config(out))
+    assert again.calls == [] and summary.files_skipped == len(recordings)
+    assert outputs(out) == reference
+
+    changed = recordings[1]
+    changed.write_bytes(changed.read_bytes()[:-100])  # one second shorter
+    again = FakeAnalyzer(LABELS)
+    run(recordings, again, config(out))
+    assert again.calls == [changed]
+    assert outputs(out) != reference
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": ModelInfo("birdcall", "2.0.1", LABELS, 20.0, 8000.0)},
+        {"detection": DetectionSettings(min_confidence=0.4, merge=True)},
+        {"analyzer_settings": {"stride_s": 1.0}},
+    ],
+)
+def test_a_new_model_version_or_new_settings_redo_every_file(tmp_path, recordings, change):
+    out = tmp_path / "out"
+    run(recordings, FakeAnalyzer(LABELS), config(out))
+    again = FakeAnalyzer(LABELS)
+    run(recordings, again, config(out, **change))
+    assert again.calls == recordings
+
+
+def test_a_file_that_fails_is_listed_every_run_and_retried_only_when_asked_or_changed(tmp_path, recordings):
+    out = tmp_path / "out"
+    bad = broken(recordings)
+    summary = run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(out))
+    assert (summary.files_ok, summary.files_failed) == (8, 1)
+
+    again = FakeAnalyzer(LABELS)
+    summary = run(recordings, again, config(out))
+    assert again.calls == [] and summary.files_failed == 1
+    assert "broken.wav,decode" in (out / "errors.csv").read_text()
+
+    again = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error("still broken")})
+    run(recordings, again, config(out, retry_failed=True))
+    assert again.calls == [bad]
+    assert "still broken" in (out / "errors.csv").read_text()
+
+    bad.write_bytes(b"\0" * 1000)  # repaired: now 10 s of audio
+    again = FakeAnalyzer(LABELS)
+    summary = run(recordings, again, config(out))
+    assert again.calls == [bad] and summary.files_failed == 0
+    assert (out / "errors.csv").read_text() == "path,stage,reason\n"
+
+
+def test_an_unexpected_error_is_listed_for_this_run_and_retried_on_the_next(tmp_path, recordings):
+    out = tmp_path / "out"
+    flaky = recordings[4]  # moth1/20240517_040000.WAV: the only file of that name
+    summary = run(
+        recordings, FakeAnalyzer(LABELS, fail={flaky.name: MemoryError("out of memory"), "broken.wav": decode_error()}), config(out)
+    )
+    assert summary.files_failed == 2
+    assert f"{flaky},internal,MemoryError: out of memory" in (out / "errors.csv").read_text()
+    again = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    summary = run(recordings, again, config(out))
+    assert again.calls == [flaky] and summary.files_failed == 1
+
+
+def test_scores_the_engine_gets_wrong_are_an_internal_failure_not_a_crash(tmp_path, recordings):
+    def wrong_shape(path):
+        scores = FakeAnalyzer(LABELS)(path)
+        return type(scores)(scores.scores[:, :2], scores.spans, scores.duration_s, scores.sample_rate, scores.channels)
+
+    summary = run(recordings[:2], wrong_shape, config(tmp_path / "out"))
+    assert summary.files_failed == 2
+    assert 'internal,"scores have shape (8, 2), expected (8 windows, 5 labels)"' in (tmp_path / "out" / "errors.csv").read_text()
+
+
+def test_unknown_species_fail_before_any_file_is_analyzed(tmp_path, recordings):
+    analyzer = FakeAnalyzer(LABELS)
+    with pytest.raises(UnknownSpeciesError, match="'eagle'"):
+        run(recordings, analyzer, config(tmp_path / "out", detection=DetectionSettings(species=frozenset({"eagle"}))))
+    assert analyzer.calls == []
+
+
+def test_no_detections_anywhere_still_writes_every_table(tmp_path, recordings):
+    out = tmp_path / "out"
+    summary = run(recordings[:3], FakeAnalyzer(LABELS), config(out, detection=DetectionSettings(min_confidence=1.0)))
+    assert summary.detections == 0 and summary.files_ok == 3
+    assert (out / "combined.selections.txt").read_text().count("\n") == 1
+    assert (out / "combined.list.txt").read_text().count("\n") == 3
+    assert (out / "detections.ndjson").read_text() == ""
+
+
+def test_a_file_that_vanished_before_the_run_is_a_read_failure(tmp_path, recordings):
+    recordings[0].unlink()
+    summary = run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"))
+    assert summary.files_failed == 2
+    assert f"{recordings[0]},read," in (tmp_path / "out" / "errors.csv").read_text()
+
+
+def test_per_file_outputs_of_earlier_files_follow_the_formats_asked_now(tmp_path, recordings):
+    out = tmp_path / "out"
+    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(out, formats=frozenset({"csv"})))
+    assert not (out / "audacity").exists()
+    again = FakeAnalyzer(LABELS)
+    run(recordings, again, config(out, formats=frozenset({"audacity"})))
+    assert again.calls == []
+    assert len(list((out / "audacity").rglob("*.labels.txt"))) == 8
+
+
+def test_progress_reports_each_file_and_can_stream_ndjson(tmp_path, recordings, reference):
+    events = []
+    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"), progress=events.append)
+    assert [e.done for e in events] == list(range(1, 10)) and {e.total for e in events} == {9}
+    assert [e.finished.path for e in events if isinstance(e.finished, FileFailure)] == [broken(recordings)]
+    assert events[-1].audio_s == pytest.approx(5 * 20 + 10 + 3 * 7 + 3)
+    streamed = [line for e in events if isinstance(e.finished, FileResult) for line in tables.ndjson_lines([e.finished], MODEL)]
+    assert "".join(streamed).encode() == reference["detections.ndjson"]
+
+
+@pytest.mark.parametrize("pick", [lambda r: [r[0], r[0]], lambda r: []])
+def test_paths_must_be_given_each_once(tmp_path, recordings, pick):
+    with pytest.raises(ValueError, match="each once"):
+        run(pick(recordings), FakeAnalyzer(LABELS), config(tmp_path / "out"))
+
+
+def test_outputs_follow_the_order_of_the_paths_given(tmp_path, recordings):
+    assert analyze.run.common_root(recordings) == tmp_path / "in"
+    run(recordings[::-1], FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"))
+    listed = (tmp_path / "out" / "combined.list.txt").read_text().splitlines()
+    assert listed == [str(p) for p in recordings[::-1] if p.name != "broken.wav"]
