@@ -468,7 +468,7 @@ def test_prometheus_adapter_serves_the_hpa_metric():
 
 
 def test_kserve_predictor_matches_the_service():
-    from service.kserve import ROUTES
+    from service.adapters.kserve_http import ROUTES
 
     isvc = one(load("kserve/inferenceservice.yaml"), "InferenceService")
     predictor = isvc["spec"]["predictor"]
