@@ -14,6 +14,7 @@ from types import TracebackType
 
 import numpy as np
 import soundfile as sf
+from soundfile import _ffi, _snd
 
 from features.errors import (
     AudioTooLongError,
@@ -61,6 +62,20 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
+def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
+    """Decode the next len(out) frames into out (C-contiguous float32); returns the frames read.
+
+    Calls libsndfile directly: SoundFile.read (and .blocks) seeks back to its own count after every
+    read, and libsndfile's MP3 seek is approximate on VBR files (it lands elsewhere and the next reads
+    return zeros and shifted audio, measured 0.36 off); Opus and MPEG-2 reads drift by 1 ULP. Without
+    the seek every format decodes the same samples whatever the block size.
+    """
+    frames = _snd.sf_readf_float(file._file, _ffi.cast("float *", _ffi.from_buffer(out)), len(out))
+    if error := _snd.sf_error(file._file):
+        raise sf.LibsndfileError(error)
+    return int(frames)
+
+
 def _too_long(seconds: float, max_seconds: float, *, so_far: bool) -> AudioTooLongError:
     lasts = f"more than {seconds:.1f} s (decoding stopped there)" if so_far else f"{seconds:.1f} s"
     return AudioTooLongError(f"the recording lasts {lasts}; at most {max_seconds:g} s is accepted")
@@ -94,12 +109,16 @@ class AudioReader:
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.format = str(self._file.format)
-        self.block_frames = max(1, block_samples // self.channels)
         self.frames_decoded = 0
         header_frames = self._file.frames
-        if max_seconds is not None and 0 < header_frames < _UNKNOWN_FRAMES and header_frames / self.sample_rate > max_seconds:
+        known = 0 < header_frames < _UNKNOWN_FRAMES
+        if max_seconds is not None and known and header_frames / self.sample_rate > max_seconds:
             self.close()
             raise _too_long(header_frames / self.sample_rate, max_seconds, so_far=False)
+        # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
+        self.block_frames = max(1, block_samples // self.channels)
+        if known:
+            self.block_frames = min(self.block_frames, header_frames + 1)
 
     def _decode_error(self, exc: Exception) -> CorruptAudioError | UnsupportedFormatError:
         if self._sniffed is None:
@@ -119,11 +138,12 @@ class AudioReader:
         limit = None if self.max_seconds is None else self.max_seconds * self.sample_rate
         while True:
             try:
-                block = self._file.read(self.block_frames, dtype="float32", always_2d=True, out=buffer)
+                frames = _read_into(self._file, buffer)
             except _LIBSNDFILE_ERRORS as exc:
                 raise self._decode_error(exc) from exc
-            if len(block) == 0:
+            if frames == 0:
                 break
+            block = buffer[:frames]
             self.frames_decoded += len(block)
             if limit is not None and self.frames_decoded > limit:
                 raise _too_long(self.frames_decoded / self.sample_rate, self.max_seconds, so_far=True)
