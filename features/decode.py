@@ -84,8 +84,8 @@ def _too_long(seconds: float, max_seconds: float, *, so_far: bool) -> AudioTooLo
 class AudioReader:
     """An open recording. Opening checks the container and the header's length; `blocks()` decodes.
 
-    Raises a typed AudioError that says what is wrong and what is accepted. A path is read from disk
-    as it decodes (never loaded whole); bytes are decoded in place.
+    Raises a typed AudioError that says what is wrong and what is accepted (a missing path: OSError).
+    A path is read from disk as it decodes (never loaded whole); bytes are decoded in place.
     """
 
     def __init__(self, source: Source, *, max_seconds: float | None = None, block_samples: int = DEFAULT_BLOCK_SAMPLES):
@@ -135,17 +135,16 @@ class AudioReader:
         Every block is a view of one reused buffer: it is valid until the next block is read.
         """
         buffer = np.empty((self.block_frames, self.channels), np.float32)
-        limit = None if self.max_seconds is None else self.max_seconds * self.sample_rate
         while True:
             try:
                 frames = _read_into(self._file, buffer)
-            except _LIBSNDFILE_ERRORS as exc:
+            except sf.LibsndfileError as exc:
                 raise self._decode_error(exc) from exc
             if frames == 0:
                 break
             block = buffer[:frames]
             self.frames_decoded += len(block)
-            if limit is not None and self.frames_decoded > limit:
+            if self.max_seconds is not None and self.frames_decoded > self.max_seconds * self.sample_rate:
                 raise _too_long(self.frames_decoded / self.sample_rate, self.max_seconds, so_far=True)
             if not np.isfinite(block).all():
                 raise InvalidSamplesError("the recording contains NaN or infinite samples; send finite PCM or float audio")

@@ -100,8 +100,8 @@ class MelGrid:
         # Sums of squares of x per hop, up to this window's end (x[h*hop] is p[h*hop + half]).
         h0 = self._hop0 + len(self._energy)
         x = self._samples[h0 * hop + self._half - self._origin : last * hop + self._half - self._origin]
-        x = x.astype(np.float64).reshape(-1, hop)
-        self._energy = np.concatenate((self._energy, np.einsum("ij,ij->i", x, x)))
+        hops = x.astype(np.float64).reshape(-1, hop)
+        self._energy = np.concatenate((self._energy, np.einsum("ij,ij->i", hops, hops)))
 
         start = index * cfg.stride_hops
         features = self._rows[start - self._row0 : last + 1 - self._row0].T

@@ -48,7 +48,7 @@ class LogMel:
         self._inv_std = (1.0 / stats.std).astype(np.float32)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        spectrum = scipy.fft.rfft(frames * self._window, axis=-1, workers=self.fft_workers)
+        spectrum = scipy.fft.rfft(frames * self._window, axis=-1, workers=self.fft_workers, overwrite_x=True)
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
         mel = power @ self._filterbank

@@ -59,7 +59,6 @@ class AudioStream:
         config = log_mel.config
         self._resampler = Resampler(self._reader.sample_rate, config.sample_rate, signals)
         self._grids = [MelGrid(config, log_mel, None if self._mix else c) for c in range(signals)]
-        self._empty = np.empty(0 if self._mix else (0, signals), np.float32)
 
     def __iter__(self) -> Iterator[WindowBatch]:
         clock = time.perf_counter
@@ -70,7 +69,7 @@ class AudioStream:
             if block is not None and self._mix:
                 block = mix_down(block)
             t1 = clock()
-            resampled = self._resampler.flush(self._empty) if block is None else self._resampler.push(block)
+            resampled = self._resampler.flush() if block is None else self._resampler.push(block)
             t2 = clock()
             columns = [resampled] if self._mix else [resampled[:, c] for c in range(len(self._grids))]
             batches = []
