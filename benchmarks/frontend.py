@@ -215,7 +215,7 @@ def report(grid: dict, rtf: dict, streams: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (the best counts)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure (the best counts)")
     parser.add_argument("--hours", type=float, default=3.0, help="length of the streamed WAV; 0 skips it")
     parser.add_argument("--bomb-seconds", type=int, default=599, help="length of the streamed FLAC bomb; 0 skips it")
     parser.add_argument("--stream-child", help=argparse.SUPPRESS)
