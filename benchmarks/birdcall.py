@@ -33,8 +33,7 @@ class RawEngine:
 
     def classify(self, data: bytes) -> int:
         """Decode, resample, features, network, as /classify does; returns the window count."""
-        _, wave = self.frontend.load(data)
-        x = self.frontend.features(self.frontend.windows(wave)[0])
+        x = self.frontend.analyze(data).windows.features
         for i in range(0, len(x), 64):
             self.runner.run({"features": x[i : i + 64]})
         return len(x)
@@ -43,8 +42,7 @@ class RawEngine:
 def raw_engine(engine: RawEngine, pool: list, seconds: float = 10.0) -> dict:
     frontend, runner = engine.frontend, engine.runner
     # The network alone at each batch size, on real features: the engine's own batching gain.
-    _, wave = frontend.load(pool[0].data)
-    feats = frontend.features(frontend.windows(wave)[0])
+    feats = frontend.analyze(pool[0].data).windows.features
     network = {}
     for batch in (1, 8, 32, 64):
         x = np.resize(feats, (batch, *feats.shape[1:]))

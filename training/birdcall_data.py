@@ -147,24 +147,25 @@ _worker_frontend: FrontEnd | None = None
 
 
 def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, np.ndarray]:
+    """One recording's plain ln-mel windows (identity stats: training fits its own) and their RMS."""
     global _worker_frontend
     path, config = args
     if _worker_frontend is None:
         _worker_frontend = FrontEnd(FrontEndConfig.from_dict(config))
-    _, waveform = _worker_frontend.load(path)
-    windows, _ = _worker_frontend.windows(waveform)
-    rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)).astype(np.float32)
-    return _worker_frontend.log_mel(windows), rms
+    windows = _worker_frontend.analyze(path).windows
+    return windows.features, windows.rms
 
 
-def featurize(items: Sequence[Item], labels: Sequence[str], config: FrontEndConfig, workers: int | None = None, desc: str = "features") -> WindowSet:
-    """Decode, resample, window and ln-mel every recording with the shared front end."""
+def featurize(
+    items: Sequence[Item], labels: Sequence[str], config: FrontEndConfig, workers: int | None = None, desc: str = "features"
+) -> WindowSet:
+    """Every recording's windows, exactly as serving computes them (FrontEnd.analyze), before normalization."""
     index = {name: i for i, name in enumerate(labels)}
     jobs = [(item.path, config.to_dict()) for item in items]
     mels, rms, y, rec = [], [], [], []
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = pool.map(_featurize_one, jobs, chunksize=4)
-        for i, (item, (m, r)) in enumerate(tqdm(zip(items, results), total=len(items), desc=desc, unit="rec")):
+        for i, (item, (m, r)) in enumerate(tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")):
             mels.append(m)
             rms.append(r)
             y.append(np.full(len(m), index[item.label]))

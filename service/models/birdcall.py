@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import anyio.to_thread
 import numpy as np
 
-from features import AudioError, DecodedAudio, FrontEnd, FrontEndConfig, NormStats, WindowSpan, decode_audio, resample
+from features import Analysis, AudioError, FrontEnd, FrontEndConfig, NormStats
 from layout import artifacts
 from service.engine.client import EngineClient, TimedCall
 from service.errors import InvalidParameter, from_audio_error
@@ -46,18 +46,6 @@ class BirdcallLimits:
     """Species per window and overall when a request does not say."""
     max_files: int
     """Most recordings in one batch request."""
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A recording turned into model input."""
-
-    decoded: DecodedAudio
-    features: np.ndarray
-    """[n_windows, 1, n_mels, n_frames] normalized log-mel."""
-    spans: list[WindowSpan]
-    timings: dict[str, float]
-    """Seconds per stage: decode, resample, features."""
 
 
 def stored_frontend(stored: StoredModel) -> FrontEnd:
@@ -103,22 +91,12 @@ class BirdcallModel(ServedModel, AudioClassifier):
 
     # Pre-processing
 
-    def _prepare(self, data: bytes) -> Prepared:
-        timings = {}
-        start = time.perf_counter()
-        decoded = decode_audio(data, max_seconds=self.limits.max_seconds)
-        timings["decode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        waveform = resample(decoded.waveform, decoded.sample_rate, self.frontend.config.sample_rate)
-        timings["resample"] = time.perf_counter() - start
-        start = time.perf_counter()
-        windows, spans = self.frontend.windows(waveform)
-        features = self.frontend.features(windows)
-        timings["features"] = time.perf_counter() - start
-        return Prepared(decoded, features, spans, timings)
+    def _prepare(self, data: bytes) -> Analysis:
+        return self.frontend.analyze(data, max_seconds=self.limits.max_seconds)
 
-    async def prepare(self, data: bytes) -> Prepared:
-        """Decode -> resample -> windows -> normalized log-mel, off the event loop. Typed 4xx on bad audio."""
+    async def prepare(self, data: bytes) -> Analysis:
+        """Decode -> resample -> windows -> normalized log-mel (streamed in blocks), off the event loop.
+        Typed 4xx on bad audio."""
         try:
             return await anyio.to_thread.run_sync(self._prepare, data)
         except AudioError as exc:
@@ -146,7 +124,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
             raise InvalidParameter(f"the waveform is longer than {self.limits.max_seconds:g} s")
 
         def features() -> np.ndarray:
-            return self.frontend.features(self.frontend.windows(waveform.astype(np.float32, copy=False))[0])
+            return self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
 
         return softmax((await self.logits(await anyio.to_thread.run_sync(features)))[0])
 
@@ -168,33 +146,34 @@ class BirdcallModel(ServedModel, AudioClassifier):
         prepared = await self.prepare(data)
         timings = dict(prepared.timings)
         start = time.perf_counter()
-        logits, model_seconds = await self.logits(prepared.features)
+        logits, model_seconds = await self.logits(prepared.windows.features)
         timings["inference"] = time.perf_counter() - start
         timings["model"] = model_seconds
         start = time.perf_counter()
         probs = softmax(logits)
-        decoded = prepared.decoded
+        audio = prepared.audio
+        spans = prepared.windows.spans
         result: dict[str, Any] = {
             "model": self.info,
             "audio": {
-                "duration_seconds": round(decoded.duration_seconds, 4),
-                "sample_rate": decoded.sample_rate,
-                "channels": decoded.channels,
-                "format": decoded.format,
-                "windows": len(prepared.spans),
+                "duration_seconds": round(audio.duration_seconds, 4),
+                "sample_rate": audio.sample_rate,
+                "channels": audio.channels,
+                "format": audio.format,
+                "windows": len(spans),
             },
             "top": self._ranked(probs.mean(axis=0), options),
         }
         if options.timeline:
             result["windows"] = [
                 {"start": round(span.start, 3), "end": round(span.end, 3), "top": self._ranked(p, options)}
-                for span, p in zip(prepared.spans, probs, strict=True)
+                for span, p in zip(spans, probs, strict=True)
             ]
         timings["postprocess"] = time.perf_counter() - start
         timings["total"] = time.perf_counter() - started
         if self.metrics:
             top1 = [self.labels[i] for i in probs.argmax(axis=1)]
-            self.metrics.record_classification(self.info, timings, top1, decoded.duration_seconds, decoded.sample_rate)
+            self.metrics.record_classification(self.info, timings, top1, audio.duration_seconds, audio.sample_rate)
         result["timings_ms"] = {k: round(v * 1e3, 3) for k, v in timings.items()}
         return result
 

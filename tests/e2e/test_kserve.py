@@ -51,7 +51,7 @@ def test_birdcall_log_mel_matches_waveform_path(triton):
     inp.set_data_from_numpy(waveform)
     by_waveform = triton.infer("birdcall", [inp]).as_numpy("probabilities")
     assert by_waveform.shape == (1, 12)
-    log_mel = FrontEnd().features(waveform[None])  # identity-normalized: a valid tensor of the right shape
+    log_mel = FrontEnd().waveform_windows(waveform).features  # identity-normalized: a valid tensor of the right shape
     inp = triton_http.InferInput("log_mel", list(log_mel.shape), "FP32")
     inp.set_data_from_numpy(log_mel)
     assert triton.infer("birdcall", [inp]).as_numpy("probabilities").shape == (1, 12)

@@ -15,6 +15,7 @@ import export.pipeline
 from export.birdcall import export_birdcall
 from export.onnx_tools import cpu_session
 from export.parity import ParityError, Tolerance, check_parity
+from features import FrontEndConfig
 from tests.conftest import TINY_TOLERANCES
 from training.checkpoint import load_checkpoint
 
@@ -58,7 +59,7 @@ def test_reexport_of_the_same_checkpoint_reuses_the_version(birdcall_report, tin
 def test_dynamic_batch_gives_the_same_per_item_outputs(birdcall_report, variant, atol):
     path = Path(bentoml.models.get(birdcall_report["tag"]).path) / f"birdcall.{variant}.onnx"
     session = cpu_session(path)
-    x = np.random.default_rng(0).standard_normal((37, 1, 64, 157)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((37, *FrontEndConfig().feature_shape)).astype(np.float32)
     batched = session.run(None, {"features": x})[0]
     single = np.concatenate([session.run(None, {"features": x[i : i + 1]})[0] for i in range(37)])
     assert batched.shape == (37, 12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from features import FrontEndConfig, decode_audio
+from features import FrontEnd, FrontEndConfig
 from training.birdcall_data import GenerateSpec, generate_dataset, read_manifest
 from training.birdcall_model import BirdCallArch, BirdCallNet
 from training.birdcall_synth import SPECIES, synthesize_recording
@@ -52,8 +52,7 @@ def test_generated_dataset_round_trips_through_the_real_loader(tmp_path):
     assert {i.split for i in items} <= {"train", "val", "test"}
     assert len({i.path for i in items}) == len(items)
     for item in items[:6]:
-        decoded = decode_audio(item.path)
-        assert 3.0 <= decoded.duration_seconds <= 4.2
+        assert 3.0 <= FrontEnd().analyze(item.path).audio.duration_seconds <= 4.2
 
 
 def test_manifest_without_split_column_splits_by_hash(tmp_path):
@@ -72,7 +71,7 @@ def test_manifest_errors_are_clear(tmp_path):
 
 def test_birdcall_net_shapes():
     arch = BirdCallArch(n_classes=15)
-    assert arch.seq_len == 39
+    assert arch.seq_len == 40  # 161 frames -> 80 -> 40
     model = BirdCallNet(arch).eval()
     assert model(torch.zeros(3, *FrontEndConfig().feature_shape)).shape == (3, 15)
 
@@ -85,7 +84,7 @@ def test_tiny_birdcall_training_writes_a_complete_checkpoint(tiny_birdcall, tiny
     assert len(checkpoint.norm_stats["mean"]) == 64
     assert checkpoint.config["frontend"] == FrontEndConfig().to_dict()
     model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
-    assert model(torch.zeros(1, 1, 64, 157)).shape == (1, 12)
+    assert model(torch.zeros(1, *FrontEndConfig().feature_shape)).shape == (1, 12)
     reports = tiny_workspace.reports_dir("birdcall")
     assert (reports / "confusion_matrix.png").stat().st_size > 1000
     assert (reports / "training_curves.png").stat().st_size > 1000
