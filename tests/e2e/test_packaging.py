@@ -41,6 +41,7 @@ def test_bento_contents_and_dockerfile(bento):
     assert "torch" not in requirements.lower()
     src = path / "src"
     assert (src / "service" / "service.py").exists() and (src / "features" / "frontend.py").exists()
+    assert (src / "service" / "adapters" / "grpc" / "kserve_v2.desc").exists() and (src / "layout" / "artifacts.py").exists()
     assert not (src / "training").exists() and not (src / "tests").exists()
     assert {m.tag.name for m in bento.info.models} == {"birdcall", "frames"}
     dockerfile = (path / "env" / "docker" / "Dockerfile").read_text()
