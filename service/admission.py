@@ -44,17 +44,25 @@ class Admission:
             if self.metrics:
                 self.metrics.in_flight.dec()
 
+    @asynccontextmanager
+    async def admitted(self, deadline_seconds: float) -> AsyncIterator[None]:
+        """A slot (refused at once when none is free) for the whole of a request, body reading
+        included, and its deadline: DeadlineExceeded once it passes."""
+        async with self.slot():
+            try:
+                async with asyncio.timeout(deadline_seconds):
+                    yield
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request did not finish within its deadline of {deadline_seconds:g} s",
+                    deadline_seconds=deadline_seconds,
+                ) from None
+
     async def run(self, work: Coroutine[Any, Any, T], deadline_seconds: float) -> T:
         try:
             self._refuse_if_full()
         except Overloaded:
             work.close()  # never started: close it so it is not reported as "never awaited"
             raise
-        async with self.slot():
-            try:
-                return await asyncio.wait_for(work, timeout=deadline_seconds)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"the request did not finish within its deadline of {deadline_seconds:g} s",
-                    deadline_seconds=deadline_seconds,
-                ) from None
+        async with self.admitted(deadline_seconds):
+            return await work

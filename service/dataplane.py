@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -134,8 +135,13 @@ class DataPlane:
         default = self.settings.default_deadline_seconds
         return default if requested_seconds is None else min(requested_seconds, default)
 
+    def admitted(self, deadline_seconds: float) -> AbstractAsyncContextManager[None]:
+        """A request's admission, held while it runs: refused at once (503) past the in-flight bound,
+        504 past its deadline. Adapters enter it before they read a body, so overload costs no upload."""
+        return self.admission.admitted(deadline_seconds)
+
     async def run(self, work: Coroutine[Any, Any, T], deadline_seconds: float) -> T:
-        """Any model work under admission: refused at once past the in-flight bound, 504 past its deadline."""
+        """Some model work under admission (see admitted)."""
         return await self.admission.run(work, deadline_seconds)
 
     async def infer(

@@ -7,6 +7,7 @@ shape and size exist once.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,26 +48,42 @@ def datatype_of(array: np.ndarray) -> str:
     raise TypeError(f"no KServe datatype for {array.dtype}")
 
 
-def check_datatype(name: str, datatype: str) -> None:
-    if datatype not in DATATYPES:
+def check_datatype(name: str, datatype: Any) -> None:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidParameter(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
 
 
+def check_shape(name: str, shape: Any) -> list[int]:
+    """A shape is a list of non-negative integers (JSON booleans are not integers)."""
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidParameter(f"input {name!r}: shape must be a list of integers, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise InvalidParameter(f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual sizes")
+    return list(shape)
+
+
 def _fill(name: str, datatype: str, shape: Sequence[int], array: np.ndarray) -> Tensor:
-    if array.size != int(np.prod(shape)):
+    # Python integers: a hostile shape such as [2**32, 2**32] must not wrap around to a small product.
+    if array.size != math.prod(shape):
         raise InvalidParameter(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
     return Tensor(name, datatype, list(shape), array.reshape(shape))
 
 
-def decode_bytes_tensor(raw: bytes) -> np.ndarray:
+def decode_bytes_tensor(name: str, raw: bytes) -> np.ndarray:
     """Length-prefixed (uint32 little-endian) items -> an object array of bytes."""
     items, offset = [], 0
     while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidParameter(f"input {name!r}: BYTES data ends inside an item's length prefix")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
+        if offset + length > len(raw):
+            raise InvalidParameter(f"input {name!r}: a BYTES item of {length} bytes runs past the end of the data")
         items.append(raw[offset : offset + length])
         offset += length
-    return np.array(items, dtype=object)
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
 
 
 def encode_bytes_tensor(array: np.ndarray) -> bytes:
@@ -80,8 +97,9 @@ def encode_bytes_tensor(array: np.ndarray) -> bytes:
 def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
     """Flat row-major bytes (HTTP binary extension, gRPC raw contents) -> a checked Tensor."""
     check_datatype(name, datatype)
+    shape = check_shape(name, shape)
     if datatype == "BYTES":
-        array = decode_bytes_tensor(raw)
+        array = decode_bytes_tensor(name, raw)
     else:
         itemsize = np.dtype(DTYPES[datatype]).itemsize
         if len(raw) % itemsize:
@@ -93,12 +111,24 @@ def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) 
 def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> Tensor:
     """A list of values (HTTP JSON `data`, gRPC typed contents) -> a checked Tensor."""
     check_datatype(name, datatype)
+    shape = check_shape(name, shape)
+    if not isinstance(values, (list, tuple)):
+        raise InvalidParameter(f"input {name!r}: data must be a list of values, got {type(values).__name__}")
     try:
         dtype = object if datatype == "BYTES" else DTYPES[datatype]
         array = np.asarray(values, dtype=dtype).reshape(-1)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise InvalidParameter(f"input {name!r}: data does not fit {datatype}: {exc}") from None
+    if datatype == "BYTES" and not all(isinstance(v, (str, bytes)) for v in array):
+        raise InvalidParameter(f"input {name!r}: BYTES data must be strings")
     return _fill(name, datatype, shape, array)
+
+
+def numeric(tensor: Tensor, what: str) -> np.ndarray:
+    """A tensor's data as float32, refused (422) when its datatype is not a number."""
+    if tensor.datatype in ("BYTES", "BOOL"):
+        raise InvalidParameter(f"input {tensor.name!r} must be {what}, got datatype {tensor.datatype}")
+    return tensor.data.astype(np.float32)
 
 
 def raw_bytes(array: np.ndarray) -> bytes:

@@ -4,16 +4,26 @@ deadlines and parameter parsing."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.auth import check_bearer
 from service.dataplane import DataPlane
 from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, ServiceError, as_service_error, error_body
+
+MAX_FORM_FIELDS = 20
+"""Most fields of a multipart body besides its files."""
+MAX_FIELD_BYTES = 64 * 1024
+"""Largest text field of a multipart body (the options are short)."""
 
 log = logging.getLogger("chorus.http")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -42,6 +52,8 @@ def _json_errors(handler: Handler, respond: Callable[[ServiceError], JSONRespons
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
+        except HTTPException as exc:  # raised by Starlette itself: a client's mistake unless it says otherwise
+            error = _from_http_exception(exc) if exc.status_code < 500 else as_service_error(exc, log, request.url.path)
         except Exception as exc:
             error = as_service_error(exc, log, f"{request.method} {request.url.path}")
         plane = getattr(request.app.state, "plane", None)
@@ -50,6 +62,12 @@ def _json_errors(handler: Handler, respond: Callable[[ServiceError], JSONRespons
         return respond(error)
 
     return wrapped
+
+
+def _from_http_exception(exc: HTTPException) -> ServiceError:
+    error = BadRequest(str(exc.detail))
+    error.status = exc.status_code
+    return error
 
 
 def json_errors(handler: Handler) -> Handler:
@@ -90,6 +108,42 @@ async def read_body(request: Request, limit: int, route: str) -> bytes:
     return body
 
 
+async def read_form(request: Request, limit: int, max_files: int, route: str) -> FormData:
+    """A multipart body, read within `limit` bytes as it streams in (chunked bodies too), then parsed.
+
+    Starlette's own form reading spools file parts without a bound and raises its own HTTP errors:
+    here the limit holds on the bytes received and a malformed body is a 400 that says why.
+    """
+    body = await read_body(request, limit, route)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    try:
+        return await parser.parse()
+    except (MultiPartException, ValueError) as exc:  # python-multipart's parse errors are ValueErrors
+        raise BadRequest(f"malformed multipart body: {getattr(exc, 'message', exc)}", max_files=max_files) from None
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """Strict JSON: no NaN or Infinity (not JSON, and numbers that overflow later), no runaway nesting."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON value")
+
+    try:
+        return json.loads(raw, parse_constant=refuse)
+    except RecursionError:
+        raise BadRequest(f"{what} nests too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+
+
+async def read_json(request: Request, limit: int, route: str) -> Any:
+    return parse_json(await read_body(request, limit, route), "the body")
+
+
 def deadline_seconds(request: Request) -> float:
     """X-Request-Timeout (seconds) can shorten, never lengthen, the server's default deadline."""
     raw = request.headers.get("x-request-timeout")
@@ -104,34 +158,78 @@ def deadline_seconds(request: Request) -> float:
     return plane_of(request).deadline(value)
 
 
-def _parse_number(params: Mapping[str, Any], name: str, default: N, low: N, high: N, cast: type[N], kind: str) -> N:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
+_ABSENT = object()
+
+
+def _given(params: Mapping[str, Any], name: str) -> Any:
+    """The parameter's value, or _ABSENT when it was not sent (an empty query value counts as not sent)."""
+    raw = params.get(name, _ABSENT)
+    return _ABSENT if raw == "" else raw
+
+
+def _as_int(raw: Any) -> int | None:
+    """An integer from JSON (int, or a float with no fraction) or a query string; None for anything else."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        return int(raw) if raw.is_integer() else None  # is_integer() is False for inf and NaN
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _as_float(raw: Any) -> float | None:
+    """A finite number from JSON or a query string; None for anything else."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        return None
     try:
-        value = cast(raw)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"{name} must be {kind} from {low} to {high}, got {raw!r}") from None
+        value = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _parse_number(params: Mapping[str, Any], name: str, default: N, low: N, high: N, cast: Callable[[Any], N | None], kind: str) -> N:
+    raw = _given(params, name)
+    if raw is _ABSENT:
+        return default
+    value = cast(raw)
+    if value is None:
+        raise InvalidParameter(f"{name} must be {kind} from {low} to {high}, got {raw!r}")
     if not low <= value <= high:
         raise InvalidParameter(f"{name} must be from {low} to {high}, got {value}")
     return value
 
 
 def parse_int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
-    return _parse_number(params, name, default, low, high, int, "an integer")
+    return _parse_number(params, name, default, low, high, _as_int, "an integer")
 
 
 def parse_float(params: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
-    return _parse_number(params, name, default, low, high, float, "a number")
+    return _parse_number(params, name, default, low, high, _as_float, "a number")
 
 
 def parse_bool(params: Mapping[str, Any], name: str, default: bool) -> bool:
-    raw = params.get(name)
-    if raw is None or raw == "":
+    raw = _given(params, name)
+    if raw is _ABSENT:
         return default
-    text = str(raw).lower()
+    text = str(raw).lower() if isinstance(raw, (bool, int, str)) else ""
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off"):
         return False
     raise InvalidParameter(f"{name} must be true or false, got {raw!r}")
+
+
+def parse_choice(params: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _given(params, name)
+    if raw is _ABSENT:
+        return default
+    if raw not in choices:
+        raise InvalidParameter(f"{name} must be one of {', '.join(map(repr, choices))}, got {raw!r}")
+    return raw

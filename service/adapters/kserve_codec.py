@@ -8,53 +8,90 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BadRequest
+from service.adapters.http import parse_json
+from service.errors import BadRequest, InternalError
 from service.tensors import Tensor, check_datatype, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
 HEADER_LENGTH = "inference-header-content-length"
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _binary_size(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer, got {value!r}")
+    return value
+
+
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Body -> (the JSON request, input tensors by name). Raises 400/422 with what is wrong."""
+    """Body -> (the JSON request, input tensors by name). Raises 400/422 with what is wrong.
+
+    Everything a client sends is checked here, before any model work: the JSON's shape, each
+    input's name, datatype, shape and data, the requested outputs and their parameters.
+    """
     if header_length is not None:
-        try:
-            split = int(header_length)
-        except ValueError:
-            raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not header_length.isdigit():
+            raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}")
+        split = int(header_length)
         if not 0 < split <= len(body):
             raise BadRequest(f"Inference-Header-Content-Length {split} does not fit the {len(body)}-byte body")
         head, binary = body[:split], body[split:]
     else:
         head, binary = body, b""
-    try:
-        request = json.loads(head)
-    except ValueError as exc:
-        raise BadRequest(f"the inference request is not valid JSON: {exc}") from None
+    request = parse_json(head, "the inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise BadRequest("an inference request is a JSON object with a non-empty 'inputs' list")
+    _object(request.get("parameters"), "'parameters'")
+    requested_outputs(request)
     tensors, offset = {}, 0
     for spec in request["inputs"]:
-        try:
-            name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
-        except (KeyError, TypeError, ValueError):
-            raise BadRequest("each input needs 'name', 'datatype' and an integer 'shape'") from None
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        spec = _object(spec, "each input")
+        name, datatype = spec.get("name"), spec.get("datatype")
+        if not isinstance(name, str) or not isinstance(datatype, str) or "shape" not in spec:
+            raise BadRequest("each input needs a string 'name', a string 'datatype' and a 'shape'")
+        if name in tensors:
+            raise BadRequest(f"input {name!r} is given twice")
+        size = _binary_size(_object(spec.get("parameters"), f"input {name!r}: 'parameters'").get("binary_data_size"), name)
         if size is not None:
-            raw = binary[offset : offset + int(size)]
-            if len(raw) != int(size):
+            raw = binary[offset : offset + size]
+            if len(raw) != size:
                 raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body")
-            offset += int(size)
-            tensors[name] = tensor_from_raw(name, datatype, shape, raw)
+            offset += size
+            tensors[name] = tensor_from_raw(name, datatype, spec["shape"], raw)
             continue
         if "data" not in spec:
             check_datatype(name, datatype)
             raise BadRequest(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-        tensors[name] = tensor_from_values(name, datatype, shape, spec["data"])
+        tensors[name] = tensor_from_values(name, datatype, spec["shape"], spec["data"])
+    if offset != len(binary):
+        raise BadRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
     return request, tensors
 
 
 def requested_outputs(request: dict[str, Any]) -> list[str]:
-    return [spec.get("name") for spec in request.get("outputs") or []]
+    """The output names a request asks for, in order (none: every output)."""
+    outputs = request.get("outputs")
+    if outputs is None:
+        return []
+    if not isinstance(outputs, list):
+        raise BadRequest(f'\'outputs\' must be a list of objects like {{"name": "..."}}, got {type(outputs).__name__}')
+    names = []
+    for spec in outputs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise BadRequest(f'each requested output is an object with a string "name", like {{"name": "..."}}; got {spec!r}')
+        binary = _object(spec.get("parameters"), f"output {spec['name']!r}: 'parameters'").get("binary_data", False)
+        if not isinstance(binary, bool):
+            raise BadRequest(f"output {spec['name']!r}: binary_data must be true or false, got {binary!r}")
+        names.append(spec["name"])
+    return names
 
 
 def wants_binary(request: dict[str, Any], name: str) -> bool:
@@ -79,7 +116,10 @@ def build_response(request: dict[str, Any], model: str, version: str, outputs: d
     response = {"model_name": model, "model_version": version, "outputs": entries}
     if "id" in request:
         response["id"] = request["id"]
-    head = json.dumps(response).encode()
+    try:
+        head = json.dumps(response, allow_nan=False).encode()
+    except ValueError:  # NaN or infinity in an output: JSON cannot carry it, and it means a broken model
+        raise InternalError(f"model {model!r} produced non-finite values") from None
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

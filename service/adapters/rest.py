@@ -12,39 +12,34 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from service.adapters.http import (
     authorize,
-    check_content_length,
     deadline_seconds,
     json_errors,
     parse_bool,
+    parse_choice,
     parse_float,
     parse_int,
     plane_of,
     read_body,
+    read_form,
+    read_json,
 )
 from service.adapters.openapi import openapi
 from service.errors import BadRequest, InvalidParameter, ServiceError
 from service.models.tasks import AudioClassifier, ClassifyOptions, GenerateRequest
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+MAX_GENERATE_BODY_BYTES = 64 * 1024
+"""A /generate body holds a few parameters: anything longer is refused (413) while it streams in."""
 
 
 def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith("multipart/form-data")
-
-
-async def _form(request: Request, max_files: int, limit: int) -> FormData:
-    check_content_length(request, limit)
-    try:
-        return await request.form(max_files=max_files, max_fields=20, max_part_size=limit)
-    except MultiPartException as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from exc
 
 
 async def _upload_bytes(upload: Any, field: str) -> bytes:
@@ -74,18 +69,16 @@ async def classify(request: Request) -> Response:
     plane = plane_of(request)
     authorize(request)
     limit = plane.settings.max_upload_bytes
-    params: dict[str, Any] = dict(request.query_params)
-    if _is_multipart(request):
-        form = await _form(request, 1, limit)
-        data = await _upload_bytes(form.get("audio"), "audio")
-        params.update(_text_fields(form))
-        plane.metrics.body_bytes.labels("classify").observe(len(data))
-    else:
-        data = await read_body(request, limit, "classify")
-    deadline = deadline_seconds(request)
-    model = await plane.classifier()
-    options = _classify_options(model, params)
-    return JSONResponse(await plane.run(model.classify(data, options), deadline))
+    async with plane.admitted(deadline_seconds(request)):
+        params: dict[str, Any] = dict(request.query_params)
+        if _is_multipart(request):
+            form = await read_form(request, limit, 1, "classify")
+            data = await _upload_bytes(form.get("audio"), "audio")
+            params.update(_text_fields(form))
+        else:
+            data = await read_body(request, limit, "classify")
+        model = await plane.classifier()
+        return JSONResponse(await model.classify(data, _classify_options(model, params)))
 
 
 @json_errors
@@ -95,37 +88,31 @@ async def classify_batch(request: Request) -> Response:
     if not _is_multipart(request):
         raise BadRequest("send the recordings as multipart/form-data, each in a file field named 'audio'")
     max_files = plane.settings.max_batch_files
-    form = await _form(request, max_files, plane.settings.max_upload_bytes)
-    uploads = form.getlist("audio")
-    if not uploads:
-        raise BadRequest(f"no file fields named 'audio'; send 1-{max_files} recordings")
-    files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
-    params = {**request.query_params, **_text_fields(form)}
-    deadline = deadline_seconds(request)
-    model = await plane.classifier()
-    options = _classify_options(model, params)
+    async with plane.admitted(deadline_seconds(request)):
+        form = await read_form(request, plane.settings.max_upload_bytes, max_files, "classify_batch")
+        uploads = form.getlist("audio")
+        if not uploads:
+            raise BadRequest(f"no file fields named 'audio'; send 1-{max_files} recordings")
+        files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
+        model = await plane.classifier()
+        options = _classify_options(model, {**request.query_params, **_text_fields(form)})
 
-    async def one(name: str, data: bytes) -> dict[str, Any]:
-        try:
-            return {"file": name, **await model.classify(data, options)}
-        except ServiceError as exc:
-            exc.details["file"] = name
-            exc.message = f"{name}: {exc.message}"
-            raise
+        async def one(name: str, data: bytes) -> dict[str, Any]:
+            try:
+                return {"file": name, **await model.classify(data, options)}
+            except ServiceError as exc:
+                exc.details["file"] = name
+                exc.message = f"{name}: {exc.message}"
+                raise
 
-    async def run_all() -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(one(name, data) for name, data in files)))
-
-    return JSONResponse({"results": await plane.run(run_all(), deadline)})
+        return JSONResponse({"results": list(await asyncio.gather(*(one(name, data) for name, data in files)))})
 
 
 async def _generate_params(request: Request) -> dict[str, Any]:
+    """Query parameters, overridden by a JSON object body when one is sent."""
     params: dict[str, Any] = dict(request.query_params)
     if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+        body = await read_json(request, MAX_GENERATE_BODY_BYTES, "generate")
         if not isinstance(body, dict):
             raise BadRequest('the JSON body must be an object like {"count": 1, "steps": 50, "seed": 0}')
         params.update(body)
@@ -136,21 +123,20 @@ async def _generate_params(request: Request) -> dict[str, Any]:
 async def generate(request: Request) -> Response:
     plane = plane_of(request)
     authorize(request)
-    params = await _generate_params(request)
-    s = plane.settings
-    req = GenerateRequest(
-        count=parse_int(params, "count", 1, 1, s.max_images),
-        steps=parse_int(params, "steps", 50, s.min_steps, s.max_steps),
-        seed=parse_int(params, "seed", 0, 0, 2**63 - 1),
-    )
-    fmt = str(params.get("format") or ("png" if req.count == 1 else "json"))
-    if fmt not in ("png", "json"):
-        raise InvalidParameter(f"format must be 'png' or 'json', got {fmt!r}")
-    if fmt == "png" and req.count != 1:
-        raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
-    model = await plane.generator()
     deadline = deadline_seconds(request)
-    images, timings = await plane.run(model.generate(req, deadline), deadline)
+    async with plane.admitted(deadline):
+        params = await _generate_params(request)
+        s = plane.settings
+        req = GenerateRequest(
+            count=parse_int(params, "count", 1, 1, s.max_images),
+            steps=parse_int(params, "steps", 50, s.min_steps, s.max_steps),
+            seed=parse_int(params, "seed", 0, 0, 2**63 - 1),
+        )
+        fmt = parse_choice(params, "format", "png" if req.count == 1 else "json", ("png", "json"))
+        if fmt == "png" and req.count != 1:
+            raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
+        model = await plane.generator()
+        images, timings = await model.generate(req, deadline)
     headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": model.info["version"]}
     if fmt == "png":
         return Response(encode_png(images[0]), media_type="image/png", headers=headers)

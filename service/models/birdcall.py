@@ -25,7 +25,7 @@ from service.models.base import ServedModel
 from service.models.tasks import AudioClassifier, ClassifyOptions
 from service.settings import ServiceSettings
 from service.store import StoredModel
-from service.tensors import Tensor
+from service.tensors import Tensor, numeric
 
 ENGINE_METHOD = "birdcall_logits"
 
@@ -132,6 +132,8 @@ class BirdcallModel(ServedModel, AudioClassifier):
         expected = self.frontend.config.feature_shape
         if features.ndim != 4 or features.shape[1:] != expected or len(features) == 0:
             raise InvalidParameter(f"log_mel must have shape [n, {', '.join(map(str, expected))}], got {list(features.shape)}")
+        if not np.isfinite(features).all():
+            raise InvalidParameter("log_mel contains NaN or infinite values")
         return softmax((await self.logits(features.astype(np.float32, copy=False)))[0])
 
     # REST: /classify
@@ -204,9 +206,9 @@ class BirdcallModel(ServedModel, AudioClassifier):
 
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
         if set(inputs) == {"waveform"}:
-            probs = await self.probabilities_from_waveform(inputs["waveform"].data.reshape(-1).astype(np.float32))
+            probs = await self.probabilities_from_waveform(numeric(inputs["waveform"], "FP32 samples").reshape(-1))
         elif set(inputs) == {"log_mel"}:
-            probs = await self.probabilities_from_features(inputs["log_mel"].data.astype(np.float32))
+            probs = await self.probabilities_from_features(numeric(inputs["log_mel"], "FP32 log-mel windows"))
         else:
             raise InvalidParameter(f"send exactly one input, 'waveform' or 'log_mel'; got {sorted(inputs)}")
         return {"probabilities": probs.astype(np.float32), "labels": np.array([x.encode() for x in self.labels], dtype=object)}

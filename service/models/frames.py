@@ -23,7 +23,7 @@ from service.models.base import ServedModel
 from service.models.tasks import GenerateRequest, ImageGenerator
 from service.settings import ServiceSettings
 from service.store import StoredModel
-from service.tensors import Tensor
+from service.tensors import Tensor, numeric
 
 SAMPLE_METHOD = "frames_sample"
 DENOISE_METHOD = "frames_denoise"
@@ -120,6 +120,8 @@ class FramesModel(ServedModel, ImageGenerator):
             raise InvalidParameter(f"x_t must be [n, {', '.join(map(str, shape))}] and t [n], got {list(x_t.shape)} and {list(t.shape)}")
         if not (np.isfinite(x_t).all() and np.isfinite(t).all()):
             raise InvalidParameter("x_t and t must be finite")
+        if not ((t >= 0) & (t < len(self.alphas_cumprod))).all():
+            raise InvalidParameter(f"t must hold timesteps from 0 to {len(self.alphas_cumprod) - 1}")
         step = self.limits.max_batch
         parts = range(0, len(x_t), step)
         outs = await asyncio.gather(*(self._denoise(StepPlanes.pack(x_t[i : i + step], t[i : i + step])) for i in parts))
@@ -142,4 +144,5 @@ class FramesModel(ServedModel, ImageGenerator):
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
         if set(inputs) != {"x_t", "t"}:
             raise InvalidParameter(f"send inputs 'x_t' and 't'; got {sorted(inputs)}")
-        return {"v": await self.denoise(inputs["x_t"].data.astype(np.float32), inputs["t"].data.reshape(-1).astype(np.float32))}
+        x_t, t = numeric(inputs["x_t"], "FP32 images"), numeric(inputs["t"], "FP32 timesteps").reshape(-1)
+        return {"v": await self.denoise(x_t, t)}
