@@ -11,6 +11,8 @@ from typing import Any
 
 import bentoml
 
+from layout.artifacts import write_manifest
+
 CONTENT_LABEL = "content_hash"
 
 
@@ -57,7 +59,8 @@ def _without_none(value: Any) -> Any:
 def register(name: str, artifacts: Path, labels: dict[str, str], metadata: dict[str, Any], digest: str) -> tuple[str, bool]:
     """Copy every file under `artifacts` into a new model version; returns (tag, created).
 
-    A model with the same content hash is reused instead of creating a needless new version.
+    A model with the same content hash is reused instead of creating a needless new version. The
+    version's manifest records each file's sha256, which the service checks before it serves.
     """
     existing = find_registered(name, digest)
     if existing is not None:
@@ -66,4 +69,5 @@ def register(name: str, artifacts: Path, labels: dict[str, str], metadata: dict[
         for path in artifacts.iterdir():
             if path.is_file():
                 shutil.copy2(path, Path(model.path) / path.name)
+        write_manifest(Path(model.path))
     return str(model.tag), True

@@ -7,6 +7,7 @@ key renamed in one layer cannot leave another reading what is no longer written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,53 @@ def read_json(directory: Path, name: str, default: Any = None) -> Any:
     if default is not None and not path.exists():
         return default
     return json.loads(path.read_text())
+
+
+MANIFEST = "manifest.json"
+"""sha256 and size of every other file of a stored model, written at export, checked at load."""
+
+
+class ArtifactError(Exception):
+    """A stored model's files are missing, changed or broken; the message lists what."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """Record every file of `directory` (the manifest aside); returns what was recorded."""
+    files = {
+        path.name: {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        for path in sorted(directory.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
+    return files
+
+
+def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> None:
+    """Raise ArtifactError unless every file the manifest records is there with its digest, and
+    every `required` file is among them (a file added later is not trusted either)."""
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        raise ArtifactError(f"{directory} has no {MANIFEST}: it was exported before digests were recorded, or it was tampered with; export again")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{directory / MANIFEST} is unreadable ({exc}); export again") from None
+    problems = [f"{name} is not recorded in the manifest" for name in required if name not in files]
+    for name, expected in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, {expected['bytes']} were exported (truncated or replaced)")
+        elif _sha256(path) != expected["sha256"]:
+            problems.append(f"{name} does not match its exported sha256 (changed after export)")
+    if problems:
+        raise ArtifactError(f"{directory}: " + "; ".join(problems))

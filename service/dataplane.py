@@ -18,7 +18,7 @@ import numpy as np
 
 from service.admission import Admission
 from service.engine.client import EngineClient
-from service.errors import InvalidParameter, NotFound, NotReady
+from service.errors import InvalidParameter, ModelsFailed, NotFound, NotReady, Overloaded, ServiceError
 from service.metrics import Metrics
 from service.models import MODELS, ServedModel
 from service.models.tasks import AudioClassifier, ImageGenerator
@@ -70,7 +70,7 @@ class DataPlane:
         async with self._loading:
             if not self._models:
                 if not await self.engine.is_ready():
-                    raise NotReady("the models are still loading; retry shortly (GET /readyz says when)", self.settings.retry_after_seconds)
+                    raise await self._why_not_ready()
                 info = await self.engine.models()
                 self._models = {name: self._build(kind, info[kind.store_name]) for name, kind in self._kinds.items()}
         return self._models
@@ -78,6 +78,20 @@ class DataPlane:
     def _build(self, kind: type[ServedModel], info: dict[str, str]) -> ServedModel:
         stored = self._open_stored(f"{info['name']}:{info['version']}")
         return kind.build(stored, info, self.engine, self.settings, self.metrics)
+
+    async def _why_not_ready(self) -> ServiceError:
+        status = await self.engine.status()
+        if status.error:
+            return ModelsFailed(f"the models failed to load and the server will not become ready: {status.error}")
+        return NotReady("the models are still loading; retry shortly (GET /readyz says when)", self.settings.retry_after_seconds)
+
+    async def readiness(self) -> tuple[bool, str | None]:
+        """(ready, why not): what /readyz and the KServe health routes answer."""
+        try:
+            await self._load()
+        except (Overloaded, ModelsFailed) as exc:  # loading, failed, or the engine not reachable yet
+            return False, exc.message
+        return True, None
 
     def check_name(self, name: str) -> None:
         if name not in self._kinds:
@@ -109,11 +123,7 @@ class DataPlane:
     # Health and metadata
 
     async def ready(self) -> bool:
-        try:
-            await self._load()
-        except NotReady:
-            return False
-        return True
+        return (await self.readiness())[0]
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
         self.check_name(name)

@@ -76,6 +76,12 @@ class NotReady(Overloaded):
     kind = "not_ready"
 
 
+class ModelsFailed(ServiceError):
+    """The models failed to load (missing, changed or broken files): no retry helps until they are exported again."""
+
+    status, kind = 503, "models_failed"
+
+
 class EngineUnavailable(Overloaded):
     """The engine process cannot be reached (shutting down or restarting)."""
 

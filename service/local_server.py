@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,3 +68,22 @@ def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def serve_process(target: str, log: Path, *, ready: bool = True, **env: str) -> Iterator[str]:
+    """`bentoml serve target` in a process of its own (its own BENTOML_HOME, say), output to `log`;
+    yields the base URL, once /readyz answers 200 unless `ready` is False. Stopped with SIGTERM."""
+    port = free_port()
+    env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if ready:
+            wait_ready(url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -10,12 +10,15 @@ lifecycle.
 
 from __future__ import annotations
 
+from typing import cast
+
 import bentoml
 from starlette.applications import Starlette
 from threadpoolctl import threadpool_limits
 
 from service.adapters import HTTP_ROUTES
 from service.adapters.grpc.server import start_grpc_server
+from service.adapters.health import ReadinessReasons
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine.service import Engine
@@ -50,3 +53,7 @@ class Chorus:
     async def _stop_grpc(self) -> None:
         if self._grpc is not None:
             await self._grpc.stop(grace=5)  # in-flight calls finish first
+
+
+# bentoml.service's type hints give back the class; at run time Chorus is a bentoml Service.
+cast(bentoml.Service, Chorus).add_asgi_middleware(ReadinessReasons, state=app.state)

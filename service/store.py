@@ -38,6 +38,11 @@ class StoredModel:
     def read_json(self, name: str) -> Any:
         return artifacts.read_json(self.path, name)
 
+    def verify(self, required: tuple[str, ...] = ()) -> None:
+        """Raise ArtifactError unless every file is as exported (sha256 from the manifest) and the
+        `required` ones are among them."""
+        artifacts.verify_manifest(self.path, required)
+
     def onnx_path(self, variant: str) -> Path:
         path = self.path / artifacts.onnx_file(self.name, variant)
         if not path.exists():

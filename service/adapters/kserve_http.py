@@ -24,8 +24,8 @@ async def server_live(request: Request) -> Response:
 
 
 async def server_ready(request: Request) -> Response:
-    ready = await plane_of(request).ready()
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    ready, reason = await plane_of(request).readiness()
+    return JSONResponse({"ready": True} if ready else {"ready": False, "reason": reason}, status_code=200 if ready else 503)
 
 
 @kserve_errors

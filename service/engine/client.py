@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -28,11 +29,22 @@ TimedCall = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, float]]]
 """items [n, ...] -> (outputs [n, k], seconds the model ran on the batch that carried them)."""
 
 
+@dataclass(frozen=True)
+class EngineStatus:
+    ready: bool
+    error: str | None = None
+    """Why the models failed to load; the engine will not become ready without a new export."""
+
+
 class EngineClient(Protocol):
     """What the data plane and the model modules need from an engine, wherever it runs."""
 
     async def is_ready(self) -> bool:
         """True once every model is loaded and warmed up."""
+        ...
+
+    async def status(self) -> EngineStatus:
+        """Whether the engine is ready and, when its models failed to load, why."""
         ...
 
     async def models(self) -> dict[str, dict[str, str]]:
@@ -61,6 +73,11 @@ class BentoEngineClient:
 
     async def is_ready(self) -> bool:
         return bool(await self._engine.is_ready(1))
+
+    async def status(self) -> EngineStatus:
+        async with self._reachable():
+            answer = await self._engine.to_async.status()
+        return EngineStatus(bool(answer["ready"]), answer.get("error"))
 
     async def models(self) -> dict[str, dict[str, str]]:
         async with self._reachable():

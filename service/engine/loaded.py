@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from layout.artifacts import ArtifactError, onnx_file
 from service.engine.runtime import Runner, open_runner
 from service.store import StoredModel
 
@@ -30,15 +31,41 @@ class LoadedModel:
         """Every output of the model for a whole batch, its slices run on all lanes at once."""
         return self.runner.run(feeds)
 
+    def check_outputs(self) -> None:
+        """Run one example batch and refuse a model whose outputs are not finite (NaN weights pass a
+        digest check when they were exported so)."""
+        outputs = self.run({spec.name: spec.example(2) for spec in self.runner.inputs})
+        for spec, output in zip(self.runner.outputs, outputs, strict=True):
+            if not np.isfinite(output).all():
+                raise ArtifactError(f"{self.name}:{self.stored.version} {self.variant} computes non-finite {spec.name!r}; export it again")
+
     def info(self) -> dict[str, str]:
         """Name, version, variant and provider: what /v2 metadata, responses and metrics report."""
         return {"name": self.stored.name, "version": self.stored.version, "variant": self.variant, "provider": self.runner.provider}
 
 
-def load_model(tag: str, variant: str, providers: list[str], threads: int = 0, lanes: int = 0) -> LoadedModel:
-    """Resolve a tag (e.g. name:latest) and open the variant's ONNX file.
+def load_model(
+    tag: str, variant: str, providers: list[str], threads: int = 0, lanes: int = 0, required: tuple[str, ...] = ()
+) -> LoadedModel:
+    """Resolve a tag (e.g. name:latest) in the model store and open it (see open_model)."""
+    return open_model(StoredModel.resolve(tag), variant, providers, threads, lanes, required)
 
-    threads and lanes as ServiceSettings.ort_threads / ort_lanes (0: automatic, see runtime.plan_lanes).
+
+def open_model(
+    stored: StoredModel, variant: str, providers: list[str], threads: int = 0, lanes: int = 0, required: tuple[str, ...] = ()
+) -> LoadedModel:
+    """Check a stored model's files against the export's digests, then open the variant.
+
+    `required` names the artifact files the model's readers need besides the ONNX file (a missing
+    one fails here, not at the first request). threads and lanes as ServiceSettings.ort_threads /
+    ort_lanes (0: automatic, see runtime.plan_lanes). Raises ArtifactError on a missing, changed
+    or truncated file, or a model that computes non-finite outputs.
     """
-    stored = StoredModel.resolve(tag)
-    return LoadedModel(stored, variant, open_runner(stored.onnx_path(variant), providers, threads, lanes))
+    stored.verify((*required, onnx_file(stored.name, variant)))
+    try:
+        runner = open_runner(stored.onnx_path(variant), providers, threads, lanes)
+    except Exception as exc:  # ONNX Runtime's own errors: a file that passed its digest but does not load
+        raise ArtifactError(f"{stored.name}:{stored.version} {variant} does not load in ONNX Runtime: {exc}") from exc
+    model = LoadedModel(stored, variant, runner)
+    model.check_outputs()
+    return model

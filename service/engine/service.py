@@ -30,6 +30,7 @@ import numpy as np
 from bentoml.validators import ContentType
 
 from layout import artifacts
+from layout.artifacts import ArtifactError
 from service.engine.contracts import StepPlanes, TimedRows
 from service.engine.ddim import to_uint8_images
 from service.engine.loaded import LoadedModel, load_model
@@ -39,6 +40,9 @@ from service.metrics import Metrics
 from service.settings import ServiceSettings
 
 log = logging.getLogger("chorus.engine")
+# The artifact files each model's readers need besides its ONNX file (service/models).
+BIRDCALL_FILES = (artifacts.CONFIG, artifacts.LABELS, artifacts.NORM_STATS)
+FRAMES_FILES = (artifacts.CONFIG,)
 settings = ServiceSettings()
 # A declared media type: without one BentoML builds the output's JSON schema on every response
 # to find it (~13% of the engine's event-loop time at concurrency 1, py-spy).
@@ -76,8 +80,8 @@ class Engine:
         try:
             providers = choose_providers(settings.providers)
             opened = functools.partial(load_model, providers=providers, threads=settings.ort_threads, lanes=settings.ort_lanes)
-            self.birdcall = opened(settings.birdcall_model, settings.birdcall_variant)
-            self.frames = opened(settings.frames_model, settings.frames_variant)
+            self.birdcall = opened(settings.birdcall_model, settings.birdcall_variant, required=BIRDCALL_FILES)
+            self.frames = opened(settings.frames_model, settings.frames_variant, required=FRAMES_FILES)
             self._warm_up()
             self.sampler = StepBatcher(
                 self._denoise,
@@ -93,8 +97,8 @@ class Engine:
             self._ready.set()
             log.info("engine ready: %s, %s", self.birdcall.info(), self.frames.info())
         except Exception as exc:  # reported through /readyz and every call, not swallowed
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model loading failed")
+            self.load_error = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+            log.exception("model loading failed; the server will not become ready: %s", self.load_error)
 
     def _warm_up(self) -> None:
         """Run each batch size once, so first requests see neither lazy init nor a bad latency fit."""
@@ -106,7 +110,7 @@ class Engine:
         return self._ready.is_set()
 
     def _require_ready(self) -> None:
-        if not self._ready.wait(timeout=120):
+        if self.load_error is not None or not self._ready.wait(timeout=120):
             raise RuntimeError(self.load_error or "models are still loading")
 
     def _denoise(self, x_t: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -146,6 +150,11 @@ class Engine:
         size = int(self.frames.config[artifacts.ARCH][artifacts.IMAGE_SIZE])
         images = await self.sampler.sample((count, 3, size, size), steps, seed, timeout_seconds)
         return to_uint8_images(images)
+
+    @bentoml.api
+    def status(self) -> dict:
+        """ready, and why not when loading failed (error): answered at once, also while loading."""
+        return {"ready": self._ready.is_set(), "error": self.load_error}
 
     @bentoml.api
     def models(self) -> dict:

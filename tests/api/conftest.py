@@ -22,6 +22,7 @@ from features import FrontEndConfig, NormStats
 from layout import artifacts
 from service.adapters import HTTP_ROUTES
 from service.dataplane import DataPlane
+from service.engine.client import EngineStatus
 from service.engine.contracts import StepPlanes
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -42,8 +43,14 @@ class FakeEngine:
     """Raised by every model call when set (an engine that breaks in an unexpected way)."""
     calls: list[tuple[str, int]] = field(default_factory=list)
 
+    load_error: str | None = None
+    """What the engine reports when its models failed to load."""
+
     async def is_ready(self) -> bool:
-        return self.ready
+        return self.ready and self.load_error is None
+
+    async def status(self) -> EngineStatus:
+        return EngineStatus(self.ready and self.load_error is None, self.load_error)
 
     async def models(self) -> dict[str, dict[str, str]]:
         return {name: {"name": name, "version": version, "variant": "fp32", "provider": "fake"} for name, version in VERSIONS.items()}

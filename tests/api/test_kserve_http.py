@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ async def test_health_and_server_metadata(http, engine):
     engine.ready = False
     assert (await http.get("/v2/health/live")).json() == {"live": True}
     not_ready = await http.get("/v2/health/ready")
-    assert not_ready.status_code == 503 and not_ready.json() == {"ready": False}
+    assert not_ready.status_code == 503 and not_ready.json() == {"ready": False, "reason": ANY}
+    assert "still loading" in not_ready.json()["reason"]
     assert (await http.get("/v2/models/birdcall/ready")).status_code == 503
     engine.ready = True
     assert (await http.get("/v2/health/ready")).json() == {"ready": True}
@@ -92,3 +94,13 @@ async def test_unknown_outputs_are_refused_before_inference(http, engine):
 async def test_infer_errors_in_the_kserve_shape(http, body, status, words):
     response = await http.post("/v2/models/birdcall/infer", content=body)
     assert response.status_code == status and words in response.json()["error"], response.text
+
+
+async def test_models_that_failed_to_load_say_why_everywhere(http, engine):
+    engine.load_error = "birdcall.fp32.onnx does not match its exported sha256 (changed after export)"
+    ready = await http.get("/v2/health/ready")
+    assert ready.status_code == 503 and "does not match its exported sha256" in ready.json()["reason"]
+    body = {"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [2], "data": [0, 0]}]}
+    infer = await http.post("/v2/models/birdcall/infer", content=json.dumps(body))
+    assert infer.status_code == 503 and infer.json()["type"] == "models_failed"
+    assert "failed to load" in infer.json()["error"] and "retry-after" not in infer.headers

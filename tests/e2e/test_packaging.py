@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from service.local_server import ROOT, free_port, wait_ready
+from service.local_server import ROOT, serve_process
 from tests.conftest import encode, isolated_bentoml_home
 
 TRAINING_ONLY = re.compile(r"^(torch|torchaudio|torchvision|denoising-diffusion-pytorch|onnxscript|matplotlib)==", re.M)
@@ -51,20 +48,11 @@ def test_bento_contents_and_dockerfile(bento):
 
 
 def test_built_bento_serves(bento, chirp, tmp_path):
-    port, grpc_port = free_port(), free_port()
     home = isolated_bentoml_home(tmp_path / "bentoml")
-    env = {**os.environ, "CHORUS_GRPC_PORT": str(grpc_port), "BENTOML_HOME": home}
-    command = [sys.executable, "-m", "bentoml", "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
+    with serve_process(str(bento.tag), tmp_path / "server.log", BENTOML_HOME=home) as url:
         response = httpx.post(f"{url}/classify", content=encode(chirp, 44_100, "WAV", "PCM_16"), timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["model"]["name"] == "birdcall"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def test_compose_file_is_consistent():
