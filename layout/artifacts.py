@@ -79,7 +79,9 @@ def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> None:
     every `required` file is among them (a file added later is not trusted either)."""
     manifest = directory / MANIFEST
     if not manifest.exists():
-        raise ArtifactError(f"{directory} has no {MANIFEST}: it was exported before digests were recorded, or it was tampered with; export again")
+        raise ArtifactError(
+            f"{directory} has no {MANIFEST}: it was exported before digests were recorded, or it was tampered with; export again"
+        )
     try:
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError) as exc:

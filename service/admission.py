@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from service.errors import DeadlineExceeded, Overloaded
+from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from service.metrics import Metrics
 
 T = TypeVar("T")
@@ -23,8 +23,12 @@ class Admission:
         self.retry_after = retry_after
         self.in_flight = 0
         self.metrics = metrics
+        self.closed = False
+        """Set when the server drains before it stops: every new request is refused."""
 
     def _refuse_if_full(self) -> None:
+        if self.closed:
+            raise ShuttingDown(f"the server is shutting down; retry after {self.retry_after} s", self.retry_after)
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(
                 f"the server holds {self.in_flight} requests, its limit; retry after {self.retry_after} s",

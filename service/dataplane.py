@@ -85,8 +85,18 @@ class DataPlane:
             return ModelsFailed(f"the models failed to load and the server will not become ready: {status.error}")
         return NotReady("the models are still loading; retry shortly (GET /readyz says when)", self.settings.retry_after_seconds)
 
+    @property
+    def draining(self) -> bool:
+        return self.admission.closed
+
+    def start_draining(self) -> None:
+        """From now on refuse new requests (503 + Retry-After); those in flight go on."""
+        self.admission.closed = True
+
     async def readiness(self) -> tuple[bool, str | None]:
         """(ready, why not): what /readyz and the KServe health routes answer."""
+        if self.draining:
+            return False, "the server is shutting down"
         try:
             await self._load()
         except (Overloaded, ModelsFailed) as exc:  # loading, failed, or the engine not reachable yet

@@ -76,6 +76,18 @@ class NotReady(Overloaded):
     kind = "not_ready"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending its body."""
+
+    status, kind = 408, "request_timeout"
+
+
+class ShuttingDown(Overloaded):
+    """The server is draining before it stops: retry against another replica, or this one later."""
+
+    kind = "shutting_down"
+
+
 class ModelsFailed(ServiceError):
     """The models failed to load (missing, changed or broken files): no retry helps until they are exported again."""
 

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -70,20 +71,30 @@ def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
         server.stop()
 
 
+@dataclass(frozen=True)
+class ServedProcess:
+    url: str
+    process: subprocess.Popen
+    grpc_port: int
+    log: Path
+
+
 @contextlib.contextmanager
-def serve_process(target: str, log: Path, *, ready: bool = True, **env: str) -> Iterator[str]:
+def serve_process(target: str, log: Path, *, ready: bool = True, **env: str) -> Iterator[ServedProcess]:
     """`bentoml serve target` in a process of its own (its own BENTOML_HOME, say), output to `log`;
-    yields the base URL, once /readyz answers 200 unless `ready` is False. Stopped with SIGTERM."""
+    yields once /readyz answers 200 (unless `ready` is False). Stopped with SIGTERM, as a
+    container runtime stops it, if it still runs at the end."""
     port = free_port()
     env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as output:
         process = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    served = ServedProcess(f"http://127.0.0.1:{port}", process, int(env["CHORUS_GRPC_PORT"]), log)
     try:
         if ready:
-            wait_ready(url)
-        yield url
+            wait_ready(served.url)
+        yield served
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=120)

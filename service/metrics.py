@@ -8,6 +8,8 @@ Units are in the names; buckets fit the measured timings (sub-millisecond stages
 
 from __future__ import annotations
 
+import os
+
 # Seconds: post-processing takes ~0.1 ms, decode/features ~1-30 ms, a generate call seconds.
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -78,6 +80,26 @@ class Metrics:
             ["model", "label"],
             multiprocess_mode="max",
         )
+
+        self.engine_starts = Counter(
+            "chorus_engine_starts_total",
+            "Engine processes started since the server started: above 1, the engine died and BentoML started it again.",
+        )
+        self.engine_lost = Counter(
+            "chorus_engine_lost_total", "Engine calls that found the engine gone (it crashed, is restarting or stopping): each a 503."
+        )
+
+    def record_engine_start(self) -> int:
+        """Count this engine process's start; returns how many engine processes started before it."""
+        before = 0.0
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the other processes' counts live in its files
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            before = registry.get_sample_value("chorus_engine_starts_total") or 0.0
+        self.engine_starts.inc()
+        return int(before)
 
     def record_error(self, route: str, kind: str, status: int) -> None:
         self.errors.labels(route, kind, str(status)).inc()

@@ -10,24 +10,50 @@ lifecycle.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
+import sys
 from typing import cast
 
 import bentoml
+import grpc
 from starlette.applications import Starlette
 from threadpoolctl import threadpool_limits
 
 from service.adapters import HTTP_ROUTES
+from service.adapters.connections import install_header_timeout
 from service.adapters.grpc.server import start_grpc_server
-from service.adapters.health import ReadinessReasons
+from service.adapters.health import ServingGate
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine.service import Engine
+from service.lifecycle import Drain
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 
+# BentoML's server logging shows its own INFO lines and only WARNING from others: chorus' INFO
+# lines (engine ready, gRPC listening, drains) belong in the same log.
+logging.getLogger("chorus").setLevel(logging.INFO)
 settings = ServiceSettings()
+install_header_timeout(settings.header_timeout_seconds)
+# The engine listens on loopback TCP, not a unix socket: on shutdown BentoML deletes the sockets'
+# folder before it stops the workers, so a request still draining could not open a new engine
+# connection (tests/e2e/test_lifecycle.py). Read by BentoML's supervisor, which imports this module.
+os.environ.setdefault("BENTOML_NO_UDS", "1")
 # BentoML mounts the app when this module is imported; each worker attaches its data plane at start.
 app = Starlette(routes=HTTP_ROUTES)
+
+
+def http_listen_host() -> str | None:
+    """The address BentoML's HTTP socket is bound to (bentoml serve --host): a worker inherits the
+    socket as `--fd N` on its command line."""
+    if "--fd" not in sys.argv:
+        return None
+    fd = int(sys.argv[sys.argv.index("--fd") + 1])
+    with socket.socket(fileno=os.dup(fd)) as inherited:
+        return str(inherited.getsockname()[0])
 
 
 @bentoml.service(name="chorus", workers=settings.api_workers, traffic={"timeout": 300})
@@ -42,12 +68,22 @@ class Chorus:
         metrics = Metrics()
         self.plane = DataPlane(BentoEngineClient(self.engine, metrics, settings.retry_after_seconds), settings, metrics)
         app.state.plane = self.plane
-        self._grpc = None
+        self._grpc: grpc.aio.Server | None = None
 
     @bentoml.on_startup
-    async def _start_grpc(self) -> None:
+    async def _start(self) -> None:
+        Drain("API worker", self._drained, settings.drain_seconds, on_start=self.plane.start_draining).install()
         if settings.grpc_port:
-            self._grpc = await start_grpc_server(self.plane, "0.0.0.0", settings.grpc_port)
+            host = settings.grpc_host or http_listen_host() or "0.0.0.0"
+            self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)
+
+    async def _drained(self) -> bool:
+        """Nothing in flight any more; then tell the engine, which waits for every API worker."""
+        if self.plane.admission.in_flight:
+            return False
+        with contextlib.suppress(Exception):  # an engine already gone has nothing to wait for
+            await self.engine.to_async.api_worker_drained()
+        return True
 
     @bentoml.on_shutdown
     async def _stop_grpc(self) -> None:
@@ -56,4 +92,4 @@ class Chorus:
 
 
 # bentoml.service's type hints give back the class; at run time Chorus is a bentoml Service.
-cast(bentoml.Service, Chorus).add_asgi_middleware(ReadinessReasons, state=app.state)
+cast(bentoml.Service, Chorus).add_asgi_middleware(ServingGate, state=app.state)

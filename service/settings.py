@@ -99,6 +99,18 @@ class ServiceSettings(BaseSettings):
         "the engine's tracing middleware cost about a quarter of its per-call work even unsampled.",
     )
     grpc_port: int = Field(3001, ge=0, description="Port of the KServe v2 gRPC server; 0 disables it.")
+    grpc_host: str | None = Field(
+        None, description="Address the gRPC server listens on; default: the HTTP server's (bentoml serve --host)."
+    )
+
+    # Connections and shutdown
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest wait for a request's head (line and headers), in s; the connection is closed past it (408)."
+    )
+    read_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the next chunk of a request body, in s; 408 past it.")
+    drain_seconds: float = Field(
+        30.0, gt=0, description="On SIGTERM, longest wait for requests in flight to finish, in s; new ones get 503 + Retry-After meanwhile."
+    )
 
     @classmethod
     def check_environment(cls, environ: Mapping[str, str] | None = None) -> None:

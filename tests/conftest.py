@@ -50,7 +50,7 @@ def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
 def value(samples, metric: str, **labels: str) -> float:
     """Sum of the samples of `metric` whose labels include `labels`."""
     want = set(labels.items())
-    return sum(v for (n, l), v in samples.items() if n == metric and want <= set(l))
+    return sum(v for (name, sample_labels), v in samples.items() if name == metric and want <= set(sample_labels))
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:

@@ -1,5 +1,7 @@
-"""/readyz that says why: BentoML's own answers 503 with a fixed text, which leaves an operator
-looking for the one log line that names a missing or changed model file."""
+"""What the API service answers before any route: while it drains before stopping, 503 +
+Retry-After to everything but the liveness probe and the metrics; and a /readyz that says why it
+is not ready (BentoML's own answers 503 with a fixed text, which leaves an operator looking for
+the one log line that names a missing or changed model file)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ from starlette.datastructures import State
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import ShuttingDown, error_body
+
 READYZ = "/readyz"
+ALWAYS_OPEN = ("/livez", "/metrics")
+"""Answered while draining too: the process is alive, and its last metrics are worth a scrape."""
 
 
-class ReadinessReasons:
-    """ASGI middleware on the API service: while the data plane is not ready, GET /readyz answers
-    503 with {"ready": false, "reason": ...}; once it is, BentoML's own /readyz answers (it also
-    checks the engine process)."""
+class ServingGate:
+    """ASGI middleware on the API service, in front of BentoML's routes and chorus' own."""
 
     def __init__(self, app: ASGIApp, state: State):
         self.app = app
@@ -22,9 +26,19 @@ class ReadinessReasons:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plane = getattr(self.state, "plane", None)
-        if scope["type"] == "http" and scope["path"] == READYZ and plane is not None:
+        if scope["type"] != "http" or plane is None or scope["path"] in ALWAYS_OPEN:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == READYZ:
             ready, reason = await plane.readiness()
             if not ready:
                 await JSONResponse({"ready": False, "reason": reason}, status_code=503)(scope, receive, send)
                 return
+        elif plane.draining:
+            error = ShuttingDown("the server is shutting down; retry on another replica or later", plane.settings.retry_after_seconds)
+            headers = {**error.headers, "Connection": "close"}
+            kserve = scope["path"].startswith("/v2")  # the Open Inference Protocol's error shape there
+            body = {"error": error.message, "type": error.kind} if kserve else error_body(error)
+            await JSONResponse(body, status_code=error.status, headers=headers)(scope, receive, send)
+            return
         await self.app(scope, receive, send)

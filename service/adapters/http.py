@@ -3,6 +3,7 @@ deadlines and parameter parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.auth import check_bearer
 from service.dataplane import DataPlane
-from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, ServiceError, as_service_error, error_body
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, RequestTimeout, ServiceError, as_service_error, error_body
 
 MAX_FORM_FIELDS = 20
 """Most fields of a multipart body besides its files."""
@@ -96,7 +97,16 @@ async def read_body(request: Request, limit: int, route: str) -> bytes:
     """The raw body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length said)."""
     check_content_length(request, limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    timeout = plane_of(request).settings.read_timeout_seconds
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await anext(stream, None)
+        except TimeoutError:
+            raise RequestTimeout(f"no part of the request body arrived for {timeout:g} s; send it without pauses") from None
+        if chunk is None:
+            break
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the request body passes {limit} bytes, the limit", max_bytes=limit)

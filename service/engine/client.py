@@ -10,6 +10,7 @@ times the queue wait of calls that answer in `TimedRows`, and turns a lost engin
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from service.engine.contracts import TimedRows
 from service.errors import EngineUnavailable
 from service.metrics import Metrics
 
+log = logging.getLogger("chorus.engine_client")
 BatchCall = Callable[[np.ndarray], Awaitable[np.ndarray]]
 """items [n, ...] -> outputs [n, ...]; any n: the engine's batching merges calls."""
 TimedCall = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, float]]]
@@ -131,6 +133,8 @@ class BentoEngineClient:
         try:
             yield
         except (aiohttp.ClientError, ConnectionError) as exc:
+            self._metrics.engine_lost.inc()
+            log.warning("the engine is unreachable (%s: %s); answering 503 until it is back", type(exc).__name__, exc)
             raise EngineUnavailable(
                 f"the inference engine is unavailable ({type(exc).__name__}); retry shortly", self._retry_after
             ) from exc

@@ -36,6 +36,7 @@ from service.engine.ddim import to_uint8_images
 from service.engine.loaded import LoadedModel, load_model
 from service.engine.runtime import choose_providers
 from service.engine.step_batching import StepBatcher
+from service.lifecycle import Activity, Drain
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 
@@ -73,7 +74,15 @@ class Engine:
         self.sampler: StepBatcher
         self._ready = threading.Event()
         self.load_error: str | None = None
+        self._activity = Activity()
+        self._drained_workers = 0
         self.metrics = Metrics()
+        if (earlier := self.metrics.record_engine_start()) > 0:
+            log.error(
+                "the engine process started again (%d before it since the server started): the previous one died; "
+                "requests that were waiting on it were answered 503 engine_unavailable",
+                earlier,
+            )
         threading.Thread(target=self._load, name="chorus-model-loader", daemon=True).start()
 
     def _load(self) -> None:
@@ -106,6 +115,20 @@ class Engine:
             for n in settings.warmup_batch_sizes:
                 model.run({spec.name: spec.example(min(n, limit)) for spec in model.runner.inputs})
 
+    @bentoml.on_startup
+    async def _install_drain(self) -> None:
+        Drain("engine", self._idle, settings.drain_seconds).install()
+
+    async def _idle(self) -> bool:
+        """Every API worker has drained (they call api_worker_drained) and no call is running."""
+        return self._drained_workers >= settings.api_workers and self._activity.active == 0
+
+    @bentoml.api
+    def api_worker_drained(self) -> bool:
+        """An API worker has nothing in flight any more and is about to stop."""
+        self._drained_workers += 1
+        return True
+
     def __is_ready__(self) -> bool:
         return self._ready.is_set()
 
@@ -133,14 +156,16 @@ class Engine:
     def birdcall_logits(self, windows: np.ndarray) -> Array:
         self._require_ready()
         feeds = {"features": windows.astype(np.float32, copy=False)}
-        logits, seconds = self._observed(self.birdcall, lambda: self.birdcall.run(feeds)[0], len(windows))
+        with self._activity:
+            logits, seconds = self._observed(self.birdcall, lambda: self.birdcall.run(feeds)[0], len(windows))
         return TimedRows.pack(logits, seconds)
 
     @bentoml.api(**batching(settings.frames_max_batch_size, settings.frames_max_latency_ms))
     def frames_denoise(self, packed: np.ndarray) -> Array:
         self._require_ready()
         x_t, t = StepPlanes.unpack(packed)
-        return self._observed(self.frames, lambda: self._denoise(x_t, t), len(packed))[0]
+        with self._activity:
+            return self._observed(self.frames, lambda: self._denoise(x_t, t), len(packed))[0]
 
     @bentoml.api
     async def frames_sample(self, count: int, steps: int, seed: int, timeout_seconds: float) -> Array:
@@ -148,7 +173,8 @@ class Engine:
         if not self._ready.is_set():
             await asyncio.to_thread(self._require_ready)
         size = int(self.frames.config[artifacts.ARCH][artifacts.IMAGE_SIZE])
-        images = await self.sampler.sample((count, 3, size, size), steps, seed, timeout_seconds)
+        with self._activity:
+            images = await self.sampler.sample((count, 3, size, size), steps, seed, timeout_seconds)
         return to_uint8_images(images)
 
     @bentoml.api

@@ -128,5 +128,5 @@ def test_grpc_errors_map_to_status_codes(triton_grpc):
         client.get_model_metadata("nope")
     bad = module.InferInput("waveform", [4], "FP32")
     bad.set_data_from_numpy(np.array([1, np.nan, 0, 0], np.float32))
-    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*NaN"):
+    with pytest.raises(InferenceServerException, match=r"INVALID_ARGUMENT.*NaN"):
         client.infer("birdcall", [bad])

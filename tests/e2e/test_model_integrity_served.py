@@ -20,7 +20,8 @@ def test_a_tampered_model_keeps_the_server_not_ready_with_the_reason(tiny_export
     data[len(data) // 2] ^= 0xFF
     onnx_path.write_bytes(bytes(data))
     log = tmp_path / "server.log"
-    with serve_process("service.service:Chorus", log, ready=False, BENTOML_HOME=home) as url:
+    with serve_process("service.service:Chorus", log, ready=False, BENTOML_HOME=home) as served:
+        url = served.url
         deadline, answer = time.monotonic() + 120, None
         while time.monotonic() < deadline:
             try:

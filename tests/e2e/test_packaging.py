@@ -49,8 +49,8 @@ def test_bento_contents_and_dockerfile(bento):
 
 def test_built_bento_serves(bento, chirp, tmp_path):
     home = isolated_bentoml_home(tmp_path / "bentoml")
-    with serve_process(str(bento.tag), tmp_path / "server.log", BENTOML_HOME=home) as url:
-        response = httpx.post(f"{url}/classify", content=encode(chirp, 44_100, "WAV", "PCM_16"), timeout=60)
+    with serve_process(str(bento.tag), tmp_path / "server.log", BENTOML_HOME=home) as served:
+        response = httpx.post(f"{served.url}/classify", content=encode(chirp, 44_100, "WAV", "PCM_16"), timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["model"]["name"] == "birdcall"
 

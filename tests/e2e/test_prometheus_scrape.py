@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 
@@ -36,10 +37,8 @@ def test_real_prometheus_scrapes_chorus(server_url, tmp_path):
         deadline = time.monotonic() + 90
         result = []
         while time.monotonic() < deadline and not result:
-            try:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
                 result = httpx.get(api, params={"query": 'chorus_model_info{name="birdcall"}'}, timeout=5).json()["data"]["result"]
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
             if not result:
                 time.sleep(0.5)
         assert result, "Prometheus never saw chorus_model_info"

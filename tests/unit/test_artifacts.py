@@ -37,5 +37,5 @@ def test_tampering_is_named(stored, tamper, words):
 
 def test_a_required_file_added_after_export_is_not_trusted(stored):
     (stored / "norm_stats.json").write_text("{}")
-    with pytest.raises(ArtifactError, match="norm_stats.json is not recorded"):
+    with pytest.raises(ArtifactError, match=r"norm_stats\.json is not recorded"):
         verify_manifest(stored, required=("norm_stats.json",))

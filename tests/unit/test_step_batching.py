@@ -50,7 +50,7 @@ def test_concurrent_requests_share_steps_and_match_the_single_request_loop():
 
     results = asyncio.run(scenario())
     reference = FakeDenoiser()
-    for (count, steps, seed), images in zip(requests, results):
+    for (count, steps, seed), images in zip(requests, results, strict=True):
         expected = asyncio.run(ddim_sample(reference.one_request, ALPHAS, (count, *SHAPE), steps, seed))
         np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
     sizes = [len(t) for t in denoiser.batches]
