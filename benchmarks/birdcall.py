@@ -16,6 +16,7 @@ from loadtests.recordings import recording_pool
 from service.engine.runtime import open_runner
 from service.local_server import ROOT, free_port, serve, wait_ready
 from service.models.birdcall import stored_frontend
+from service.settings import ServiceSettings
 from service.store import StoredModel
 
 
@@ -29,7 +30,8 @@ class RawEngine:
 
     def __init__(self, stored: StoredModel, providers: list[str]):
         self.frontend = stored_frontend(stored)
-        self.runner = open_runner(stored.onnx_path("fp32"), providers)
+        engine = ServiceSettings()  # run ORT exactly as the engine does
+        self.runner = open_runner(stored.onnx_path("fp32"), providers, engine.ort_threads, engine.ort_lanes, engine.ort_max_run_items)
 
     def classify(self, data: bytes) -> int:
         """Decode, resample, features, network, as /classify does; returns the window count."""

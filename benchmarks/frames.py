@@ -13,13 +13,15 @@ from service.engine.ddim import ddim_sample
 from service.engine.runtime import open_runner
 from service.local_server import serve
 from service.models.frames import stored_schedule
+from service.settings import ServiceSettings
 from service.store import StoredModel
 
 
 def raw_engine(stored: StoredModel, steps: int, providers: list[str], seconds: float = 8.0) -> dict:
     """ORT (run as the engine runs it) + the numpy DDIM loop in-process, 1, 8 and 16 images per call."""
     alphas, size = stored_schedule(stored)
-    runner = open_runner(stored.onnx_path("fp32"), providers)
+    engine = ServiceSettings()  # run ORT exactly as the engine does
+    runner = open_runner(stored.onnx_path("fp32"), providers, engine.ort_threads, engine.ort_lanes, engine.ort_max_run_items)
 
     async def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         return runner.run({"x_t": x, "t": t})[0]

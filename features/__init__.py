@@ -9,6 +9,7 @@ from features.config import FrontEndConfig
 from features.decode import ACCEPTED_FORMATS, DEFAULT_BLOCK_SAMPLES, AudioFacts
 from features.errors import (
     AudioError,
+    AudioTooLargeError,
     AudioTooLongError,
     CorruptAudioError,
     EmptyAudioError,
@@ -28,6 +29,7 @@ __all__ = [
     "AudioError",
     "AudioFacts",
     "AudioStream",
+    "AudioTooLargeError",
     "AudioTooLongError",
     "Channels",
     "CorruptAudioError",

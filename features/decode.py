@@ -17,6 +17,7 @@ import soundfile as sf
 from soundfile import _ffi, _snd
 
 from features.errors import (
+    AudioTooLargeError,
     AudioTooLongError,
     CorruptAudioError,
     EmptyAudioError,
@@ -76,6 +77,19 @@ def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
     return int(frames)
 
 
+RATES = (8_000, 384_000)
+"""Sample rates accepted, in Hz (inclusive): what recorders write, with a bound a hostile header cannot pass."""
+MAX_CHANNELS = 64
+
+
+def _too_large(samples: int, channels: int, max_samples: int, *, so_far: bool) -> AudioTooLargeError:
+    count = f"more than {samples:,} samples (decoding stopped there)" if so_far else f"{samples:,} samples"
+    return AudioTooLargeError(
+        f"the recording decodes to {count} over its {channels} channel(s); at most {max_samples:,} are accepted "
+        "(frames x channels): send fewer channels, a lower rate or a shorter recording"
+    )
+
+
 def _too_long(seconds: float, max_seconds: float, *, so_far: bool) -> AudioTooLongError:
     lasts = f"more than {seconds:.1f} s (decoding stopped there)" if so_far else f"{seconds:.1f} s"
     return AudioTooLongError(f"the recording lasts {lasts}; at most {max_seconds:g} s is accepted")
@@ -88,7 +102,15 @@ class AudioReader:
     A path is read from disk as it decodes (never loaded whole); bytes are decoded in place.
     """
 
-    def __init__(self, source: Source, *, max_seconds: float | None = None, block_samples: int = DEFAULT_BLOCK_SAMPLES):
+    def __init__(
+        self,
+        source: Source,
+        *,
+        max_seconds: float | None = None,
+        max_samples: int | None = None,
+        block_samples: int = DEFAULT_BLOCK_SAMPLES,
+    ):
+        """max_seconds bounds the duration, max_samples the decoded frames x channels (both: None = no limit)."""
         if block_samples < 1:
             raise ValueError(f"block_samples must be >= 1, got {block_samples}")
         if isinstance(source, (str, Path)):
@@ -102,6 +124,7 @@ class AudioReader:
             raise EmptyAudioError(f"the audio is empty (0 bytes); send a recording in one of: {_ACCEPTED_TEXT}")
         self._sniffed = _sniff(head)
         self.max_seconds = max_seconds
+        self.max_samples = max_samples
         try:
             self._file = sf.SoundFile(target)
         except _LIBSNDFILE_ERRORS as exc:
@@ -110,11 +133,20 @@ class AudioReader:
         self.channels = int(self._file.channels)
         self.format = str(self._file.format)
         self.frames_decoded = 0
+        if not RATES[0] <= self.sample_rate <= RATES[1] or not 1 <= self.channels <= MAX_CHANNELS:
+            self.close()
+            raise UnsupportedFormatError(
+                f"the recording has {self.channels} channel(s) at {self.sample_rate} Hz; accepted: {RATES[0]}-{RATES[1]} Hz "
+                f"and 1-{MAX_CHANNELS} channels"
+            )
         header_frames = self._file.frames
         known = 0 < header_frames < _UNKNOWN_FRAMES
         if max_seconds is not None and known and header_frames / self.sample_rate > max_seconds:
             self.close()
             raise _too_long(header_frames / self.sample_rate, max_seconds, so_far=False)
+        if max_samples is not None and known and header_frames * self.channels > max_samples:
+            self.close()
+            raise _too_large(header_frames * self.channels, self.channels, max_samples, so_far=False)
         # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
         self.block_frames = max(1, block_samples // self.channels)
         if known:
@@ -146,6 +178,8 @@ class AudioReader:
             self.frames_decoded += len(block)
             if self.max_seconds is not None and self.frames_decoded > self.max_seconds * self.sample_rate:
                 raise _too_long(self.frames_decoded / self.sample_rate, self.max_seconds, so_far=True)
+            if self.max_samples is not None and self.frames_decoded * self.channels > self.max_samples:
+                raise _too_large(self.frames_decoded * self.channels, self.channels, self.max_samples, so_far=True)
             if not np.isfinite(block).all():
                 raise InvalidSamplesError("the recording contains NaN or infinite samples; send finite PCM or float audio")
             yield block

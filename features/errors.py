@@ -27,6 +27,11 @@ class InvalidSamplesError(AudioError):
     """Decoded samples contain NaN or infinity (checked block by block)."""
 
 
+class AudioTooLargeError(AudioError):
+    """The recording decodes to more samples (frames x channels) than the configured limit: a small
+    file can hold hours of many channels at a high rate. Checked from the header and on the samples."""
+
+
 class AudioTooLongError(AudioError):
     """The recording is longer than the configured limit: refused from the header when it says so, and
     in any case as soon as the decoded samples pass the limit (headers can be absent or wrong)."""

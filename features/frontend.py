@@ -42,10 +42,14 @@ class FrontEnd:
         *,
         channels: Channels = "mix",
         max_seconds: float | None = None,
+        max_samples: int | None = None,
         block_samples: int = DEFAULT_BLOCK_SAMPLES,
     ) -> AudioStream:
-        """Open a recording (path or bytes) for block-by-block analysis; use it as a context manager and iterate it."""
-        return AudioStream(source, self._log_mel, channels=channels, max_seconds=max_seconds, block_samples=block_samples)
+        """Open a recording (path or bytes) for block-by-block analysis; use it as a context manager and iterate it.
+        max_seconds bounds its duration, max_samples its decoded frames x channels."""
+        return AudioStream(
+            source, self._log_mel, channels=channels, max_seconds=max_seconds, max_samples=max_samples, block_samples=block_samples
+        )
 
     def analyze(
         self,
@@ -53,10 +57,12 @@ class FrontEnd:
         *,
         channels: Channels = "mix",
         max_seconds: float | None = None,
+        max_samples: int | None = None,
         block_samples: int = DEFAULT_BLOCK_SAMPLES,
     ) -> Analysis:
         """Every window of a recording at once: the streaming path, collected (so it cannot differ from it)."""
-        with self.stream(source, channels=channels, max_seconds=max_seconds, block_samples=block_samples) as stream:
+        opened = self.stream(source, channels=channels, max_seconds=max_seconds, max_samples=max_samples, block_samples=block_samples)
+        with opened as stream:
             batches = list(stream)
         # "each" emits the channels' windows interleaved as blocks complete them: order by channel.
         batches.sort(key=lambda batch: -1 if batch.spans[0].channel is None else batch.spans[0].channel)

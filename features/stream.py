@@ -47,12 +47,21 @@ class AudioStream:
     last chunk, facts() has the decoded duration and `timings` the seconds spent per stage.
     """
 
-    def __init__(self, source: Source, log_mel: LogMel, *, channels: Channels, max_seconds: float | None, block_samples: int):
+    def __init__(
+        self,
+        source: Source,
+        log_mel: LogMel,
+        *,
+        channels: Channels,
+        max_seconds: float | None,
+        block_samples: int,
+        max_samples: int | None = None,
+    ):
         if channels not in ("mix", "each"):
             raise ValueError(f'channels must be "mix" or "each", got {channels!r}')
         self.timings = dict.fromkeys(STAGES, 0.0)
         start = time.perf_counter()
-        self._reader = AudioReader(source, max_seconds=max_seconds, block_samples=block_samples)
+        self._reader = AudioReader(source, max_seconds=max_seconds, max_samples=max_samples, block_samples=block_samples)
         self.timings["decode"] += time.perf_counter() - start
         self._mix = channels == "mix"
         signals = 1 if self._mix else self._reader.channels

@@ -8,6 +8,7 @@ from typing import Any
 from features import (
     ACCEPTED_FORMATS,
     AudioError,
+    AudioTooLargeError,
     AudioTooLongError,
     CorruptAudioError,
     EmptyAudioError,
@@ -107,6 +108,7 @@ class DeadlineExceeded(ServiceError):
 _AUDIO_STATUS: list[tuple[type[AudioError], type[ServiceError]]] = [
     (EmptyAudioError, BadRequest),
     (AudioTooLongError, PayloadTooLarge),
+    (AudioTooLargeError, PayloadTooLarge),
     (UnsupportedFormatError, UnsupportedMedia),
     (CorruptAudioError, UnsupportedMedia),
     (InvalidSamplesError, UnsupportedMedia),

@@ -53,6 +53,13 @@ class ServiceSettings(BaseSettings):
     )
     ort_lanes: int = Field(0, ge=0, description="Slices of each batch run at once (service/lanes.py); 0: one per CPU core, 1 on a GPU.")
     ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per slice; 0: the cores divided by the lanes.")
+    ort_max_run_items: int = Field(
+        8,
+        ge=0,
+        description="Most items (windows, images) one ONNX Runtime run takes on CPU; larger batches run in slices of this "
+        "size across the lanes. Bounds the runtime's arena (it keeps its peak activations) at no throughput cost "
+        "measured (docs/benchmarks.md). 0: one run per lane.",
+    )
 
     # Adaptive batching (BentoML): units are windows (birdcall) and denoising steps (frames)
     birdcall_max_batch_size: int = Field(64, ge=1, description="Most 5 s windows in one birdcall batch.")
@@ -70,6 +77,12 @@ class ServiceSettings(BaseSettings):
     # Requests
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest accepted request body, in bytes (413 past it).")
     max_audio_seconds: float = Field(600.0, gt=0, description="Longest accepted recording, in seconds (413 past it).")
+    max_audio_samples: int = Field(
+        600 * 96_000 * 2,
+        ge=1,
+        description="Most decoded samples (frames x channels) of one recording, checked on the header and while decoding "
+        "(413 past it): bounds the work a small, highly compressed file can cause. Default: 10 min of 96 kHz stereo.",
+    )
     max_batch_files: int = Field(16, ge=1, description="Most files in one /classify/batch request.")
     default_top_k: int = Field(3, ge=1, description="Species per window and overall when the request does not say.")
     max_in_flight: int = Field(256, ge=1, description="Inference requests one API worker holds at once; past it: 503 with Retry-After.")

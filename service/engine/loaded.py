@@ -44,26 +44,31 @@ class LoadedModel:
         return {"name": self.stored.name, "version": self.stored.version, "variant": self.variant, "provider": self.runner.provider}
 
 
-def load_model(
-    tag: str, variant: str, providers: list[str], threads: int = 0, lanes: int = 0, required: tuple[str, ...] = ()
-) -> LoadedModel:
+def load_model(tag: str, variant: str, providers: list[str], *, required: tuple[str, ...] = (), **runner: int) -> LoadedModel:
     """Resolve a tag (e.g. name:latest) in the model store and open it (see open_model)."""
-    return open_model(StoredModel.resolve(tag), variant, providers, threads, lanes, required)
+    return open_model(StoredModel.resolve(tag), variant, providers, required=required, **runner)
 
 
 def open_model(
-    stored: StoredModel, variant: str, providers: list[str], threads: int = 0, lanes: int = 0, required: tuple[str, ...] = ()
+    stored: StoredModel,
+    variant: str,
+    providers: list[str],
+    *,
+    required: tuple[str, ...] = (),
+    threads: int = 0,
+    lanes: int = 0,
+    max_run_items: int = 0,
 ) -> LoadedModel:
     """Check a stored model's files against the export's digests, then open the variant.
 
     `required` names the artifact files the model's readers need besides the ONNX file (a missing
-    one fails here, not at the first request). threads and lanes as ServiceSettings.ort_threads /
-    ort_lanes (0: automatic, see runtime.plan_lanes). Raises ArtifactError on a missing, changed
+    one fails here, not at the first request). threads, lanes and max_run_items as the
+    ServiceSettings ort_* fields (see runtime.open_runner). Raises ArtifactError on a missing, changed
     or truncated file, or a model that computes non-finite outputs.
     """
     stored.verify((*required, onnx_file(stored.name, variant)))
     try:
-        runner = open_runner(stored.onnx_path(variant), providers, threads, lanes)
+        runner = open_runner(stored.onnx_path(variant), providers, threads, lanes, max_run_items)
     except Exception as exc:  # ONNX Runtime's own errors: a file that passed its digest but does not load
         raise ArtifactError(f"{stored.name}:{stored.version} {variant} does not load in ONNX Runtime: {exc}") from exc
     model = LoadedModel(stored, variant, runner)

@@ -13,8 +13,8 @@ device is the parallelism.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,34 +94,47 @@ def _specs(args: list[ort.NodeArg]) -> tuple[TensorSpec, ...]:
 
 
 class Runner:
-    """A session run the way the engine runs it: every output, each batch split across lanes."""
+    """A session run the way the engine runs it: every output, each batch split across lanes, in
+    runs of at most `max_run_items` items.
 
-    def __init__(self, session: ort.InferenceSession, lanes: int):
+    ONNX Runtime's CPU arena keeps the peak of the activations it ever held, and a run's
+    activations grow with its batch (a 64-window batch of the classifier holds ~85 MB per conv layer):
+    bounding the run, not the batch, bounds the engine's memory, while BentoML still batches
+    as many items per call as it is allowed to.
+    """
+
+    def __init__(self, session: ort.InferenceSession, lanes: int, max_run_items: int = 0):
+        """max_run_items 0: no bound (one run per lane)."""
         self.session = session
         self.lanes = max(1, lanes)
+        self.max_run_items = max_run_items
         self.inputs = _specs(session.get_inputs())
         self.outputs = _specs(session.get_outputs())
-        self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="chorus-lane") if self.lanes > 1 else None
+        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="chorus-lane") if self.lanes > 1 else None
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output for the whole batch, in the model's output order; every input's first axis is the batch axis."""
         n = len(next(iter(feeds.values())))
-        parts = min(self.lanes, n)
-        if parts <= 1 or self._pool is None:
-            return self.session.run(None, feeds)
-        bounds = np.linspace(0, n, parts + 1).astype(int)
-        slices = [{k: np.ascontiguousarray(v[a:b]) for k, v in feeds.items()} for a, b in itertools.pairwise(bounds)]
-        others = [self._pool.submit(self.session.run, None, part) for part in slices[1:]]
-        first = self.session.run(None, slices[0])  # this thread is a lane too
-        results = [first, *(future.result() for future in others)]
-        return [np.concatenate([r[i] for r in results]) for i in range(len(first))]
+        size = math.ceil(n / self.lanes)  # one run per lane when it is small enough
+        if self.max_run_items:
+            size = min(size, self.max_run_items)
+        if size >= n:
+            return self._run(feeds)
+        slices = [{k: np.ascontiguousarray(v[a : a + size]) for k, v in feeds.items()} for a in range(0, n, size)]
+        results = list(self._pool.map(self._run, slices)) if self._pool is not None else [self._run(part) for part in slices]
+        return [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
 
 
-def open_runner(path: Path, providers: list[str], threads: int = 0, lanes: int = 0) -> Runner:
-    """A model file ready to run; threads and lanes 0 mean automatic (see plan_lanes)."""
-    lanes, threads = plan_lanes(lanes, threads, on_gpu=providers[0] != CPU)
-    return Runner(make_session(path, providers, threads), lanes)
+def open_runner(path: Path, providers: list[str], threads: int = 0, lanes: int = 0, max_run_items: int = 0) -> Runner:
+    """A model file ready to run; threads and lanes 0 mean automatic (see plan_lanes). max_run_items
+    bounds a run on CPU only: a GPU wants its batches whole."""
+    on_gpu = providers[0] != CPU
+    lanes, threads = plan_lanes(lanes, threads, on_gpu=on_gpu)
+    return Runner(make_session(path, providers, threads), lanes, 0 if on_gpu else max_run_items)

@@ -88,7 +88,13 @@ class Engine:
     def _load(self) -> None:
         try:
             providers = choose_providers(settings.providers)
-            opened = functools.partial(load_model, providers=providers, threads=settings.ort_threads, lanes=settings.ort_lanes)
+            opened = functools.partial(
+                load_model,
+                providers=providers,
+                threads=settings.ort_threads,
+                lanes=settings.ort_lanes,
+                max_run_items=settings.ort_max_run_items,
+            )
             self.birdcall = opened(settings.birdcall_model, settings.birdcall_variant, required=BIRDCALL_FILES)
             self.frames = opened(settings.frames_model, settings.frames_variant, required=FRAMES_FILES)
             self._warm_up()

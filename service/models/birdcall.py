@@ -42,6 +42,8 @@ class BirdcallLimits:
     """Most windows of one engine call (the engine's batch limit); longer recordings go in chunks."""
     max_seconds: float
     """Longest accepted recording, in seconds."""
+    max_samples: int
+    """Most decoded samples (frames x channels) of one recording."""
     default_top_k: int
     """Species per window and overall when a request does not say."""
     max_files: int
@@ -83,6 +85,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
         limits = BirdcallLimits(
             max_batch=settings.birdcall_max_batch_size,
             max_seconds=settings.max_audio_seconds,
+            max_samples=settings.max_audio_samples,
             default_top_k=settings.default_top_k,
             max_files=settings.max_batch_files,
         )
@@ -92,7 +95,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
     # Pre-processing
 
     def _prepare(self, data: bytes) -> Analysis:
-        return self.frontend.analyze(data, max_seconds=self.limits.max_seconds)
+        return self.frontend.analyze(data, max_seconds=self.limits.max_seconds, max_samples=self.limits.max_samples)
 
     async def prepare(self, data: bytes) -> Analysis:
         """Decode -> resample -> windows -> normalized log-mel (streamed in blocks), off the event loop.

@@ -235,3 +235,14 @@ def test_a_waveform_at_the_model_rate_takes_the_same_path_as_a_file():
     from_waveform = frontend.waveform_windows(audio)
     np.testing.assert_array_equal(from_file.features, from_waveform.features)
     assert from_file.spans == from_waveform.spans
+
+
+def test_decoded_size_is_limited_from_the_header_and_rates_and_channels_are_bounded():
+    from features import AudioTooLargeError, UnsupportedFormatError
+
+    eight_channels = encode(np.zeros((4_000, 8), np.float32), 16_000, "WAV", "PCM_16")  # 32,000 samples
+    with pytest.raises(AudioTooLargeError, match="32,000 samples over its 8 channel"):
+        FrontEnd().analyze(eight_channels, max_samples=10_000)
+    assert FrontEnd().analyze(eight_channels, max_samples=32_000).audio.channels == 8
+    with pytest.raises(UnsupportedFormatError, match="accepted: 8000-384000 Hz"):
+        FrontEnd().analyze(encode(np.zeros(400, np.float32), 4_000, "WAV", "PCM_16"))

@@ -27,10 +27,20 @@ def row_sum_session(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64])
-def test_split_batches_equal_one_run(row_sum_session, n):
+@pytest.mark.parametrize("max_run_items", [0, 1, 5])
+def test_split_batches_equal_one_run(row_sum_session, n, max_run_items):
     x = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
     whole = row_sum_session.run(None, {"x": x})[0]
-    np.testing.assert_array_equal(Runner(row_sum_session, lanes=3).run({"x": x})[0], whole)
+    np.testing.assert_array_equal(Runner(row_sum_session, lanes=3, max_run_items=max_run_items).run({"x": x})[0], whole)
+
+
+def test_runs_are_bounded_by_max_run_items(row_sum_session):
+    runner = Runner(row_sum_session, lanes=2, max_run_items=4)
+    sizes: list[int] = []
+    real = runner._run
+    runner._run = lambda feeds: (sizes.append(len(feeds["x"])), real(feeds))[1]  # type: ignore[method-assign]
+    runner.run({"x": np.zeros((10, 4), np.float32)})
+    assert sorted(sizes) == [2, 4, 4]
 
 
 def test_lane_plan():
