@@ -82,9 +82,14 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    out_dir = args.out or Workspace.from_env().reports_dir("bench" if args.suite == "serving" else f"bench-{args.suite}")
+    if args.suite == "memory":
+        from benchmarks.memory import run_memory
+
+        _print_result({**run_memory(out_dir, soak_minutes=args.soak_minutes), "reports": str(out_dir)})
+        return 0
     from benchmarks.run import run_bench
 
-    out_dir = args.out or Workspace.from_env().reports_dir("bench")
     result = run_bench(out_dir, seconds=args.seconds, steps=args.steps, device=args.device)
     _print_result({"ratios": {"birdcall": result["birdcall"]["ratios"], "frames": result["frames"]["ratios"]}, "reports": str(out_dir)})
     return 0
@@ -127,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--max-error-ratio", type=float, default=0.0, help="SLO: allowed share of failed requests")
     load.add_argument("--out", type=Path, default=None, help="report folder (CSV + HTML); default artifacts/reports/loadtest")
     load.set_defaults(handler=_loadtest)
-    bench = sub.add_parser("bench", help="raw engine vs served (batching on/off) vs seed-style baseline; table + plot")
+    bench = sub.add_parser("bench", help="benchmarks: serving (default), memory; tables, plots, ratios")
+    bench.add_argument(
+        "suite",
+        nargs="?",
+        default="serving",
+        choices=["serving", "memory"],
+        help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs and a soak",
+    )
+    bench.add_argument("--soak-minutes", type=float, default=30.0, help="memory: minutes of the load-test mix (0: bombs only)")
     bench.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level")
     bench.add_argument("--steps", type=int, default=20, help="DDIM steps for the frames runs")
     bench.add_argument("--out", type=Path, default=None, help="results folder; default artifacts/reports/bench")

@@ -1,0 +1,164 @@
+"""`chorus bench memory`: the server's resident memory under decompression bombs and over a soak.
+
+- bombs: 8 copies of a 71 KB FLAC that holds 599 s of 8-channel 192 kHz silence (4.9 GB decoded)
+  arrive at once; the API worker's and the engine's peak RSS are read from the kernel (VmHWM).
+  Twice: with the default limits (refused from the header) and with the decoded-sample limit
+  lifted, so every bomb is decoded in full (streamed block by block) and classified.
+- soak: the load test's mix for N minutes; RSS of every server process sampled every few seconds;
+  growth from the end of the warm-up to the end, with a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import soundfile as sf
+from tqdm import tqdm
+
+from service.local_server import ServedProcess, serve_process
+
+BOMB = (599, 192_000, 8)
+"""Seconds, sample rate, channels of the bomb (issue "Hardening")."""
+
+
+def write_bomb(path: Path) -> Path:
+    """Silence, written in chunks so that making the bomb does not take the memory it would decode to."""
+    seconds, rate, channels = BOMB
+    with sf.SoundFile(path, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16") as out:
+        chunk = np.zeros((rate, channels), np.int16)
+        for _ in range(seconds):
+            out.write(chunk)
+    return path
+
+
+def server_processes(served: ServedProcess) -> dict[str, psutil.Process]:
+    """{"engine": ..., "api": ...}: the server's two process kinds (one API worker by default)."""
+    found = {}
+    for child in psutil.Process(served.process.pid).children(recursive=True):
+        found["engine" if "chorus-engine" in " ".join(child.cmdline()) else "api"] = child
+    return found
+
+
+def peak_rss_mb(process: psutil.Process) -> float:
+    """The kernel's high-water mark of the process's resident memory (VmHWM), in MB."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
+def bombs(out_dir: Path, home: str | None = None, count: int = 8) -> dict:
+    bomb = write_bomb(out_dir / "bomb.flac")
+    data = bomb.read_bytes()
+    results = {"bomb": {"bytes": len(data), "seconds": BOMB[0], "rate": BOMB[1], "channels": BOMB[2]}}
+    configurations = {"default limits": {}, "decoded-sample limit lifted": {"CHORUS_MAX_AUDIO_SAMPLES": str(10**12)}}
+    for name, env in configurations.items():
+        if home:
+            env = {**env, "BENTOML_HOME": home}
+        with serve_process("service.service:Chorus", out_dir / "server.log", **env) as served:
+            processes = server_processes(served)
+            before = {kind: rss_mb(p) for kind, p in processes.items()}
+            started = time.perf_counter()
+            with ThreadPoolExecutor(count) as pool:
+                statuses = list(
+                    pool.map(lambda _: httpx.post(f"{served.url}/classify", content=data, timeout=600).status_code, range(count))
+                )
+            results[name] = {
+                "statuses": statuses,
+                "seconds": round(time.perf_counter() - started, 2),
+                "rss_before_mb": {k: round(v) for k, v in before.items()},
+                "peak_rss_mb": {kind: round(peak_rss_mb(p)) for kind, p in processes.items()},
+            }
+    return results
+
+
+@contextmanager
+def sampling(processes: dict[str, psutil.Process], every: float) -> Iterator[list[dict[str, float]]]:
+    """RSS of each process every `every` seconds while the block runs (a list of samples, growing)."""
+    samples: list[dict[str, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        start = time.monotonic()
+        while not stop.wait(every):
+            samples.append({"t": time.monotonic() - start, **{kind: rss_mb(p) for kind, p in processes.items()}})
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def soak(out_dir: Path, minutes: float, warmup_minutes: float, home: str | None = None, users: int = 8) -> dict:
+    from loadtests.runner import read_summary, run_locust
+
+    env = {"BENTOML_HOME": home} if home else {}
+    with serve_process("service.service:Chorus", out_dir / "server.log", **env) as served:
+        processes = server_processes(served)
+        with sampling(processes, every=5.0) as samples:
+            bar = tqdm(total=int(minutes * 60), desc="soak", unit="s")
+            runner = threading.Thread(target=run_locust, args=(served.url, users, 4.0, int(minutes * 60), out_dir / "locust"), daemon=True)
+            runner.start()
+            while runner.is_alive():
+                runner.join(timeout=5)
+                bar.n = min(bar.total, int(samples[-1]["t"]) if samples else 0)
+                bar.refresh()
+            bar.close()
+        summary = read_summary(out_dir / "locust" / "locust")
+    warm = [s for s in samples if s["t"] >= warmup_minutes * 60]
+    growth = {kind: round(100 * (warm[-1][kind] - warm[0][kind]) / warm[0][kind], 2) for kind in processes}
+    _plot(samples, warmup_minutes, out_dir / "soak_rss.png")
+    return {
+        "minutes": minutes,
+        "warmup_minutes": warmup_minutes,
+        "users": users,
+        "requests": summary["requests"],
+        "failures": summary["failures"],
+        "rss_after_warmup_mb": {k: round(warm[0][k]) for k in processes},
+        "rss_at_end_mb": {k: round(warm[-1][k]) for k in processes},
+        "growth_after_warmup_percent": growth,
+        "plot": str(out_dir / "soak_rss.png"),
+    }
+
+
+def _plot(samples: list[dict[str, float]], warmup_minutes: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for kind in (k for k in samples[0] if k != "t"):
+        ax.plot([s["t"] / 60 for s in samples], [s[kind] for s in samples], label=kind)
+    ax.axvline(warmup_minutes, color="grey", linestyle=":", label="end of warm-up")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title("chorus under the load-test mix: resident memory per process")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_memory(out_dir: Path, soak_minutes: float = 30.0, warmup_minutes: float = 3.0, home: str | None = None) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"bombs": bombs(out_dir, home)}
+    if soak_minutes > 0:
+        result["soak"] = soak(out_dir, soak_minutes, min(warmup_minutes, soak_minutes / 2), home)
+    (out_dir / "memory.json").write_text(json.dumps(result, indent=2))
+    return result
