@@ -28,7 +28,7 @@ from service.adapters.grpc.server import start_grpc_server
 from service.adapters.health import ServingGate
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
-from service.engine.service import Engine
+from service.engine_service import Engine
 from service.lifecycle import Drain
 from service.metrics import Metrics
 from service.settings import ServiceSettings

@@ -1,7 +1,7 @@
 """The served models: one module each, found through this registry.
 
 Adding a model: a module here with a ServedModel subclass, its entry below, and its methods on
-the engine (service/engine/service.py), where BentoML needs them declared.
+the engine (service/engine_service.py), where BentoML needs them declared.
 """
 
 from __future__ import annotations

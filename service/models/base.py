@@ -28,6 +28,8 @@ class ServedModel(ABC):
     """Name the protocols serve it under (KServe model name)."""
     outputs: ClassVar[tuple[str, ...]]
     """Output tensor names, in the order they are returned when a request names none."""
+    stored_files: ClassVar[tuple[str, ...]]
+    """Artifact files its readers need besides the ONNX file: the engine refuses a model without them."""
 
     def __init__(self, info: dict[str, str]):
         self.info = info

@@ -60,6 +60,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
     store_name = "birdcall"
     name = "birdcall"
     outputs: ClassVar[tuple[str, ...]] = ("probabilities", "labels")
+    stored_files: ClassVar[tuple[str, ...]] = (artifacts.CONFIG, artifacts.LABELS, artifacts.NORM_STATS)
 
     def __init__(
         self,

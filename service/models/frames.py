@@ -52,6 +52,7 @@ class FramesModel(ServedModel, ImageGenerator):
     store_name = "frames"
     name = "frames-denoiser"
     outputs: ClassVar[tuple[str, ...]] = ("v",)
+    stored_files: ClassVar[tuple[str, ...]] = (artifacts.CONFIG,)
 
     def __init__(
         self,

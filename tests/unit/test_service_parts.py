@@ -132,7 +132,7 @@ def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
 
 
 def test_engine_calls_stay_out_of_access_logs_and_traces_by_default():
-    from service.engine.service import Engine
+    from service.engine_service import Engine
 
     assert Engine.config["logging"]["access"]["enabled"] is False
     assert Engine.config["tracing"]["excluded_urls"] == ["."]

@@ -23,7 +23,7 @@ def naming(word: str) -> list[str]:
 
 def test_a_model_is_named_outside_its_own_module_and_the_engine_declaration_in_at_most_two_files():
     """Adding a model means its module plus an engine method, not edits across the service."""
-    others = [f for f in naming("birdcall") if f not in ("models/birdcall.py", "engine/service.py")]
+    others = [f for f in naming("birdcall") if f not in ("models/birdcall.py", "engine_service.py")]
     assert len(others) <= 2, others
 
 
@@ -57,7 +57,7 @@ SERVICE_LAYERS = [
     {"models"},
     {"dataplane"},
     {"adapters"},
-    {"service"},
+    {"service", "engine_service"},
 ]
 
 

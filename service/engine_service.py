@@ -38,12 +38,11 @@ from service.engine.runtime import choose_providers
 from service.engine.step_batching import StepBatcher
 from service.lifecycle import Activity, Drain
 from service.metrics import Metrics
+from service.models.birdcall import BirdcallModel
+from service.models.frames import FramesModel
 from service.settings import ServiceSettings
 
 log = logging.getLogger("chorus.engine")
-# The artifact files each model's readers need besides its ONNX file (service/models).
-BIRDCALL_FILES = (artifacts.CONFIG, artifacts.LABELS, artifacts.NORM_STATS)
-FRAMES_FILES = (artifacts.CONFIG,)
 settings = ServiceSettings()
 # A declared media type: without one BentoML builds the output's JSON schema on every response
 # to find it (~13% of the engine's event-loop time at concurrency 1, py-spy).
@@ -95,8 +94,8 @@ class Engine:
                 lanes=settings.ort_lanes,
                 max_run_items=settings.ort_max_run_items,
             )
-            self.birdcall = opened(settings.birdcall_model, settings.birdcall_variant, required=BIRDCALL_FILES)
-            self.frames = opened(settings.frames_model, settings.frames_variant, required=FRAMES_FILES)
+            self.birdcall = opened(settings.birdcall_model, settings.birdcall_variant, required=BirdcallModel.stored_files)
+            self.frames = opened(settings.frames_model, settings.frames_variant, required=FramesModel.stored_files)
             self._warm_up()
             self.sampler = StepBatcher(
                 self._denoise,
