@@ -1,10 +1,11 @@
 """The contract between the run and the engine that decodes audio and scores windows.
 
-The engine provides an `Analyzer`: a callable from a file path to `FileScores`, raising
-`AnalysisFailed` when the file itself is the problem (unreadable, empty, corrupt, NaN
-samples). An `Execute` strategy runs the analyzer over many paths and yields each outcome as
-it arrives, in any order: `in_order` runs them one by one here; a process pool can replace it
-without the run or its outputs changing.
+The engine provides an `Execute`: a callable from paths to their outcomes, each a file's
+`FileScores` or the exception its analysis raised (`AnalysisFailed` when the file itself is the
+problem: unreadable, empty, corrupt, NaN samples), yielded as they arrive, in any order.
+`in_order(analyzer)` makes one from a per-file `Analyzer` run here one file after another;
+the batch pipelines (worker processes and one model consumer, or Ray) are others, and the run
+and its outputs do not change with the choice.
 """
 
 from __future__ import annotations
@@ -45,17 +46,21 @@ class AnalysisFailed(Exception):
 Analyzer = Callable[[Path], FileScores]
 Outcome = tuple[Path, FileScores | Exception]
 """A path and its scores, or the exception its analysis raised."""
-Execute = Callable[[Analyzer, Sequence[Path]], Iterable[Outcome]]
+Execute = Callable[[Sequence[Path]], Iterable[Outcome]]
 
 
-def in_order(analyzer: Analyzer, paths: Sequence[Path]) -> Iterator[Outcome]:
+def in_order(analyzer: Analyzer) -> Execute:
     """Analyze the paths one after another in this process.
 
     Exceptions become outcomes so one bad file cannot stop the batch; BaseException
     (KeyboardInterrupt, SystemExit) is not caught and stops the run.
     """
-    for path in paths:
-        try:
-            yield path, analyzer(path)
-        except Exception as error:
-            yield path, error
+
+    def execute(paths: Sequence[Path]) -> Iterator[Outcome]:
+        for path in paths:
+            try:
+                yield path, analyzer(path)
+            except Exception as error:
+                yield path, error
+
+    return execute

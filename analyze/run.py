@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyze.analyzer import AnalysisFailed, Analyzer, Execute, FileScores, in_order
+from analyze.analyzer import AnalysisFailed, Execute, FileScores
 from analyze.atomic import remove_leftovers
 from analyze.clock import recording_start
 from analyze.detections import DetectionSettings, detect
@@ -79,10 +79,9 @@ class Summary:
 
 def run(
     paths: Sequence[Path],
-    analyzer: Analyzer,
+    execute: Execute,
     config: RunConfig,
     *,
-    execute: Execute = in_order,
     progress: Callable[[Progress], None] | None = None,
 ) -> Summary:
     """Analyze `paths` (unique, in output order, as expand_sources returns them) into config.out_dir."""
@@ -110,7 +109,7 @@ def run(
                 todo.append(path)
 
         audio_s = 0.0
-        for done, (path, outcome) in enumerate(execute(analyzer, todo), start=1):
+        for done, (path, outcome) in enumerate(execute(todo), start=1):
             finished, journaled = _record(path, outcome, keys[path], journal, config)
             if isinstance(finished, FileResult):
                 write_file_outputs(config.out_dir, finished, root, config.model, formats)

@@ -61,7 +61,7 @@ def broken(recordings: list[Path]) -> Path:
 def reference(tmp_path, recordings) -> dict[str, bytes]:
     """The outputs of one uninterrupted run."""
     analyzer = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
-    run(recordings, analyzer, config(tmp_path / "reference"))
+    run(recordings, in_order(analyzer), config(tmp_path / "reference"))
     return outputs(tmp_path / "reference")
 
 
@@ -76,7 +76,9 @@ def test_a_run_writes_every_output_and_sums_up(tmp_path, recordings, reference):
         *(f"raven/{p.parent.name}/{p.name}.selections.txt" for p in recordings if p.name != "broken.wav"),
         *(f"audacity/{p.parent.name}/{p.name}.labels.txt" for p in recordings if p.name != "broken.wav"),
     }
-    summary = run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "again", retry_failed=True))
+    summary = run(
+        recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "again", retry_failed=True)
+    )
     assert (summary.files, summary.files_ok, summary.files_failed, summary.files_skipped) == (9, 8, 1, 0)
     assert summary.audio_hours == pytest.approx((5 * 20 + 10 + 3 * 7 + 3) / 3600)
     assert summary.detections == reference["detections.ndjson"].count(b"\n") > 0
@@ -119,10 +121,10 @@ def kill_while_writing_combined_outputs(monkeypatch, after: int) -> FakeAnalyzer
 def test_kill_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch, recordings, reference, kill, after):
     out = tmp_path / "out"
     with monkeypatch.context() as patch, pytest.raises(Killed):
-        run(recordings, kill(patch, after), config(out))
+        run(recordings, in_order(kill(patch, after)), config(out))
 
     resumed = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
-    summary = run(recordings, resumed, config(out))
+    summary = run(recordings, in_order(resumed), config(out))
     assert outputs(out) == reference  # hidden leftovers included: a kill leaves nothing behind after the rerun
     if kill is not kill_while_writing_combined_outputs:
         assert len(resumed.calls) == len(recordings) - after  # only the unfinished files were analyzed again
@@ -132,6 +134,7 @@ def test_kill_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, monke
 KILL_9 = """
 import json, os, signal, sys
 from pathlib import Path
+from analyze.analyzer import in_order
 from analyze.run import run
 from tests.unit.analyze.fakes import FakeAnalyzer, decode_error
 from tests.unit.analyze.test_run import LABELS, config
@@ -144,7 +147,7 @@ def analyzer(path):
         os.kill(os.getpid(), signal.SIGKILL)
     return fake(path)
 
-run(paths, analyzer, config(out))
+run(paths, in_order(analyzer), config(out))
 """
 
 
@@ -156,35 +159,39 @@ def test_a_real_kill_9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_pa
     assert not (out / "detections.csv").exists()  # it died before any combined output
 
     resumed = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
-    run(recordings, resumed, config(out))
+    run(recordings, in_order(resumed), config(out))
     assert len(resumed.calls) == len(recordings) - 4
     assert outputs(out) == reference
 
 
-def shuffled(analyzer, paths):
+def shuffled(analyzer):
     """Outcomes in a random order, as a pool of workers would deliver them."""
-    paths = list(paths)
-    random.Random(7).shuffle(paths)
-    return in_order(analyzer, paths)
+
+    def execute(paths):
+        paths = list(paths)
+        random.Random(7).shuffle(paths)
+        return in_order(analyzer)(paths)
+
+    return execute
 
 
 def test_outputs_do_not_depend_on_the_order_files_finish_in(tmp_path, recordings, reference):
-    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"), execute=shuffled)
+    run(recordings, shuffled(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"))
     assert outputs(tmp_path / "out") == reference
 
 
 def test_a_rerun_skips_finished_files_and_redoes_changed_ones(tmp_path, recordings, reference):
     out = tmp_path / "out"
-    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(out))
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(out))
     again = FakeAnalyzer(LABELS)
-    summary = run(recordings, again, config(out))
+    summary = run(recordings, in_order(again), config(out))
     assert again.calls == [] and summary.files_skipped == len(recordings)
     assert outputs(out) == reference
 
     changed = recordings[1]
     changed.write_bytes(changed.read_bytes()[:-100])  # one second shorter
     again = FakeAnalyzer(LABELS)
-    run(recordings, again, config(out))
+    run(recordings, in_order(again), config(out))
     assert again.calls == [changed]
     assert outputs(out) != reference
 
@@ -199,31 +206,31 @@ def test_a_rerun_skips_finished_files_and_redoes_changed_ones(tmp_path, recordin
 )
 def test_a_new_model_version_or_new_settings_redo_every_file(tmp_path, recordings, change):
     out = tmp_path / "out"
-    run(recordings, FakeAnalyzer(LABELS), config(out))
+    run(recordings, in_order(FakeAnalyzer(LABELS)), config(out))
     again = FakeAnalyzer(LABELS)
-    run(recordings, again, config(out, **change))
+    run(recordings, in_order(again), config(out, **change))
     assert again.calls == recordings
 
 
 def test_a_file_that_fails_is_listed_every_run_and_retried_only_when_asked_or_changed(tmp_path, recordings):
     out = tmp_path / "out"
     bad = broken(recordings)
-    summary = run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(out))
+    summary = run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(out))
     assert (summary.files_ok, summary.files_failed) == (8, 1)
 
     again = FakeAnalyzer(LABELS)
-    summary = run(recordings, again, config(out))
+    summary = run(recordings, in_order(again), config(out))
     assert again.calls == [] and summary.files_failed == 1
     assert "broken.wav,decode" in (out / "errors.csv").read_text()
 
     again = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error("still broken")})
-    run(recordings, again, config(out, retry_failed=True))
+    run(recordings, in_order(again), config(out, retry_failed=True))
     assert again.calls == [bad]
     assert "still broken" in (out / "errors.csv").read_text()
 
     bad.write_bytes(b"\0" * 1000)  # repaired: now 10 s of audio
     again = FakeAnalyzer(LABELS)
-    summary = run(recordings, again, config(out))
+    summary = run(recordings, in_order(again), config(out))
     assert again.calls == [bad] and summary.files_failed == 0
     assert (out / "errors.csv").read_text() == "path,stage,reason\n"
 
@@ -232,12 +239,14 @@ def test_an_unexpected_error_is_listed_for_this_run_and_retried_on_the_next(tmp_
     out = tmp_path / "out"
     flaky = recordings[4]  # moth1/20240517_040000.WAV: the only file of that name
     summary = run(
-        recordings, FakeAnalyzer(LABELS, fail={flaky.name: MemoryError("out of memory"), "broken.wav": decode_error()}), config(out)
+        recordings,
+        in_order(FakeAnalyzer(LABELS, fail={flaky.name: MemoryError("out of memory"), "broken.wav": decode_error()})),
+        config(out),
     )
     assert summary.files_failed == 2
     assert f"{flaky},internal,MemoryError: out of memory" in (out / "errors.csv").read_text()
     again = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
-    summary = run(recordings, again, config(out))
+    summary = run(recordings, in_order(again), config(out))
     assert again.calls == [flaky] and summary.files_failed == 1
 
 
@@ -246,7 +255,7 @@ def test_scores_the_engine_gets_wrong_are_an_internal_failure_not_a_crash(tmp_pa
         scores = FakeAnalyzer(LABELS)(path)
         return type(scores)(scores.scores[:, :2], scores.spans, scores.duration_s, scores.sample_rate, scores.channels)
 
-    summary = run(recordings[:2], wrong_shape, config(tmp_path / "out"))
+    summary = run(recordings[:2], in_order(wrong_shape), config(tmp_path / "out"))
     assert summary.files_failed == 2
     assert 'internal,"scores have shape (8, 2), expected (8 windows, 5 labels)"' in (tmp_path / "out" / "errors.csv").read_text()
 
@@ -254,13 +263,13 @@ def test_scores_the_engine_gets_wrong_are_an_internal_failure_not_a_crash(tmp_pa
 def test_unknown_species_fail_before_any_file_is_analyzed(tmp_path, recordings):
     analyzer = FakeAnalyzer(LABELS)
     with pytest.raises(UnknownSpeciesError, match="'eagle'"):
-        run(recordings, analyzer, config(tmp_path / "out", detection=DetectionSettings(species=frozenset({"eagle"}))))
+        run(recordings, in_order(analyzer), config(tmp_path / "out", detection=DetectionSettings(species=frozenset({"eagle"}))))
     assert analyzer.calls == []
 
 
 def test_no_detections_anywhere_still_writes_every_table(tmp_path, recordings):
     out = tmp_path / "out"
-    summary = run(recordings[:3], FakeAnalyzer(LABELS), config(out, detection=DetectionSettings(min_confidence=1.0)))
+    summary = run(recordings[:3], in_order(FakeAnalyzer(LABELS)), config(out, detection=DetectionSettings(min_confidence=1.0)))
     assert summary.detections == 0 and summary.files_ok == 3
     assert (out / "combined.selections.txt").read_text().count("\n") == 1
     assert (out / "combined.list.txt").read_text().count("\n") == 3
@@ -269,24 +278,24 @@ def test_no_detections_anywhere_still_writes_every_table(tmp_path, recordings):
 
 def test_a_file_that_vanished_before_the_run_is_a_read_failure(tmp_path, recordings):
     recordings[0].unlink()
-    summary = run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"))
+    summary = run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"))
     assert summary.files_failed == 2
     assert f"{recordings[0]},read," in (tmp_path / "out" / "errors.csv").read_text()
 
 
 def test_per_file_outputs_of_earlier_files_follow_the_formats_asked_now(tmp_path, recordings):
     out = tmp_path / "out"
-    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(out, formats=frozenset({"csv"})))
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(out, formats=frozenset({"csv"})))
     assert not (out / "audacity").exists()
     again = FakeAnalyzer(LABELS)
-    run(recordings, again, config(out, formats=frozenset({"audacity"})))
+    run(recordings, in_order(again), config(out, formats=frozenset({"audacity"})))
     assert again.calls == []
     assert len(list((out / "audacity").rglob("*.labels.txt"))) == 8
 
 
 def test_progress_reports_each_file_and_can_stream_ndjson(tmp_path, recordings, reference):
     events = []
-    run(recordings, FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"), progress=events.append)
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"), progress=events.append)
     assert [e.done for e in events] == list(range(1, 10)) and {e.total for e in events} == {9}
     assert [e.finished.path for e in events if isinstance(e.finished, FileFailure)] == [broken(recordings)]
     assert events[-1].audio_s == pytest.approx(5 * 20 + 10 + 3 * 7 + 3)
@@ -297,11 +306,11 @@ def test_progress_reports_each_file_and_can_stream_ndjson(tmp_path, recordings, 
 @pytest.mark.parametrize("pick", [lambda r: [r[0], r[0]], lambda r: []])
 def test_paths_must_be_given_each_once(tmp_path, recordings, pick):
     with pytest.raises(ValueError, match="each once"):
-        run(pick(recordings), FakeAnalyzer(LABELS), config(tmp_path / "out"))
+        run(pick(recordings), in_order(FakeAnalyzer(LABELS)), config(tmp_path / "out"))
 
 
 def test_outputs_follow_the_order_of_the_paths_given(tmp_path, recordings):
     assert analyze.run.common_root(recordings) == tmp_path / "in"
-    run(recordings[::-1], FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()}), config(tmp_path / "out"))
+    run(recordings[::-1], in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"))
     listed = (tmp_path / "out" / "combined.list.txt").read_text().splitlines()
     assert listed == [str(p) for p in recordings[::-1] if p.name != "broken.wav"]
