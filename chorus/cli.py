@@ -81,6 +81,42 @@ def _loadtest(args: argparse.Namespace) -> int:
     return 0 if result["slo_held"] else 1
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    """Exit 0: every file analyzed; 1: some files failed (listed in errors.csv and the summary); 2: nothing ran."""
+    from analyze.detections import UnknownSpeciesError
+    from analyze.sources import SourceError
+    from analyze.writers import OutputError
+    from batch.command import AnalyzeOptions, analyze
+    from features import FrontEndConfigError
+    from layout.artifacts import ArtifactError
+
+    options = AnalyzeOptions(
+        sources=args.paths,
+        out=args.out,
+        model=args.model,
+        variant=args.variant,
+        providers=args.providers,
+        min_confidence=args.min_confidence,
+        top_k=args.top_k,
+        stride_seconds=args.stride,
+        species_file=args.species,
+        exclude_file=args.exclude,
+        merge=args.merge,
+        channels=args.channels,
+        formats=frozenset(args.formats.split(",")),
+        retry_failed=args.retry_failed,
+        workers=args.workers,
+        batch_windows=args.batch_windows,
+    )
+    try:
+        summary = analyze(options)
+    except (SourceError, UnknownSpeciesError, OutputError, FrontEndConfigError, ArtifactError, ValueError) as error:
+        print(f"chorus analyze: {error}", file=sys.stderr)
+        return 2
+    _print_result(summary.as_dict())
+    return 1 if summary.files_failed else 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     out_dir = args.out or Workspace.from_env().reports_dir("bench" if args.suite == "serving" else f"bench-{args.suite}")
     if args.suite == "memory":
@@ -132,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--max-error-ratio", type=float, default=0.0, help="SLO: allowed share of failed requests")
     load.add_argument("--out", type=Path, default=None, help="report folder (CSV + HTML); default artifacts/reports/loadtest")
     load.set_defaults(handler=_loadtest)
+    analyze = sub.add_parser(
+        "analyze", help="analyze field recordings (files, folders, globs, CSV manifests) into Raven/Audacity/CSV/NDJSON/Parquet tables"
+    )
+    analyze.add_argument("paths", nargs="+", help="audio files, folders (searched recursively), globs or CSV manifests (a path column)")
+    analyze.add_argument("--out", type=Path, required=True, help="output folder (tables, errors.csv, the resume journal)")
+    analyze.add_argument("--model", default="birdcall:latest", help="model store tag (default birdcall:latest)")
+    analyze.add_argument("--variant", default="fp32", choices=["fp32", "int8", "fp16"], help="ONNX variant (default fp32)")
+    analyze.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime providers")
+    analyze.add_argument("--min-confidence", type=float, default=None, help="score threshold (default: the model's calibrated one)")
+    analyze.add_argument("--top-k", type=int, default=3, help="most species per window (default 3)")
+    analyze.add_argument("--stride", type=float, default=None, help="seconds between window starts (default: the model's, 2.5)")
+    analyze.add_argument("--species", type=Path, default=None, help="file of species to keep, one per line")
+    analyze.add_argument("--exclude", type=Path, default=None, help="file of species to leave out, one per line")
+    analyze.add_argument("--merge", action="store_true", help="merge consecutive windows of a species into one detection")
+    analyze.add_argument("--channels", default="mix", choices=["mix", "each"], help="mix channels, or analyze each on its own")
+    analyze.add_argument(
+        "--formats", default="raven,raven-combined,csv", help="comma-separated: raven, raven-combined, audacity, csv, ndjson, parquet"
+    )
+    analyze.add_argument("--retry-failed", action="store_true", help="analyze again files an earlier run could not read")
+    analyze.add_argument("--workers", type=int, default=0, help="decode processes (default: one per core)")
+    analyze.add_argument("--batch-windows", type=int, default=64, help="most windows per model run (default 64)")
+    analyze.set_defaults(handler=_analyze)
     bench = sub.add_parser("bench", help="benchmarks: serving (default), memory; tables, plots, ratios")
     bench.add_argument(
         "suite",

@@ -20,7 +20,7 @@ from features.errors import (
 from features.frontend import Analysis, FrontEnd
 from features.norm import NormStats
 from features.stream import AudioStream, Channels
-from features.windows import WindowBatch, WindowSpan, window_count
+from features.windows import WindowBatch, WindowSpan, grid_frames, window_count
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -42,5 +42,6 @@ __all__ = [
     "UnsupportedFormatError",
     "WindowBatch",
     "WindowSpan",
+    "grid_frames",
     "window_count",
 ]

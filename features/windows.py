@@ -49,6 +49,18 @@ class WindowBatch:
         )
 
 
+def grid_frames(features: np.ndarray, config: FrontEndConfig) -> np.ndarray:
+    """The frame grid the windows of one signal were sliced from: [n_mels, frames], each frame once.
+
+    Window i starts `stride_hops` frames after window i-1 on one grid, so the first stride_hops
+    frames of every window and the whole last window cover it without overlap.
+    """
+    if len(features) == 0:
+        return np.empty((config.n_mels, 0), np.float32)
+    parts = [window[0, :, : config.stride_hops] for window in features[:-1]]
+    return np.concatenate([*parts, features[-1, 0]], axis=1)
+
+
 def window_count(n_samples: int, config: FrontEndConfig) -> int:
     """Windows needed to cover n_samples: one for anything up to one clip, then one per stride."""
     excess = max(0, n_samples - config.clip_samples)

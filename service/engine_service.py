@@ -3,9 +3,10 @@
 BentoML needs each batchable method declared statically, so this is the one place, besides a
 model's own module, where each model is named. Batching contract (BentoML adaptive batching, per
 engine process, one batch at a time):
-- `birdcall_logits`: input [n, 1, n_mels, n_frames] float32 normalized log-mel windows; output
-  TimedRows (service/engine/contracts.py) of the logits [n, classes]. Batch unit: one 5 s window.
-  At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows per batch; callers split larger requests.
+- `birdcall_windows`: input [n, 1, n_mels, n_frames] float32 normalized log-mel windows; output
+  TimedRows (service/engine/contracts.py) of [scores | embedding]: n_species calibrated scores,
+  then the embedding. Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows
+  per batch; callers split larger requests.
 - `frames_sample`: a whole DDIM generation (count, steps, seed) -> uint8 images [count, H, W, 3].
   Not a BentoML batchable: the engine's own step batcher (service/engine/step_batching.py) batches
   images of all requests at every DDIM step, at most CHORUS_FRAMES_MAX_BATCH_SIZE images per step.
@@ -37,7 +38,7 @@ from service.engine.loaded import LoadedModel, load_model
 from service.engine.runtime import choose_providers
 from service.engine.step_batching import StepBatcher
 from service.lifecycle import Activity, Drain
-from service.metrics import Metrics
+from service.metrics import NO_DETECTION, Metrics
 from service.models.birdcall import BirdcallModel
 from service.models.frames import FramesModel
 from service.settings import ServiceSettings
@@ -94,7 +95,9 @@ class Engine:
                 lanes=settings.ort_lanes,
                 max_run_items=settings.ort_max_run_items,
             )
-            self.birdcall = opened(settings.birdcall_model, settings.birdcall_variant, required=BirdcallModel.stored_files)
+            self.birdcall = opened(
+                settings.birdcall_model, settings.birdcall_variant, required=BirdcallModel.stored_files, outputs=BirdcallModel.model_outputs
+            )
             self.frames = opened(settings.frames_model, settings.frames_variant, required=FramesModel.stored_files)
             self._warm_up()
             self.sampler = StepBatcher(
@@ -106,13 +109,20 @@ class Engine:
             )
             for model in (self.birdcall, self.frames):
                 self.metrics.model_info.labels(**model.info()).set(1)
-            for label, share in self.birdcall.stored.training_metrics.get("train_class_share", {}).items():
-                self.metrics.training_class_share.labels(self.birdcall.name, label).set(share)
+            self._announce_validation_mix()
             self._ready.set()
             log.info("engine ready: %s, %s", self.birdcall.info(), self.frames.info())
         except Exception as exc:  # reported through /readyz and every call, not swallowed
             self.load_error = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
             log.exception("model loading failed; the server will not become ready: %s", self.load_error)
+
+    def _announce_validation_mix(self) -> None:
+        """The validation split's detection mix, which the drift alert compares the served mix with."""
+        facts = self.birdcall.stored.training_metrics
+        shares = {**facts.get("validation_detection_share", {}), NO_DETECTION: facts.get("validation_no_detection_share")}
+        for label, share in shares.items():
+            if share is not None:
+                self.metrics.validation_detection_share.labels(self.birdcall.name, label).set(share)
 
     def _warm_up(self) -> None:
         """Run each batch size once, so first requests see neither lazy init nor a bad latency fit."""
@@ -158,12 +168,16 @@ class Engine:
         return out, seconds
 
     @bentoml.api(**batching(settings.birdcall_max_batch_size, settings.birdcall_max_latency_ms))
-    def birdcall_logits(self, windows: np.ndarray) -> Array:
+    def birdcall_windows(self, windows: np.ndarray) -> Array:
         self._require_ready()
         feeds = {"features": windows.astype(np.float32, copy=False)}
+
+        def scores_and_embeddings() -> np.ndarray:
+            return np.concatenate(self.birdcall.outputs_named(feeds, BirdcallModel.model_outputs), axis=1)
+
         with self._activity:
-            logits, seconds = self._observed(self.birdcall, lambda: self.birdcall.run(feeds)[0], len(windows))
-        return TimedRows.pack(logits, seconds)
+            rows, seconds = self._observed(self.birdcall, scores_and_embeddings, len(windows))
+        return TimedRows.pack(rows, seconds)
 
     @bentoml.api(**batching(settings.frames_max_batch_size, settings.frames_max_latency_ms))
     def frames_denoise(self, packed: np.ndarray) -> Array:

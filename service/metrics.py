@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 # Seconds: post-processing takes ~0.1 ms, decode/features ~1-30 ms, a generate call seconds.
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 RATE_BUCKETS = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
+NO_DETECTION = "(none)"
+"""The label of the no-detection share in chorus_validation_detection_share."""
 BYTES_BUCKETS = tuple(2**k for k in range(10, 27, 2))  # 1 KiB .. 64 MiB
 
 
@@ -49,7 +53,11 @@ class Metrics:
             ["model"],
             buckets=STAGE_BUCKETS,
         )
-        self.predictions = Counter("chorus_predictions_total", "Top-1 class of each classified window.", ["model", "label"])
+        self.detections = Counter(
+            "chorus_detections_total", "Windows in which each species was detected (at the request's threshold).", ["model", "label"]
+        )
+        self.windows = Counter("chorus_windows_total", "Windows classified.", ["model"])
+        self.empty_windows = Counter("chorus_windows_without_detection_total", "Windows in which no species was detected.", ["model"])
         self.errors = Counter("chorus_errors_total", "Requests answered with an error.", ["route", "type", "status"])
         self.rejected = Counter("chorus_rejected_total", "Requests refused with 503 (overload or not ready).", ["route", "reason"])
         self.timeouts = Counter("chorus_timeouts_total", "Requests that passed their deadline (504).", ["route"])
@@ -74,9 +82,10 @@ class Metrics:
             multiprocess_mode="max",
         )
 
-        self.training_class_share = Gauge(
-            "chorus_training_class_share",
-            "Share of each class among the training windows (reference for the class-drift alert).",
+        self.validation_detection_share = Gauge(
+            "chorus_validation_detection_share",
+            "Share of validation windows in which each species was detected at the calibrated threshold; label "
+            f'"{NO_DETECTION}" for windows with none (the reference of the detection-drift alert).',
             ["model", "label"],
             multiprocess_mode="max",
         )
@@ -108,11 +117,15 @@ class Metrics:
         elif status == 504:
             self.timeouts.labels(route).inc()
 
-    def record_classification(self, model: dict[str, str], timings: dict[str, float], top1: list[str], duration: float, rate: int) -> None:
-        """timings in seconds per stage; top1 = the top label of each window."""
+    def record_classification(
+        self, model: dict[str, str], timings: dict[str, float], detected: np.ndarray, labels: list[str], duration: float, rate: int
+    ) -> None:
+        """timings in seconds per stage; detected [windows, labels] says which species each window holds."""
         for stage, seconds in timings.items():
             self.stage_seconds.labels(model["name"], model["variant"], stage).observe(seconds)
-        for label in top1:
-            self.predictions.labels(model["name"], label).inc()
+        for j in np.flatnonzero(detected.any(axis=0)):
+            self.detections.labels(model["name"], labels[j]).inc(int(detected[:, j].sum()))
+        self.windows.labels(model["name"]).inc(len(detected))
+        self.empty_windows.labels(model["name"]).inc(int((~detected.any(axis=1)).sum()))
         self.audio_seconds.observe(duration)
         self.sample_rate.observe(rate)

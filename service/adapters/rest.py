@@ -60,7 +60,9 @@ def _classify_options(model: AudioClassifier, params: Mapping[str, Any]) -> Clas
     return ClassifyOptions(
         top_k=parse_int(params, "top_k", min(model.default_top_k, n_labels), 1, n_labels),
         timeline=parse_bool(params, "timeline", True),
-        min_confidence=parse_float(params, "min_confidence", 0.0, 0.0, 1.0),
+        min_confidence=parse_float(params, "min_confidence", model.threshold, 0.0, 1.0),
+        embeddings=parse_bool(params, "embeddings", False),
+        spectrogram=parse_bool(params, "spectrogram", False),
     )
 
 

@@ -27,6 +27,15 @@ class LoadedModel:
     def config(self) -> dict[str, Any]:
         return self.stored.config
 
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.runner.outputs]
+
+    def outputs_named(self, feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> list[np.ndarray]:
+        """The named outputs of a batch, in the order asked."""
+        outputs = self.run(feeds)
+        return [outputs[self.output_names.index(name)] for name in names]
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output of the model for a whole batch, its slices run on all lanes at once."""
         return self.runner.run(feeds)
@@ -44,9 +53,11 @@ class LoadedModel:
         return {"name": self.stored.name, "version": self.stored.version, "variant": self.variant, "provider": self.runner.provider}
 
 
-def load_model(tag: str, variant: str, providers: list[str], *, required: tuple[str, ...] = (), **runner: int) -> LoadedModel:
+def load_model(
+    tag: str, variant: str, providers: list[str], *, required: tuple[str, ...] = (), outputs: tuple[str, ...] = (), **runner: int
+) -> LoadedModel:
     """Resolve a tag (e.g. name:latest) in the model store and open it (see open_model)."""
-    return open_model(StoredModel.resolve(tag), variant, providers, required=required, **runner)
+    return open_model(StoredModel.resolve(tag), variant, providers, required=required, outputs=outputs, **runner)
 
 
 def open_model(
@@ -55,14 +66,15 @@ def open_model(
     providers: list[str],
     *,
     required: tuple[str, ...] = (),
+    outputs: tuple[str, ...] = (),
     threads: int = 0,
     lanes: int = 0,
     max_run_items: int = 0,
 ) -> LoadedModel:
     """Check a stored model's files against the export's digests, then open the variant.
 
-    `required` names the artifact files the model's readers need besides the ONNX file (a missing
-    one fails here, not at the first request). threads, lanes and max_run_items as the
+    `required` names the artifact files the model's readers need besides the ONNX file, `outputs`
+    the outputs they read (a missing one fails here, not at the first request). threads, lanes and max_run_items as the
     ServiceSettings ort_* fields (see runtime.open_runner). Raises ArtifactError on a missing, changed
     or truncated file, or a model that computes non-finite outputs.
     """
@@ -72,5 +84,11 @@ def open_model(
     except Exception as exc:  # ONNX Runtime's own errors: a file that passed its digest but does not load
         raise ArtifactError(f"{stored.name}:{stored.version} {variant} does not load in ONNX Runtime: {exc}") from exc
     model = LoadedModel(stored, variant, runner)
+    missing = [name for name in outputs if name not in model.output_names]
+    if missing:
+        raise ArtifactError(
+            f"{stored.name}:{stored.version} {variant} has no output(s) {missing} (it has {model.output_names}): "
+            "it was exported by an older chorus; train and export it again"
+        )
     model.check_outputs()
     return model

@@ -1,22 +1,30 @@
-"""birdcall: species of every 5 s window of a recording.
+"""birdcall: which species call in every 5 s window of a recording (none, one or several).
+
+The model scores each species on its own: a calibrated probability per species and window, so a
+window of rain can hold no species and a dawn chorus several. A species is detected where its
+score reaches the threshold (by default the one calibrated on the validation split, stored with
+the model). The pooled embedding of each window comes along, for clustering and search.
 
 Pre-processing (decode, resample, features) runs here in the API worker, in a thread so the event
 loop stays free; the engine only ever sees model tensors, so windows of all requests, whatever
 protocol they came by, share the same batches. The front end's configuration, normalization
-statistics and labels are read from the stored model, never from code.
+statistics, labels and threshold are read from the stored model, never from code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import anyio.to_thread
 import numpy as np
+from PIL import Image
 
-from features import Analysis, AudioError, FrontEnd, FrontEndConfig, NormStats
+from features import Analysis, AudioError, FrontEnd, FrontEndConfig, NormStats, WindowSpan, grid_frames
 from layout import artifacts
 from service.engine.client import EngineClient, TimedCall
 from service.errors import InvalidParameter, from_audio_error
@@ -27,13 +35,24 @@ from service.settings import ServiceSettings
 from service.store import StoredModel
 from service.tensors import Tensor, numeric
 
-ENGINE_METHOD = "birdcall_logits"
+ENGINE_METHOD = "birdcall_windows"
+SCORES, EMBEDDING = "scores", "embedding"
+"""The exported model's outputs, in the order the engine's TimedRows carries them."""
+SCORES_MEANING = (
+    "independent calibrated probability of each species in the window (sigmoid): a species is detected "
+    "where its score is at least the threshold; a window can hold none or several"
+)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def stored_frontend(stored: StoredModel) -> FrontEnd:
+    """The front end exactly as the model was trained with it: its config and normalization stats."""
+    config = FrontEndConfig.from_dict(stored.config[artifacts.FRONTEND])
+    return FrontEnd(config, NormStats.from_dict(stored.read_json(artifacts.NORM_STATS)))
+
+
+def stored_threshold(stored: StoredModel) -> float:
+    """The decision threshold calibrated on the validation split."""
+    return float(stored.read_json(artifacts.CALIBRATION)["threshold"])
 
 
 @dataclass(frozen=True)
@@ -45,36 +64,87 @@ class BirdcallLimits:
     max_samples: int
     """Most decoded samples (frames x channels) of one recording."""
     default_top_k: int
-    """Species per window and overall when a request does not say."""
+    """Most species per window when a request does not say."""
     max_files: int
     """Most recordings in one batch request."""
 
 
-def stored_frontend(stored: StoredModel) -> FrontEnd:
-    """The front end exactly as the model was trained with it: its config and normalization stats."""
-    config = FrontEndConfig.from_dict(stored.config[artifacts.FRONTEND])
-    return FrontEnd(config, NormStats.from_dict(stored.read_json(artifacts.NORM_STATS)))
+@dataclass(frozen=True)
+class WindowOutputs:
+    scores: np.ndarray
+    """[n_windows, n_species] calibrated probabilities."""
+    embeddings: np.ndarray
+    """[n_windows, dim] pooled embeddings."""
+    model_seconds: float
+    """ONNX Runtime seconds of the batches that carried the windows."""
+
+
+# Dark to light (navy, purple, orange, pale yellow): quiet bands recede, calls stand out.
+_ANCHORS = np.array(
+    [[0, 0, 16], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]]
+)
+COLORMAP = np.stack(
+    [np.interp(np.linspace(0, len(_ANCHORS) - 1, 256), np.arange(len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
+).astype(np.uint8)
+
+
+def spectrogram(features: np.ndarray, config: FrontEndConfig) -> dict[str, Any]:
+    """What the model heard, as an image: the normalized log-mel grid (low bands at the bottom, one
+    pixel column per hop), base64 PNG, with the scale a page needs to place the windows on it."""
+    grid = grid_frames(features, config)
+    levels = np.clip((grid + 2.5) / 6.0, 0.0, 1.0)  # normalized per band: about -2.5 to 3.5 standard deviations
+    buffer = io.BytesIO()
+    Image.fromarray(COLORMAP[(levels[::-1] * 255).astype(np.uint8)]).save(buffer, format="PNG")
+    return {
+        "png_base64": base64.b64encode(buffer.getvalue()).decode(),
+        "seconds_per_column": config.hop_length / config.sample_rate,
+        "f_min": config.f_min,
+        "f_max": config.f_max,
+        "frequency_scale": "mel",
+    }
+
+
+def summarize(spans: list[WindowSpan], scores: np.ndarray, detected: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    """Per species detected anywhere: windows detected, max and mean score over them, first and last time;
+    the species with the highest score first."""
+    summary = []
+    for j in np.flatnonzero(detected.any(axis=0)):
+        rows = np.flatnonzero(detected[:, j])
+        summary.append(
+            {
+                "label": labels[j],
+                "windows": len(rows),
+                "max_score": round(float(scores[rows, j].max()), 6),
+                "mean_score": round(float(scores[rows, j].mean()), 6),
+                "first_seconds": round(spans[rows[0]].start, 3),
+                "last_seconds": round(spans[rows[-1]].end, 3),
+            }
+        )
+    return sorted(summary, key=lambda s: (-s["max_score"], s["label"]))
 
 
 class BirdcallModel(ServedModel, AudioClassifier):
     store_name = "birdcall"
     name = "birdcall"
-    outputs: ClassVar[tuple[str, ...]] = ("probabilities", "labels")
-    stored_files: ClassVar[tuple[str, ...]] = (artifacts.CONFIG, artifacts.LABELS, artifacts.NORM_STATS)
+    outputs: ClassVar[tuple[str, ...]] = ("probabilities", EMBEDDING, "labels")
+    stored_files: ClassVar[tuple[str, ...]] = (artifacts.CONFIG, artifacts.LABELS, artifacts.NORM_STATS, artifacts.CALIBRATION)
+    model_outputs: ClassVar[tuple[str, ...]] = (SCORES, EMBEDDING)
 
     def __init__(
         self,
         info: dict[str, str],
         frontend: FrontEnd,
         labels: list[str],
-        logits: TimedCall,
+        threshold: float,
+        windows: TimedCall,
         limits: BirdcallLimits,
         metrics: Metrics | None = None,
     ):
         super().__init__(info)
         self.frontend = frontend
         self.labels = labels
-        self._logits = logits
+        self.threshold = threshold
+        self._windows = windows
         self.limits = limits
         self.default_top_k = limits.default_top_k
         self.metrics = metrics
@@ -90,8 +160,9 @@ class BirdcallModel(ServedModel, AudioClassifier):
             default_top_k=settings.default_top_k,
             max_files=settings.max_batch_files,
         )
-        logits = engine.timed(ENGINE_METHOD, cls.store_name, limits.max_batch)
-        return cls(info, stored_frontend(stored), stored.read_json(artifacts.LABELS), logits, limits, metrics)
+        windows = engine.timed(ENGINE_METHOD, cls.store_name, limits.max_batch)
+        labels = stored.read_json(artifacts.LABELS)
+        return cls(info, stored_frontend(stored), labels, stored_threshold(stored), windows, limits, metrics)
 
     # Pre-processing
 
@@ -108,18 +179,20 @@ class BirdcallModel(ServedModel, AudioClassifier):
 
     # The network
 
-    async def logits(self, features: np.ndarray) -> tuple[np.ndarray, float]:
-        """Network outputs for any number of windows, and the model's seconds on them.
+    async def window_outputs(self, features: np.ndarray) -> WindowOutputs:
+        """Scores and embeddings of any number of windows, and the model's seconds on them.
 
         Chunks of at most max_batch go out together; no two chunks of one request fit in one engine
         batch, so the model's time on the request is the sum of its chunks' batch times.
         """
         step = self.limits.max_batch
-        results = await asyncio.gather(*(self._logits(features[i : i + step]) for i in range(0, len(features), step)))
-        return np.concatenate([logits for logits, _ in results]), sum(seconds for _, seconds in results)
+        results = await asyncio.gather(*(self._windows(features[i : i + step]) for i in range(0, len(features), step)))
+        rows = np.concatenate([outputs for outputs, _ in results])
+        n = len(self.labels)
+        return WindowOutputs(rows[:, :n], rows[:, n:], sum(seconds for _, seconds in results))
 
-    async def probabilities_from_waveform(self, waveform: np.ndarray) -> np.ndarray:
-        """Mono float32 samples at the model's rate -> [n_windows, n_classes] probabilities."""
+    async def outputs_from_waveform(self, waveform: np.ndarray) -> WindowOutputs:
+        """Mono float32 samples at the model's rate -> every window's outputs."""
         if waveform.size == 0:
             raise InvalidParameter("the waveform is empty; send at least one sample")
         if not np.isfinite(waveform).all():
@@ -130,35 +203,37 @@ class BirdcallModel(ServedModel, AudioClassifier):
         def features() -> np.ndarray:
             return self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
 
-        return softmax((await self.logits(await anyio.to_thread.run_sync(features)))[0])
+        return await self.window_outputs(await anyio.to_thread.run_sync(features))
 
-    async def probabilities_from_features(self, features: np.ndarray) -> np.ndarray:
+    async def outputs_from_features(self, features: np.ndarray) -> WindowOutputs:
         expected = self.frontend.config.feature_shape
         if features.ndim != 4 or features.shape[1:] != expected or len(features) == 0:
             raise InvalidParameter(f"log_mel must have shape [n, {', '.join(map(str, expected))}], got {list(features.shape)}")
         if not np.isfinite(features).all():
             raise InvalidParameter("log_mel contains NaN or infinite values")
-        return softmax((await self.logits(features.astype(np.float32, copy=False)))[0])
+        return await self.window_outputs(features.astype(np.float32, copy=False))
 
     # REST: /classify
 
-    def _ranked(self, probs: np.ndarray, options: ClassifyOptions) -> list[dict[str, Any]]:
-        order = np.argsort(-probs)[: options.top_k]
-        return [{"label": self.labels[i], "probability": round(float(probs[i]), 6)} for i in order if probs[i] >= options.min_confidence]
+    def _window_detections(self, scores: np.ndarray, detected: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        order = [j for j in np.argsort(-scores) if detected[j]][:top_k]
+        return [{"label": self.labels[j], "score": round(float(scores[j]), 6)} for j in order]
 
     async def classify(self, data: bytes, options: ClassifyOptions) -> dict[str, Any]:
-        """A recording's file bytes -> ranking, per-window timeline, audio facts, model and timings."""
+        """A recording's file bytes -> per window the species detected (possibly none), per species a
+        summary over the recording, audio facts, model and timings."""
         started = time.perf_counter()
         prepared = await self.prepare(data)
         timings = dict(prepared.timings)
         start = time.perf_counter()
-        logits, model_seconds = await self.logits(prepared.windows.features)
+        outputs = await self.window_outputs(prepared.windows.features)
         timings["inference"] = time.perf_counter() - start
-        timings["model"] = model_seconds
+        timings["model"] = outputs.model_seconds
         start = time.perf_counter()
-        probs = softmax(logits)
-        audio = prepared.audio
-        spans = prepared.windows.spans
+        threshold = self.threshold if options.min_confidence is None else options.min_confidence
+        detected = outputs.scores >= threshold
+        # top_k caps what each window lists; the summary counts every detection.
+        audio, spans = prepared.audio, prepared.windows.spans
         result: dict[str, Any] = {
             "model": self.info,
             "audio": {
@@ -168,25 +243,29 @@ class BirdcallModel(ServedModel, AudioClassifier):
                 "format": audio.format,
                 "windows": len(spans),
             },
-            "top": self._ranked(probs.mean(axis=0), options),
+            "threshold": threshold,
+            "summary": summarize(spans, outputs.scores, detected, self.labels),
         }
         if options.timeline:
             result["windows"] = [
-                {"start": round(span.start, 3), "end": round(span.end, 3), "top": self._ranked(p, options)}
-                for span, p in zip(spans, probs, strict=True)
+                {"start": round(span.start, 3), "end": round(span.end, 3), "detections": self._window_detections(s, d, options.top_k)}
+                for span, s, d in zip(spans, outputs.scores, detected, strict=True)
             ]
+        if options.embeddings:
+            result["embeddings"] = np.round(outputs.embeddings, 6).tolist()
+        if options.spectrogram:
+            result["spectrogram"] = spectrogram(prepared.windows.features, self.frontend.config)
         timings["postprocess"] = time.perf_counter() - start
         timings["total"] = time.perf_counter() - started
         if self.metrics:
-            top1 = [self.labels[i] for i in probs.argmax(axis=1)]
-            self.metrics.record_classification(self.info, timings, top1, audio.duration_seconds, audio.sample_rate)
+            self.metrics.record_classification(self.info, timings, detected, self.labels, audio.duration_seconds, audio.sample_rate)
         result["timings_ms"] = {k: round(v * 1e3, 3) for k, v in timings.items()}
         return result
 
     # KServe v2
 
     def metadata(self) -> dict[str, Any]:
-        n_classes = len(self.labels)
+        n_species = len(self.labels)
         config = self.frontend.config
         return {
             "name": self.name,
@@ -197,22 +276,30 @@ class BirdcallModel(ServedModel, AudioClassifier):
                 {"name": "log_mel", "datatype": "FP32", "shape": [-1, *config.feature_shape]},
             ],
             "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, n_classes]},
-                {"name": "labels", "datatype": "BYTES", "shape": [n_classes]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, n_species]},
+                {"name": EMBEDDING, "datatype": "FP32", "shape": [-1, -1]},
+                {"name": "labels", "datatype": "BYTES", "shape": [n_species]},
             ],
             "parameters": {
                 "inputs": "send exactly one: waveform = mono FP32 samples at "
                 f"{config.sample_rate} Hz (cut into {config.clip_seconds:g} s windows, {config.stride_seconds:g} s apart), "
                 "or log_mel = normalized log-mel windows",
                 "sample_rate": config.sample_rate,
+                "probabilities": SCORES_MEANING,
+                "threshold": self.threshold,
+                "embedding": "the pooled vector each window's scores are read from, for clustering and similarity search",
             },
         }
 
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
         if set(inputs) == {"waveform"}:
-            probs = await self.probabilities_from_waveform(numeric(inputs["waveform"], "FP32 samples").reshape(-1))
+            outputs = await self.outputs_from_waveform(numeric(inputs["waveform"], "FP32 samples").reshape(-1))
         elif set(inputs) == {"log_mel"}:
-            probs = await self.probabilities_from_features(numeric(inputs["log_mel"], "FP32 log-mel windows"))
+            outputs = await self.outputs_from_features(numeric(inputs["log_mel"], "FP32 log-mel windows"))
         else:
             raise InvalidParameter(f"send exactly one input, 'waveform' or 'log_mel'; got {sorted(inputs)}")
-        return {"probabilities": probs.astype(np.float32), "labels": np.array([x.encode() for x in self.labels], dtype=object)}
+        return {
+            "probabilities": outputs.scores.astype(np.float32),
+            EMBEDDING: outputs.embeddings.astype(np.float32),
+            "labels": np.array([x.encode() for x in self.labels], dtype=object),
+        }

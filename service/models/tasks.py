@@ -16,11 +16,15 @@ import numpy as np
 @dataclass(frozen=True)
 class ClassifyOptions:
     top_k: int = 3
-    """Labels per window and overall."""
+    """Most species listed per window (every detection still counts in the summary)."""
     timeline: bool = True
-    """Include the per-window timeline."""
-    min_confidence: float = 0.0
-    """Leave out labels scored below this."""
+    """Include the per-window detections."""
+    min_confidence: float | None = None
+    """A species is detected in a window where its score is at least this; None: the model's calibrated threshold."""
+    embeddings: bool = False
+    """Include each window's embedding."""
+    spectrogram: bool = False
+    """Include the recording's spectrogram as the model heard it (a PNG)."""
 
 
 class AudioClassifier(ABC):
@@ -28,6 +32,8 @@ class AudioClassifier(ABC):
     """name, version, variant, provider of the model that answers."""
     labels: list[str]
     default_top_k: int
+    threshold: float
+    """The calibrated decision threshold, the default min_confidence."""
 
     @abstractmethod
     async def classify(self, data: bytes, options: ClassifyOptions) -> dict[str, Any]:

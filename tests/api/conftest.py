@@ -31,6 +31,8 @@ from tests.conftest import encode
 
 LABELS = ["alpha_warbler", "beta_finch", "gamma_owl", "delta_wren"]
 IMAGE_SIZE = 8
+EMBEDDING_DIM = 4
+THRESHOLD = 0.5
 VERSIONS = {"birdcall": "b1", "frames": "f1"}
 
 
@@ -71,10 +73,14 @@ class FakeEngine:
 
     def timed(self, method: str, model: str, max_items: int) -> Callable[[np.ndarray], Any]:
         async def call(windows: np.ndarray) -> tuple[np.ndarray, float]:
+            """[scores | embedding]: species j scores sigmoid(level * (j - 1.5)) squeezed into [0.01, 0.99]
+            (calibrated scores are never certain), the embedding is level * [1..4]."""
             assert len(windows) <= max_items
             self._record(method, len(windows))
-            level = windows.mean(axis=(1, 2, 3))[:, None]
-            return (level * np.arange(len(LABELS), dtype=np.float32)[None]).astype(np.float32), 0.001
+            level = windows.astype(np.float64).mean(axis=(1, 2, 3))[:, None]
+            scores = 0.01 + 0.98 / (1 + np.exp(-level * (np.arange(len(LABELS)) - 1.5)))
+            embedding = level * np.arange(1, EMBEDDING_DIM + 1)
+            return np.concatenate([scores, embedding], axis=1).astype(np.float32), 0.001
 
         return call
 
@@ -103,6 +109,7 @@ def fake_store(tmp_path_factory) -> Callable[[str], StoredModel]:
                 artifacts.CONFIG: {artifacts.FRONTEND: frontend.to_dict(), artifacts.ARCH: {}},
                 artifacts.LABELS: LABELS,
                 artifacts.NORM_STATS: NormStats.identity(frontend.n_mels).to_dict(),
+                artifacts.CALIBRATION: {"method": "temperature", "temperature": 1.0, "threshold": THRESHOLD},
             },
         ),
         "frames": _write(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.adapters.kserve_codec import HEADER_LENGTH
-from tests.api.conftest import IMAGE_SIZE, LABELS
+from tests.api.conftest import EMBEDDING_DIM, IMAGE_SIZE, LABELS, THRESHOLD
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +29,7 @@ async def test_health_and_server_metadata(http, engine):
 async def test_model_metadata_and_versions(http):
     meta = (await http.get("/v2/models/birdcall")).json()
     assert meta["versions"] == ["b1"] and {i["name"] for i in meta["inputs"]} == {"waveform", "log_mel"}
+    assert meta["parameters"]["threshold"] == THRESHOLD and "calibrated probability" in meta["parameters"]["probabilities"]
     assert meta["outputs"][0]["shape"] == [-1, len(LABELS)]
     assert (await http.get("/v2/models/birdcall/versions/b1")).json() == meta
     assert (await http.get("/v2/models/frames-denoiser/versions/f1/ready")).json() == {"name": "frames-denoiser", "ready": True}
@@ -44,8 +45,9 @@ async def test_infer_json_with_a_version(http):
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["id"] == "r1" and result["model_version"] == "b1"
-    assert [o["name"] for o in result["outputs"]] == ["probabilities", "labels"]
-    assert result["outputs"][0]["shape"] == [1, len(LABELS)] and result["outputs"][1]["data"] == LABELS
+    assert [o["name"] for o in result["outputs"]] == ["probabilities", "embedding", "labels"]
+    assert result["outputs"][0]["shape"] == [1, len(LABELS)] and result["outputs"][1]["shape"] == [1, EMBEDDING_DIM]
+    assert result["outputs"][2]["data"] == LABELS
     wrong = await http.post("/v2/models/birdcall/versions/b0/infer", content=json.dumps(body))
     assert wrong.status_code == 404 and "no version 'b0'" in wrong.json()["error"]
 
@@ -74,10 +76,10 @@ async def test_infer_binary_denoiser_with_requested_output(http):
 async def test_unknown_outputs_are_refused_before_inference(http, engine):
     body = {
         "inputs": [{"name": "waveform", "datatype": "FP32", "shape": [4], "data": [0, 0, 0, 0]}],
-        "outputs": [{"name": "embedding"}],
+        "outputs": [{"name": "logits"}],
     }
     response = await http.post("/v2/models/birdcall/infer", content=json.dumps(body))
-    assert response.status_code == 422 and "unknown output(s) ['embedding']" in response.json()["error"]
+    assert response.status_code == 422 and "unknown output(s) ['logits']" in response.json()["error"]
     assert engine.calls == []
 
 

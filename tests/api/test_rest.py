@@ -8,7 +8,7 @@ import pytest
 
 from service.adapters import HTTP_ROUTES
 from service.settings import ServiceSettings
-from tests.api.conftest import LABELS, counted_errors
+from tests.api.conftest import EMBEDDING_DIM, LABELS, THRESHOLD, counted_errors
 
 pytestmark = pytest.mark.anyio
 
@@ -27,17 +27,33 @@ async def test_classify_raw_and_multipart_agree(http, wav, engine):
     body = raw.json()
     assert body["audio"] == {"duration_seconds": 7.5, "sample_rate": 16_000, "channels": 1, "format": "WAV", "windows": 2}
     assert [w["start"] for w in body["windows"]] == [0.0, 2.5]
-    assert len(body["top"]) == 2 and body["top"][0]["label"] in LABELS
-    assert body["model"] == {"name": "birdcall", "version": "b1", "variant": "fp32", "provider": "fake"}
+    assert body["threshold"] == THRESHOLD and body["model"] == {"name": "birdcall", "version": "b1", "variant": "fp32", "provider": "fake"}
+    assert all(len(w["detections"]) <= 2 for w in body["windows"])
+    assert {s["label"] for s in body["summary"]} <= set(LABELS) and body["summary"]
     assert {"decode", "resample", "features", "inference", "model", "postprocess", "total"} <= set(body["timings_ms"])
-    assert multipart.json()["top"] == body["top"]
-    assert engine.calls == [("birdcall_logits", 2), ("birdcall_logits", 2)]
+    assert multipart.json()["summary"] == body["summary"]
+    assert engine.calls == [("birdcall_windows", 2), ("birdcall_windows", 2)]
+
+
+async def test_detections_follow_the_threshold_and_windows_may_hold_none(http, wav):
+    everything = (await http.post("/classify", content=wav, params={"min_confidence": 0, "top_k": 4})).json()
+    assert all(len(w["detections"]) == 4 for w in everything["windows"])
+    first = everything["summary"][0]
+    assert first["windows"] == 2 and first["first_seconds"] == 0.0 and first["last_seconds"] == 7.5
+    assert first["max_score"] >= first["mean_score"] > 0 and everything["summary"] == sorted(
+        everything["summary"], key=lambda s: -s["max_score"]
+    )
+    nothing = (await http.post("/classify", content=wav, params={"min_confidence": 1})).json()
+    assert nothing["summary"] == [] and [w["detections"] for w in nothing["windows"]] == [[], []]
+    assert "embeddings" not in nothing
+    with_embeddings = (await http.post("/classify", content=wav, params={"embeddings": "true"})).json()
+    assert [len(e) for e in with_embeddings["embeddings"]] == [EMBEDDING_DIM, EMBEDDING_DIM]
 
 
 async def test_long_recordings_go_to_the_engine_in_chunks_of_the_batch_limit(plane, http, engine, wav):
     plane.settings.birdcall_max_batch_size = 1
     assert (await http.post("/classify", content=wav)).status_code == 200
-    assert engine.calls == [("birdcall_logits", 1), ("birdcall_logits", 1)]
+    assert engine.calls == [("birdcall_windows", 1), ("birdcall_windows", 1)]
 
 
 @pytest.mark.parametrize(
@@ -120,3 +136,15 @@ async def test_openapi_lists_every_route_with_limits_from_settings(plane, http):
 async def test_page(http):
     response = await http.get("/")
     assert response.status_code == 200 and "chorus" in response.text
+
+
+async def test_the_spectrogram_is_the_grid_the_model_heard(http, wav):
+    import io
+
+    from PIL import Image
+
+    body = (await http.post("/classify", content=wav, params={"spectrogram": "true"})).json()
+    picture = body["spectrogram"]
+    image = Image.open(io.BytesIO(base64.b64decode(picture["png_base64"])))
+    assert image.size == (80 + 161, 64) and image.mode == "RGB"  # two windows, 80 hops apart
+    assert picture["seconds_per_column"] == 500 / 16_000 and picture["frequency_scale"] == "mel"

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, encode
@@ -26,7 +27,14 @@ def page(server_url):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
         )
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(server_url)
@@ -34,15 +42,43 @@ def page(server_url):
         browser.close()
 
 
-def test_upload_shows_ranking_and_timeline(page, chirp, tmp_path):
-    audio = tmp_path / "chirp.flac"
-    audio.write_bytes(encode(chirp, 44_100, "FLAC", "PCM_16"))
+def test_upload_shows_detections_over_the_spectrogram_and_a_cursor_that_follows_the_audio(page, chirp, tmp_path):
+    audio = tmp_path / "chirp_then_silence.wav"
+    recording = np.concatenate([chirp, np.zeros((4 * 44_100, 2), np.float32), chirp])  # 10 s: three windows
+    audio.write_bytes(encode(recording, 44_100, "WAV", "PCM_16"))
+    page.fill("#min-confidence", "0.5")
+    page.set_input_files("#audio-file", str(audio))
+    with page.expect_response(lambda r: "/classify" in r.url) as answer:
+        page.click("#classify-button")
+    result = answer.value.json()
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    assert result["threshold"] == 0.5 and len(result["windows"]) == 3
+    # One lane per species detected anywhere; hatched marks for the windows without any.
+    assert page.locator("#lanes .lane").count() == len(result["summary"])
+    assert page.locator("#empty-lane .empty").count() == sum(1 for w in result["windows"] if not w["detections"])
+    assert page.locator("#summary tbody tr").count() == max(1, len(result["summary"]))
+    assert page.evaluate("document.getElementById('spectrogram').naturalHeight") == 64
+    assert "44100 Hz" in page.inner_text("#classify-status")
+    # The cursor sits where the audio is: seek to the middle, then play on.
+    width = page.evaluate("document.getElementById('view').clientWidth")
+    page.evaluate("document.getElementById('player').currentTime = 5")
+    page.wait_for_function(f"Math.abs(parseFloat(document.getElementById('cursor').style.left) - {width / 2}) < 3", timeout=10_000)
+    page.evaluate("document.getElementById('player').play()")
+    page.wait_for_function(f"parseFloat(document.getElementById('cursor').style.left) > {width / 2 + 5}", timeout=15_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page_detections.png"), full_page=True)
+
+
+def test_an_empty_recording_reads_as_no_bird(page, tmp_path):
+    audio = tmp_path / "silence.wav"
+    audio.write_bytes(encode(np.zeros(16_000 * 6, np.float32), 16_000, "WAV", "PCM_16"))
+    page.fill("#min-confidence", "1")
     page.set_input_files("#audio-file", str(audio))
     page.click("#classify-button")
-    page.wait_for_selector("#ranking .bar", timeout=60_000)
-    assert page.locator("#ranking .bar").count() == 3
-    assert page.locator("#timeline tbody tr").count() == 1
-    assert "44100 Hz" in page.inner_text("#classify-status")
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    assert page.locator("#lanes .lane").count() == 0
+    assert page.locator("#empty-lane .empty").count() == 2
+    assert "no species detected" in page.inner_text("#summary")
 
 
 def test_generate_shows_images(page):

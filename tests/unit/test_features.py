@@ -246,3 +246,16 @@ def test_decoded_size_is_limited_from_the_header_and_rates_and_channels_are_boun
     assert FrontEnd().analyze(eight_channels, max_samples=32_000).audio.channels == 8
     with pytest.raises(UnsupportedFormatError, match="accepted: 8000-384000 Hz"):
         FrontEnd().analyze(encode(np.zeros(400, np.float32), 4_000, "WAV", "PCM_16"))
+
+
+def test_the_grid_rebuilt_from_windows_holds_every_window():
+    from features import grid_frames
+
+    config = FrontEnd().config
+    waveform = (0.1 * np.random.default_rng(3).standard_normal(16_000 * 13)).astype(np.float32)
+    features = FrontEnd().waveform_windows(waveform).features
+    grid = grid_frames(features, config)
+    assert grid.shape == (config.n_mels, (len(features) - 1) * config.stride_hops + config.n_frames)
+    for i, window in enumerate(features):
+        start = i * config.stride_hops
+        np.testing.assert_array_equal(grid[:, start : start + config.n_frames], window[0])

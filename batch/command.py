@@ -1,0 +1,101 @@
+"""`chorus analyze`: sources in, tables out, on this machine (LocalPipeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from analyze.analyzer import Execute
+from analyze.detections import DetectionSettings, read_species_list
+from analyze.run import Progress, RunConfig, Summary, run
+from analyze.sources import expand_sources
+from analyze.writers import DEFAULT_FORMATS, check_formats
+from batch.local import FrontEndSpec, LocalPipeline
+from batch.model import AnalysisModel, load_analysis_model
+from features import Channels
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    sources: Sequence[str]
+    """Files, folders, globs or CSV manifests."""
+    out: Path
+    model: str = "birdcall:latest"
+    variant: str = "fp32"
+    providers: str = "auto"
+    min_confidence: float | None = None
+    """None: the calibrated threshold stored with the model."""
+    top_k: int | None = 3
+    stride_seconds: float | None = None
+    """None: the model's own stride."""
+    species_file: Path | None = None
+    exclude_file: Path | None = None
+    merge: bool = False
+    channels: Channels = "mix"
+    formats: frozenset[str] = DEFAULT_FORMATS
+    retry_failed: bool = False
+    workers: int = 0
+    """Decode processes; 0: one per core."""
+    batch_windows: int = 64
+
+
+def detection_settings(options: AnalyzeOptions, model: AnalysisModel) -> DetectionSettings:
+    labels = model.labels
+    return DetectionSettings(
+        min_confidence=model.threshold if options.min_confidence is None else options.min_confidence,
+        top_k=options.top_k,
+        merge=options.merge,
+        species=read_species_list(options.species_file, labels) if options.species_file else None,
+        exclude=read_species_list(options.exclude_file, labels) if options.exclude_file else frozenset(),
+    )
+
+
+def executor(options: AnalyzeOptions, model: AnalysisModel) -> Execute:
+    spec = FrontEndSpec.of(model.frontend, channels=options.channels)
+    return LocalPipeline(model.score, spec, workers=options.workers, batch_windows=options.batch_windows)
+
+
+def progress_bar() -> tuple[Callable[[Progress], None], Callable[[], None]]:
+    """A callback that shows files done, hours of audio, the real-time factor and the ETA; and its closer."""
+    bar: list[tqdm] = []
+
+    def update(progress: Progress) -> None:
+        if not bar:
+            bar.append(tqdm(total=progress.total, unit="file", desc="analyze", dynamic_ncols=True))
+        rate = progress.audio_s / progress.wall_s if progress.wall_s > 0 else 0.0
+        bar[0].set_postfix_str(f"{progress.audio_s / 3600:.2f} h of audio, {rate:,.0f}x real time", refresh=False)
+        bar[0].update(progress.done - bar[0].n)
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return update, close
+
+
+def analyze(options: AnalyzeOptions) -> Summary:
+    """Everything is checked (model, species lists, formats, sources) before any file is analyzed."""
+    model = load_analysis_model(options.model, options.variant, options.providers, options.stride_seconds)
+    detection = detection_settings(options, model)
+    formats = check_formats(options.formats)
+    paths = expand_sources(options.sources, out_dir=options.out)
+    config = RunConfig(
+        out_dir=options.out,
+        model=model.info(),
+        detection=detection,
+        formats=formats,
+        analyzer_settings={
+            "variant": options.variant,
+            "stride_seconds": model.frontend.config.stride_seconds,
+            "channels": options.channels,
+        },
+        retry_failed=options.retry_failed,
+    )
+    update, close = progress_bar()
+    try:
+        return run(paths, executor(options, model), config, progress=update)
+    finally:
+        close()

@@ -1,0 +1,172 @@
+"""Batch analysis on one machine: decode + features in worker processes on every core, and one
+model consumer in this process that batches windows across files.
+
+The workers stream each file (features.FrontEnd.stream: bounded memory whatever its length) and
+send its windows as they complete; the consumer runs the model on batches of up to
+`batch_windows` windows, whichever files they come from, and hands each file's scores on as soon
+as its last window is scored. A bounded queue between them keeps memory bounded: workers wait
+when the model falls behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyze.analyzer import AnalysisFailed, FileScores, Outcome
+from analyze.detections import Span
+from features import DEFAULT_BLOCK_SAMPLES, AudioError, Channels, FrontEnd, FrontEndConfig, NormStats
+
+Score = Callable[[np.ndarray], np.ndarray]
+"""Normalized log-mel windows [n, 1, n_mels, n_frames] -> scores [n, n_labels]."""
+
+
+@dataclass(frozen=True)
+class FrontEndSpec:
+    """What a worker needs to rebuild the model's front end (picklable)."""
+
+    config: dict[str, Any]
+    stats: dict[str, list[float]]
+    channels: Channels = "mix"
+    max_seconds: float | None = None
+    max_samples: int | None = None
+    block_samples: int = DEFAULT_BLOCK_SAMPLES
+
+    def frontend(self) -> FrontEnd:
+        return FrontEnd(FrontEndConfig.from_dict(self.config), NormStats.from_dict(self.stats))
+
+    @classmethod
+    def of(cls, frontend: FrontEnd, **options: Any) -> FrontEndSpec:
+        return cls(frontend.config.to_dict(), frontend.stats.to_dict(), **options)
+
+
+def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any) -> None:
+    """A worker process: (index, path) tasks in; windows, then done or failed, out (until a None task)."""
+    frontend = spec.frontend()
+    limits = {"max_seconds": spec.max_seconds, "max_samples": spec.max_samples}
+    while (task := tasks.get()) is not None:
+        index, path = task
+        try:
+            with frontend.stream(path, channels=spec.channels, block_samples=spec.block_samples, **limits) as stream:
+                for batch in stream:
+                    spans = [(s.start, s.end, s.channel) for s in batch.spans]
+                    results.put(("windows", index, batch.features, spans))
+                facts = stream.facts()
+            results.put(("done", index, (facts.duration_seconds, facts.sample_rate, facts.channels)))
+        except AudioError as error:
+            results.put(("failed", index, ("decode", str(error))))
+        except OSError as error:
+            results.put(("failed", index, ("read", str(error))))
+        except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
+            results.put(("error", index, f"{type(error).__name__}: {error}"))
+    results.put(("exit", None, None))
+
+
+@dataclass
+class _File:
+    path: Path
+    scores: list[np.ndarray] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    unscored: int = 0
+    facts: tuple[float, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class LocalPipeline:
+    """An analyze Execute: paths in, each file's scores (or its failure) out, in the order files finish."""
+
+    score: Score
+    spec: FrontEndSpec
+    workers: int = 0
+    """Worker processes; 0: one per core (the consumer's model runs share them)."""
+    batch_windows: int = 64
+    """Most windows of one model run; smaller when nothing else is waiting."""
+    queue_messages: int = 8
+    """Messages (a block's windows each) waiting for the consumer at most, per worker."""
+
+    def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
+        if not paths:
+            return
+        from service.engine.runtime import cpu_cores  # here: the workers need not load ONNX Runtime
+
+        workers = min(self.workers or cpu_cores(), len(paths))
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs ONNX Runtime threads
+        tasks: Any = context.Queue()
+        results: Any = context.Queue(maxsize=self.queue_messages * workers)
+        for item in enumerate(paths):
+            tasks.put(item)
+        for _ in range(workers):
+            tasks.put(None)
+        processes = [context.Process(target=featurize_files, args=(self.spec, tasks, results), daemon=True) for _ in range(workers)]
+        for process in processes:
+            process.start()
+        try:
+            yield from self._consume(paths, results, workers)
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+                process.join()
+
+    def _consume(self, paths: Sequence[Path], results: Any, workers: int) -> Iterator[Outcome]:
+        files = {i: _File(Path(p)) for i, p in enumerate(paths)}
+        waiting: list[tuple[int, np.ndarray]] = []  # (file index, windows) not scored yet, oldest first
+        running = workers
+        while running or waiting:
+            try:
+                message = results.get(block=not waiting or sum(len(w) for _, w in waiting) < self.batch_windows, timeout=0.02)
+            except queue.Empty:
+                message = None
+            if message is not None:
+                kind, index, payload = message[0], message[1], message[2:]
+                if kind == "exit":
+                    running -= 1
+                elif kind == "windows":
+                    features, spans = payload
+                    files[index].spans.extend(Span(*s) for s in spans)
+                    files[index].unscored += len(features)
+                    waiting.append((index, features))
+                elif kind == "done":
+                    files[index].facts = payload[0]
+                else:  # failed or error: drop what was queued of the file, report it
+                    waiting = [(i, w) for i, w in waiting if i != index]
+                    failed = files.pop(index)
+                    yield failed.path, AnalysisFailed(*payload[0]) if kind == "failed" else RuntimeError(payload[0])
+                    continue
+            if waiting and (message is None or sum(len(w) for _, w in waiting) >= self.batch_windows or not running):
+                waiting = self._score_some(files, waiting)
+            for index in [i for i, f in files.items() if f.facts is not None and f.unscored == 0]:
+                yield self._finished(files.pop(index))
+
+    def _score_some(self, files: dict[int, _File], waiting: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+        """Run the model on up to batch_windows of the oldest waiting windows; returns what is left waiting."""
+        taken, rest, count = [], [], 0
+        for index, windows in waiting:
+            room = self.batch_windows - count
+            if room <= 0:
+                rest.append((index, windows))
+                continue
+            taken.append((index, windows[:room]))
+            if len(windows) > room:
+                rest.append((index, windows[room:]))
+            count += min(room, len(windows))
+        scores = self.score(np.concatenate([w for _, w in taken]))
+        offset = 0
+        for index, windows in taken:
+            files[index].scores.append(scores[offset : offset + len(windows)])
+            files[index].unscored -= len(windows)
+            offset += len(windows)
+        return rest
+
+    @staticmethod
+    def _finished(file: _File) -> Outcome:
+        assert file.facts is not None
+        duration, rate, channels = file.facts
+        scores = np.concatenate(file.scores) if file.scores else np.zeros((0, 0), np.float32)
+        return file.path, FileScores(scores=scores, spans=tuple(file.spans), duration_s=duration, sample_rate=rate, channels=channels)

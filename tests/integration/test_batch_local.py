@@ -1,0 +1,83 @@
+"""The local batch pipeline: worker processes decode and featurize, one consumer scores windows
+batched across files, and each file gets exactly the scores of its own windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyze.analyzer import AnalysisFailed, FileScores
+from batch.local import FrontEndSpec, LocalPipeline
+from features import FrontEnd
+from tests.conftest import encode
+
+
+def fake_score(windows: np.ndarray) -> np.ndarray:
+    """Per-window arithmetic only (in float64, so a batch's size cannot move the rounding): a
+    window's scores cannot depend on its batch mates."""
+    level = windows.astype(np.float64).mean(axis=(1, 2, 3))[:, None]
+    return (level * np.arange(1, 4)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("recordings")
+    rng = np.random.default_rng(0)
+
+    def noise(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
+        return (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
+
+    files = {
+        "long.flac": encode(noise(47.0, 44_100, 2), 44_100, "FLAC", "PCM_16"),
+        "short.wav": encode(noise(3.0, 16_000), 16_000, "WAV", "PCM_16"),
+        "mid.mp3": encode(noise(12.0, 22_050), 22_050, "MP3", "MPEG_LAYER_III"),
+        "stereo.ogg": encode(noise(9.0, 48_000, 2), 48_000, "OGG", "VORBIS"),
+        "broken.wav": encode(noise(5.0, 16_000), 16_000, "WAV", "PCM_16")[:20],  # cut inside its header
+        "text.mp3": b"not audio at all, only text",
+    }
+    paths = {}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        paths[name] = folder / name
+    return paths
+
+
+def outcomes(pipeline: LocalPipeline, paths: list[Path]) -> dict[str, FileScores | Exception]:
+    found = {path.name: outcome for path, outcome in pipeline(paths)}
+    assert sorted(found) == sorted(p.name for p in paths)  # every file exactly once
+    return found
+
+
+@pytest.mark.parametrize("batch_windows", [1, 7, 64])
+def test_each_file_gets_the_scores_of_its_own_windows(recordings, batch_windows):
+    frontend = FrontEnd()
+    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(frontend), workers=2, batch_windows=batch_windows)
+    found = outcomes(pipeline, list(recordings.values()))
+    for name in ("long.flac", "short.wav", "mid.mp3", "stereo.ogg"):
+        analysis = frontend.analyze(recordings[name])
+        result = found[name]
+        assert isinstance(result, FileScores), result
+        np.testing.assert_array_equal(result.scores, fake_score(analysis.windows.features))
+        assert [(s.start, s.end) for s in result.spans] == [(s.start, s.end) for s in analysis.windows.spans]
+        assert result.duration_s == analysis.audio.duration_seconds and result.channels == analysis.audio.channels
+    for name in ("broken.wav", "text.mp3"):
+        assert isinstance(found[name], AnalysisFailed) and found[name].stage == "decode", found[name]
+
+
+def test_channels_each_are_analyzed_on_their_own(recordings):
+    frontend = FrontEnd()
+    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(frontend, channels="each"), workers=1)
+    result = outcomes(pipeline, [recordings["stereo.ogg"]])["stereo.ogg"]
+    assert isinstance(result, FileScores)
+    by_channel = {c: [s for s in result.spans if s.channel == c] for c in (0, 1)}
+    assert len(by_channel[0]) == len(by_channel[1]) == len(result.spans) // 2 > 0
+    expected = frontend.analyze(recordings["stereo.ogg"], channels="each")
+    np.testing.assert_array_equal(np.sort(result.scores, axis=0), np.sort(fake_score(expected.windows.features), axis=0))
+
+
+def test_a_missing_file_is_a_read_failure(tmp_path):
+    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
+    ((path, outcome),) = list(pipeline([tmp_path / "gone.wav"]))
+    assert isinstance(outcome, AnalysisFailed) and outcome.stage == "read"
