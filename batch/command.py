@@ -1,4 +1,4 @@
-"""`chorus analyze`: sources in, tables out, on this machine (LocalPipeline)."""
+"""`chorus analyze`: sources in, tables out, on this machine (LocalPipeline) or on a Ray cluster (RayPipeline)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ class AnalyzeOptions:
     workers: int = 0
     """Decode processes; 0: one per core."""
     batch_windows: int = 64
+    ray: str | None = None
+    """A Ray cluster's address ("auto": the one this machine belongs to): run there instead."""
+    ray_actors: int = 1
+    """Model actors on the Ray cluster."""
+    ray_gpus_per_actor: float = 0.0
 
 
 def detection_settings(options: AnalyzeOptions, model: AnalysisModel) -> DetectionSettings:
@@ -55,6 +60,21 @@ def detection_settings(options: AnalyzeOptions, model: AnalysisModel) -> Detecti
 
 def executor(options: AnalyzeOptions, model: AnalysisModel) -> Execute:
     spec = FrontEndSpec.of(model.frontend, channels=options.channels)
+    if options.ray is not None:
+        from batch.ray import RayPipeline
+
+        stored = model.loaded.stored
+        return RayPipeline(
+            options.ray,
+            stored.path,
+            stored.name,
+            stored.version,
+            options.variant,
+            spec,
+            batch_windows=options.batch_windows,
+            actors=options.ray_actors,
+            gpus_per_actor=options.ray_gpus_per_actor,
+        )
     return LocalPipeline(model.score, spec, workers=options.workers, batch_windows=options.batch_windows)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from analyze.analyzer import AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
-from features import DEFAULT_BLOCK_SAMPLES, AudioError, Channels, FrontEnd, FrontEndConfig, NormStats
+from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
 
 Score = Callable[[np.ndarray], np.ndarray]
 """Normalized log-mel windows [n, 1, n_mels, n_frames] -> scores [n, n_labels]."""
@@ -41,6 +41,12 @@ class FrontEndSpec:
     def frontend(self) -> FrontEnd:
         return FrontEnd(FrontEndConfig.from_dict(self.config), NormStats.from_dict(self.stats))
 
+    def open(self, frontend: FrontEnd, path: str | Path) -> AudioStream:
+        """A recording opened for streaming with these options and limits."""
+        return frontend.stream(
+            path, channels=self.channels, max_seconds=self.max_seconds, max_samples=self.max_samples, block_samples=self.block_samples
+        )
+
     @classmethod
     def of(cls, frontend: FrontEnd, **options: Any) -> FrontEndSpec:
         return cls(frontend.config.to_dict(), frontend.stats.to_dict(), **options)
@@ -49,11 +55,10 @@ class FrontEndSpec:
 def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any) -> None:
     """A worker process: (index, path) tasks in; windows, then done or failed, out (until a None task)."""
     frontend = spec.frontend()
-    limits = {"max_seconds": spec.max_seconds, "max_samples": spec.max_samples}
     while (task := tasks.get()) is not None:
         index, path = task
         try:
-            with frontend.stream(path, channels=spec.channels, block_samples=spec.block_samples, **limits) as stream:
+            with spec.open(frontend, path) as stream:
                 for batch in stream:
                     spans = [(s.start, s.end, s.channel) for s in batch.spans]
                     results.put(("windows", index, batch.features, spans))

@@ -107,6 +107,9 @@ def _analyze(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         workers=args.workers,
         batch_windows=args.batch_windows,
+        ray=args.ray,
+        ray_actors=args.ray_actors,
+        ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
     try:
         summary = analyze(options)
@@ -189,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--retry-failed", action="store_true", help="analyze again files an earlier run could not read")
     analyze.add_argument("--workers", type=int, default=0, help="decode processes (default: one per core)")
     analyze.add_argument("--batch-windows", type=int, default=64, help="most windows per model run (default 64)")
+    analyze.add_argument("--ray", default=None, metavar="ADDRESS", help="run on a Ray cluster: auto, or its address (ray://host:10001)")
+    analyze.add_argument("--ray-actors", type=int, default=1, help="with --ray: model actors (default 1)")
+    analyze.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="with --ray: GPUs per model actor (default 0: CPU)")
     analyze.set_defaults(handler=_analyze)
     bench = sub.add_parser("bench", help="benchmarks: serving (default), memory; tables, plots, ratios")
     bench.add_argument(

@@ -1,0 +1,173 @@
+"""Batch analysis on a Ray cluster, with Ray Data: the same outcomes as the local pipeline.
+
+Files are a dataset (one block each, so they spread over the nodes); decoding and features run
+as CPU tasks (`flat_map`: one row per window, then one closing row per file with its facts or its
+failure); the model runs in a pool of actors (`map_batches`, ONNX Runtime, a GPU each when the
+cluster has them) on batches of windows from any files; the driver regroups the scored windows by
+file and hands each file on once all of its windows are back. The run around it (journal,
+outputs) stays on the driver, so resuming and the tables work as they do locally.
+
+The stored model's folder must be readable at the same path on every node (a shared volume on
+Kubernetes, see deploy/ray/); each actor checks its digests before it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyze.analyzer import AnalysisFailed, FileScores, Outcome
+from analyze.detections import Span
+from batch.local import FrontEndSpec
+from features import AudioError
+
+NO_CHANNEL = -1
+KINDS = ("window", "done", "failed", "error")
+
+
+def _row(index: int, kind: str, n_features: tuple[int, ...], **values: Any) -> dict[str, Any]:
+    """Every row has every column (Ray Data batches need one schema); features only in window rows."""
+    row = {
+        "index": index,
+        "kind": kind,
+        "seq": 0,
+        "start": 0.0,
+        "end": 0.0,
+        "channel": NO_CHANNEL,
+        "duration": 0.0,
+        "rate": 0,
+        "channels": 0,
+        "windows": 0,
+        "message": "",
+        "features": np.zeros(n_features, np.float32),
+    }
+    row.update(values)
+    return row
+
+
+def featurize_rows(row: dict[str, Any], spec: FrontEndSpec) -> Iterator[dict[str, Any]]:
+    """One file -> a row per window, then a row with the file's facts (or its failure)."""
+    index, path = int(row["index"]), str(row["path"])
+    frontend = spec.frontend()
+    shape = frontend.config.feature_shape
+    seq = 0
+    try:
+        with spec.open(frontend, path) as stream:
+            for batch in stream:
+                for features, span in zip(batch.features, batch.spans, strict=True):
+                    channel = NO_CHANNEL if span.channel is None else span.channel
+                    yield _row(index, "window", shape, seq=seq, start=span.start, end=span.end, channel=channel, features=features)
+                    seq += 1
+            facts = stream.facts()
+        yield _row(index, "done", shape, windows=seq, duration=facts.duration_seconds, rate=facts.sample_rate, channels=facts.channels)
+    except AudioError as error:
+        yield _row(index, "failed", shape, message=f"decode\t{error}")
+    except OSError as error:
+        yield _row(index, "failed", shape, message=f"read\t{error}")
+    except Exception as error:  # a fault of ours: reported for this file, retried next run
+        yield _row(index, "error", shape, message=f"{type(error).__name__}: {error}")
+
+
+class ScoreWindows:
+    """A Ray actor: opens the stored model once (digests checked), then scores batches of window rows."""
+
+    def __init__(self, model_dir: str, name: str, version: str, variant: str, providers: list[str]):
+        from batch.model import SCORES
+        from layout import artifacts
+        from service.engine.loaded import open_model
+        from service.models.birdcall import BirdcallModel
+        from service.store import StoredModel
+
+        stored = StoredModel(name, version, Path(model_dir))
+        self.model = open_model(
+            stored, variant, providers, required=BirdcallModel.stored_files, outputs=(SCORES,), threads=1, lanes=1, max_run_items=8
+        )
+        self.scores_output = SCORES
+        self.n_labels = len(stored.read_json(artifacts.LABELS))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The batch's rows with a `scores` column (zeros on the rows that are not windows) and without features."""
+        windows = batch["kind"] == "window"
+        features = batch.pop("features")
+        scores = np.zeros((len(windows), self.n_labels), np.float32)
+        if windows.any():
+            scores[windows] = self.model.outputs_named({"features": np.ascontiguousarray(features[windows])}, (self.scores_output,))[0]
+        batch["scores"] = scores
+        return batch
+
+
+@dataclass
+class _File:
+    windows: list[tuple[int, np.ndarray, Span]] = field(default_factory=list)
+    expected: int | None = None
+    facts: tuple[float, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class RayPipeline:
+    """An analyze Execute that runs on a Ray cluster."""
+
+    address: str
+    """"auto" (the cluster this machine belongs to) or a Ray address."""
+    model_dir: Path
+    model_name: str
+    model_version: str
+    variant: str
+    spec: FrontEndSpec
+    batch_windows: int = 64
+    actors: int = 1
+    """Model actors; each takes one CPU, or one GPU when gpus_per_actor is set."""
+    gpus_per_actor: float = 0.0
+
+    def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
+        if not paths:
+            return
+        import ray
+        import ray.data
+
+        ray.init(address=self.address, ignore_reinit_error=True, logging_level=logging.WARNING)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.gpus_per_actor else ["CPUExecutionProvider"]
+        items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
+        spec = self.spec
+        rows = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(lambda row: featurize_rows(row, spec))
+        scored = rows.map_batches(
+            ScoreWindows,
+            fn_constructor_args=(str(self.model_dir), self.model_name, self.model_version, self.variant, providers),
+            batch_size=self.batch_windows,
+            batch_format="numpy",
+            concurrency=self.actors,
+            num_gpus=self.gpus_per_actor or None,
+        )
+        files: dict[int, _File] = {}
+        for row in scored.iter_rows():
+            index = int(row["index"])
+            kind = str(row["kind"])
+            if kind in ("failed", "error"):
+                files.pop(index, None)
+                message = str(row["message"])
+                yield paths[index], AnalysisFailed(*message.split("\t", 1)) if kind == "failed" else RuntimeError(message)
+                continue
+            file = files.setdefault(index, _File())
+            if kind == "window":
+                channel = None if int(row["channel"]) == NO_CHANNEL else int(row["channel"])
+                file.windows.append((int(row["seq"]), np.asarray(row["scores"]), Span(float(row["start"]), float(row["end"]), channel)))
+            else:
+                file.expected = int(row["windows"])
+                file.facts = (float(row["duration"]), int(row["rate"]), int(row["channels"]))
+            if file.expected is not None and len(file.windows) == file.expected:
+                yield self._finished(paths[index], files.pop(index))
+
+    @staticmethod
+    def _finished(path: Path, file: _File) -> Outcome:
+        assert file.facts is not None
+        ordered = sorted(file.windows, key=lambda w: w[0])
+        duration, rate, channels = file.facts
+        scores = np.stack([scores for _, scores, _ in ordered])
+        return path, FileScores(
+            scores=scores, spans=tuple(span for _, _, span in ordered), duration_s=duration, sample_rate=rate, channels=channels
+        )
