@@ -10,10 +10,10 @@ from tqdm import tqdm
 
 from analyze.analyzer import Execute
 from analyze.detections import DetectionSettings, read_species_list
+from analyze.pipeline import FrontEndSpec, LocalPipeline
 from analyze.run import Progress, RunConfig, Summary, run
 from analyze.sources import expand_sources
 from analyze.writers import DEFAULT_FORMATS, check_formats
-from batch.local import FrontEndSpec, LocalPipeline
 from batch.model import AnalysisModel, load_analysis_model
 from features import Channels
 

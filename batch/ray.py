@@ -23,7 +23,7 @@ import numpy as np
 
 from analyze.analyzer import AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
-from batch.local import FrontEndSpec
+from analyze.pipeline import FrontEndSpec
 from features import AudioError
 
 NO_CHANNEL = -1

@@ -1,5 +1,6 @@
-"""Batch analysis on one machine: decode + features in worker processes on every core, and one
-model consumer in this process that batches windows across files.
+"""Batch analysis: decode + features in worker processes, and one model consumer in this process
+that batches windows across files. `chorus analyze` runs it on every core with the model in this
+process; the service's analysis jobs run it with a niced worker and the engine as the model.
 
 The workers stream each file (features.FrontEnd.stream: bounded memory whatever its length) and
 send its windows as they complete; the consumer runs the model on batches of up to
@@ -11,6 +12,7 @@ when the model falls behind.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,9 +100,7 @@ class LocalPipeline:
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
             return
-        from service.engine.runtime import cpu_cores  # here: the workers need not load ONNX Runtime
-
-        workers = min(self.workers or cpu_cores(), len(paths))
+        workers = min(self.workers or len(os.sched_getaffinity(0)), len(paths))
         context = multiprocessing.get_context("spawn")  # no fork of a process that runs ONNX Runtime threads
         tasks: Any = context.Queue()
         results: Any = context.Queue(maxsize=self.queue_messages * workers)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analyze.analyzer import AnalysisFailed, FileScores
-from batch.local import FrontEndSpec, LocalPipeline
+from analyze.pipeline import FrontEndSpec, LocalPipeline
 from features import FrontEnd
 from tests.conftest import encode
 
