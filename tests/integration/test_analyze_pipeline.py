@@ -79,5 +79,5 @@ def test_channels_each_are_analyzed_on_their_own(recordings):
 
 def test_a_missing_file_is_a_read_failure(tmp_path):
     pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
-    ((path, outcome),) = list(pipeline([tmp_path / "gone.wav"]))
+    ((_, outcome),) = list(pipeline([tmp_path / "gone.wav"]))
     assert isinstance(outcome, AnalysisFailed) and outcome.stage == "read"
