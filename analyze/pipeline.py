@@ -54,8 +54,10 @@ class FrontEndSpec:
         return cls(frontend.config.to_dict(), frontend.stats.to_dict(), **options)
 
 
-def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any) -> None:
+def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any, nice: int = 0) -> None:
     """A worker process: (index, path) tasks in; windows, then done or failed, out (until a None task)."""
+    if nice:
+        os.nice(nice)
     frontend = spec.frontend()
     while (task := tasks.get()) is not None:
         index, path = task
@@ -96,6 +98,8 @@ class LocalPipeline:
     """Most windows of one model run; smaller when nothing else is waiting."""
     queue_messages: int = 8
     """Messages (a block's windows each) waiting for the consumer at most, per worker."""
+    nice: int = 0
+    """Niceness added to the worker processes: a job in a server yields the cores to interactive requests."""
 
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
@@ -108,7 +112,9 @@ class LocalPipeline:
             tasks.put(item)
         for _ in range(workers):
             tasks.put(None)
-        processes = [context.Process(target=featurize_files, args=(self.spec, tasks, results), daemon=True) for _ in range(workers)]
+        processes = [
+            context.Process(target=featurize_files, args=(self.spec, tasks, results, self.nice), daemon=True) for _ in range(workers)
+        ]
         for process in processes:
             process.start()
         try:

@@ -7,6 +7,9 @@ engine process, one batch at a time):
   TimedRows (service/engine/contracts.py) of [scores | embedding]: n_species calibrated scores,
   then the embedding. Batch unit: one 5 s window. At most CHORUS_BIRDCALL_MAX_BATCH_SIZE windows
   per batch; callers split larger requests.
+- `birdcall_job_windows`: the same for analysis jobs, at the lower priority: the windows wait in
+  service/engine/background.py and fill interactive batches, or run in batches of at most
+  CHORUS_JOB_WINDOWS_PER_BATCH when no interactive batch waits.
 - `frames_sample`: a whole DDIM generation (count, steps, seed) -> uint8 images [count, H, W, 3].
   Not a BentoML batchable: the engine's own step batcher (service/engine/step_batching.py) batches
   images of all requests at every DDIM step, at most CHORUS_FRAMES_MAX_BATCH_SIZE images per step.
@@ -32,6 +35,7 @@ from bentoml.validators import ContentType
 
 from layout import artifacts
 from layout.artifacts import ArtifactError
+from service.engine.background import BackgroundWindows
 from service.engine.contracts import StepPlanes, TimedRows
 from service.engine.ddim import to_uint8_images
 from service.engine.loaded import LoadedModel, load_model
@@ -72,6 +76,7 @@ class Engine:
         self.birdcall: LoadedModel
         self.frames: LoadedModel
         self.sampler: StepBatcher
+        self.background: BackgroundWindows
         self._ready = threading.Event()
         self.load_error: str | None = None
         self._activity = Activity()
@@ -100,6 +105,7 @@ class Engine:
             )
             self.frames = opened(settings.frames_model, settings.frames_variant, required=FramesModel.stored_files)
             self._warm_up()
+            self.background = BackgroundWindows(self._birdcall_rows, settings.job_windows_per_batch, on_batch=self._record_birdcall_batch)
             self.sampler = StepBatcher(
                 self._denoise,
                 np.asarray(self.frames.config[artifacts.ALPHAS_CUMPROD], np.float64),
@@ -167,16 +173,30 @@ class Engine:
         self._record_batch(model, items, seconds)
         return out, seconds
 
+    def _birdcall_rows(self, windows: np.ndarray) -> np.ndarray:
+        """[scores | embedding] of a batch of windows."""
+        feeds = {"features": windows.astype(np.float32, copy=False)}
+        return np.concatenate(self.birdcall.outputs_named(feeds, BirdcallModel.model_outputs), axis=1)
+
+    def _record_birdcall_batch(self, interactive: int, job: int, seconds: float) -> None:
+        self._record_batch(self.birdcall, interactive + job, seconds)
+        if job:
+            self.metrics.job_windows.labels(self.birdcall.name).inc(job)
+
     @bentoml.api(**batching(settings.birdcall_max_batch_size, settings.birdcall_max_latency_ms))
     def birdcall_windows(self, windows: np.ndarray) -> Array:
         self._require_ready()
-        feeds = {"features": windows.astype(np.float32, copy=False)}
-
-        def scores_and_embeddings() -> np.ndarray:
-            return np.concatenate(self.birdcall.outputs_named(feeds, BirdcallModel.model_outputs), axis=1)
-
         with self._activity:
-            rows, seconds = self._observed(self.birdcall, scores_and_embeddings, len(windows))
+            rows, seconds = self.background.interactive(windows)
+        return TimedRows.pack(rows, seconds)
+
+    @bentoml.api
+    async def birdcall_job_windows(self, windows: np.ndarray) -> Array:
+        """Analysis-job windows, behind every interactive batch."""
+        if not self._ready.is_set():
+            await asyncio.to_thread(self._require_ready)
+        with self._activity:
+            rows, seconds = await self.background.submit(windows)
         return TimedRows.pack(rows, seconds)
 
     @bentoml.api(**batching(settings.frames_max_batch_size, settings.frames_max_latency_ms))

@@ -49,6 +49,10 @@ class Unauthorized(ServiceError):
         self.headers = {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    status, kind = 403, "forbidden"
+
+
 class NotFound(ServiceError):
     status, kind = 404, "not_found"
 

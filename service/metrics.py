@@ -90,6 +90,16 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.job_windows = Counter(
+            "chorus_job_windows_total", "Windows of analysis jobs the model ran (behind interactive ones).", ["model"]
+        )
+        self.jobs = Gauge(
+            "chorus_jobs",
+            "Analysis jobs by state (queued, running, done, failed, cancelled), as on disk.",
+            ["state"],
+            multiprocess_mode="max",
+        )
+        self.job_audio_seconds = Counter("chorus_job_audio_seconds_total", "Seconds of audio analysis jobs have analyzed.")
         self.engine_starts = Counter(
             "chorus_engine_starts_total",
             "Engine processes started since the server started: above 1, the engine died and BentoML started it again.",

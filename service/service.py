@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import cast
 
 import bentoml
@@ -26,9 +27,13 @@ from service.adapters import HTTP_ROUTES
 from service.adapters.connections import install_header_timeout
 from service.adapters.grpc.server import start_grpc_server
 from service.adapters.health import ServingGate
+from service.adapters.jobs import JobGate, job_view
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine_service import Engine
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore, default_home
+from service.jobs.submit import check_submission
 from service.lifecycle import Drain
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -68,6 +73,9 @@ class Chorus:
         metrics = Metrics()
         self.plane = DataPlane(BentoEngineClient(self.engine, metrics, settings.retry_after_seconds), settings, metrics)
         app.state.plane = self.plane
+        self.jobs = JobStore(Path(settings.jobs_home) if settings.jobs_home else default_home())
+        self.runner = JobRunner(self.jobs, self.plane)
+        app.state.jobs = self.jobs
         self._grpc: grpc.aio.Server | None = None
 
     @bentoml.on_startup
@@ -76,6 +84,43 @@ class Chorus:
         if settings.grpc_port:
             host = settings.grpc_host or http_listen_host() or "0.0.0.0"
             self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)
+        self.runner.resume_all()
+
+    @bentoml.task
+    async def analyze(
+        self,
+        ctx: bentoml.Context,
+        upload_id: str | None = None,
+        path: str | None = None,
+        formats: list[str] | None = None,
+        min_confidence: float | None = None,
+        top_k: int | None = 3,
+        merge: bool = False,
+        species: list[str] | None = None,
+        exclude: list[str] | None = None,
+        channels: str = "mix",
+    ) -> dict:
+        """Analyze a long recording (upload_id from POST /jobs/uploads) or a file or folder under
+        CHORUS_ANALYZE_ROOT (path) into the tables of `chorus analyze`; see docs/jobs.md."""
+        job_id = ctx.request.state.task_id
+        given = {
+            "upload_id": upload_id,
+            "path": path,
+            "formats": formats,
+            "min_confidence": min_confidence,
+            "top_k": top_k,
+            "merge": merge,
+            "species": species,
+            "exclude": exclude,
+            "channels": channels,
+        }
+        model = await self.plane.classifier()
+        request, upload = check_submission(
+            {k: v for k, v in given.items() if v is not None}, self.jobs, settings.analyze_root, model.labels
+        )
+        self.jobs.create(job_id, request, upload)
+        await self.runner.start(job_id)
+        return job_view(self.jobs, job_id)
 
     async def _drained(self) -> bool:
         """Nothing in flight any more; then tell the engine, which waits for every API worker."""
@@ -93,3 +138,4 @@ class Chorus:
 
 # bentoml.service's type hints give back the class; at run time Chorus is a bentoml Service.
 cast(bentoml.Service, Chorus).add_asgi_middleware(ServingGate, state=app.state)
+cast(bentoml.Service, Chorus).add_asgi_middleware(JobGate, state=app.state)

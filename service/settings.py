@@ -94,6 +94,21 @@ class ServiceSettings(BaseSettings):
         None, description="When set, inference routes need 'Authorization: Bearer <token>' (health and /metrics stay open)."
     )
 
+    # Analysis jobs
+    job_windows_per_batch: int = Field(
+        8,
+        ge=1,
+        description="Most analysis-job windows in one model run: they fill interactive batches up to this and run in batches of "
+        "this size when no interactive batch waits, so /classify waits at most one such batch.",
+    )
+    max_job_upload_bytes: int = Field(
+        8 * 1024**3, ge=1, description="Largest recording uploaded for an analysis job, in bytes (413 while it streams)."
+    )
+    analyze_root: str | None = Field(
+        None, description="Folder whose files and subfolders analysis jobs may name by path; unset: jobs take uploads only."
+    )
+    jobs_home: str | None = Field(None, description="Where jobs keep their uploads, journals and tables; default: $CHORUS_HOME/jobs.")
+
     # Frames generation limits
     max_images: int = Field(16, ge=1, description="Most images per /generate request.")
     min_steps: int = Field(5, ge=1, description="Fewest DDIM steps per /generate request.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.adapters import kserve_http, rest
+from service.adapters import jobs, kserve_http, rest
 
-HTTP_ROUTES = [*rest.ROUTES, *kserve_http.ROUTES]
-"""Every HTTP route; the app serving them needs `app.state.plane` set to a DataPlane."""
+HTTP_ROUTES = [*rest.ROUTES, *kserve_http.ROUTES, *jobs.ROUTES]
+"""Every HTTP route; the app serving them needs `app.state.plane` (a DataPlane) and `app.state.jobs` (a JobStore)."""

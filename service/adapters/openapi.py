@@ -59,6 +59,11 @@ def _kserve(summary: str, method: str = "get") -> dict[str, Any]:
     return {method: operation}
 
 
+def _job(summary: str, method: str = "get") -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "tags": ["analysis jobs"], "responses": {"200": {"description": "OK"}, **_ERRORS}}
+    return {method: operation}
+
+
 def build_spec(plane: DataPlane) -> dict[str, Any]:
     s = plane.settings
     models = ", ".join(plane.model_names)
@@ -123,6 +128,15 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
             "/v2/models/{name}/versions/{version}/ready": _kserve("Model readiness of a version"),
             "/v2/models/{name}/infer": _kserve("Inference (JSON tensors or the binary tensor data extension)", "post"),
             "/v2/models/{name}/versions/{version}/infer": _kserve("Inference on a version", "post"),
+            "/jobs": _job("List analysis jobs with their state and progress"),
+            "/jobs/uploads": _job(
+                "Upload a recording for an analysis job: the raw file as the body, ?name=<file name>; "
+                f"at most {s.max_job_upload_bytes} bytes, refused while it streams",
+                "post",
+            ),
+            "/jobs/{job_id}": _job("A job's state, progress (audio seconds done of total) and tables"),
+            "/jobs/{job_id}/cancel": _job("Cancel a job: its work stops and the engine is freed", "post"),
+            "/jobs/{job_id}/outputs/{name}": _job("Download one of a job's tables (Raven, Audacity, CSV, NDJSON, Parquet, errors)"),
         },
         "components": {"schemas": {"Error": _ERROR}},
     }

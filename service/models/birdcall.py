@@ -26,7 +26,8 @@ from PIL import Image
 
 from features import Analysis, AudioError, FrontEnd, FrontEndConfig, NormStats, WindowSpan, grid_frames
 from layout import artifacts
-from service.engine.client import EngineClient, TimedCall
+from service.engine.client import BatchCall, EngineClient, TimedCall
+from service.engine.contracts import TimedRows
 from service.errors import InvalidParameter, from_audio_error
 from service.metrics import Metrics
 from service.models.base import ServedModel
@@ -36,6 +37,8 @@ from service.store import StoredModel
 from service.tensors import Tensor, numeric
 
 ENGINE_METHOD = "birdcall_windows"
+JOB_METHOD = "birdcall_job_windows"
+"""The same windows at the lower priority, for analysis jobs."""
 SCORES, EMBEDDING = "scores", "embedding"
 """The exported model's outputs, in the order the engine's TimedRows carries them."""
 SCORES_MEANING = (
@@ -139,13 +142,16 @@ class BirdcallModel(ServedModel, AudioClassifier):
         windows: TimedCall,
         limits: BirdcallLimits,
         metrics: Metrics | None = None,
+        job_windows: BatchCall | None = None,
     ):
         super().__init__(info)
         self.frontend = frontend
         self.labels = labels
         self.threshold = threshold
         self._windows = windows
+        self._job_windows = job_windows
         self.limits = limits
+        self.max_batch = limits.max_batch
         self.default_top_k = limits.default_top_k
         self.metrics = metrics
 
@@ -161,8 +167,9 @@ class BirdcallModel(ServedModel, AudioClassifier):
             max_files=settings.max_batch_files,
         )
         windows = engine.timed(ENGINE_METHOD, cls.store_name, limits.max_batch)
+        job_windows = engine.batched(JOB_METHOD, cls.store_name, limits.max_batch)
         labels = stored.read_json(artifacts.LABELS)
-        return cls(info, stored_frontend(stored), labels, stored_threshold(stored), windows, limits, metrics)
+        return cls(info, stored_frontend(stored), labels, stored_threshold(stored), windows, limits, metrics, job_windows)
 
     # Pre-processing
 
@@ -190,6 +197,13 @@ class BirdcallModel(ServedModel, AudioClassifier):
         rows = np.concatenate([outputs for outputs, _ in results])
         n = len(self.labels)
         return WindowOutputs(rows[:, :n], rows[:, n:], sum(seconds for _, seconds in results))
+
+    async def job_scores(self, features: np.ndarray) -> np.ndarray:
+        """Scores of an analysis job's windows, at the lower priority: they never delay /classify."""
+        if self._job_windows is None:
+            raise RuntimeError("this model was built without an engine method for jobs")
+        rows, _ = TimedRows.unpack(await self._job_windows(features))
+        return rows[:, : len(self.labels)]
 
     async def outputs_from_waveform(self, waveform: np.ndarray) -> WindowOutputs:
         """Mono float32 samples at the model's rate -> every window's outputs."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from features import FrontEnd
+
 
 @dataclass(frozen=True)
 class ClassifyOptions:
@@ -34,10 +36,18 @@ class AudioClassifier(ABC):
     default_top_k: int
     threshold: float
     """The calibrated decision threshold, the default min_confidence."""
+    frontend: FrontEnd
+    """How recordings become windows: the model's own front-end config and statistics."""
+    max_batch: int
+    """Most windows of one engine call."""
 
     @abstractmethod
     async def classify(self, data: bytes, options: ClassifyOptions) -> dict[str, Any]:
-        """A recording's file bytes -> ranking, per-window timeline, audio facts, model and timings."""
+        """A recording's file bytes -> detections per window and per recording, audio facts, model and timings."""
+
+    @abstractmethod
+    async def job_scores(self, features: np.ndarray) -> np.ndarray:
+        """Scores of an analysis job's windows, at the lower priority: they never delay classify."""
 
 
 @dataclass(frozen=True)

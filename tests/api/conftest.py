@@ -23,7 +23,7 @@ from layout import artifacts
 from service.adapters import HTTP_ROUTES
 from service.dataplane import DataPlane
 from service.engine.client import EngineStatus
-from service.engine.contracts import StepPlanes
+from service.engine.contracts import StepPlanes, TimedRows
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from service.store import StoredModel
@@ -62,10 +62,20 @@ class FakeEngine:
         if self.fail is not None:
             raise self.fail
 
+    @staticmethod
+    def birdcall_rows(windows: np.ndarray) -> np.ndarray:
+        """[scores | embedding]: species j scores sigmoid(level * (j - 1.5)) squeezed into [0.01, 0.99]
+        (calibrated scores are never certain), the embedding is level * [1..4]."""
+        level = windows.astype(np.float64).mean(axis=(1, 2, 3))[:, None]
+        scores = 0.01 + 0.98 / (1 + np.exp(-level * (np.arange(len(LABELS)) - 1.5)))
+        return np.concatenate([scores, level * np.arange(1, EMBEDDING_DIM + 1)], axis=1).astype(np.float32)
+
     def batched(self, method: str, model: str, max_items: int) -> Callable[[np.ndarray], Any]:
         async def call(items: np.ndarray) -> np.ndarray:
             assert len(items) <= max_items
             self._record(method, len(items))
+            if method == "birdcall_job_windows":
+                return TimedRows.pack(self.birdcall_rows(items), 0.001)
             x_t, _ = StepPlanes.unpack(items)
             return x_t / 2
 
@@ -73,14 +83,9 @@ class FakeEngine:
 
     def timed(self, method: str, model: str, max_items: int) -> Callable[[np.ndarray], Any]:
         async def call(windows: np.ndarray) -> tuple[np.ndarray, float]:
-            """[scores | embedding]: species j scores sigmoid(level * (j - 1.5)) squeezed into [0.01, 0.99]
-            (calibrated scores are never certain), the embedding is level * [1..4]."""
             assert len(windows) <= max_items
             self._record(method, len(windows))
-            level = windows.astype(np.float64).mean(axis=(1, 2, 3))[:, None]
-            scores = 0.01 + 0.98 / (1 + np.exp(-level * (np.arange(len(LABELS)) - 1.5)))
-            embedding = level * np.arange(1, EMBEDDING_DIM + 1)
-            return np.concatenate([scores, embedding], axis=1).astype(np.float32), 0.001
+            return self.birdcall_rows(windows), 0.001
 
         return call
 

@@ -56,6 +56,7 @@ SERVICE_LAYERS = [
     {"engine"},
     {"models"},
     {"dataplane"},
+    {"jobs"},
     {"adapters"},
     {"service", "engine_service"},
 ]

@@ -1,0 +1,227 @@
+"""Analysis jobs over HTTP.
+
+Submitting goes through BentoML's task API (`POST /analyze/submit`, the task declared on the API
+service). BentoML keeps its task queue in memory and answers cancel with "not supported" on a
+local server, so `JobGate` stands in front of that API: it checks a submission before BentoML
+queues it (403, 404, 422), and answers `/analyze/status`, `/analyze/get` and `/analyze/cancel`
+from the job's folder, which survives a restart. The routes here upload a recording (streamed to
+disk within CHORUS_MAX_JOB_UPLOAD_BYTES), and show, cancel and download a job's tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.adapters.http import authorize, check_content_length, json_errors, parse_json, plane_of
+from service.auth import check_bearer
+from service.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout, as_service_error, error_body
+from service.jobs.store import FINISHED, JobStore
+from service.jobs.submit import check_submission
+
+log = logging.getLogger("chorus.jobs")
+TASK = "/analyze"
+MAX_SUBMISSION_BYTES = 64 * 1024
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+BENTOML_STATUS = {"queued": "in_progress", "running": "in_progress", "done": "completed", "failed": "failed", "cancelled": "canceled"}
+
+
+def job_view(store: JobStore, job_id: str) -> dict[str, Any]:
+    """A job as clients see it: its state, progress and the links to its tables."""
+    state = store.state(job_id)
+    return {
+        "task_id": job_id,
+        "status": BENTOML_STATUS[state.status],
+        "state": state.status,
+        "progress": {
+            "audio_seconds_done": round(state.audio_seconds_done, 3),
+            "audio_seconds_total": state.audio_seconds_total,
+            "files_done": state.files_done,
+            "files_total": state.files_total,
+        },
+        "summary": state.summary,
+        "error": state.error,
+        "outputs": {name: f"/jobs/{job_id}/outputs/{name}" for name in store.outputs(job_id)},
+    }
+
+
+def store_of(request: Request) -> JobStore:
+    return request.app.state.jobs
+
+
+def upload_name(raw: str | None) -> str:
+    """The uploaded file's name, kept (it can carry the recording's start time) but never a path."""
+    name = _SAFE_NAME.sub("_", Path(raw or "recording").name)[:200].lstrip(".")
+    return name or "recording"
+
+
+@json_errors
+async def upload(request: Request) -> Response:
+    """The request body, written to disk as it arrives; refused (413) as soon as it passes the limit."""
+    plane = plane_of(request)
+    authorize(request)
+    limit = plane.settings.max_job_upload_bytes
+    check_content_length(request, limit)
+    upload_id, folder = store_of(request).new_upload()
+    target = folder / upload_name(request.query_params.get("name"))
+    size = 0
+    try:
+        with target.open("wb") as out:
+            stream = request.stream()
+            while True:
+                try:
+                    async with asyncio.timeout(plane.settings.read_timeout_seconds):
+                        chunk = await anext(stream, None)
+                except TimeoutError:
+                    raise RequestTimeout(f"no part of the upload arrived for {plane.settings.read_timeout_seconds:g} s") from None
+                if chunk is None:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the upload passes {limit} bytes, the limit for a job's recording", max_bytes=limit)
+                await asyncio.to_thread(out.write, chunk)
+        if size == 0:
+            raise BadRequest("the upload is empty; send the recording as the request body")
+    except BaseException:
+        target.unlink(missing_ok=True)
+        folder.rmdir()
+        raise
+    return JSONResponse({"upload_id": upload_id, "name": target.name, "bytes": size}, status_code=201)
+
+
+@json_errors
+async def list_jobs(request: Request) -> Response:
+    authorize(request)
+    store = store_of(request)
+    return JSONResponse({"jobs": [job_view(store, job_id) for job_id in store.jobs()]})
+
+
+def _job_id(request: Request) -> str:
+    job_id = request.path_params["job_id"]
+    if not store_of(request).exists(job_id):
+        raise NotFound(f"no job {job_id!r}")
+    return job_id
+
+
+@json_errors
+async def show_job(request: Request) -> Response:
+    authorize(request)
+    return JSONResponse(job_view(store_of(request), _job_id(request)))
+
+
+@json_errors
+async def cancel_job(request: Request) -> Response:
+    authorize(request)
+    store, job_id = store_of(request), _job_id(request)
+    if store.state(job_id).status not in FINISHED:
+        store.ask_cancel(job_id)
+    return JSONResponse(job_view(store, job_id))
+
+
+@json_errors
+async def job_output(request: Request) -> Response:
+    authorize(request)
+    store, job_id = store_of(request), _job_id(request)
+    try:
+        path = store.output(job_id, request.path_params["name"])
+    except KeyError:
+        raise NotFound(f"job {job_id!r} has no output {request.path_params['name']!r}; it has {store.outputs(job_id)}") from None
+    return FileResponse(path, filename=path.name)
+
+
+ROUTES = [
+    Route("/jobs", list_jobs, methods=["GET"]),
+    Route("/jobs/uploads", upload, methods=["POST"]),
+    Route("/jobs/{job_id}", show_job, methods=["GET"]),
+    Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/jobs/{job_id}/outputs/{name:path}", job_output, methods=["GET"]),
+]
+
+
+class JobGate:
+    """ASGI middleware in front of BentoML's task routes for the analyze task (see the module's doc)."""
+
+    def __init__(self, app: ASGIApp, state: State):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        plane = getattr(self.state, "plane", None)
+        if scope["type"] != "http" or plane is None or not (path == TASK or path.startswith(TASK + "/")):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            check_bearer(request.headers.get("authorization"), plane.settings.api_token, "'Authorization: Bearer <token>'")
+            answer = await self._answer(request, path)
+        except Exception as exc:
+            error = as_service_error(exc, log, path)
+            plane.metrics.record_error("analyze", error.kind, error.status)
+            await JSONResponse(error_body(error), status_code=error.status, headers=error.headers)(scope, receive, send)
+            return
+        if isinstance(answer, Response):
+            await answer(scope, receive, send)
+        else:  # a checked submission: BentoML queues it, reading the body we already read
+            await self.app(scope, _replay(answer), send)
+
+    async def _answer(self, request: Request, path: str) -> Response | bytes:
+        store: JobStore = self.state.jobs
+        if path == TASK:
+            raise BadRequest(f"analysis jobs run as tasks: POST {TASK}/submit, then GET {TASK}/status?task_id=...")
+        if path == TASK + "/submit":
+            body = await _read_small(request)
+            model = await self.state.plane.classifier()
+            check_submission(parse_json(body, "the submission"), store, self.state.plane.settings.analyze_root, model.labels)
+            return body
+        job_id = request.query_params.get("task_id", "")
+        if not store.exists(job_id):
+            raise NotFound(f"no job {job_id!r}")
+        if path == TASK + "/status":
+            return JSONResponse(job_view(store, job_id))
+        if path == TASK + "/get":
+            view = job_view(store, job_id)
+            if view["state"] not in FINISHED:
+                raise BadRequest(
+                    f"job {job_id} is not finished yet ({view['state']}); GET {TASK}/status?task_id={job_id} says how far it is"
+                )
+            return JSONResponse(view)
+        if path == TASK + "/cancel":
+            if store.state(job_id).status not in FINISHED:
+                store.ask_cancel(job_id)
+            return JSONResponse(job_view(store, job_id))
+        raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")
+
+
+async def _read_small(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SUBMISSION_BYTES:
+            raise PayloadTooLarge(
+                f"a submission is a small JSON object (at most {MAX_SUBMISSION_BYTES} bytes); upload recordings with POST /jobs/uploads"
+            )
+    return body
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the body was read whole: wait for the disconnect like a real receive
+        return {"type": "http.disconnect"}
+
+    return receive

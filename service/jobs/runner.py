@@ -1,0 +1,175 @@
+"""Runs analysis jobs inside an API worker: the run of `chorus analyze`, fed by the engine at the
+lower priority, decoding in a niced process, its state on disk as it goes.
+
+One job at a time per worker (a job already saturates what a server should give to bulk work);
+others wait as "queued". A job that a restart interrupted is resumed by whichever worker takes its
+lock first, from its journal: the files it finished are not analyzed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import soundfile as sf
+
+from analyze.detections import DetectionSettings
+from analyze.pipeline import FrontEndSpec, LocalPipeline
+from analyze.records import ModelInfo
+from analyze.run import Progress, RunConfig, run
+from analyze.sources import expand_sources
+from service.dataplane import DataPlane
+from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
+from service.models.tasks import AudioClassifier
+
+log = logging.getLogger("chorus.jobs")
+DECODE_NICENESS = 10
+"""Added to the job's decoding process: the OS gives the cores to interactive requests first."""
+SAVE_EVERY_SECONDS = 1.0
+
+
+class JobCancelled(BaseException):
+    """Raised inside a run when its cancel was asked: nothing catches it on the way out."""
+
+
+def audio_seconds(paths: list) -> float:
+    """Total duration from the files' headers (0 for a file whose header cannot be read)."""
+    total = 0.0
+    for path in paths:
+        try:
+            info = sf.info(str(path))
+            total += info.frames / info.samplerate if info.frames > 0 else 0.0
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            continue
+    return total
+
+
+def model_info(model: AudioClassifier) -> ModelInfo:
+    config = model.frontend.config
+    return ModelInfo(model.info["name"], model.info["version"], tuple(model.labels), low_hz=config.f_min, high_hz=config.f_max)
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, plane: DataPlane):
+        self.store = store
+        self.plane = plane
+        self._one_at_a_time = asyncio.Lock()
+        self._running: dict[str, asyncio.Task] = {}
+
+    def detection(self, request: JobRequest, model: AudioClassifier) -> DetectionSettings:
+        """The request's detection options, species names checked against the model (UnknownSpeciesError)."""
+        settings = DetectionSettings(
+            min_confidence=model.threshold if request.min_confidence is None else request.min_confidence,
+            top_k=request.top_k,
+            merge=request.merge,
+            species=frozenset(request.species) if request.species is not None else None,
+            exclude=frozenset(request.exclude),
+        )
+        settings.species_mask(model.labels)
+        return settings
+
+    def start(self, job_id: str) -> asyncio.Task:
+        """The job's run, started once per process."""
+        if job_id not in self._running or self._running[job_id].done():
+            self._running[job_id] = asyncio.create_task(self.run(job_id), name=f"chorus-job-{job_id}")
+        return self._running[job_id]
+
+    def resume_all(self) -> None:
+        """Start every job a restart left queued or running (the others' locks decide who runs it)."""
+        for job_id in self.store.jobs():
+            if self.store.state(job_id).status not in FINISHED:
+                self.start(job_id)
+
+    async def run(self, job_id: str) -> JobState:
+        async with self._one_at_a_time:
+            with self.store.running(job_id) as mine:
+                if not mine:  # another process runs it: follow its state on disk (no event crosses processes)
+                    while True:
+                        state = self.store.state(job_id)
+                        if state.status in FINISHED:
+                            return state
+                        await asyncio.sleep(1.0)
+                return await self._run(job_id)
+
+    async def _run(self, job_id: str) -> JobState:
+        state = self.store.state(job_id)
+        if state.status in FINISHED:
+            return state
+        request = self.store.request(job_id)
+        try:
+            while True:  # a job resumed at start waits for the models
+                ready, _ = await self.plane.readiness()
+                if ready:
+                    break
+                await asyncio.sleep(1.0)
+            model = await self.plane.classifier()
+            paths = expand_sources(request.sources)
+            state.status = "running"
+            state.files_total = len(paths)
+            state.audio_seconds_total = round(audio_seconds(paths), 3)
+            self.store.save_state(job_id, state)
+            self._count_states()
+            config = RunConfig(
+                out_dir=self.store.folder(job_id) / "out",
+                model=model_info(model),
+                detection=self.detection(request, model),
+                formats=frozenset(request.formats),
+                analyzer_settings={"stride_seconds": model.frontend.config.stride_seconds, "channels": request.channels},
+            )
+            pipeline = LocalPipeline(
+                self._scorer(job_id, model, state, asyncio.get_running_loop()),
+                FrontEndSpec.of(model.frontend, channels=request.channels),
+                workers=1,
+                batch_windows=model.max_batch,
+                nice=DECODE_NICENESS,
+            )
+            summary = await asyncio.to_thread(run, paths, pipeline, config, progress=self._progress(job_id, state))
+            state.status, state.summary = "done", summary.as_dict()
+            state.audio_seconds_done = state.audio_seconds_total
+            log.info("job %s done: %s", job_id, state.summary)
+        except JobCancelled:
+            state.status = "cancelled"
+            log.info("job %s cancelled", job_id)
+        except Exception as exc:  # the job fails; the server goes on
+            state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", job_id)
+        self.store.save_state(job_id, state)
+        self._count_states()
+        return state
+
+    def _scorer(
+        self, job_id: str, model: AudioClassifier, state: JobState, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """Scores through the engine at the lower priority, from the run's thread; progress by the window."""
+        stride = model.frontend.config.stride_seconds
+        saved = [time.monotonic()]
+        lock = threading.Lock()
+
+        def score(windows: np.ndarray) -> np.ndarray:
+            if self.store.cancel_asked(job_id):
+                raise JobCancelled
+            scores = asyncio.run_coroutine_threadsafe(model.job_scores(windows), loop).result()
+            with lock:
+                state.audio_seconds_done = min(state.audio_seconds_total, state.audio_seconds_done + len(windows) * stride)
+                self.plane.metrics.job_audio_seconds.inc(len(windows) * stride)
+                if time.monotonic() - saved[0] > SAVE_EVERY_SECONDS:
+                    self.store.save_state(job_id, state)
+                    saved[0] = time.monotonic()
+            return scores
+
+        return score
+
+    def _progress(self, job_id: str, state: JobState) -> Callable[[Progress], None]:
+        def progress(update: Progress) -> None:
+            state.files_done = update.done
+            self.store.save_state(job_id, state)
+
+        return progress
+
+    def _count_states(self) -> None:
+        for status, count in self.store.counts().items():
+            self.plane.metrics.jobs.labels(status).set(count)

@@ -1,0 +1,157 @@
+"""Analysis jobs on disk: everything a job is and has done lives in its folder, so a restarted
+server knows every job's state and resumes the ones it was running.
+
+    <jobs home>/uploads/<upload id>        a recording streamed in for a job (then moved into a job)
+    <jobs home>/<job id>/job.json          what was asked (sources, detection options, formats)
+    <jobs home>/<job id>/state.json        status, progress, summary, error (rewritten atomically)
+    <jobs home>/<job id>/input/            the uploaded recording, when there is one
+    <jobs home>/<job id>/out/              the tables of `chorus analyze`, its journal and errors.csv
+    <jobs home>/<job id>/cancel            present once a cancel was asked
+    <jobs home>/<job id>/lock              held (flock) by the process that runs the job
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analyze.atomic import write_text
+from features import Channels
+from layout.workspace import Workspace
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a job analyzes and how: the options of `chorus analyze`."""
+
+    sources: list[str]
+    """Paths of the recordings (an uploaded file's, or files and folders under CHORUS_ANALYZE_ROOT)."""
+    formats: list[str]
+    min_confidence: float | None = None
+    top_k: int | None = 3
+    merge: bool = False
+    species: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    channels: Channels = "mix"
+
+
+@dataclass
+class JobState:
+    status: str = "queued"
+    audio_seconds_done: float = 0.0
+    audio_seconds_total: float = 0.0
+    files_done: int = 0
+    files_total: int = 0
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    updated: float = field(default_factory=time.time)
+
+
+class JobStore:
+    def __init__(self, home: Path):
+        self.home = home
+        (home / "uploads").mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def valid_id(job_id: str) -> bool:
+        return bool(_ID.match(job_id))
+
+    def folder(self, job_id: str) -> Path:
+        if not self.valid_id(job_id):
+            raise KeyError(job_id)
+        return self.home / job_id
+
+    def exists(self, job_id: str) -> bool:
+        return self.valid_id(job_id) and (self.home / job_id / "job.json").exists()
+
+    # Uploads
+
+    def new_upload(self) -> tuple[str, Path]:
+        """An id and a fresh folder for one uploaded recording (kept under its own file name there)."""
+        upload_id = uuid.uuid4().hex
+        folder = self.home / "uploads" / upload_id
+        folder.mkdir()
+        return upload_id, folder
+
+    def upload_path(self, upload_id: str) -> Path:
+        if not self.valid_id(upload_id) or not (self.home / "uploads" / upload_id).is_dir():
+            raise KeyError(upload_id)
+        return self.home / "uploads" / upload_id
+
+    # Jobs
+
+    def create(self, job_id: str, request: JobRequest, upload: Path | None = None) -> None:
+        """A new job's folder; an upload's folder moves into it (so the job owns its input)."""
+        folder = self.folder(job_id)
+        (folder / "out").mkdir(parents=True, exist_ok=True)
+        if upload is not None:
+            upload.rename(folder / "input")
+            request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
+        write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
+        self.save_state(job_id, JobState())
+
+    def request(self, job_id: str) -> JobRequest:
+        return JobRequest(**json.loads((self.folder(job_id) / "job.json").read_text()))
+
+    def state(self, job_id: str) -> JobState:
+        return JobState(**json.loads((self.folder(job_id) / "state.json").read_text()))
+
+    def save_state(self, job_id: str, state: JobState) -> None:
+        state.updated = time.time()
+        write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
+
+    def jobs(self) -> list[str]:
+        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and (p / "job.json").exists())
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for job_id in self.jobs():
+            counts[self.state(job_id).status] += 1
+        return counts
+
+    def ask_cancel(self, job_id: str) -> None:
+        (self.folder(job_id) / "cancel").touch()
+
+    def cancel_asked(self, job_id: str) -> bool:
+        return (self.folder(job_id) / "cancel").exists()
+
+    def outputs(self, job_id: str) -> list[str]:
+        """Names of the job's tables so far (relative to its out/ folder), the journal's own files left out."""
+        out = self.folder(job_id) / "out"
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.relative_to(out).parts[0].startswith("."))
+
+    def output(self, job_id: str, name: str) -> Path:
+        """One of the job's tables by its name in outputs(): nothing else is ever served."""
+        if name not in self.outputs(job_id):
+            raise KeyError(name)
+        return self.folder(job_id) / "out" / name
+
+    @contextmanager
+    def running(self, job_id: str) -> Iterator[bool]:
+        """Whether this process may run the job: a lock on the job folder, held while it runs."""
+        with open(self.folder(job_id) / "lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def default_home() -> Path:
+    return Workspace.from_env().home / "jobs"

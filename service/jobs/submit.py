@@ -1,0 +1,102 @@
+"""What a job submission may ask, checked before BentoML queues it: the recording (an upload, or a
+path under CHORUS_ANALYZE_ROOT that stays inside it, symlinks included) and the options of
+`chorus analyze`. Every refusal is a ServiceError with what is wrong and what is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from analyze.detections import UnknownSpeciesError, check_species
+from analyze.sources import SourceError, expand_sources
+from analyze.writers import DEFAULT_FORMATS, FORMATS
+from service.errors import BadRequest, Forbidden, InvalidParameter, NotFound
+from service.jobs.store import JobRequest, JobStore
+
+FIELDS = ("upload_id", "path", "formats", "min_confidence", "top_k", "merge", "species", "exclude", "channels")
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParameter(f"{name} must be a list of strings, got {value!r}")
+    return value
+
+
+def server_path(root: str | None, path: Any) -> Path:
+    """A path a client names on the server: relative to the analyze root, and inside it once every
+    symlink is followed (403 otherwise)."""
+    if root is None:
+        raise Forbidden("jobs on server paths are off; upload the recording, or set CHORUS_ANALYZE_ROOT on the server")
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise InvalidParameter(f"path must be a non-empty string relative to the analyze root, got {path!r}")
+    base = Path(root).resolve()
+    if Path(path).is_absolute():
+        raise Forbidden(f"path {path!r} is absolute; name a file or folder relative to the analyze root")
+    target = (base / path).resolve()
+    if not target.is_relative_to(base):
+        raise Forbidden(f"path {path!r} leads outside the analyze root")
+    if not target.exists():
+        raise NotFound(f"no file or folder {path!r} under the analyze root")
+    return target
+
+
+def check_submission(body: Any, store: JobStore, root: str | None, labels: list[str]) -> tuple[JobRequest, Path | None]:
+    """(the job's request, the upload folder it takes over, if any)."""
+    if not isinstance(body, dict):
+        raise BadRequest('a job submission is a JSON object like {"upload_id": "..."} or {"path": "site1/"}')
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise InvalidParameter(f"unknown field(s) {unknown}; a submission has {list(FIELDS)}")
+    given = [name for name in ("upload_id", "path") if body.get(name) is not None]
+    if len(given) != 1:
+        raise InvalidParameter("send exactly one of upload_id (from POST /jobs/uploads) or path (under the analyze root)")
+    upload: Path | None = None
+    if given == ["upload_id"]:
+        try:
+            upload = store.upload_path(str(body["upload_id"]))
+        except KeyError:
+            raise NotFound(f"no upload {body['upload_id']!r}; upload the recording with POST /jobs/uploads first") from None
+        sources = [str(upload)]
+    else:
+        target = server_path(root, body["path"])
+        base = Path(root or "").resolve()
+        try:
+            files = expand_sources([str(target)])
+        except SourceError as exc:
+            raise InvalidParameter(str(exc)) from None
+        escaping = [str(f) for f in files if not f.resolve().is_relative_to(base)]
+        if escaping:
+            raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root")
+        sources = [str(target)]
+    formats = _strings(body.get("formats", sorted(DEFAULT_FORMATS)), "formats")
+    if not formats or set(formats) - set(FORMATS):
+        raise InvalidParameter(f"formats must be a non-empty list of {list(FORMATS)}, got {formats!r}")
+    min_confidence = body.get("min_confidence")
+    if min_confidence is not None and (
+        isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)) or not 0 <= min_confidence <= 1
+    ):
+        raise InvalidParameter(f"min_confidence must be a number from 0 to 1 (or absent: the calibrated threshold), got {min_confidence!r}")
+    top_k = body.get("top_k", 3)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InvalidParameter(f"top_k must be an integer of at least 1 (or null: no limit), got {top_k!r}")
+    if not isinstance(body.get("merge", False), bool):
+        raise InvalidParameter(f"merge must be true or false, got {body['merge']!r}")
+    if body.get("channels", "mix") not in ("mix", "each"):
+        raise InvalidParameter(f"channels must be 'mix' or 'each', got {body['channels']!r}")
+    species = _strings(body["species"], "species") if body.get("species") is not None else None
+    exclude = _strings(body.get("exclude", []), "exclude")
+    try:
+        check_species(set(species or ()) | set(exclude), labels)
+    except UnknownSpeciesError as exc:
+        raise InvalidParameter(str(exc), labels=labels) from None
+    request = JobRequest(
+        sources=sources,
+        formats=formats,
+        min_confidence=None if min_confidence is None else float(min_confidence),
+        top_k=top_k,
+        merge=body.get("merge", False),
+        species=species,
+        exclude=exclude,
+        channels=body.get("channels", "mix"),
+    )
+    return request, upload

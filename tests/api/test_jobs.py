@@ -1,0 +1,160 @@
+"""Analysis jobs over the data plane: uploads streamed within their limit, submissions checked before
+BentoML queues them (paths held inside the analyze root), durable state, a job run end to end on the
+fake engine, cancellation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+
+from service.adapters import HTTP_ROUTES
+from service.adapters.jobs import JobGate
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobRequest, JobStore
+from tests.api.conftest import LABELS
+from tests.conftest import encode
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def store(tmp_path) -> JobStore:
+    return JobStore(tmp_path / "jobs")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """An analyze root with a recording, a folder, and links that lead out of it."""
+    base = tmp_path / "recordings"
+    (base / "site1").mkdir(parents=True)
+    (base / "site1" / "20240517_053000.WAV").write_bytes(encode(np.zeros(16_000, np.float32), 16_000, "WAV", "PCM_16"))
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "other.wav").write_bytes(b"RIFF")
+    os.symlink(outside, base / "escape")
+    (base / "site2").mkdir()
+    os.symlink(outside / "other.wav", base / "site2" / "linked.wav")
+    return base
+
+
+@pytest.fixture
+async def gate(plane, store, root) -> httpx.AsyncClient:
+    """JobGate in front of a stand-in for BentoML's task routes, which echoes what reaches it."""
+
+    async def bentoml_task(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await JSONResponse({"reached_bentoml": json.loads(body)})(scope, receive, send)
+
+    app = Starlette()
+    app.state.plane, app.state.jobs = plane, store
+    plane.settings.analyze_root = str(root)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=JobGate(bentoml_task, app.state)), base_url="http://chorus.test"
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def jobs_http(plane, store) -> httpx.AsyncClient:
+    app = Starlette(routes=HTTP_ROUTES)
+    app.state.plane, app.state.jobs = plane, store
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://chorus.test") as client:
+        yield client
+
+
+async def test_an_upload_is_streamed_to_disk_under_its_own_name(jobs_http, store, wav):
+    response = await jobs_http.post("/jobs/uploads", params={"name": "../../20240517_053000.WAV"}, content=wav)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["name"] == "20240517_053000.WAV" and body["bytes"] == len(wav)
+    assert (store.upload_path(body["upload_id"]) / "20240517_053000.WAV").read_bytes() == wav
+
+
+async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_nothing(jobs_http, plane, store):
+    plane.settings.max_job_upload_bytes = 100_000
+    sent = 0
+
+    async def body():
+        nonlocal sent
+        for _ in range(200):
+            sent += 65_536
+            yield b"\0" * 65_536
+
+    response = await jobs_http.post("/jobs/uploads", content=body())
+    assert response.status_code == 413 and "100000" in response.json()["error"]["message"]
+    assert sent < 1_000_000
+    assert list((store.home / "uploads").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"path": "../secret"}, 403, "outside the analyze root"),
+        ({"path": "/etc"}, 403, "absolute"),
+        ({"path": "escape"}, 403, "outside the analyze root"),
+        ({"path": "escape/other.wav"}, 403, "outside the analyze root"),
+        ({"path": "site2"}, 403, "links to outside"),
+        ({"path": "nowhere"}, 404, "no file or folder"),
+        ({"upload_id": "0123456789abcdef"}, 404, "no upload"),
+        ({"path": "site1", "upload_id": "x"}, 422, "exactly one"),
+        ({"path": "site1", "formats": ["excel"]}, 422, "formats"),
+        ({"path": "site1", "species": ["dodo"]}, 422, "dodo"),
+        ({"path": "site1", "min_confidence": 2}, 422, "min_confidence"),
+        ({"path": "site1", "channels": "left"}, 422, "channels"),
+        ({"path": "site1", "shell": "rm -rf"}, 422, "unknown field"),
+    ],
+)
+async def test_submissions_are_checked_before_bentoml_queues_them(gate, body, status, words):
+    response = await gate.post("/analyze/submit", json=body)
+    assert response.status_code == status and words in response.json()["error"]["message"], response.text
+
+
+async def test_a_good_submission_reaches_bentoml_unchanged(gate):
+    body = {"path": "site1", "formats": ["csv", "raven"], "species": [LABELS[0]], "merge": True}
+    response = await gate.post("/analyze/submit", json=body)
+    assert response.status_code == 200 and response.json() == {"reached_bentoml": body}
+
+
+async def test_the_task_routes_need_the_token_and_answer_from_disk(gate, plane, store):
+    plane.settings.api_token = "s3cret"
+    assert (await gate.post("/analyze/submit", json={"path": "site1"})).status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    assert (await gate.get("/analyze/status", params={"task_id": "nope"}, headers=auth)).status_code == 404
+    store.create("job1", JobRequest(sources=["x"], formats=["csv"]))
+    status = (await gate.get("/analyze/status", params={"task_id": "job1"}, headers=auth)).json()
+    assert status["status"] == "in_progress" and status["state"] == "queued"
+    assert (await gate.get("/analyze/get", params={"task_id": "job1"}, headers=auth)).status_code == 400
+    cancelled = await gate.post("/analyze/cancel", params={"task_id": "job1"}, headers=auth)
+    assert cancelled.status_code == 200 and store.cancel_asked("job1")
+    assert (await gate.post("/analyze", json={"path": "site1"}, headers=auth)).status_code == 400
+
+
+async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store, engine, root):
+    recording = root / "site1" / "20240517_053000.WAV"
+    recording.write_bytes(encode((0.1 * np.random.default_rng(0).standard_normal(16_000 * 12)).astype(np.float32), 16_000, "WAV", "PCM_16"))
+    store.create("job2", JobRequest(sources=[str(root / "site1")], formats=["csv", "raven"], min_confidence=0.0))
+    state = await JobRunner(store, plane).run("job2")
+    assert state.status == "done", state.error
+    assert state.summary["files_ok"] == 1 and state.audio_seconds_done == state.audio_seconds_total == 12.0
+    assert {"detections.csv", "errors.csv"} <= set(store.outputs("job2"))
+    assert all(method == "birdcall_job_windows" for method, _ in engine.calls)
+    assert "2024-05-17T05:30:00" in store.output("job2", "detections.csv").read_text()  # the clock time from the name
+
+
+async def test_a_cancelled_job_stops(plane, store, root):
+    store.create("job3", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.ask_cancel("job3")
+    state = await JobRunner(store, plane).run("job3")
+    assert state.status == "cancelled" and store.state("job3").status == "cancelled"

@@ -1,0 +1,94 @@
+"""Analysis jobs through BentoML's task API on the real server: a job killed with its server resumes
+from its journal when the server starts again, and its tables equal those of a job never stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from service.local_server import ServedProcess, serve_process
+from tests.conftest import encode, isolated_bentoml_home
+
+pytestmark = pytest.mark.timeout(900)
+FILES, SECONDS = 12, 30
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("field")
+    rng = np.random.default_rng(5)
+    for i in range(FILES):
+        audio = (0.05 * rng.standard_normal(16_000 * SECONDS)).astype(np.float32)
+        (folder / f"20240517_{i:02d}0000.wav").write_bytes(encode(audio, 16_000, "WAV", "PCM_16"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server_env(tiny_exports, recordings, tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("jobs-server")
+    return {
+        "BENTOML_HOME": isolated_bentoml_home(home / "bentoml"),
+        "CHORUS_HOME": str(home / "chorus"),
+        "CHORUS_ANALYZE_ROOT": str(recordings),
+        "CHORUS_JOB_WINDOWS_PER_BATCH": "1",  # slow the job down enough to stop it half way
+    }
+
+
+def submit(server: ServedProcess) -> str:
+    response = httpx.post(f"{server.url}/analyze/submit", json={"path": ".", "formats": ["csv", "raven", "raven-combined"]}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["task_id"]
+
+
+def status(server: ServedProcess, task_id: str) -> dict:
+    return httpx.get(f"{server.url}/analyze/status", params={"task_id": task_id}, timeout=30).json()
+
+
+def wait_for(server: ServedProcess, task_id: str, done: callable, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = status(server, task_id)
+        if done(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job {task_id} never got there: {state}")
+
+
+def tables(server: ServedProcess, task_id: str) -> dict[str, bytes]:
+    view = httpx.get(f"{server.url}/jobs/{task_id}", timeout=30).json()
+    return {name: httpx.get(f"{server.url}{link}", timeout=30).content for name, link in view["outputs"].items()}
+
+
+def kill_9(server: ServedProcess) -> None:
+    """The whole server at once, as a power cut would: the supervisor and every worker."""
+    tree = [server.process.pid, *(child.pid for child in psutil.Process(server.process.pid).children(recursive=True))]
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    server.process.wait(timeout=30)
+
+
+def test_a_job_killed_with_its_server_resumes_and_gives_the_same_tables(server_env, tmp_path):
+    with serve_process("service.service:Chorus", tmp_path / "first.log", **server_env) as first:
+        reference_id = submit(first)
+        reference_state = wait_for(first, reference_id, lambda s: s["state"] == "done")
+        reference = tables(first, reference_id)
+        interrupted = submit(first)
+        wait_for(first, interrupted, lambda s: s["progress"]["files_done"] >= 3)
+        kill_9(first)
+    assert reference_state["summary"]["files_ok"] == FILES and "combined.selections.txt" in reference
+    with serve_process("service.service:Chorus", tmp_path / "second.log", **server_env) as second:
+        assert status(second, interrupted)["state"] in ("queued", "running")  # known after the restart
+        final = wait_for(second, interrupted, lambda s: s["state"] == "done")
+        assert final["summary"]["files_skipped"] >= 3  # resumed from its journal
+        assert tables(second, interrupted) == reference
+        cancelled = submit(second)
+        wait_for(second, cancelled, lambda s: s["state"] == "running")
+        assert httpx.post(f"{second.url}/analyze/cancel", params={"task_id": cancelled}, timeout=30).status_code == 200
+        assert wait_for(second, cancelled, lambda s: s["state"] == "cancelled")["status"] == "canceled"
