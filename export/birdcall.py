@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from layout.workspace import Workspace
 from export.parity import Tolerance
 from export.pipeline import ExportJob, already_registered, export_digest, run_export
 from features import FrontEnd, FrontEndConfig, NormStats
-from training.birdcall_data import clip_filter, featurize, read_manifest
-from training.birdcall_model import BirdCallArch, BirdCallNet
 from layout import artifacts
 from layout.artifacts import CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS
+from layout.workspace import Workspace
+from training.birdcall_data import clip_filter, featurize, read_manifest
+from training.birdcall_model import BirdCallArch, BirdCallNet
 from training.checkpoint import Checkpoint, load_checkpoint, load_weights
 
 INPUT, OUTPUT = "features", "logits"

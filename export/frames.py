@@ -10,17 +10,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from denoising_diffusion_pytorch import Unet
 from torch import nn
 
-from layout.workspace import Workspace
 from export.parity import Tolerance
 from export.pipeline import ExportJob, already_registered, export_digest, run_export
 from layout import artifacts
 from layout.artifacts import CONFIG, METRICS, WEIGHTS
+from layout.workspace import Workspace
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_synth import render_frames
 from training.train_frames import FramesArch
-from denoising_diffusion_pytorch import Unet
 
 OUTPUT = "v"
 TOLERANCES = {
@@ -52,7 +52,9 @@ def held_out_inputs(arch: FramesArch, alphas_cumprod: np.ndarray, n: int = 48) -
     return {"x_t": x_t.astype(np.float32), "t": t.astype(np.float32)}
 
 
-def export_frames(workspace: Workspace, *, variants: tuple[str, ...] = VARIANTS, tolerances: dict[str, Tolerance] | None = None) -> dict[str, Any]:
+def export_frames(
+    workspace: Workspace, *, variants: tuple[str, ...] = VARIANTS, tolerances: dict[str, Tolerance] | None = None
+) -> dict[str, Any]:
     tolerances = {**TOLERANCES, **(tolerances or {})}
     checkpoint = load_checkpoint(workspace.checkpoint_dir("frames"))
     digest = export_digest(checkpoint, (WEIGHTS, CONFIG), variants, tolerances)

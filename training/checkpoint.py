@@ -13,7 +13,6 @@ from torch import nn
 from layout.artifacts import CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS, read_json
 
 
-
 @dataclass
 class Checkpoint:
     """What training leaves behind and export reads."""

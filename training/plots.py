@@ -7,15 +7,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
     """One panel per metric family (loss, accuracy), one line per split."""
     families = sorted({key.split("_", 1)[1] for key in history})
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.5), squeeze=False)
-    for ax, family in zip(axes[0], families):
+    for ax, family in zip(axes[0], families, strict=True):
         for key, values in history.items():
             if key.endswith(family):
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=key.split("_", 1)[0])
@@ -36,7 +36,7 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    for i, j in zip(*np.nonzero(matrix)):
+    for i, j in zip(*np.nonzero(matrix), strict=True):
         ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
