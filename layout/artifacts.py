@@ -20,7 +20,12 @@ LABELS = "labels.json"
 NORM_STATS = "norm_stats.json"
 """Per-mel-band mean and std of the training split (birdcall)."""
 METRICS = "metrics.json"
-"""Training facts and figures (optional when reading)."""
+"""Training facts and figures (optional when reading). birdcall: `threshold`, `validation_detection_share`
+{species: share of validation windows detected at the default threshold}, `validation_no_detection_share`,
+and the `val`/`test` figures (see docs/training.md)."""
+CALIBRATION = "calibration.json"
+"""How birdcall scores are calibrated (`method`, `temperature`, already inside the ONNX graph), the default
+decision `threshold` (a species is detected where its score >= threshold) and the validation `ece`."""
 
 # Keys of config.json.
 ARCH = "arch"

@@ -1,5 +1,8 @@
 """The birdcall network (the seed's "autobird" architecture): conv blocks, one transformer layer,
-attention pooling, linear head. Input: normalized ln-mel windows [B, 1, n_mels, n_frames]."""
+attention pooling, linear head. Input: normalized ln-mel windows [B, 1, n_mels, n_frames].
+
+The head gives one independent logit per species (multi-label: sigmoid, not softmax), and the
+pooled vector before it is the call embedding."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ class BirdCallArch:
     n_classes: int
     n_mels: int = 64
     n_frames: int = 157
+    """Frames per window: pass the front end's (FrontEndConfig.n_frames), never rely on this default."""
     d_model: int = 64
     n_heads: int = 2
     ff_dim: int = 2048
@@ -21,7 +25,7 @@ class BirdCallArch:
 
     @property
     def seq_len(self) -> int:
-        """Time steps after two 2x poolings: 157 -> 78 -> 39."""
+        """Time steps after two 2x poolings (157 -> 78 -> 39)."""
         return self.n_frames // 2 // 2
 
     def to_dict(self) -> dict:
@@ -58,8 +62,12 @@ class BirdCallNet(nn.Module):
         self.pool = AttentionPool(arch.d_model)
         self.head = nn.Linear(arch.d_model, arch.n_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 1, n_mels, n_frames] -> logits [B, n_classes]."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, n_mels, n_frames] -> pooled embedding [B, d_model] (the head's input)."""
         h = self.features(x).mean(dim=2)  # average over frequency: [B, 64, T]
         h = self.project(h.transpose(1, 2)) + self.position
-        return self.head(self.pool(self.encoder(h)))
+        return self.pool(self.encoder(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, n_mels, n_frames] -> one logit per species [B, n_classes]."""
+        return self.head(self.embed(x))
