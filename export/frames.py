@@ -13,7 +13,7 @@ import torch
 from denoising_diffusion_pytorch import Unet
 from torch import nn
 
-from export.parity import Tolerance
+from export.parity import OutputKind, Tolerance
 from export.pipeline import ExportJob, already_registered, export_digest, run_export
 from layout import artifacts
 from layout.artifacts import CONFIG, METRICS, WEIGHTS
@@ -22,7 +22,7 @@ from training.checkpoint import load_checkpoint, load_weights
 from training.frames_synth import render_frames
 from training.train_frames import FramesArch
 
-OUTPUT = "v"
+OUTPUTS = {"v": OutputKind.TENSOR}
 TOLERANCES = {
     "fp32": Tolerance(max_abs_diff=1e-3),
     "fp16": Tolerance(max_abs_diff=5e-2),
@@ -68,7 +68,7 @@ def export_frames(
         checkpoint=checkpoint,
         module=Denoiser(unet),
         inputs=held_out_inputs(arch, np.asarray(checkpoint.config[artifacts.ALPHAS_CUMPROD])),
-        output=OUTPUT,
+        outputs=OUTPUTS,
         variants=variants,
         tolerances=tolerances,
         digest=digest,
