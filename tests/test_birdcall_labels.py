@@ -55,17 +55,20 @@ def test_window_targets_follow_the_calls():
         split="train",
         events=(
             CallEvent("owl", 1.0, 2.0),  # only in window 0
-            CallEvent("wren", 4.9, 5.6),  # 0.1 s in window 0 (cut: neither), 0.6 s in windows 1 and 2
-            CallEvent("wren", 9.0, 9.05),  # a short whole call in windows 2 and 3
+            CallEvent("wren", 4.9, 5.6, snr_db=3.0),  # 0.1 s in window 0 (cut: neither), 0.6 s in windows 1 and 2
+            CallEvent("wren", 9.0, 9.05, snr_db=12.0),  # a short whole call in windows 2 and 3
         ),
     )
-    targets, known = window_targets(item, spans, index)
+    targets, known, snr = window_targets(item, spans, index)
     np.testing.assert_array_equal(targets[:, 0], [1, 0, 0, 0])
     np.testing.assert_array_equal(targets[:, 1], [0, 1, 1, 1])
     np.testing.assert_array_equal(known[:, 1], [False, True, True, True])
     assert known[:, 0].all() and known[:, 2].all() and not targets[:, 2].any()
+    # The level of the loudest call of the species in a window where it is present.
+    np.testing.assert_array_equal(snr[:, 1], [np.nan, 3.0, 12.0, 12.0])
+    assert np.isnan(snr[:, 0]).all()
     # Without events, the recording's labels hold for every window.
-    weak, weak_known = window_targets(Item(None, ("crow",), "train"), spans, index)  # type: ignore[arg-type]
+    weak, weak_known, _ = window_targets(Item(None, ("crow",), "train"), spans, index)  # type: ignore[arg-type]
     assert weak[:, 2].all() and not weak[:, :2].any() and weak_known.all()
 
 

@@ -8,9 +8,9 @@ proportions), never window by window, so no recording leaks across splits.
 
 Window labels: when an events CSV sits beside the labels CSV (`labels.events.csv` for
 `labels.csv`, columns `path,label,start,end` in seconds, one row per call, as a Raven selection
-table holds them), a window is labelled with a species when it holds at least MIN_CALL_SECONDS of
-its calls or most of one whole call, and not labelled when it holds none (less than
-NO_CALL_SECONDS). A call cut by the window's edge in between is neither: that (window, species)
+table holds them; an optional `snr_db` column is kept for the figures), a window is labelled with
+a species when it holds at least MIN_CALL_SECONDS of its calls or most of one whole call, and not
+labelled when it holds none (less than NO_CALL_SECONDS). A call cut by the window's edge in between is neither: that (window, species)
 pair is left out of the loss and the figures, like the collar of event-based sound-event metrics.
 Recordings without events rows get their CSV labels on every window (weak labels).
 Generated data and a user's real recordings take exactly the same path.
@@ -84,7 +84,8 @@ def _read_events(csv_path: Path) -> dict[str, list[CallEvent]]:
             start, end = float(row["start"]), float(row["end"])
             if not 0 <= start < end:
                 raise ValueError(f"{path}: event {row['label']} of {row['path']} has start {start} and end {end}")
-            events.setdefault(row["path"], []).append(CallEvent(row["label"].strip(), start, end))
+            snr = row.get("snr_db") or None  # optional: generated data records each call's level
+            events.setdefault(row["path"], []).append(CallEvent(row["label"].strip(), start, end, None if snr is None else float(snr)))
     return events
 
 
@@ -131,14 +132,15 @@ def dataset_hash(csv_path: Path) -> str:
     return digest.hexdigest()
 
 
-def window_targets(item: Item, spans: Sequence[WindowSpan], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """([n, classes] 0/1 targets, [n, classes] known mask) for one recording's windows."""
+def window_targets(item: Item, spans: Sequence[WindowSpan], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[n, classes] 0/1 targets, known mask and the loudest call's SNR (NaN: unknown) of one recording's windows."""
     targets = np.zeros((len(spans), len(index)), np.float32)
     known = np.ones_like(targets, dtype=bool)
+    snr = np.full_like(targets, np.nan)
     columns = [index[name] for name in item.labels]
     if item.events is None:
         targets[:, columns] = 1.0
-        return targets, known
+        return targets, known, snr
     starts = np.array([s.start for s in spans])[:, None]
     ends = np.array([s.end for s in spans])[:, None]
     for name in item.labels:
@@ -153,7 +155,11 @@ def window_targets(item: Item, spans: Sequence[WindowSpan], index: dict[str, int
         present = (held >= MIN_CALL_SECONDS) | whole
         targets[:, index[name]] = present
         known[:, index[name]] = present | (held < NO_CALL_SECONDS)
-    return targets, known
+        levels = np.array([np.nan if e.snr_db is None else e.snr_db for e in calls])[None, :]
+        if np.isfinite(levels).any():
+            heard = np.where(overlap > 0, levels, -np.inf).max(axis=1)
+            snr[:, index[name]] = np.where(present & np.isfinite(heard), heard, np.nan)
+    return targets, known, snr
 
 
 @dataclass
@@ -168,9 +174,11 @@ class WindowSet:
     """[n, classes] bool: False where a cut call makes the target neither (left out of loss and figures)."""
     recording: np.ndarray
     """[n] int64 index of the source recording (for per-recording figures)."""
+    snr_db: np.ndarray
+    """[n, classes] float32: level of the loudest call of the species in the window, when the data says (else NaN)."""
 
     def select(self, mask: np.ndarray) -> WindowSet:
-        return WindowSet(self.log_mels[mask], self.targets[mask], self.known[mask], self.recording[mask])
+        return WindowSet(self.log_mels[mask], self.targets[mask], self.known[mask], self.recording[mask], self.snr_db[mask])
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -195,13 +203,14 @@ def featurize(
     """Decode, resample, window and ln-mel every recording with the shared front end; label each window."""
     index = {name: i for i, name in enumerate(labels)}
     jobs = [(item.path, config.to_dict()) for item in items]
-    mels, targets, known, rec = [], [], [], []
+    mels, targets, known, rec, snr = [], [], [], [], []
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = pool.map(_featurize_one, jobs, chunksize=4)
         for i, (item, (m, spans)) in enumerate(tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")):
-            t, k = window_targets(item, spans, index)
+            t, k, level = window_targets(item, spans, index)
             mels.append(m)
             targets.append(t)
             known.append(k)
+            snr.append(level)
             rec.append(np.full(len(m), i))
-    return WindowSet(np.concatenate(mels), np.concatenate(targets), np.concatenate(known), np.concatenate(rec))
+    return WindowSet(np.concatenate(mels), np.concatenate(targets), np.concatenate(known), np.concatenate(rec), np.concatenate(snr))

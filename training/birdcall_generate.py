@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from training.background_synth import BACKGROUNDS
 from training.birdcall_data import BACKGROUND_LABEL, LABEL_SEPARATOR, events_path
-from training.birdcall_synth import SPECIES, SceneSpec, synthesize_scene, write_audio
+from training.birdcall_synth import SPECIES, CallEvent, SceneSpec, synthesize_scene, write_audio
 
 # Container, libsndfile subtype and file suffix, with their share of generated recordings.
 _FORMATS = [
@@ -31,7 +31,7 @@ _FORMATS = [
     ("OGG", "VORBIS", "ogg", 0.1),
     ("MP3", "MPEG_LAYER_III", "mp3", 0.15),
 ]
-_RATES = (16_000, 22_050, 32_000)
+_RATES = (16_000, 22_050, 24_000)  # synthesis cost grows with the rate; these still exercise the resampler
 # Background-only recordings cycle through these; "clipping" is a loud scene driven past full scale.
 BACKGROUND_GROUPS = (*BACKGROUNDS, "clipping")
 
@@ -121,11 +121,11 @@ def plan_scenes(spec: GenerateSpec) -> list[tuple[str, SceneSpec, str]]:
     return plan
 
 
-def _write_one(job: _Job) -> list[tuple[str, float, float]]:
+def _write_one(job: _Job) -> list[CallEvent]:
     recording = synthesize_scene(job.scene, job.rate, np.random.default_rng(job.seed))
     fmt, subtype, _, _ = _FORMATS[job.format_index]
     write_audio(job.path, recording.audio, job.rate, fmt, subtype)
-    return [(e.label, e.start, e.end) for e in recording.events]
+    return list(recording.events)
 
 
 def _fingerprint(spec: GenerateSpec) -> str:
@@ -168,9 +168,10 @@ def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers
     csv_path = out_dir / "labels.csv"
     with events_path(csv_path).open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "start", "end"])
+        writer.writerow(["path", "label", "start", "end", "snr_db"])
         for (path, _, _), recording_events in zip(rows, events, strict=True):
-            writer.writerows((path, label, f"{start:.3f}", f"{end:.3f}") for label, start, end in recording_events)
+            for e in recording_events:
+                writer.writerow((path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", "" if e.snr_db is None else e.snr_db))
     # The labels CSV last: its presence means the folder is complete.
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)

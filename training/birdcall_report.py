@@ -12,6 +12,9 @@ from training import detection_metrics as dm
 from training.birdcall_data import Item, WindowSet
 from training.plots import plot_detections
 
+SNR_BINS = (4.0, 8.0, 12.0, 16.0, 22.0, 30.01)
+"""Call-level bins (dB over the background, generated data) for recall by level."""
+
 
 def recording_targets(items: Sequence[Item], labels: Sequence[str]) -> np.ndarray:
     """[recordings, classes] 0/1: the species each recording's CSV row names."""
@@ -52,6 +55,7 @@ def split_figures(
         "recording_accuracy": rec_acc,
         "ece": dm.reliability(scores, t, k).ece,
         "ece_detection_range": dm.reliability(scores, t, k, min_score=0.1).ece,
+        "recall_by_snr": dm.recall_by_level(scores, t, k, windows.snr_db, threshold, SNR_BINS),
         "per_class": dm.per_class(scores, t, k, threshold, labels),
     }
     return _rounded(figures)
@@ -121,6 +125,15 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         lines.append(f"| {name} | {metrics['val'][key]:.4f} | {metrics['test'][key]:.4f} |")
     counts = ("windows", "background_windows", "two_species_windows", "three_species_windows", "recordings_with_species", "excluded_pairs")
     lines += ["", "Counts (test): " + ", ".join(f"{key} {metrics['test'][key]}" for key in counts) + ".", ""]
+    if metrics["test"]["recall_by_snr"]:
+        lines += ["| call level (SNR) | " + " | ".join(metrics["test"]["recall_by_snr"]) + " |"]
+        lines += ["|---|" + "---|" * len(metrics["test"]["recall_by_snr"])]
+        lines += [
+            "| test recall (pairs) | "
+            + " | ".join(f"{v['recall']:.3f} ({v['pairs']})" for v in metrics["test"]["recall_by_snr"].values())
+            + " |",
+            "",
+        ]
     lines += ["| species | precision | recall | F1 | support (test windows) |", "|---|---|---|---|---|"]
     for name, row in metrics["test"]["per_class"].items():
         lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")

@@ -11,7 +11,7 @@ end), so labels can follow the audio window by window. Deterministic for a seed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.signal
@@ -180,6 +180,8 @@ class CallEvent:
     label: str
     start: float
     end: float
+    snr_db: float | None = None
+    """Call level over the background (see SNR_DB), when known; None over silence or in real data."""
 
 
 @dataclass(frozen=True)
@@ -209,9 +211,12 @@ class SceneSpec:
     clipped: bool = False
 
 
-# Call level: RMS over the call's active samples relative to the background's RMS (broadband).
-# At the low end a call is barely visible in the spectrogram over wind or rain.
-SNR_DB = (-6.0, 24.0)
+# Call level: local SNR, the call's power over the background's in the spectrogram cells the call
+# fills (within 20 dB of its loudest). A broadband ratio would say little: a 450 Hz hoot at 0 dB
+# broadband vanishes under wind, while a 6 kHz call at -6 dB stands far out of pink noise. At
+# 4 dB local SNR a call is faint but visible in the spectrogram; below 0 dB it is gone.
+SNR_DB = (4.0, 30.0)
+_SNR_CELL_RANGE_DB = 20.0
 _ACTIVE_FRAME_SECONDS = 0.005
 _MERGE_GAP_SECONDS = 0.03
 
@@ -255,6 +260,21 @@ def bird_track(species: str, n: int, sample_rate: int, rng: Rng, sparse: bool = 
     return signal / (rms + 1e-12), events
 
 
+def _cell_power(x: np.ndarray, sr: int) -> np.ndarray:
+    """Power spectrogram, 32 ms frames (about the front end's), for the local SNR."""
+    nperseg = 1 << int(np.log2(0.032 * sr))
+    _, _, z = scipy.signal.stft(x.astype(np.float32), nperseg=nperseg, noverlap=nperseg // 2, boundary=None, padded=False)
+    return np.abs(z) ** 2
+
+
+def local_snr_gain(track: np.ndarray, background_cells: np.ndarray, sr: int, snr_db: float) -> float:
+    """Amplitude gain that puts `track` at snr_db local SNR over the background (see SNR_DB)."""
+    cells = _cell_power(track, sr)
+    loud = cells >= cells.max() * 10 ** (-_SNR_CELL_RANGE_DB / 10)
+    ratio = cells[loud].sum() / max(float(background_cells[loud].sum()), 1e-30)
+    return float(np.sqrt(10 ** (snr_db / 10) / max(ratio, 1e-30)))
+
+
 def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> Recording:
     """One field recording: the scene's backgrounds, its species' bouts at random SNRs, level and band varied."""
     n = int(scene.seconds * sample_rate)
@@ -269,12 +289,17 @@ def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_proba
         # Silence keeps its absolute level (digital zero or self-noise), and calls get one too.
         background = BACKGROUNDS["silence"](rng, n, sample_rate)
     signal = background
+    background_cells = _cell_power(background, sample_rate) if loud and scene.species else None
     events: list[CallEvent] = []
     for species in scene.species:
         track, track_events = bird_track(species, n, sample_rate, rng, scene.sparse)
-        level_db = rng.uniform(*SNR_DB) if loud else rng.uniform(-45, -12)
-        signal = signal + track * 10 ** (level_db / 20)
-        events += track_events
+        if background_cells is not None:
+            snr_db = rng.uniform(*SNR_DB)
+            signal = signal + track * local_snr_gain(track, background_cells, sample_rate, snr_db)
+            events += [replace(e, snr_db=round(snr_db, 2)) for e in track_events]
+        else:  # over silence: an absolute level (dBFS of the call's active RMS)
+            signal = signal + track * 10 ** (rng.uniform(-45, -12) / 20)
+            events += track_events
     cutoff = None
     if rng.random() < lowpass_probability:
         # 6.5-7.8 kHz: about where 16 kHz MP3 at low bitrates cuts the top band (7.2 kHz at 32 kbps).

@@ -6,6 +6,7 @@ neither as hits nor as misses nor as false detections.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,19 @@ def all_found_rate(scores: np.ndarray, targets: np.ndarray, known: np.ndarray, t
         return 0.0, 0
     found = ((scores[windows] >= threshold) | ~positive[windows]).all(axis=1)
     return float(found.mean()), int(windows.sum())
+
+
+def recall_by_level(
+    scores: np.ndarray, targets: np.ndarray, known: np.ndarray, level: np.ndarray, threshold: float, edges: Sequence[float]
+) -> dict[str, dict[str, float]]:
+    """Recall of the known present pairs by the level of their call (bins between edges; NaN levels skipped)."""
+    positive = (targets > 0.5) & known & np.isfinite(level)
+    out = {}
+    for low, high in itertools.pairwise(edges):
+        held = positive & (level >= low) & (level < high)
+        if held.any():
+            out[f"{low:g}..{high:g} dB"] = {"recall": float(np.mean(scores[held] >= threshold)), "pairs": int(held.sum())}
+    return out
 
 
 def recording_accuracy(scores: np.ndarray, recording: np.ndarray, recording_targets: np.ndarray) -> tuple[float, int]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from features import FrontEndConfig, NormStats
 from layout import artifacts
 from layout.workspace import Workspace
+from training.birdcall_augment import mix_pairs, roll_time
 from training.birdcall_data import WindowSet, dataset_hash, featurize, read_manifest, species_of
 from training.birdcall_generate import GenerateSpec, ensure_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet
@@ -43,18 +45,26 @@ class BirdcallProfile:
     patience: int
     """Stop after this many epochs without a lower validation loss."""
     max_minutes: float
-    """Wall-clock budget for the epoch loop."""
-    batch_size: int = 32
-    lr: float = 1e-3
+    """Wall-clock budget for the epoch loop; the learning-rate schedule runs on it (see _learning_rate)."""
+    batch_size: int = 64
+    lr: float = 2e-3
+    """Peak learning rate (Adam)."""
+    warmup: float = 0.1
+    """Share of the budget spent warming the learning rate up."""
     weight_decay: float = 1e-4
-    lr_step_epochs: int = 4
-    """Halve the learning rate every this many epochs (the seed used StepLR)."""
+    train_stride_seconds: float = 1.25
+    """Training windows start this far apart (serving: 2.5 s): twice the windows from the same audio,
+    each call seen at other positions and cuts."""
+    mix_share: float = 0.5
+    """Share of each batch mixed with another window (training.birdcall_augment)."""
+    frequency_channel: bool = True
+    """The band-position input channel (training.birdcall_model); False trains the seed's network."""
     seed: int = 0
 
 
 PROFILES = {
     "default": BirdcallProfile(
-        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=30, patience=5, max_minutes=2.3
+        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=30, patience=6, max_minutes=2.5
     ),
     "full": BirdcallProfile(
         "full",
@@ -62,7 +72,7 @@ PROFILES = {
         max_epochs=100,
         patience=10,
         max_minutes=120,
-        lr=3e-4,
+        lr=1e-3,
     ),
     # For tests: seconds, not minutes; accuracy is not the point.
     "tiny": BirdcallProfile(
@@ -87,46 +97,89 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
-def _tensors(windows: WindowSet, stats: NormStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x = (windows.log_mels - stats.mean.reshape(1, 1, -1, 1)) / stats.std.reshape(1, 1, -1, 1)
-    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(windows.targets), torch.from_numpy(windows.known.astype(np.float32))
+def _learning_rate(profile: BirdcallProfile, progress: float) -> float:
+    """Linear warm-up, then cosine decay to zero, over progress in [0, 1].
+
+    Progress is the larger of the share of the wall-clock budget used and the share of
+    max_epochs done, so a slow machine still anneals before its budget runs out (it runs fewer
+    epochs; a faster one runs more, up to max_epochs).
+    """
+    if progress < profile.warmup:
+        return profile.lr * max(progress / profile.warmup, 0.02)
+    return profile.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - profile.warmup) / (1 - profile.warmup))))
 
 
-def _fit(model: nn.Module, train, val, profile: BirdcallProfile) -> tuple[dict[str, list[float]], int]:
-    """The epoch loop with early stopping on the validation loss; leaves the best weights in model."""
-    x_train, y_train, k_train = train
+class _Normalize:
+    """ln-mel -> model input, with the training split's per-band statistics."""
+
+    def __init__(self, stats: NormStats):
+        self.mean = torch.from_numpy(stats.mean).reshape(1, 1, -1, 1)
+        self.std = torch.from_numpy(stats.std).reshape(1, 1, -1, 1)
+
+    def __call__(self, log_mels: torch.Tensor) -> torch.Tensor:
+        return (log_mels - self.mean) / self.std
+
+
+def _eval_tensors(windows: WindowSet, normalize: _Normalize) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalized inputs, targets, known as 0/1) of a split that is only evaluated."""
+    x = normalize(torch.from_numpy(windows.log_mels))
+    return x, torch.from_numpy(windows.targets), torch.from_numpy(windows.known.astype(np.float32))
+
+
+def _fit(
+    model: nn.Module,
+    train: WindowSet,
+    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    normalize: _Normalize,
+    profile: BirdcallProfile,
+) -> tuple[dict[str, list[float]], int]:
+    """The epoch loop; leaves the weights of the epoch with the lowest validation loss in model."""
+    x_train = torch.from_numpy(train.log_mels)
+    y_train, k_train = torch.from_numpy(train.targets), torch.from_numpy(train.known.astype(np.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=profile.lr_step_epochs, gamma=0.5)
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_f1": []}
+    # bfloat16 matmuls and convs where the CPU has them natively (~1.3x here); the loss stays float32.
+    fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_f1": [], "schedule_lr": []}
     best_loss, best_state, best_epoch, stale = np.inf, copy.deepcopy(model.state_dict()), 0, 0
-    deadline = time.perf_counter() + profile.max_minutes * 60
+    started, budget = time.perf_counter(), profile.max_minutes * 60
     generator = torch.Generator().manual_seed(profile.seed)
+    steps_per_epoch = -(-len(x_train) // profile.batch_size)
+    progress = 0.0
     for epoch in range(1, profile.max_epochs + 1):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         total, seen = 0.0, 0
-        for i in tqdm(range(0, len(order), profile.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False):
+        for step, i in enumerate(tqdm(range(0, len(order), profile.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)):
+            done = ((epoch - 1) * steps_per_epoch + step) / (profile.max_epochs * steps_per_epoch)
+            progress = max((time.perf_counter() - started) / budget, done)
+            if progress >= 1.0:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(profile, progress)
             idx = order[i : i + profile.batch_size]
-            loss = masked_bce(model(x_train[idx]), y_train[idx], k_train[idx])
+            x, y, k = mix_pairs(roll_time(x_train[idx], generator), y_train[idx], k_train[idx], profile.mix_share, generator)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16):
+                logits = model(normalize(x).contiguous(memory_format=torch.channels_last))
+            loss = masked_bce(logits.float(), y, k)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             total += loss.item() * len(idx)
             seen += len(idx)
-        scheduler.step()
         logits = predict_logits(model, val[0])
         val_loss = masked_bce(torch.from_numpy(logits), val[1], val[2]).item()
         val_f1 = precision_recall(sigmoid(logits), val[1].numpy(), val[2].numpy() > 0, 0.5)["f1"]
-        history["train_loss"].append(total / seen)
+        history["train_loss"].append(total / max(seen, 1))
         history["val_loss"].append(val_loss)
         history["val_f1"].append(val_f1)
-        tqdm.write(f"epoch {epoch}: train loss {total / seen:.4f} | val loss {val_loss:.4f} micro-F1@0.5 {val_f1:.4f}")
+        history["schedule_lr"].append(optimizer.param_groups[0]["lr"])
+        tqdm.write(f"epoch {epoch}: train loss {total / max(seen, 1):.4f} | val loss {val_loss:.4f} micro-F1@0.5 {val_f1:.4f}")
         if val_loss < best_loss:
             best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
-        if stale >= profile.patience or time.perf_counter() > deadline:
+        if stale >= profile.patience or progress >= 1.0:
             break
     model.load_state_dict(best_state)
     return history, best_epoch
@@ -143,15 +196,27 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     labels = species_of(items)
     frontend_config = FrontEndConfig()
     split_items = {name: [i for i in items if i.split == name] for name in ("train", "val", "test")}
-    splits = {name: featurize(group, labels, frontend_config, desc=f"features {name}") for name, group in split_items.items()}
+    train_config = replace(frontend_config, stride_seconds=profile.train_stride_seconds)
+    splits = {
+        name: featurize(group, labels, train_config if name == "train" else frontend_config, desc=f"features {name}")
+        for name, group in split_items.items()
+    }
     stats = NormStats.fit(splits["train"].log_mels)
-    tensors = {name: _tensors(ws, stats) for name, ws in splits.items()}
+    normalize = _Normalize(stats)
+    tensors = {name: _eval_tensors(splits[name], normalize) for name in ("val", "test")}
     seconds_data = time.perf_counter() - started
 
-    arch = BirdCallArch(n_classes=len(labels), n_mels=frontend_config.n_mels, n_frames=frontend_config.n_frames)
+    arch = BirdCallArch(
+        n_classes=len(labels), n_mels=frontend_config.n_mels, n_frames=frontend_config.n_frames, frequency_channel=profile.frequency_channel
+    )
+    model = BirdCallNet(arch)
+    # Start every species at its prior (~7% of windows) rather than at 50%: the first epoch then
+    # learns calls instead of the base rate.
+    prior = float(np.clip(splits["train"].targets.mean(), 1e-3, 0.5))
+    nn.init.constant_(model.head.bias, math.log(prior / (1 - prior)))
     # channels_last makes the conv blocks ~15% faster on CPU; the saved weights are the same.
-    model = BirdCallNet(arch).to(memory_format=torch.channels_last)
-    history, best_epoch = _fit(model, tensors["train"], tensors["val"], profile)
+    model = model.to(memory_format=torch.channels_last)
+    history, best_epoch = _fit(model, splits["train"], tensors["val"], normalize, profile)
     seconds_training = time.perf_counter() - started - seconds_data
 
     logits = {name: predict_logits(model, tensors[name][0]) for name in ("val", "test")}
