@@ -1,37 +1,44 @@
-"""The one audio front end: decode, mix to mono, resample, window, log-mel, normalize.
+"""The one audio front end: decode, mix (or split channels), resample, log-mel on one frame grid, normalize.
 
 numpy, scipy, soundfile and soxr only. Training, export parity checks and serving all call this
-package, so a model never sees features computed two different ways.
+package, so a model never sees features computed two different ways. Recordings stream through it
+block by block, so memory depends on the block size, not on the recording.
 """
 
 from features.config import FrontEndConfig
-from features.decode import ACCEPTED_FORMATS, DecodedAudio, decode_audio, resample
+from features.decode import ACCEPTED_FORMATS, DEFAULT_BLOCK_SAMPLES, AudioFacts
 from features.errors import (
     AudioError,
     AudioTooLongError,
     CorruptAudioError,
     EmptyAudioError,
+    FrontEndConfigError,
     InvalidSamplesError,
     UnsupportedFormatError,
 )
-from features.frontend import FrontEnd, NormStats
-from features.windows import WindowSpan, split_windows, window_spans
+from features.frontend import Analysis, FrontEnd
+from features.norm import NormStats
+from features.stream import AudioStream, Channels
+from features.windows import WindowBatch, WindowSpan, window_count
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DEFAULT_BLOCK_SAMPLES",
+    "Analysis",
     "AudioError",
+    "AudioFacts",
+    "AudioStream",
     "AudioTooLongError",
+    "Channels",
     "CorruptAudioError",
-    "DecodedAudio",
     "EmptyAudioError",
     "FrontEnd",
     "FrontEndConfig",
+    "FrontEndConfigError",
     "InvalidSamplesError",
     "NormStats",
     "UnsupportedFormatError",
+    "WindowBatch",
     "WindowSpan",
-    "decode_audio",
-    "split_windows",
-    "resample",
-    "window_spans",
+    "window_count",
 ]

@@ -5,21 +5,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from features.errors import FrontEndConfigError
+
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """How audio becomes model input. Defaults are the birdcall seed's preprocessing."""
+    """How audio becomes model input. Defaults: the birdcall seed's preprocessing on a 500-sample hop grid.
+
+    Frames sit on one grid per recording (frame j centred at sample j * hop_length), and a window is
+    a slice of that grid, so stride and clip must be whole numbers of hops: checked on construction.
+    """
 
     sample_rate: int = 16_000
     """Rate every recording is resampled to, in Hz."""
     clip_seconds: float = 5.0
-    """Length of one classified window, in seconds."""
+    """Length of one classified window, in seconds (160 hops at the defaults)."""
     stride_seconds: float = 2.5
-    """Distance between window starts, in seconds (windows overlap by half)."""
+    """Distance between window starts, in seconds (80 hops; windows overlap by half)."""
     n_fft: int = 1024
-    """STFT size in samples (Hann window of the same length, centered frames, reflect padding)."""
-    hop_length: int = 512
-    """STFT hop in samples."""
+    """STFT size in samples (periodic Hann window of the same length, frames centred, zeros outside the recording)."""
+    hop_length: int = 500
+    """STFT hop in samples (31.25 ms at 16 kHz)."""
     n_mels: int = 64
     """Number of mel bands (HTK scale, no filter normalization, as torchaudio's default)."""
     f_min: float = 20.0
@@ -28,6 +34,25 @@ class FrontEndConfig:
     """Highest mel filter edge, in Hz."""
     log_eps: float = 1e-6
     """Features are ln(power_mel + log_eps)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("clip_seconds", "stride_seconds"):
+            seconds = getattr(self, name)
+            samples = seconds * self.sample_rate
+            if samples <= 0 or abs(samples - round(samples)) > 1e-6:
+                problems.append(f"{name}={seconds} is not a positive whole number of samples at {self.sample_rate} Hz")
+            elif round(samples) % self.hop_length:
+                problems.append(f"{name}={seconds} ({round(samples)} samples) is not a whole number of hops of {self.hop_length}")
+        if self.n_fft <= 0 or self.n_fft % 2:
+            problems.append(f"n_fft={self.n_fft} must be positive and even")
+        if problems:
+            raise FrontEndConfigError(
+                "front-end config: " + "; ".join(problems) + ". Windows are slices of one frame grid, so clip and stride must"
+                " be whole numbers of hops (the defaults: hop 500 at 16 kHz, stride 80 hops, clip 160 hops). A model whose"
+                " stored config fails this check was trained with the older per-window front end: retrain it with"
+                " `chorus train birdcall` (then `chorus export birdcall`)."
+            )
 
     @property
     def clip_samples(self) -> int:
@@ -38,9 +63,17 @@ class FrontEndConfig:
         return round(self.stride_seconds * self.sample_rate)
 
     @property
+    def clip_hops(self) -> int:
+        return self.clip_samples // self.hop_length
+
+    @property
+    def stride_hops(self) -> int:
+        return self.stride_samples // self.hop_length
+
+    @property
     def n_frames(self) -> int:
-        """STFT frames per window: 157 for the defaults."""
-        return 1 + self.clip_samples // self.hop_length
+        """Frames per window: both ends of the clip are frame centres, so 161 for the defaults."""
+        return self.clip_hops + 1
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -52,5 +85,6 @@ class FrontEndConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrontEndConfig:
+        """Raises FrontEndConfigError for a config of the old per-window front end (hop 512)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,14 +1,20 @@
-"""Decode audio bytes or files with soundfile (libsndfile), mix to mono, resample with soxr."""
+"""Read a recording block by block with soundfile (libsndfile), with the limits enforced on what is decoded.
+
+Nothing here holds more than one block: the decoded working set is `block_samples` float32 samples
+(all channels together) whatever the file's length, rate or channel count.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import soundfile as sf
-import soxr
+from soundfile import _ffi, _snd
 
 from features.errors import (
     AudioTooLongError,
@@ -20,24 +26,27 @@ from features.errors import (
 
 ACCEPTED_FORMATS = ("WAV", "FLAC", "OGG/Vorbis", "OGG/Opus", "MP3")
 _ACCEPTED_TEXT = ", ".join(ACCEPTED_FORMATS)
+DEFAULT_BLOCK_SAMPLES = 1 << 18
+"""Decoded samples per read, all channels together: 1 MiB of float32 (about 2.7 s of 48 kHz stereo)."""
+# libsndfile reports SF_COUNT_MAX frames when it cannot tell the length (e.g. a chained Ogg).
+_UNKNOWN_FRAMES = 1 << 62
+_LIBSNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+Source = bytes | str | Path
 
 
 @dataclass(frozen=True)
-class DecodedAudio:
-    """A decoded recording, mixed to mono but still at its own sample rate."""
+class AudioFacts:
+    """What a decoded recording was, as the service and the analysis tables report it."""
 
-    waveform: np.ndarray
-    """Mono float32 samples in [-1, 1] (int formats are scaled by soundfile)."""
+    duration_seconds: float
+    """Decoded frames / sample_rate: what was actually decoded, not what the header claimed."""
     sample_rate: int
     """Rate the file was recorded at, in Hz."""
     channels: int
-    """Channel count before mixing to mono."""
+    """Channel count of the file."""
     format: str
     """Container as libsndfile names it, e.g. WAV, FLAC, OGG, MP3."""
-
-    @property
-    def duration_seconds(self) -> float:
-        return len(self.waveform) / self.sample_rate
 
 
 def _sniff(head: bytes) -> str | None:
@@ -53,51 +62,105 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def decode_audio(source: bytes | str | Path, *, max_seconds: float | None = None) -> DecodedAudio:
-    """Decode a whole recording. Raises a typed AudioError that says what is wrong and what is accepted.
+def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
+    """Decode the next len(out) frames into out (C-contiguous float32); returns the frames read.
 
-    max_seconds is checked from the header before any sample is decoded, so an hour-long upload
-    costs nothing beyond its bytes.
+    Calls libsndfile directly: SoundFile.read (and .blocks) seeks back to its own count after every
+    read, and libsndfile's MP3 seek is approximate on VBR files (it lands elsewhere and the next reads
+    return zeros and shifted audio, measured 0.36 off); Opus and MPEG-2 reads drift by 1 ULP. Without
+    the seek every format decodes the same samples whatever the block size.
     """
-    if isinstance(source, (str, Path)):
-        data = Path(source).read_bytes()
-    else:
-        data = bytes(source)
-    if not data:
-        raise EmptyAudioError(f"the audio is empty (0 bytes); send a recording in one of: {_ACCEPTED_TEXT}")
-    sniffed = _sniff(data[:16])
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            sample_rate, channels, fmt = f.samplerate, f.channels, f.format
-            if max_seconds is not None and f.frames > 0 and f.frames / sample_rate > max_seconds:
-                raise AudioTooLongError(
-                    f"the recording lasts {f.frames / sample_rate:.1f} s; at most {max_seconds:g} s is accepted"
-                )
-            samples = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        if isinstance(exc, AudioTooLongError):
-            raise
-        if sniffed is None:
-            raise UnsupportedFormatError(
+    frames = _snd.sf_readf_float(file._file, _ffi.cast("float *", _ffi.from_buffer(out)), len(out))
+    if error := _snd.sf_error(file._file):
+        raise sf.LibsndfileError(error)
+    return int(frames)
+
+
+def _too_long(seconds: float, max_seconds: float, *, so_far: bool) -> AudioTooLongError:
+    lasts = f"more than {seconds:.1f} s (decoding stopped there)" if so_far else f"{seconds:.1f} s"
+    return AudioTooLongError(f"the recording lasts {lasts}; at most {max_seconds:g} s is accepted")
+
+
+class AudioReader:
+    """An open recording. Opening checks the container and the header's length; `blocks()` decodes.
+
+    Raises a typed AudioError that says what is wrong and what is accepted (a missing path: OSError).
+    A path is read from disk as it decodes (never loaded whole); bytes are decoded in place.
+    """
+
+    def __init__(self, source: Source, *, max_seconds: float | None = None, block_samples: int = DEFAULT_BLOCK_SAMPLES):
+        if block_samples < 1:
+            raise ValueError(f"block_samples must be >= 1, got {block_samples}")
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as f:
+                head = f.read(16)
+            target: str | io.BytesIO = str(source)
+        else:
+            head = bytes(source[:16])
+            target = io.BytesIO(source)
+        if not head:
+            raise EmptyAudioError(f"the audio is empty (0 bytes); send a recording in one of: {_ACCEPTED_TEXT}")
+        self._sniffed = _sniff(head)
+        self.max_seconds = max_seconds
+        try:
+            self._file = sf.SoundFile(target)
+        except _LIBSNDFILE_ERRORS as exc:
+            raise self._decode_error(exc) from exc
+        self.sample_rate = int(self._file.samplerate)
+        self.channels = int(self._file.channels)
+        self.format = str(self._file.format)
+        self.frames_decoded = 0
+        header_frames = self._file.frames
+        known = 0 < header_frames < _UNKNOWN_FRAMES
+        if max_seconds is not None and known and header_frames / self.sample_rate > max_seconds:
+            self.close()
+            raise _too_long(header_frames / self.sample_rate, max_seconds, so_far=False)
+        # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
+        self.block_frames = max(1, block_samples // self.channels)
+        if known:
+            self.block_frames = min(self.block_frames, header_frames + 1)
+
+    def _decode_error(self, exc: Exception) -> CorruptAudioError | UnsupportedFormatError:
+        if self._sniffed is None:
+            return UnsupportedFormatError(
                 f"unsupported audio format (the bytes are not a recognised audio file); accepted: {_ACCEPTED_TEXT}"
-            ) from exc
-        raise CorruptAudioError(
-            f"the {sniffed} data could not be decoded ({exc}); send a complete, valid file in one of: {_ACCEPTED_TEXT}"
-        ) from exc
-    if samples.shape[0] == 0:
-        raise EmptyAudioError("the recording holds no samples; send audio at least a few milliseconds long")
-    if not np.isfinite(samples).all():
-        raise InvalidSamplesError("the recording contains NaN or infinite samples; send finite PCM or float audio")
-    waveform = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
-    if max_seconds is not None and len(waveform) / sample_rate > max_seconds:
-        raise AudioTooLongError(
-            f"the recording lasts {len(waveform) / sample_rate:.1f} s; at most {max_seconds:g} s is accepted"
+            )
+        return CorruptAudioError(
+            f"the {self._sniffed} data could not be decoded ({exc}); send a complete, valid file in one of: {_ACCEPTED_TEXT}"
         )
-    return DecodedAudio(np.ascontiguousarray(waveform), int(sample_rate), int(channels), str(fmt))
 
+    def blocks(self) -> Iterator[np.ndarray]:
+        """[frames, channels] float32 blocks in [-1, 1], each checked for NaN/inf and against max_seconds.
 
-def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """soxr HQ resampling (the best aliasing of the options measured); a no-op at the same rate."""
-    if from_rate == to_rate:
-        return np.asarray(waveform, dtype=np.float32)
-    return soxr.resample(waveform, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+        Every block is a view of one reused buffer: it is valid until the next block is read.
+        """
+        buffer = np.empty((self.block_frames, self.channels), np.float32)
+        while True:
+            try:
+                frames = _read_into(self._file, buffer)
+            except sf.LibsndfileError as exc:
+                raise self._decode_error(exc) from exc
+            if frames == 0:
+                break
+            block = buffer[:frames]
+            self.frames_decoded += len(block)
+            if self.max_seconds is not None and self.frames_decoded > self.max_seconds * self.sample_rate:
+                raise _too_long(self.frames_decoded / self.sample_rate, self.max_seconds, so_far=True)
+            if not np.isfinite(block).all():
+                raise InvalidSamplesError("the recording contains NaN or infinite samples; send finite PCM or float audio")
+            yield block
+        if self.frames_decoded == 0:
+            raise EmptyAudioError("the recording holds no samples; send audio at least a few milliseconds long")
+
+    def facts(self) -> AudioFacts:
+        """The recording's facts; duration counts the frames decoded so far (all of them once blocks() is done)."""
+        return AudioFacts(self.frames_decoded / self.sample_rate, self.sample_rate, self.channels, self.format)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AudioReader:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

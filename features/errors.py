@@ -1,6 +1,10 @@
-"""Typed audio errors. The service maps each class to one HTTP status; nothing here knows HTTP."""
+"""Typed front-end errors. The service maps each AudioError class to one HTTP status; nothing here knows HTTP."""
 
 from __future__ import annotations
+
+
+class FrontEndConfigError(ValueError):
+    """A front-end config this code cannot honour (e.g. a model trained with an older front end). Not a client error."""
 
 
 class AudioError(ValueError):
@@ -20,8 +24,9 @@ class CorruptAudioError(AudioError):
 
 
 class InvalidSamplesError(AudioError):
-    """Decoded samples contain NaN or infinity."""
+    """Decoded samples contain NaN or infinity (checked block by block)."""
 
 
 class AudioTooLongError(AudioError):
-    """The recording is longer than the configured limit (checked before decoding samples)."""
+    """The recording is longer than the configured limit: refused from the header when it says so, and
+    in any case as soon as the decoded samples pass the limit (headers can be absent or wrong)."""

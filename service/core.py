@@ -19,7 +19,7 @@ import anyio.to_thread
 import numpy as np
 from PIL import Image
 
-from features import AudioError, DecodedAudio, FrontEnd, decode_audio, resample
+from features import AudioError, AudioFacts, FrontEnd
 from service.errors import DeadlineExceeded, InvalidParameter, Overloaded, from_audio_error
 from service.metrics import Metrics
 
@@ -118,21 +118,11 @@ class BirdcallCore:
             if probs[i] >= options.min_confidence
         ]
 
-    def _prepare(self, data: bytes) -> tuple[DecodedAudio, np.ndarray, list, dict[str, float]]:
-        timings = {}
-        start = time.perf_counter()
-        decoded = decode_audio(data, max_seconds=self.max_seconds)
-        timings["decode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        waveform = resample(decoded.waveform, decoded.sample_rate, self.frontend.config.sample_rate)
-        timings["resample"] = time.perf_counter() - start
-        start = time.perf_counter()
-        windows, spans = self.frontend.windows(waveform)
-        features = self.frontend.features(windows)
-        timings["features"] = time.perf_counter() - start
-        return decoded, features, spans, timings
+    def _prepare(self, data: bytes) -> tuple[AudioFacts, np.ndarray, list, dict[str, float]]:
+        analysis = self.frontend.analyze(data, max_seconds=self.max_seconds)
+        return analysis.audio, analysis.windows.features, analysis.windows.spans, analysis.timings
 
-    async def prepare(self, data: bytes) -> tuple[DecodedAudio, np.ndarray, list, dict[str, float]]:
+    async def prepare(self, data: bytes) -> tuple[AudioFacts, np.ndarray, list, dict[str, float]]:
         """Decode -> resample -> windows -> normalized log-mel, off the event loop. Typed 4xx on bad audio."""
         try:
             return await anyio.to_thread.run_sync(self._prepare, data)
@@ -159,7 +149,7 @@ class BirdcallCore:
             raise InvalidParameter(f"the waveform is longer than {self.max_seconds:g} s")
 
         def features() -> np.ndarray:
-            return self.frontend.features(self.frontend.windows(waveform.astype(np.float32, copy=False))[0])
+            return self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
 
         return softmax((await self.logits(await anyio.to_thread.run_sync(features)))[0])
 

@@ -1,4 +1,4 @@
-"""The shared audio front end: decoding, windows, log-mel parity with torchaudio, typed errors."""
+"""The shared audio front end: formats, typed errors, the window grid, torchaudio parity, normalization."""
 
 from __future__ import annotations
 
@@ -8,24 +8,29 @@ import torch
 import torchaudio
 
 from features import (
+    AudioTooLongError,
     CorruptAudioError,
     EmptyAudioError,
     FrontEnd,
     FrontEndConfig,
+    FrontEndConfigError,
     InvalidSamplesError,
     NormStats,
     UnsupportedFormatError,
-    decode_audio,
-    split_windows,
-    window_spans,
+    WindowSpan,
+    window_count,
 )
-from features.errors import AudioTooLongError
 from tests.conftest import encode
 
-# Max |difference| of ln-mel values vs torchaudio on the same audio. Both run float32 FFTs;
-# measured ~1e-5 on noise at amplitude 0.1, so 1e-3 leaves room without hiding a real mismatch
-# (a wrong window, padding or filterbank shows up as >0.1).
+# Max |difference| of ln-mel values vs torchaudio (run in float64: the exact values) on the same audio.
+# Measured 1.3e-5 on noise at amplitude 0.1, and 8.2e-4 on the loud sine's abrupt start at t=0, where
+# float32 FFT error meets a power floor near log_eps (torchaudio's own float32 is off by 6.7e-4
+# there). A real mismatch (wrong window, padding, grid offset or filterbank) shows up as >0.1.
 LOG_MEL_ATOL = 1e-3
+
+
+def noise(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(round(seconds * rate))).astype(np.float32)
 
 
 @pytest.mark.parametrize(
@@ -40,28 +45,28 @@ LOG_MEL_ATOL = 1e-3
         ("MP3", "MPEG_LAYER_III", 44_100),
     ],
 )
-def test_decodes_every_accepted_format_to_mono(chirp, fmt, subtype, rate):
-    data = encode(chirp, rate, fmt, subtype)
-    decoded = decode_audio(data)
-    assert decoded.sample_rate == rate
-    assert decoded.channels == 2
-    assert decoded.waveform.ndim == 1 and decoded.waveform.dtype == np.float32
-    assert decoded.duration_seconds == pytest.approx(len(chirp) / rate, abs=0.1)
-    # Mixed to mono: the mean of the two channels (0.3 and 0.15 peak) has peak ~0.225.
-    assert 0.15 < np.abs(decoded.waveform).max() < 0.3
+def test_every_accepted_format_is_mixed_to_mono_and_windowed(chirp, fmt, subtype, rate):
+    analysis = FrontEnd().analyze(encode(chirp, rate, fmt, subtype))
+    assert (analysis.audio.sample_rate, analysis.audio.channels, analysis.audio.format) == (rate, 2, fmt)
+    seconds = len(chirp) / rate  # the 44.1 kHz chirp written at another rate lasts longer or shorter
+    assert analysis.audio.duration_seconds == pytest.approx(seconds, abs=0.1)
+    windows = analysis.windows
+    assert windows.features.shape == (window_count(round(seconds * 16_000), FrontEndConfig()), 1, 64, 161)
+    assert np.isfinite(windows.features).all()
+    assert windows.spans[-1].end == pytest.approx(seconds, abs=0.1) and windows.spans[0].channel is None
+    # Mixed as the mean: the channels (0.3 and 0.15 peak) average to a 0.225 sine, RMS 0.159 while
+    # it lasts in the first 5 s window. A sum would double it, one channel alone make it 1.33x.
+    assert windows.rms[0] == pytest.approx(0.225 / np.sqrt(2) * np.sqrt(min(seconds, 5.0) / 5.0), rel=0.05)
 
 
-def test_decodes_a_path_and_int_samples(tmp_path, chirp):
+def test_a_path_and_its_bytes_give_the_same_windows(tmp_path, chirp):
+    data = encode(chirp, 44_100, "WAV", "PCM_16")
     path = tmp_path / "a.wav"
-    path.write_bytes(encode(chirp, 44_100, "WAV", "PCM_16"))
-    decoded = decode_audio(path)
-    assert decoded.waveform.dtype == np.float32 and np.abs(decoded.waveform).max() <= 1.0
-
-
-def test_frontend_load_resamples_to_16k(chirp):
-    decoded, waveform = FrontEnd().load(encode(chirp, 44_100, "FLAC", "PCM_16"))
-    assert decoded.sample_rate == 44_100
-    assert len(waveform) == pytest.approx(3 * 16_000, abs=2)
+    path.write_bytes(data)
+    frontend = FrontEnd()
+    from_path, from_bytes = frontend.analyze(path), frontend.analyze(data)
+    assert from_path.audio == from_bytes.audio
+    np.testing.assert_array_equal(from_path.windows.features, from_bytes.windows.features)
 
 
 @pytest.mark.parametrize(
@@ -76,68 +81,66 @@ def test_frontend_load_resamples_to_16k(chirp):
 )
 def test_bad_bytes_raise_typed_errors_that_say_what_to_do(data, error, words):
     with pytest.raises(error, match=words):
-        decode_audio(data)
+        FrontEnd().analyze(data)
 
 
 def test_zero_sample_file_is_empty():
     with pytest.raises(EmptyAudioError):
-        decode_audio(encode(np.zeros((0, 1), np.float32), 16_000, "WAV", "PCM_16"))
+        FrontEnd().analyze(encode(np.zeros((0, 1), np.float32), 16_000, "WAV", "PCM_16"))
 
 
-def test_nan_samples_are_rejected():
-    audio = np.zeros(16_000, np.float32)
-    audio[100] = np.nan
-    with pytest.raises(InvalidSamplesError, match="NaN"):
-        decode_audio(encode(audio, 16_000, "WAV", "FLOAT"))
+def test_nan_in_a_late_block_is_rejected_after_earlier_windows_were_emitted():
+    audio = noise(20.0)
+    audio[-100] = np.nan
+    emitted = 0
+    data = encode(audio, 16_000, "WAV", "FLOAT")
+    with pytest.raises(InvalidSamplesError, match="NaN"), FrontEnd().stream(data, block_samples=8_000) as stream:
+        for batch in stream:
+            emitted += len(batch)
+    assert emitted > 0  # checked per block: nothing made the whole recording wait for the check
 
 
-def test_too_long_is_refused_before_decoding():
-    audio = np.zeros(16_000 * 4, np.float32)
+def test_too_long_is_refused_from_the_header_before_decoding():
     with pytest.raises(AudioTooLongError, match="at most 3 s"):
-        decode_audio(encode(audio, 16_000, "WAV", "PCM_16"), max_seconds=3)
+        FrontEnd().stream(encode(np.zeros(16_000 * 4, np.float32), 16_000, "WAV", "PCM_16"), max_seconds=3)
 
 
 def test_silence_is_classifiable_not_an_error():
-    frontend = FrontEnd()
-    _, waveform = frontend.load(encode(np.zeros(16_000, np.float32), 16_000, "WAV", "PCM_16"))
-    windows, _ = frontend.windows(waveform)
-    features = frontend.features(windows)
-    assert features.shape == (1, 1, 64, 157) and np.isfinite(features).all()
+    features = FrontEnd().analyze(encode(np.zeros(16_000, np.float32), 16_000, "WAV", "PCM_16")).windows.features
+    assert features.shape == (1, 1, 64, 161) and np.isfinite(features).all()
 
 
 @pytest.mark.parametrize(
     ("seconds", "expected"),
     [(1.0, 1), (5.0, 1), (5.1, 2), (7.5, 2), (7.6, 3), (30.0, 11)],
 )
-def test_window_count_and_padding(seconds, expected):
+def test_window_count_spans_and_zero_tail(seconds, expected):
     config = FrontEndConfig()
-    n = int(seconds * config.sample_rate)
-    waveform = np.arange(1, n + 1, dtype=np.float32)
-    windows = split_windows(waveform, config)
-    assert windows.shape == (expected, config.clip_samples)
-    spans = window_spans(n, config)
-    assert len(spans) == expected
-    assert spans[-1].end == pytest.approx(seconds)
-    # Each window starts 2.5 s after the previous one; the tail is zero-padded.
-    for i, window in enumerate(windows):
-        start = i * config.stride_samples
-        real = min(config.clip_samples, n - start)
-        np.testing.assert_array_equal(window[:real], waveform[start : start + real])
-        assert not window[real:].any()
+    audio = noise(seconds)
+    windows = FrontEnd(config).waveform_windows(audio)
+    assert len(windows) == window_count(len(audio), config) == expected
+    assert windows.features.shape == (expected, 1, 64, 161)
+    assert [span.start for span in windows.spans] == [2.5 * i for i in range(expected)]
+    assert windows.spans[-1].end == pytest.approx(seconds)
+    # Past the recording the signal is zero: frames centred more than n_fft/2 after the end hold ln(eps) exactly.
+    silent_from = -(-(len(audio) + config.n_fft // 2) // config.hop_length)
+    last_start = (expected - 1) * config.stride_hops
+    tail = windows.features[-1, 0, :, max(0, silent_from - last_start) :]
+    np.testing.assert_array_equal(tail, np.float32(np.log(np.float32(config.log_eps))))
 
 
-def test_log_mel_matches_torchaudio():
+def test_windows_are_slices_of_one_frame_grid():
     config = FrontEndConfig()
-    rng = np.random.default_rng(0)
-    t = np.arange(config.clip_samples) / config.sample_rate
-    windows = np.stack(
-        [
-            0.1 * rng.standard_normal(config.clip_samples),
-            0.5 * np.sin(2 * np.pi * 3000 * t),
-            np.zeros(config.clip_samples),
-        ]
-    ).astype(np.float32)
-    ours = FrontEnd(config).log_mel(windows)
+    features = FrontEnd(config).waveform_windows(noise(13.0)).features
+    overlap = config.n_frames - config.stride_hops
+    for i in range(len(features) - 1):
+        np.testing.assert_array_equal(features[i, 0, :, config.stride_hops :], features[i + 1, 0, :, :overlap])
+
+
+def test_log_mel_matches_torchaudio_on_the_padded_recording():
+    config = FrontEndConfig()
+    t = np.arange(round(12.3 * config.sample_rate)) / config.sample_rate
+    signals = [noise(12.3), (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32), np.zeros(len(t), np.float32)]
     reference = torchaudio.transforms.MelSpectrogram(
         sample_rate=config.sample_rate,
         n_fft=config.n_fft,
@@ -146,19 +149,89 @@ def test_log_mel_matches_torchaudio():
         f_max=config.f_max,
         n_mels=config.n_mels,
         power=2.0,
-    )
-    theirs = torch.log(reference(torch.from_numpy(windows)) + config.log_eps).numpy()[:, None]
-    assert ours.shape == theirs.shape == (3, 1, 64, 157)
-    np.testing.assert_allclose(ours, theirs, atol=LOG_MEL_ATOL, rtol=0)
+        center=True,
+        pad_mode="constant",
+    ).double()
+    for audio in signals:
+        ours = FrontEnd(config).waveform_windows(audio).features
+        padded = np.zeros((len(ours) - 1) * config.stride_samples + config.clip_samples, np.float32)
+        padded[: len(audio)] = audio
+        grid = torch.log(reference(torch.from_numpy(padded).double()) + config.log_eps).numpy()
+        assert grid.shape == (64, padded.size // config.hop_length + 1)
+        theirs = np.stack([grid[:, i * config.stride_hops : i * config.stride_hops + config.n_frames] for i in range(len(ours))])
+        assert ours.shape == (4, 1, 64, 161)
+        np.testing.assert_allclose(ours[:, 0], theirs, atol=LOG_MEL_ATOL, rtol=0)
 
 
-def test_normalization_uses_stored_stats():
+def test_rms_is_over_each_zero_padded_window():
     config = FrontEndConfig()
-    stats = NormStats(np.full(64, 2.0, np.float32), np.full(64, 4.0, np.float32))
-    frontend = FrontEnd(config, stats)
-    log_mel = np.full((1, 1, 64, 157), 10.0, np.float32)
-    np.testing.assert_allclose(frontend.normalize(log_mel), 2.0)
-    fitted = NormStats.fit(np.stack([np.zeros((1, 64, 157)), np.full((1, 64, 157), 2.0)]).astype(np.float32))
+    audio = noise(9.0) * np.linspace(0, 2, round(9.0 * config.sample_rate), dtype=np.float32)
+    windows = FrontEnd(config).waveform_windows(audio)
+    padded = np.zeros((len(windows) - 1) * config.stride_samples + config.clip_samples, np.float64)
+    padded[: len(audio)] = audio
+    expected = [np.sqrt(np.mean(padded[i * config.stride_samples :][: config.clip_samples] ** 2)) for i in range(len(windows))]
+    np.testing.assert_allclose(windows.rms, expected, rtol=1e-6)
+
+
+def test_stored_stats_normalize_exactly_as_training_does():
+    config = FrontEndConfig()
+    stats = NormStats(np.linspace(-12, -2, 64, dtype=np.float32), np.linspace(1, 3, 64, dtype=np.float32))
+    audio = noise(8.0)
+    plain = FrontEnd(config).waveform_windows(audio).features
+    served = FrontEnd(config, stats).waveform_windows(audio).features
+    # Training normalizes plain windows with FrontEnd.normalize; serving normalizes frames: bit for bit the same.
+    np.testing.assert_array_equal(served, FrontEnd(config, stats).normalize(plain))
+    flat = FrontEnd(config, NormStats(np.full(64, 2.0, np.float32), np.full(64, 4.0, np.float32)))
+    np.testing.assert_allclose(flat.normalize(np.full((1, 1, 64, 161), 10.0, np.float32)), 2.0)
+    fitted = NormStats.fit(np.stack([np.zeros((1, 64, 161)), np.full((1, 64, 161), 2.0)]).astype(np.float32))
     np.testing.assert_allclose(fitted.mean, 1.0)
     np.testing.assert_allclose(fitted.std, 1.0)
     assert NormStats.from_dict(fitted.to_dict()).mean.tolist() == fitted.mean.tolist()
+
+
+def test_config_keeps_windows_on_the_hop_grid():
+    config = FrontEndConfig()
+    assert (config.hop_length, config.stride_hops, config.clip_hops, config.n_frames) == (500, 80, 160, 161)
+    assert config.feature_shape == (1, 64, 161)
+    assert FrontEndConfig.from_dict(config.to_dict()) == config
+    old = {**config.to_dict(), "hop_length": 512}  # what models trained before the frame grid stored
+    with pytest.raises(FrontEndConfigError, match="retrain it with `chorus train birdcall`"):
+        FrontEndConfig.from_dict(old)
+    with pytest.raises(FrontEndConfigError, match=r"stride_seconds=2\.51"):
+        FrontEndConfig(stride_seconds=2.51)
+
+
+def test_each_channel_is_analyzed_on_its_own(chirp):
+    left, right = chirp[:, 0], noise(len(chirp) / 44_100, 44_100)
+    frontend = FrontEnd()
+    each = frontend.analyze(encode(np.stack([left, right], axis=1), 44_100, "WAV", "FLOAT"), channels="each")
+    assert [span.channel for span in each.windows.spans] == [0, 1]
+    for channel, audio in enumerate((left, right)):
+        alone = frontend.analyze(encode(audio, 44_100, "WAV", "FLOAT")).windows
+        np.testing.assert_array_equal(each.windows.features[channel], alone.features[0])
+        assert each.windows.spans[channel] == WindowSpan(alone.spans[0].start, alone.spans[0].end, channel)
+
+
+def test_windows_stream_out_before_the_recording_ends_with_stage_timings():
+    audio = noise(30.0, 44_100)
+    frontend = FrontEnd()
+    data = encode(audio, 44_100, "FLAC", "PCM_16")
+    batches, decoded_at = [], []
+    with frontend.stream(data, block_samples=44_100) as stream:
+        for batch in stream:
+            batches.append(batch)
+            decoded_at.append(stream.facts().duration_seconds)
+    assert decoded_at[0] < 8.0  # the first window (0-5 s) left long before the 30 s were decoded
+    assert set(stream.timings) == {"decode", "resample", "features"} and all(v > 0 for v in stream.timings.values())
+    whole = frontend.analyze(data)
+    np.testing.assert_array_equal(np.concatenate([b.features for b in batches]), whole.windows.features)
+    assert whole.audio.duration_seconds == pytest.approx(30.0) and set(whole.timings) == set(stream.timings)
+
+
+def test_a_waveform_at_the_model_rate_takes_the_same_path_as_a_file():
+    audio = noise(11.0)
+    frontend = FrontEnd()
+    from_file = frontend.analyze(encode(audio, 16_000, "WAV", "FLOAT")).windows
+    from_waveform = frontend.waveform_windows(audio)
+    np.testing.assert_array_equal(from_file.features, from_waveform.features)
+    assert from_file.spans == from_waveform.spans

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from features import FrontEndConfig, decode_audio
+from features import FrontEnd, FrontEndConfig
 from training.birdcall_data import read_manifest, species_of
 from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet
@@ -61,7 +61,7 @@ def test_generated_dataset_round_trips_through_the_real_loader(tmp_path):
     for item in items:
         assert item.events is not None
         assert {e.label for e in item.events} == set(item.labels)
-        duration = decode_audio(item.path).duration_seconds
+        duration = FrontEnd().analyze(item.path).audio.duration_seconds
         assert 3.0 <= duration <= 4.2
         assert all(0 <= e.start < e.end <= duration + 1e-3 for e in item.events)
 
@@ -83,7 +83,7 @@ def test_manifest_errors_are_clear(tmp_path):
 def test_birdcall_net_shapes():
     config = FrontEndConfig()
     arch = BirdCallArch(n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames)
-    assert arch.seq_len == config.n_frames // 4
+    assert arch.seq_len == 40  # 161 frames -> 80 -> 40
     model = BirdCallNet(arch).eval()
     x = torch.zeros(3, *config.feature_shape)
     assert model(x).shape == (3, 15)

@@ -188,19 +188,20 @@ _worker_frontend: FrontEnd | None = None
 
 
 def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, list[WindowSpan]]:
+    """One recording's plain ln-mel windows (identity stats: training fits its own) and where they sit."""
     global _worker_frontend
     path, config = args
     if _worker_frontend is None:
         _worker_frontend = FrontEnd(FrontEndConfig.from_dict(config))
-    _, waveform = _worker_frontend.load(path)
-    windows, spans = _worker_frontend.windows(waveform)
-    return _worker_frontend.log_mel(windows), spans
+    windows = _worker_frontend.analyze(path).windows
+    return windows.features, windows.spans
 
 
 def featurize(
     items: Sequence[Item], labels: Sequence[str], config: FrontEndConfig, workers: int | None = None, desc: str = "features"
 ) -> WindowSet:
-    """Decode, resample, window and ln-mel every recording with the shared front end; label each window."""
+    """Every recording's windows, exactly as serving computes them (FrontEnd.analyze), before normalization;
+    each labelled from the recording's events (window_targets)."""
     index = {name: i for i, name in enumerate(labels)}
     jobs = [(item.path, config.to_dict()) for item in items]
     mels, targets, known, rec, snr = [], [], [], [], []

@@ -18,13 +18,17 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from features import FrontEndConfig
+
+_FRONT_END = FrontEndConfig()
+
 
 @dataclass(frozen=True)
 class BirdCallArch:
     n_classes: int
-    n_mels: int = 64
-    n_frames: int = 157
-    """Frames per window: pass the front end's (FrontEndConfig.n_frames), never rely on this default."""
+    # The input's shape is the front end's: train_birdcall passes its config's values.
+    n_mels: int = _FRONT_END.n_mels
+    n_frames: int = _FRONT_END.n_frames
     d_model: int = 64
     n_heads: int = 2
     ff_dim: int = 2048
@@ -34,7 +38,7 @@ class BirdCallArch:
 
     @property
     def seq_len(self) -> int:
-        """Time steps after two 2x poolings (157 -> 78 -> 39)."""
+        """Time steps after two 2x poolings: 161 -> 80 -> 40 for the default front end."""
         return self.n_frames // 2 // 2
 
     def to_dict(self) -> dict:

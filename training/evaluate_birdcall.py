@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from tqdm import tqdm
 
-from features import FrontEndConfig, NormStats, decode_audio, resample
+from features import FrontEndConfig, NormStats
 from layout import artifacts
 from layout.workspace import Workspace
 from training.background_synth import colored_noise
@@ -47,9 +48,15 @@ SNR_DB = 0.0
 MP3_RATE, MP3_BITRATE = 16_000, "32k"
 
 
+def _read_mono(source: Path) -> tuple[np.ndarray, int]:
+    """A whole file as mono float32 at its own rate (these copies are inputs to the front end, not features)."""
+    samples, rate = sf.read(source, dtype="float32", always_2d=True)
+    return samples.mean(axis=1), int(rate)
+
+
 def _mp3(source: Path, target_dir: Path, index: int) -> Path:
-    decoded = decode_audio(source)
-    audio = resample(decoded.waveform, decoded.sample_rate, MP3_RATE)
+    audio, rate = _read_mono(source)
+    audio = soxr.resample(audio, rate, MP3_RATE, quality="HQ").astype(np.float32)
     target = target_dir / f"{source.stem}.mp3"
     command = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "f32le", "-ar", str(MP3_RATE), "-ac", "1", "-i", "pipe:0"]
     subprocess.run([*command, "-c:a", "libmp3lame", "-b:a", MP3_BITRATE, str(target)], input=audio.tobytes(), check=True)
@@ -57,14 +64,14 @@ def _mp3(source: Path, target_dir: Path, index: int) -> Path:
 
 
 def _pink(source: Path, target_dir: Path, index: int) -> Path:
-    decoded = decode_audio(source)
-    audio = decoded.waveform.astype(np.float64)
+    audio, rate = _read_mono(source)
+    audio = audio.astype(np.float64)
     rms = np.sqrt(np.mean(audio**2))
     noise = colored_noise(np.random.default_rng(index), len(audio), 1.0) * rms / 10 ** (SNR_DB / 20)
     mixed = audio + noise
     mixed /= max(1.0, np.abs(mixed).max() / 0.99)  # scale both together: the SNR stays
     target = target_dir / f"{source.stem}.flac"
-    sf.write(target, mixed.astype(np.float32), decoded.sample_rate, subtype="PCM_16")
+    sf.write(target, mixed.astype(np.float32), rate, subtype="PCM_16")
     return target
 
 
