@@ -10,19 +10,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from denoising_diffusion_pytorch import Unet
 from torch import nn
 
-from layout.workspace import Workspace
-from export.parity import Tolerance
+from export.parity import OutputKind, Tolerance
 from export.pipeline import ExportJob, already_registered, export_digest, run_export
 from layout import artifacts
 from layout.artifacts import CONFIG, METRICS, WEIGHTS
+from layout.workspace import Workspace
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_synth import render_frames
 from training.train_frames import FramesArch
-from denoising_diffusion_pytorch import Unet
 
-OUTPUT = "v"
+OUTPUTS = {"v": OutputKind.TENSOR}
 TOLERANCES = {
     "fp32": Tolerance(max_abs_diff=1e-3),
     "fp16": Tolerance(max_abs_diff=5e-2),
@@ -52,7 +52,9 @@ def held_out_inputs(arch: FramesArch, alphas_cumprod: np.ndarray, n: int = 48) -
     return {"x_t": x_t.astype(np.float32), "t": t.astype(np.float32)}
 
 
-def export_frames(workspace: Workspace, *, variants: tuple[str, ...] = VARIANTS, tolerances: dict[str, Tolerance] | None = None) -> dict[str, Any]:
+def export_frames(
+    workspace: Workspace, *, variants: tuple[str, ...] = VARIANTS, tolerances: dict[str, Tolerance] | None = None
+) -> dict[str, Any]:
     tolerances = {**TOLERANCES, **(tolerances or {})}
     checkpoint = load_checkpoint(workspace.checkpoint_dir("frames"))
     digest = export_digest(checkpoint, (WEIGHTS, CONFIG), variants, tolerances)
@@ -66,7 +68,7 @@ def export_frames(workspace: Workspace, *, variants: tuple[str, ...] = VARIANTS,
         checkpoint=checkpoint,
         module=Denoiser(unet),
         inputs=held_out_inputs(arch, np.asarray(checkpoint.config[artifacts.ALPHAS_CUMPROD])),
-        output=OUTPUT,
+        outputs=OUTPUTS,
         variants=variants,
         tolerances=tolerances,
         digest=digest,

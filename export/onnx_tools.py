@@ -67,11 +67,11 @@ def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return make_session(path, ["CPUExecutionProvider"], threads)
 
 
-def run_batched(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """First output of the session over inputs split into batches."""
+def run_batched(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """Every output of the session, in order, over inputs split into batches."""
     n = len(next(iter(inputs.values())))
-    outs = [session.run(None, {k: v[i : i + batch_size] for k, v in inputs.items()})[0] for i in range(0, n, batch_size)]
-    return np.concatenate(outs)
+    batches = [session.run(None, {k: v[i : i + batch_size] for k, v in inputs.items()}) for i in range(0, n, batch_size)]
+    return [np.concatenate(parts) for parts in zip(*batches, strict=True)]
 
 
 def time_session(session: ort.InferenceSession, make_inputs, batch_sizes: tuple[int, ...], min_seconds: float = 0.5) -> list[dict]:

@@ -1,15 +1,27 @@
 """Parity gates: an exported variant is registered only if its outputs match the reference.
 
 Like optimum's validate_model_outputs: every variant has named tolerances, the check runs on
-held-out inputs, and a failure raises a typed error naming the output, the measured difference
-and the tolerance.
+held-out inputs, each output is checked as what it is (class scores, an embedding, any tensor),
+and a failure raises a typed error naming the output, the measured difference and the tolerance.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import numpy as np
+
+
+class OutputKind(StrEnum):
+    """What an output holds decides which checks apply to it."""
+
+    SCORES = "scores"
+    """[n, classes] per-class scores: top-1 and thresholded decisions are compared."""
+    EMBEDDING = "embedding"
+    """[n, d] vectors: directions are compared (cosine similarity)."""
+    TENSOR = "tensor"
+    """Anything else: element-wise differences only."""
 
 
 class ParityError(ValueError):
@@ -25,14 +37,16 @@ class ParityError(ValueError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Named limits for one variant. None skips a check."""
+    """Named limits for one variant, applied to every output they fit. None skips a check."""
 
     max_abs_diff: float | None = None
-    """Largest |variant - reference| allowed on any element of the output."""
+    """Largest |variant - reference| allowed on any element of any output."""
     min_top1_agreement: float | None = None
-    """Share of rows whose argmax equals the reference's argmax (classifiers)."""
-    max_accuracy_drop: float | None = None
-    """Reference accuracy minus variant accuracy, as a fraction (0.005 = 0.5 points)."""
+    """Scores: share of rows whose argmax equals the reference's argmax."""
+    min_decision_agreement: float | None = None
+    """Scores: share of (row, class) pairs on the same side of the decision threshold as the reference."""
+    min_cosine: float | None = None
+    """Embeddings: the smallest cosine similarity between a row and its reference row."""
 
 
 @dataclass(frozen=True)
@@ -40,13 +54,24 @@ class ParityResult:
     variant: str
     output: str
     max_abs_diff: float
-    top1_agreement: float | None
-    accuracy: float | None
-    reference_accuracy: float | None
     n_inputs: int
+    top1_agreement: float | None = None
+    decision_agreement: float | None = None
+    """Per (row, class) pair, at the threshold below."""
+    window_decision_agreement: float | None = None
+    """Share of rows whose every class decision agrees (reported, not gated)."""
+    decision_threshold: float | None = None
+    min_cosine: float | None = None
+    mean_cosine: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    a, b = reference.astype(np.float64), candidate.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
 
 
 def check_parity(
@@ -55,26 +80,45 @@ def check_parity(
     reference: np.ndarray,
     candidate: np.ndarray,
     tolerance: Tolerance,
-    labels: np.ndarray | None = None,
+    kind: OutputKind = OutputKind.SCORES,
+    threshold: float | None = None,
 ) -> ParityResult:
-    """Compare candidate to reference outputs ([n, ...]); raise ParityError past any tolerance."""
+    """Compare candidate to reference outputs ([n, ...]); raise ParityError past any tolerance.
+
+    threshold: where a score becomes a detection (needed for min_decision_agreement).
+    """
     if reference.shape != candidate.shape:
         raise ParityError(variant, output, "shape mismatch (elements)", float(candidate.size), float(reference.size), "not equal to")
     diff = float(np.max(np.abs(candidate.astype(np.float64) - reference.astype(np.float64)))) if reference.size else 0.0
     if not np.isfinite(candidate).all():
         diff = float("inf")
-    agreement = accuracy = ref_accuracy = None
-    if reference.ndim == 2:
-        ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
-        agreement = float(np.mean(ref_top1 == cand_top1))
-        if labels is not None:
-            ref_accuracy = float(np.mean(ref_top1 == labels))
-            accuracy = float(np.mean(cand_top1 == labels))
-    result = ParityResult(variant, output, diff, agreement, accuracy, ref_accuracy, len(reference))
+    measured: dict[str, float | None] = {}
+    if kind == OutputKind.SCORES and reference.ndim == 2:
+        measured["top1_agreement"] = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+        if threshold is not None:
+            same = (reference >= threshold) == (candidate >= threshold)
+            measured["decision_agreement"] = float(same.mean())
+            measured["window_decision_agreement"] = float(same.all(axis=1).mean())
+            measured["decision_threshold"] = threshold
+    if kind == OutputKind.EMBEDDING and reference.ndim == 2:
+        cosines = _cosines(reference, candidate)
+        measured["min_cosine"] = float(cosines.min()) if len(cosines) else 1.0
+        measured["mean_cosine"] = float(cosines.mean()) if len(cosines) else 1.0
+    result = ParityResult(variant, output, diff, len(reference), **measured)
     if tolerance.max_abs_diff is not None and not diff <= tolerance.max_abs_diff:
         raise ParityError(variant, output, "max |difference|", diff, tolerance.max_abs_diff, "above")
-    if tolerance.min_top1_agreement is not None and (agreement is None or agreement < tolerance.min_top1_agreement):
-        raise ParityError(variant, output, "top-1 agreement", agreement or 0.0, tolerance.min_top1_agreement, "below")
-    if tolerance.max_accuracy_drop is not None and accuracy is not None and ref_accuracy - accuracy > tolerance.max_accuracy_drop:
-        raise ParityError(variant, output, "accuracy drop", ref_accuracy - accuracy, tolerance.max_accuracy_drop, "above")
+    if tolerance.min_top1_agreement is not None and kind == OutputKind.SCORES:
+        agreement = result.top1_agreement or 0.0
+        if agreement < tolerance.min_top1_agreement:
+            raise ParityError(variant, output, "top-1 agreement", agreement, tolerance.min_top1_agreement, "below")
+    if tolerance.min_decision_agreement is not None and kind == OutputKind.SCORES:
+        if threshold is None:
+            raise ValueError(f"variant {variant!r}: a decision-agreement tolerance needs the decision threshold")
+        agreement = result.decision_agreement or 0.0
+        if agreement < tolerance.min_decision_agreement:
+            raise ParityError(variant, output, f"decision agreement at {threshold:g}", agreement, tolerance.min_decision_agreement, "below")
+    if tolerance.min_cosine is not None and kind == OutputKind.EMBEDDING:
+        cosine = result.min_cosine if result.min_cosine is not None else 0.0
+        if not cosine >= tolerance.min_cosine:
+            raise ParityError(variant, output, "min cosine similarity", cosine, tolerance.min_cosine, "below")
     return result

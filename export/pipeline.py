@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from export.onnx_tools import OPSET, convert_fp16, cpu_session, export_onnx, quantize_int8, run_batched, time_session
-from export.parity import Tolerance, check_parity
+from export.parity import OutputKind, Tolerance, check_parity
 from export.registry import content_hash, find_registered, git_sha, register
 from export.report import write_report
 from layout.artifacts import onnx_file
@@ -32,12 +32,13 @@ class ExportJob:
     module: torch.nn.Module
     inputs: dict[str, np.ndarray]
     """Held-out inputs, keyed by ONNX input name in forward()'s argument order, batch first."""
-    output: str
+    outputs: dict[str, OutputKind]
+    """ONNX output names in the order forward() returns them, with what each holds."""
     variants: tuple[str, ...]
     tolerances: dict[str, Tolerance]
     digest: str
-    labels: np.ndarray | None = None
-    """Ground-truth classes of the held-out inputs, for accuracy checks (classifiers only)."""
+    decision_threshold: float | None = None
+    """Where a score output becomes a detection, for the decision-agreement gate."""
     store_labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     checkpoint_files: tuple[str, ...] = ()
@@ -62,11 +63,15 @@ def already_registered(name: str, digest: str, reports_dir: Path) -> dict[str, A
     return report
 
 
-def _torch_reference(module: torch.nn.Module, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
+def _torch_reference(module: torch.nn.Module, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """Every output of forward() over the inputs, in batches."""
     n = len(next(iter(inputs.values())))
+    batches = []
     with torch.inference_mode():
-        outs = [module(*(torch.from_numpy(v[i : i + batch_size]) for v in inputs.values())) for i in range(0, n, batch_size)]
-    return torch.cat(outs).numpy()
+        for i in range(0, n, batch_size):
+            out = module(*(torch.from_numpy(v[i : i + batch_size]) for v in inputs.values()))
+            batches.append(out if isinstance(out, tuple) else (out,))
+    return [torch.cat(parts).numpy() for parts in zip(*batches, strict=True)]
 
 
 def _tile(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -79,22 +84,25 @@ def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=f"chorus-export-{job.name}-"))
     try:
         example = {k: torch.from_numpy(v[:2]) for k, v in job.inputs.items()}
-        paths = {"fp32": export_onnx(job.module, example, [job.output], staging / onnx_file(job.name, "fp32"))}
+        paths = {"fp32": export_onnx(job.module, example, list(job.outputs), staging / onnx_file(job.name, "fp32"))}
         for variant in job.variants:
             if variant != "fp32":
                 paths[variant] = _BUILDERS[variant](paths["fp32"], staging / onnx_file(job.name, variant))
-        outputs: dict[str, np.ndarray] = {}
+        outputs: dict[str, list[np.ndarray]] = {}
         variants: dict[str, Any] = {}
         for variant in job.variants:
             session = cpu_session(paths[variant])
             outputs[variant] = run_batched(session, job.inputs)
-            # fp32 is held to torch; the other variants to fp32 ONNX, whose accuracy they must keep.
+            # fp32 is held to torch; the other variants to fp32 ONNX, whose decisions they must keep.
             against = reference if variant == "fp32" else outputs["fp32"]
-            parity = check_parity(variant, job.output, against, outputs[variant], job.tolerances[variant], job.labels)
+            parity = {
+                name: check_parity(variant, name, ref, out, job.tolerances[variant], kind, job.decision_threshold).to_dict()
+                for (name, kind), ref, out in zip(job.outputs.items(), against, outputs[variant], strict=True)
+            }
             variants[variant] = {
                 "file": paths[variant].name,
                 "size_bytes": paths[variant].stat().st_size,
-                "parity": parity.to_dict(),
+                "parity": parity,
                 "tolerance": vars(job.tolerances[variant]),
                 "cpu_timing": time_session(session, lambda b: _tile(job.inputs, b), job.bench_batch_sizes),
             }
@@ -106,11 +114,15 @@ def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
             "created": True,
             "checkpoint": str(job.checkpoint.directory),
             "reference": "torch eager (fp32); fp32 ONNX (other variants)",
-            "held_out_inputs": len(reference),
+            "held_out_inputs": len(reference[0]),
             "git_sha": git_sha(),
             "data_hash": job.checkpoint.metrics.get("data_hash"),
             "inputs": {k: {"shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype)} for k, v in job.inputs.items()},
-            "output": {"name": job.output, "shape": ["batch", *reference.shape[1:]], "dtype": "float32"},
+            "outputs": {
+                name: {"shape": ["batch", *ref.shape[1:]], "dtype": "float32", "kind": kind.value}
+                for (name, kind), ref in zip(job.outputs.items(), reference, strict=True)
+            },
+            "decision_threshold": job.decision_threshold,
             "variants": variants,
         }
         store_labels = {"framework": "onnx", "variants": ",".join(job.variants), "git_sha": report["git_sha"][:12], **job.store_labels}

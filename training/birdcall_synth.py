@@ -1,20 +1,23 @@
 """Synthetic bird-call recordings: stand-ins for the xeno-canto data the seed project trained on.
 
 Each species has its own call structure (sweeps, trills at a set rate, harmonic stacks, two-note
-calls, buzzes, warbles, ...). Every recording varies pitch, tempo and loudness, sits in pink and
-wind noise, may carry faint calls of other species, has random gaps between bouts, and part of the
-data is low-passed at 5-8 kHz the way 16 kHz MP3 cuts the top band. Deterministic for a seed.
+calls, buzzes, warbles, ...). A recording is a scene: zero to three species, each in bouts with
+random gaps, at a random level relative to non-bird sound under them (background_synth), with
+pitch, tempo, overall loudness and band varied (part is low-passed the way 16 kHz MP3 cuts the
+top band) and some scenes clipped. Every call placed is recorded as an event (species, start,
+end), so labels can follow the audio window by window. Deterministic for a seed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.fft
 import scipy.signal
 import soundfile as sf
+
+from training.background_synth import BACKGROUNDS, clip, colored_noise
 
 Rng = np.random.Generator
 # (rng, sample_rate, pitch factor, tempo factor) -> one call (or phrase), float64, peak ~1
@@ -170,23 +173,15 @@ SPECIES: dict[str, CallFn] = {
 }
 
 
-def pink_noise(rng: Rng, n: int) -> np.ndarray:
-    """1/f noise by spectral shaping of white noise."""
-    size = scipy.fft.next_fast_len(n, real=True)  # an awkward n can make the FFT 10x slower
-    spectrum = scipy.fft.rfft(rng.standard_normal(size).astype(np.float32))
-    spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum), dtype=np.float32), 1))
-    out = scipy.fft.irfft(spectrum, size)[:n]
-    return out / (out.std() + 1e-12)
+@dataclass(frozen=True)
+class CallEvent:
+    """One stretch of audible call: the species and where it sits in the recording, in seconds."""
 
-
-def wind_noise(rng: Rng, n: int, sr: int) -> np.ndarray:
-    """Low rumble with slow gusts: low-passed noise under a slowly varying envelope."""
-    sos = scipy.signal.butter(2, 300, "lowpass", fs=sr, output="sos")
-    rumble = scipy.signal.sosfilt(sos, rng.standard_normal(n))
-    gust_points = rng.uniform(0.2, 1.0, size=max(2, n // sr + 2))
-    gusts = np.interp(np.linspace(0, len(gust_points) - 1, n), np.arange(len(gust_points)), gust_points)
-    out = rumble * gusts
-    return out / (out.std() + 1e-12)
+    label: str
+    start: float
+    end: float
+    snr_db: float | None = None
+    """Call level over the background (see SNR_DB), when known; None over silence or in real data."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +191,129 @@ class Recording:
     sample_rate: int
     lowpassed_hz: float | None
     """Cut-off of the simulated low-pass, or None."""
+    events: tuple[CallEvent, ...] = ()
+    """Every call placed in the recording (the ground truth that window labels come from)."""
+    backgrounds: tuple[str, ...] = ()
+    """Kinds of non-bird sound under the calls (see background_synth.BACKGROUNDS)."""
+    clipped: bool = False
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What one generated recording holds."""
+
+    species: tuple[str, ...]
+    """Species singing in it (none: a background-only recording)."""
+    backgrounds: tuple[str, ...]
+    seconds: float
+    sparse: bool = False
+    """Bouts far apart (gaps up to 8 s), so some windows of the recording hold no call."""
+    clipped: bool = False
+
+
+# Call level: local SNR, the call's power over the background's in the spectrogram cells the call
+# fills (within 20 dB of its loudest). A broadband ratio would say little: a 450 Hz hoot at 0 dB
+# broadband vanishes under wind, while a 6 kHz call at -6 dB stands far out of pink noise. At
+# 4 dB local SNR a call is faint but visible in the spectrogram; below 0 dB it is gone.
+SNR_DB = (4.0, 30.0)
+_SNR_CELL_RANGE_DB = 20.0
+_ACTIVE_FRAME_SECONDS = 0.005
+_MERGE_GAP_SECONDS = 0.03
+
+
+def _active_segments(bout: np.ndarray, sr: int) -> list[tuple[int, int]]:
+    """Sample spans where a bout is audible: 5 ms frames above 5% of its loudest frame, gaps < 30 ms merged."""
+    hop = max(1, int(_ACTIVE_FRAME_SECONDS * sr))
+    frames = len(bout) // hop
+    if frames == 0:
+        return [(0, len(bout))]
+    rms = np.sqrt(np.mean(bout[: frames * hop].reshape(frames, hop) ** 2, axis=1))
+    active = rms > 0.05 * rms.max()
+    segments: list[list[int]] = []
+    for i in np.flatnonzero(active):
+        if segments and i - segments[-1][1] <= _MERGE_GAP_SECONDS / _ACTIVE_FRAME_SECONDS:
+            segments[-1][1] = i + 1
+        else:
+            segments.append([int(i), int(i) + 1])
+    return [(a * hop, min(len(bout), b * hop)) for a, b in segments]
+
+
+def bird_track(species: str, n: int, sample_rate: int, rng: Rng, sparse: bool = False) -> tuple[np.ndarray, list[CallEvent]]:
+    """Bouts of one species' call after random gaps, at active-RMS 1, with the call events in seconds."""
+    call = SPECIES[species]
+    pitch, tempo = rng.uniform(0.92, 1.08), rng.uniform(0.85, 1.15)
+    signal = np.zeros(n)
+    events: list[CallEvent] = []
+    gap = (0.5, 8.0) if sparse else (0.3, 2.2)
+    pos = int(rng.uniform(0.0, 2.0 if sparse else 0.8) * sample_rate)
+    while pos < n:
+        bout = call(rng, sample_rate, pitch * rng.uniform(0.98, 1.02), tempo) * rng.uniform(0.5, 1.0)
+        end = min(n, pos + len(bout))
+        signal[pos:end] += bout[: end - pos]
+        for a, b in _active_segments(bout[: end - pos], sample_rate):
+            events.append(CallEvent(species, (pos + a) / sample_rate, (pos + b) / sample_rate))
+        pos = end + int(rng.uniform(*gap) * sample_rate)
+    active = np.zeros(n, dtype=bool)
+    for event in events:
+        active[int(event.start * sample_rate) : int(event.end * sample_rate)] = True
+    rms = np.sqrt(np.mean(signal[active] ** 2)) if active.any() else 1.0
+    return signal / (rms + 1e-12), events
+
+
+def _cell_power(x: np.ndarray, sr: int) -> np.ndarray:
+    """Power spectrogram, 32 ms frames (about the front end's), for the local SNR."""
+    nperseg = 1 << int(np.log2(0.032 * sr))
+    _, _, z = scipy.signal.stft(x.astype(np.float32), nperseg=nperseg, noverlap=nperseg // 2, boundary=None, padded=False)
+    return np.abs(z) ** 2
+
+
+def local_snr_gain(track: np.ndarray, background_cells: np.ndarray, sr: int, snr_db: float) -> float:
+    """Amplitude gain that puts `track` at snr_db local SNR over the background (see SNR_DB)."""
+    cells = _cell_power(track, sr)
+    loud = cells >= cells.max() * 10 ** (-_SNR_CELL_RANGE_DB / 10)
+    ratio = cells[loud].sum() / max(float(background_cells[loud].sum()), 1e-30)
+    return float(np.sqrt(10 ** (snr_db / 10) / max(ratio, 1e-30)))
+
+
+def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> Recording:
+    """One field recording: the scene's backgrounds, its species' bouts at random SNRs, level and band varied."""
+    n = int(scene.seconds * sample_rate)
+    loud = [kind for kind in scene.backgrounds if kind != "silence"]
+    if loud:
+        # A faint ambient floor under everything, then the named kinds at random relative levels.
+        background = 10 ** (rng.uniform(-30, -15) / 20) * colored_noise(rng, n, rng.uniform(0.5, 1.5))
+        for kind in loud:
+            background += BACKGROUNDS[kind](rng, n, sample_rate) * 10 ** (rng.uniform(-10, 0) / 20)
+        background /= np.sqrt(np.mean(background**2)) + 1e-12
+    else:
+        # Silence keeps its absolute level (digital zero or self-noise), and calls get one too.
+        background = BACKGROUNDS["silence"](rng, n, sample_rate)
+    signal = background
+    background_cells = _cell_power(background, sample_rate) if loud and scene.species else None
+    events: list[CallEvent] = []
+    for species in scene.species:
+        track, track_events = bird_track(species, n, sample_rate, rng, scene.sparse)
+        if background_cells is not None:
+            snr_db = rng.uniform(*SNR_DB)
+            signal = signal + track * local_snr_gain(track, background_cells, sample_rate, snr_db)
+            events += [replace(e, snr_db=round(snr_db, 2)) for e in track_events]
+        else:  # over silence: an absolute level (dBFS of the call's active RMS)
+            signal = signal + track * 10 ** (rng.uniform(-45, -12) / 20)
+            events += track_events
+    cutoff = None
+    if rng.random() < lowpass_probability:
+        # 6.5-7.8 kHz: about where 16 kHz MP3 at low bitrates cuts the top band (7.2 kHz at 32 kbps).
+        cutoff = float(rng.uniform(6500, 7800))
+        if cutoff < sample_rate / 2 - 100:
+            signal = scipy.signal.sosfilt(scipy.signal.butter(8, cutoff, "lowpass", fs=sample_rate, output="sos"), signal)
+        else:
+            cutoff = None
+    if scene.clipped:
+        signal = clip(signal, rng)
+    elif loud:
+        signal = signal * rng.uniform(0.03, 0.9) / (np.abs(signal).max() + 1e-12)
+    events.sort(key=lambda e: e.start)
+    return Recording(np.clip(signal, -1, 1).astype(np.float32), sample_rate, cutoff, tuple(events), scene.backgrounds, scene.clipped)
 
 
 def synthesize_recording(
@@ -203,40 +321,12 @@ def synthesize_recording(
     seconds: float,
     sample_rate: int,
     rng: Rng,
-    lowpass_probability: float = 0.4,
+    lowpass_probability: float = 0.3,
 ) -> Recording:
-    """One field recording of `species`: bouts of its call over noise, with gaps and distractors."""
-    n = int(seconds * sample_rate)
-    call = SPECIES[species]
-    pitch, tempo = rng.uniform(0.92, 1.08), rng.uniform(0.85, 1.15)
-    signal = np.zeros(n)
-    # Bouts start at random gaps of 0.3-2.2 s, so every 5 s window holds at least one call.
-    pos = int(rng.uniform(0.0, 0.8) * sample_rate)
-    while pos < n:
-        bout = call(rng, sample_rate, pitch * rng.uniform(0.98, 1.02), tempo) * rng.uniform(0.5, 1.0)
-        end = min(n, pos + len(bout))
-        signal[pos:end] += bout[: end - pos]
-        pos = end + int(rng.uniform(0.3, 2.2) * sample_rate)
-    # Faint calls of other species in the background.
-    others = [s for s in SPECIES if s != species]
-    for _ in range(int(rng.poisson(0.6 * seconds / 10))):
-        other = SPECIES[others[rng.integers(len(others))]](rng, sample_rate, rng.uniform(0.92, 1.08), 1.0)
-        start = int(rng.integers(0, max(1, n - len(other))))
-        end = min(n, start + len(other))
-        signal[start:end] += other[: end - start] * rng.uniform(0.05, 0.15)
-    peak = rng.uniform(0.1, 0.6)
-    signal *= peak / (np.abs(signal).max() + 1e-12)
-    noise_level = peak * rng.uniform(0.01, 0.12)
-    signal += noise_level * (pink_noise(rng, n) * rng.uniform(0.3, 1.0) + wind_noise(rng, n, sample_rate) * rng.uniform(0.0, 1.0))
-    cutoff = None
-    if rng.random() < lowpass_probability:
-        cutoff = float(rng.uniform(5000, 8000))
-        if cutoff < sample_rate / 2 - 100:
-            sos = scipy.signal.butter(8, cutoff, "lowpass", fs=sample_rate, output="sos")
-            signal = scipy.signal.sosfilt(sos, signal)
-        else:
-            cutoff = None
-    return Recording(np.clip(signal, -1, 1).astype(np.float32), sample_rate, cutoff)
+    """One recording of `species` singing over a random background kind."""
+    kinds = [k for k in BACKGROUNDS if k != "silence"]
+    scene = SceneSpec((species,), (kinds[rng.integers(len(kinds))],), seconds)
+    return synthesize_scene(scene, sample_rate, rng, lowpass_probability)
 
 
 def write_audio(target, audio: np.ndarray, rate: int, container: str, subtype: str) -> None:

@@ -10,8 +10,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from layout.artifacts import CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS, read_json
-
+from layout.artifacts import CALIBRATION, CONFIG, LABELS, METRICS, NORM_STATS, WEIGHTS, read_json
 
 
 @dataclass
@@ -24,6 +23,8 @@ class Checkpoint:
     labels: list[str] | None
     norm_stats: dict[str, list[float]] | None
     metrics: dict[str, Any]
+    calibration: dict[str, Any] | None = None
+    """How scores are calibrated and the default threshold (birdcall)."""
 
     @property
     def weights_path(self) -> Path:
@@ -41,6 +42,7 @@ def save_checkpoint(
     metrics: dict[str, Any],
     labels: list[str] | None = None,
     norm_stats: dict[str, list[float]] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Checkpoint:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -51,7 +53,9 @@ def save_checkpoint(
         _write_json(directory / LABELS, labels)
     if norm_stats is not None:
         _write_json(directory / NORM_STATS, norm_stats)
-    return Checkpoint(directory, config, labels, norm_stats, metrics)
+    if calibration is not None:
+        _write_json(directory / CALIBRATION, calibration)
+    return Checkpoint(directory, config, labels, norm_stats, metrics, calibration)
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
@@ -61,7 +65,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     def read(name: str) -> Any:
         return read_json(directory, name) if (directory / name).exists() else None
 
-    return Checkpoint(directory, read(CONFIG), read(LABELS), read(NORM_STATS), read(METRICS) or {})
+    return Checkpoint(directory, read(CONFIG), read(LABELS), read(NORM_STATS), read(METRICS) or {}, read(CALIBRATION))
 
 
 def load_weights(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:

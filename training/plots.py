@@ -1,4 +1,4 @@
-"""Training plots people would rather look at than read: curves, confusion matrix, sample grid."""
+"""Training plots people would rather look at than read: curves, detection matrix, reliability, sample grid."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+
+from training.detection_metrics import Reliability
 
 
 def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
     """One panel per metric family (loss, accuracy), one line per split."""
     families = sorted({key.split("_", 1)[1] for key in history})
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.5), squeeze=False)
-    for ax, family in zip(axes[0], families):
+    for ax, family in zip(axes[0], families, strict=True):
         for key, values in history.items():
             if key.endswith(family):
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=key.split("_", 1)[0])
@@ -29,18 +31,47 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
     plt.close(fig)
 
 
-def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str) -> None:
-    """Row-normalized confusion matrix (rows: true class)."""
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(labels), 1 + 0.45 * len(labels)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    for i, j in zip(*np.nonzero(matrix)):
-        ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+def plot_detections(matrix: np.ndarray, rows: list[str], columns: list[str], path: Path, title: str) -> None:
+    """Share of each row's windows where each column was detected (rows: true content; a multi-label
+    confusion matrix, so a row need not sum to 1)."""
+    fig, ax = plt.subplots(figsize=(1.5 + 0.42 * len(columns), 1.2 + 0.42 * len(rows)))
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    for i, j in zip(*np.nonzero(matrix >= 0.005), strict=True):
+        ax.text(
+            j,
+            i,
+            f"{matrix[i, j]:.2f}"[1:] if matrix[i, j] < 1 else "1",
+            ha="center",
+            va="center",
+            fontsize=5.5,
+            color="white" if matrix[i, j] > 0.5 else "black",
+        )
+    ax.set_xlabel("detected")
+    ax.set_ylabel("true content of the window")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(before: Reliability, after: Reliability, path: Path, title: str) -> None:
+    """Reliability diagram (score vs share of true detections per bin) and the pair counts per bin."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, rel, style in (("uncalibrated", before, "s-"), ("calibrated", after, "o-")):
+        top.plot(rel.confidence, rel.precision, style, markersize=4, label=f"{name} (ECE {rel.ece:.3f})")
+    top.set_ylabel("share of pairs truly present (precision)")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    top.set_title(title, fontsize=9)
+    bottom.bar(after.confidence, after.count, width=1 / 15 * 0.8, color="tab:orange")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("score (window, species pair)")
+    bottom.set_ylabel("pairs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,8 +14,8 @@ from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 from ema_pytorch import EMA
 from tqdm import tqdm
 
-from layout.workspace import Workspace
 from layout import artifacts
+from layout.workspace import Workspace
 from training.checkpoint import save_checkpoint
 from training.frames_data import folder_hash, generate_frames, load_frames
 from training.plots import plot_curves, save_image_grid

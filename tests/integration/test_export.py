@@ -12,12 +12,14 @@ import pytest
 import torch
 
 import export.pipeline
-from export.birdcall import export_birdcall
+from export.birdcall import ServedBirdCall, export_birdcall, held_out_inputs
 from export.onnx_tools import cpu_session
-from export.parity import ParityError, Tolerance, check_parity
+from export.parity import OutputKind, ParityError, Tolerance, check_parity
 from features import FrontEndConfig
 from tests.conftest import TINY_TOLERANCES
-from training.checkpoint import load_checkpoint
+from training.birdcall_model import BirdCallArch, BirdCallNet
+from training.checkpoint import load_checkpoint, load_weights
+
 
 @pytest.fixture(scope="module")
 def birdcall_report(tiny_exports):
@@ -27,20 +29,27 @@ def birdcall_report(tiny_exports):
 def test_birdcall_export_registers_all_variants_with_metadata(birdcall_report, tiny_workspace):
     assert set(birdcall_report["variants"]) == {"fp32", "int8", "fp16"}
     fp32 = birdcall_report["variants"]["fp32"]
-    assert fp32["parity"]["max_abs_diff"] <= 1e-3
+    assert set(fp32["parity"]) == {"scores", "embedding"}
+    assert fp32["parity"]["scores"]["max_abs_diff"] <= 1e-3 and fp32["parity"]["embedding"]["max_abs_diff"] <= 1e-3
     assert [row["batch"] for row in fp32["cpu_timing"]] == [1, 8, 32, 128]
 
     model = bentoml.models.get(birdcall_report["tag"])
     checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("birdcall"))
     files = {p.name for p in Path(model.path).iterdir()}
-    assert {"birdcall.fp32.onnx", "birdcall.int8.onnx", "birdcall.fp16.onnx", "labels.json", "norm_stats.json", "config.json"} <= files
+    expected = {"birdcall.fp32.onnx", "birdcall.int8.onnx", "birdcall.fp16.onnx", "labels.json", "norm_stats.json", "config.json"}
+    assert expected | {"calibration.json", "metrics.json"} <= files
     # Labels and metadata round-trip through the store.
     assert model.info.labels["task"] == "audio-classification"
     assert model.info.labels["data_hash"] == checkpoint.metrics["data_hash"][:16]
     assert model.info.metadata["labels"] == checkpoint.labels
     assert model.info.metadata["frontend"] == checkpoint.config["frontend"]
-    assert model.info.metadata["report"]["variants"]["int8"]["parity"]["top1_agreement"] >= 0.5
+    assert model.info.metadata["threshold"] == checkpoint.calibration["threshold"]
+    assert model.info.metadata["report"]["decision_threshold"] == checkpoint.calibration["threshold"]
+    int8 = model.info.metadata["report"]["variants"]["int8"]["parity"]
+    assert int8["scores"]["top1_agreement"] >= 0.5 and 0.0 <= int8["scores"]["decision_agreement"] <= 1.0
+    assert -1.0 <= int8["embedding"]["min_cosine"] <= 1.0
     assert json.loads((Path(model.path) / "norm_stats.json").read_text()) == checkpoint.norm_stats
+    assert json.loads((Path(model.path) / "calibration.json").read_text()) == checkpoint.calibration
     report_dir = tiny_workspace.reports_dir("birdcall")
     assert "| int8 |" in (report_dir / "export_report.md").read_text()
     assert json.loads((report_dir / "export_report.json").read_text())["tag"] == birdcall_report["tag"]
@@ -60,10 +69,27 @@ def test_dynamic_batch_gives_the_same_per_item_outputs(birdcall_report, variant,
     path = Path(bentoml.models.get(birdcall_report["tag"]).path) / f"birdcall.{variant}.onnx"
     session = cpu_session(path)
     x = np.random.default_rng(0).standard_normal((37, *FrontEndConfig().feature_shape)).astype(np.float32)
-    batched = session.run(None, {"features": x})[0]
-    single = np.concatenate([session.run(None, {"features": x[i : i + 1]})[0] for i in range(37)])
-    assert batched.shape == (37, 12)
-    np.testing.assert_allclose(batched, single, atol=atol)
+    batched = session.run(None, {"features": x})
+    single = [np.concatenate(parts) for parts in zip(*(session.run(None, {"features": x[i : i + 1]}) for i in range(37)), strict=True)]
+    assert [b.shape for b in batched] == [(37, 12), (37, 64)]
+    for b, s in zip(batched, single, strict=True):
+        np.testing.assert_allclose(b, s, atol=atol)
+
+
+def test_onnx_outputs_calibrated_scores_and_the_embedding(birdcall_report, tiny_workspace):
+    session = cpu_session(Path(bentoml.models.get(birdcall_report["tag"]).path) / "birdcall.fp32.onnx")
+    assert [o.name for o in session.get_outputs()] == ["scores", "embedding"]
+    checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("birdcall"))
+    x = held_out_inputs(checkpoint, limit=3)
+    scores, embedding = session.run(None, {"features": x})
+    assert scores.shape == (len(x), len(checkpoint.labels)) and ((scores >= 0) & (scores <= 1)).all()
+    # The temperature is inside the graph: scores are sigmoid(head(embedding) / T) of the trained network.
+    net = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(x)).numpy()
+        expected = ServedBirdCall(net, checkpoint.calibration["temperature"])(torch.from_numpy(x))
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits / checkpoint.calibration["temperature"])), atol=1e-5)
+    np.testing.assert_allclose(embedding, expected[1].numpy(), atol=1e-4)
 
 
 def test_parity_gate_refuses_a_perturbed_model_and_registers_nothing(birdcall_report, tiny_workspace, monkeypatch):
@@ -72,37 +98,54 @@ def test_parity_gate_refuses_a_perturbed_model_and_registers_nothing(birdcall_re
     def export_perturbed(module, example, outputs, path):
         broken = copy.deepcopy(module)
         with torch.no_grad():
-            broken.head.weight.add_(torch.randn_like(broken.head.weight))
+            broken.net.head.weight.add_(torch.randn_like(broken.net.head.weight))
         return real_export(broken, example, outputs, path)
 
     monkeypatch.setattr(export.pipeline, "export_onnx", export_perturbed)
     before = {str(m.tag) for m in bentoml.models.list("birdcall")}
     # A different tolerance set gives a different digest, so this is a fresh export, not a reuse.
-    with pytest.raises(ParityError, match=r"variant 'fp32': output 'logits' max \|difference\| = [0-9.]+ \(above the tolerance 0.001\); nothing was registered") as info:
+    message = r"variant 'fp32': output 'scores' max \|difference\| = [0-9.]+ \(above the tolerance 0.001\); nothing was registered"
+    with pytest.raises(ParityError, match=message) as info:
         export_birdcall(tiny_workspace, variants=("fp32",), tolerances=TINY_TOLERANCES)
-    assert info.value.output == "logits" and info.value.value > info.value.tolerance
+    assert info.value.output == "scores" and info.value.value > info.value.tolerance
     assert {str(m.tag) for m in bentoml.models.list("birdcall")} == before
 
 
 def test_check_parity_measures_and_names_each_limit():
-    reference = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
-    labels = np.array([0, 1, 0, 1])
-    ok = check_parity("v", "y", reference, reference + 1e-5, Tolerance(max_abs_diff=1e-4), labels)
-    assert ok.top1_agreement == 1.0 and ok.accuracy == ok.reference_accuracy == 1.0
+    reference = np.array([[0.9, 0.1], [0.2, 0.7], [0.6, 0.3], [0.1, 0.45]])
+    ok = check_parity("v", "y", reference, reference + 1e-5, Tolerance(max_abs_diff=1e-4), OutputKind.SCORES, threshold=0.5)
+    assert ok.top1_agreement == 1.0 and ok.decision_agreement == 1.0
     flipped = reference.copy()
-    flipped[0] = [0.0, 5.0]
-    with pytest.raises(ParityError, match="top-1 agreement = 0.75"):
-        check_parity("v", "y", reference, flipped, Tolerance(min_top1_agreement=0.995), labels)
-    with pytest.raises(ParityError, match="accuracy drop = 0.25"):
-        check_parity("v", "y", reference, flipped, Tolerance(max_accuracy_drop=0.005), labels)
+    flipped[0] = [0.1, 0.9]
+    with pytest.raises(ParityError, match=r"top-1 agreement = 0\.75"):
+        check_parity("v", "y", reference, flipped, Tolerance(min_top1_agreement=0.995))
+    # Only the pair crossing the threshold counts: one of 8 pairs (window 3's wren is below 0.5 on both sides).
+    nudged = reference.copy()
+    nudged[3, 1] = 0.55
+    with pytest.raises(ParityError, match=r"output 'y' decision agreement at 0.5 = 0.875 \(below the tolerance 0.995\)"):
+        check_parity("v", "y", reference, nudged, Tolerance(min_decision_agreement=0.995), OutputKind.SCORES, threshold=0.5)
+    result = check_parity("v", "y", reference, nudged, Tolerance(min_decision_agreement=0.8), OutputKind.SCORES, threshold=0.5)
+    assert result.window_decision_agreement == 0.75
+    with pytest.raises(ValueError, match="needs the decision threshold"):
+        check_parity("v", "y", reference, reference, Tolerance(min_decision_agreement=0.9), OutputKind.SCORES)
     with pytest.raises(ParityError, match="max"):
         check_parity("v", "y", reference, reference * np.nan, Tolerance(max_abs_diff=1.0))
+
+
+def test_check_parity_compares_embedding_directions():
+    reference = np.random.default_rng(0).standard_normal((50, 8))
+    scaled = check_parity("v", "e", reference, reference * 1.3, Tolerance(min_cosine=0.99), OutputKind.EMBEDDING)
+    assert scaled.min_cosine == pytest.approx(1.0) and scaled.top1_agreement is None
+    turned = reference.copy()
+    turned[7] = -turned[7]
+    with pytest.raises(ParityError, match=r"output 'e' min cosine similarity = -1 \(below the tolerance 0.99\)"):
+        check_parity("v", "e", reference, turned, Tolerance(min_cosine=0.99), OutputKind.EMBEDDING)
 
 
 def test_frames_export_registers_the_denoiser(tiny_exports):
     report = tiny_exports["frames"]
     assert set(report["variants"]) == {"fp32", "fp16"}
-    assert report["variants"]["fp32"]["parity"]["max_abs_diff"] <= 1e-3
+    assert report["variants"]["fp32"]["parity"]["v"]["max_abs_diff"] <= 1e-3
     model = bentoml.models.get(report["tag"])
     session = cpu_session(Path(model.path) / "frames.fp32.onnx")
     assert [i.name for i in session.get_inputs()] == ["x_t", "t"]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from features import FrontEnd, FrontEndConfig
-from training.birdcall_data import GenerateSpec, generate_dataset, read_manifest
+from training.birdcall_data import read_manifest, species_of
+from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet
-from training.birdcall_synth import SPECIES, synthesize_recording
+from training.birdcall_synth import SPECIES, bird_track, synthesize_recording
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_data import load_frames
 from training.frames_synth import render_frames
@@ -23,8 +24,8 @@ def test_at_least_twelve_species_with_distinct_spectra():
     rate = 16_000
     spectra = {}
     for name in SPECIES:
-        rec = synthesize_recording(name, 6.0, rate, np.random.default_rng(1), lowpass_probability=0.0)
-        power = np.abs(np.fft.rfft(rec.audio)) ** 2
+        track, _ = bird_track(name, 6 * rate, rate, np.random.default_rng(1))
+        power = np.abs(np.fft.rfft(track)) ** 2
         bands = np.add.reduceat(power, np.linspace(0, len(power) - 1, 65).astype(int)[:-1])
         spectra[name] = bands / bands.sum()
     names = list(spectra)
@@ -43,16 +44,26 @@ def test_generation_is_deterministic_and_varied():
 
 
 def test_generated_dataset_round_trips_through_the_real_loader(tmp_path):
-    spec = GenerateSpec(recordings_per_species=4, min_seconds=3, max_seconds=4, n_species=12, seed=3)
+    groups = len(BACKGROUND_GROUPS)
+    spec = GenerateSpec(
+        recordings_per_species=4, mixed_recordings=3, background_recordings=groups, min_seconds=3, max_seconds=4, n_species=12, seed=3
+    )
     csv_path = generate_dataset(tmp_path, spec, workers=1)
     items = read_manifest(csv_path)
-    assert len(items) == 48
-    assert len({i.label for i in items}) == 12
-    # Split by recording: every recording sits in exactly one split.
-    assert {i.split for i in items} <= {"train", "val", "test"}
+    assert len(items) == 48 + 3 + groups
+    assert species_of(items) == sorted(list(SPECIES)[:12])
+    assert sum(not i.labels for i in items) == groups
+    assert sum(len(i.labels) >= 2 for i in items) >= 3
+    # Split by recording: every recording sits in exactly one split, and every split gets some.
+    assert {i.split for i in items} == {"train", "val", "test"}
     assert len({i.path for i in items}) == len(items)
-    for item in items[:6]:
-        assert 3.0 <= FrontEnd().analyze(item.path).audio.duration_seconds <= 4.2
+    # Every call is an event of a species the recording's label names, inside the recording.
+    for item in items:
+        assert item.events is not None
+        assert {e.label for e in item.events} == set(item.labels)
+        duration = FrontEnd().analyze(item.path).audio.duration_seconds
+        assert 3.0 <= duration <= 4.2
+        assert all(0 <= e.start < e.end <= duration + 1e-3 for e in item.events)
 
 
 def test_manifest_without_split_column_splits_by_hash(tmp_path):
@@ -70,14 +81,20 @@ def test_manifest_errors_are_clear(tmp_path):
 
 
 def test_birdcall_net_shapes():
-    arch = BirdCallArch(n_classes=15)
+    config = FrontEndConfig()
+    arch = BirdCallArch(n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames)
     assert arch.seq_len == 40  # 161 frames -> 80 -> 40
     model = BirdCallNet(arch).eval()
-    assert model(torch.zeros(3, *FrontEndConfig().feature_shape)).shape == (3, 15)
+    x = torch.zeros(3, *config.feature_shape)
+    assert model(x).shape == (3, 15)
+    # The embedding is what the head reads: logits are a linear map of it.
+    embedding = model.embed(x)
+    assert embedding.shape == (3, arch.d_model)
+    torch.testing.assert_close(model.head(embedding), model(x))
 
 
 def test_tiny_birdcall_training_writes_a_complete_checkpoint(tiny_birdcall, tiny_workspace):
-    assert 0.0 <= tiny_birdcall["test_accuracy"] <= 1.0
+    assert 0.0 <= tiny_birdcall["test"]["micro_f1"] <= 1.0
     assert tiny_birdcall["n_classes"] == 12
     checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("birdcall"))
     assert checkpoint.labels == sorted(checkpoint.labels) and len(checkpoint.labels) == 12
@@ -85,9 +102,23 @@ def test_tiny_birdcall_training_writes_a_complete_checkpoint(tiny_birdcall, tiny
     assert checkpoint.config["frontend"] == FrontEndConfig().to_dict()
     model = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
     assert model(torch.zeros(1, *FrontEndConfig().feature_shape)).shape == (1, 12)
+    # Calibration: what the service reads for its default threshold.
+    calibration = checkpoint.calibration
+    assert calibration["method"] == "temperature" and calibration["temperature"] > 0
+    assert 0.0 < calibration["threshold"] < 1.0 and 0.0 <= calibration["ece"] <= 1.0
+    # The detection mix the drift alert compares with: shares of validation windows.
+    shares = checkpoint.metrics["validation_detection_share"]
+    assert set(shares) == set(checkpoint.labels) and all(0.0 <= v <= 1.0 for v in shares.values())
+    assert 0.0 <= checkpoint.metrics["validation_no_detection_share"] <= 1.0
+    test = checkpoint.metrics["test"]
+    for key in ("background_false_detection_rate", "two_species_both_found", "recording_accuracy", "ece", "micro_f1"):
+        assert 0.0 <= test[key] <= 1.0, key
+    assert test["background_windows"] > 0
+    assert set(test["per_class"]) == set(checkpoint.labels)
     reports = tiny_workspace.reports_dir("birdcall")
-    assert (reports / "confusion_matrix.png").stat().st_size > 1000
-    assert (reports / "training_curves.png").stat().st_size > 1000
+    for image in ("training_curves.png", "reliability.png", "detection_matrix.png"):
+        assert (reports / image).stat().st_size > 1000, image
+    assert "| window micro-F1 |" in (reports / "training_report.md").read_text()
     # No pickles anywhere: weights are safetensors, the rest JSON.
     for path in checkpoint.directory.iterdir():
         assert path.suffix in {".safetensors", ".json"}, path

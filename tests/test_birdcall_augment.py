@@ -1,0 +1,47 @@
+"""Training augmentation keeps labels right; the learning-rate schedule warms up and anneals."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from training.birdcall_augment import mix_pairs, roll_time
+from training.train_birdcall import PROFILES, _learning_rate
+
+
+def test_roll_moves_each_window_in_time_only():
+    x = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 1, 3, 5)
+    rolled = roll_time(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        # Same frames, same bands, circularly shifted.
+        assert any(torch.equal(rolled[i], torch.roll(x[i], s, dims=-1)) for s in range(5))
+
+
+def test_mixing_sums_power_and_unites_labels():
+    g = torch.Generator().manual_seed(1)
+    log_mels = torch.log(torch.rand(64, 1, 4, 6, generator=g) + 1e-3)
+    targets = torch.zeros(64, 3)
+    targets[:, 0] = 1.0
+    targets[32:, 0], targets[32:, 1] = 0.0, 1.0
+    known = torch.ones(64, 3)
+    known[5, 2] = 0.0
+    mixed, t, k = mix_pairs(log_mels, targets, known, share=1.0, generator=torch.Generator().manual_seed(2))
+    # Power only adds: every bin is at least as loud as before.
+    assert (mixed >= log_mels - 1e-6).all()
+    assert (t >= targets).all() and ((t == 0) | (t == 1)).all()
+    # A pair stays known-absent only when both windows are known to lack the species.
+    assert (k[t == 1] == 1).all()
+    assert t.sum() > targets.sum()
+    untouched = mix_pairs(log_mels, targets, known, share=0.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(untouched[0], log_mels) and torch.equal(untouched[1], targets) and torch.equal(untouched[2], known)
+
+
+def test_learning_rate_warms_up_then_anneals_to_zero():
+    profile = PROFILES["default"]
+    rates = [_learning_rate(profile, p / 100) for p in range(101)]
+    peak = rates.index(max(rates))
+    assert math.isclose(max(rates), profile.lr) and abs(peak / 100 - profile.warmup) <= 0.01
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1 :], strict=False))
+    assert rates[-1] < 1e-9

@@ -1,0 +1,102 @@
+"""Multi-label manifests, events and how labels reach windows; the non-bird sound generators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features import WindowSpan
+from training.background_synth import BACKGROUNDS
+from training.birdcall_data import Item, events_path, parse_labels, read_manifest, species_of, window_targets
+from training.birdcall_synth import CallEvent, SceneSpec, synthesize_scene
+
+
+def test_labels_split_on_semicolons_and_background_means_none():
+    assert parse_labels("b;a") == ("a", "b")
+    assert parse_labels(" a ; a ;") == ("a",)
+    assert parse_labels("background") == ()
+    assert parse_labels("") == ()
+
+
+def test_manifest_reads_several_labels_background_rows_and_events(tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label,split\nx.wav,owl;wren,train\ny.wav,background,val\nz.wav,,test\nw.wav,owl,train\n")
+    events_path(csv_path).write_text("path,label,start,end\nx.wav,owl,0.5,1.0\nx.wav,wren,2.0,2.4\n")
+    items = {i.path.name: i for i in read_manifest(csv_path)}
+    assert items["x.wav"].labels == ("owl", "wren")
+    assert items["x.wav"].events == (CallEvent("owl", 0.5, 1.0), CallEvent("wren", 2.0, 2.4))
+    # With an events file, background rows are known to be empty; rows without events fall back to weak labels.
+    assert items["y.wav"].labels == () and items["y.wav"].events == ()
+    assert items["z.wav"].labels == ()
+    assert items["w.wav"].events is None
+    assert species_of(list(items.values())) == ["owl", "wren"]
+
+
+def test_events_must_match_the_labels_and_the_recordings(tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\nx.wav,owl\n")
+    events_path(csv_path).write_text("path,label,start,end\nx.wav,wren,0.5,1.0\n")
+    with pytest.raises(ValueError, match="does not"):
+        read_manifest(csv_path)
+    events_path(csv_path).write_text("path,label,start,end\nq.wav,owl,0.5,1.0\n")
+    with pytest.raises(ValueError, match="does not list"):
+        read_manifest(csv_path)
+    events_path(csv_path).write_text("path,label,start,end\nx.wav,owl,1.0,0.5\n")
+    with pytest.raises(ValueError, match=r"start 1\.0 and end 0\.5"):
+        read_manifest(csv_path)
+
+
+def test_window_targets_follow_the_calls():
+    spans = [WindowSpan(0.0, 5.0), WindowSpan(2.5, 7.5), WindowSpan(5.0, 10.0), WindowSpan(7.5, 10.0)]
+    index = {"owl": 0, "wren": 1, "crow": 2}
+    item = Item(
+        path=None,  # type: ignore[arg-type]
+        labels=("owl", "wren"),
+        split="train",
+        events=(
+            CallEvent("owl", 1.0, 2.0),  # only in window 0
+            CallEvent("wren", 4.9, 5.6, snr_db=3.0),  # 0.1 s in window 0 (cut: neither), 0.6 s in windows 1 and 2
+            CallEvent("wren", 9.0, 9.05, snr_db=12.0),  # a short whole call in windows 2 and 3
+        ),
+    )
+    targets, known, snr = window_targets(item, spans, index)
+    np.testing.assert_array_equal(targets[:, 0], [1, 0, 0, 0])
+    np.testing.assert_array_equal(targets[:, 1], [0, 1, 1, 1])
+    np.testing.assert_array_equal(known[:, 1], [False, True, True, True])
+    assert known[:, 0].all() and known[:, 2].all() and not targets[:, 2].any()
+    # The level of the loudest call of the species in a window where it is present.
+    np.testing.assert_array_equal(snr[:, 1], [np.nan, 3.0, 12.0, 12.0])
+    assert np.isnan(snr[:, 0]).all()
+    # Without events, the recording's labels hold for every window.
+    weak, weak_known, _ = window_targets(Item(None, ("crow",), "train"), spans, index)  # type: ignore[arg-type]
+    assert weak[:, 2].all() and not weak[:, :2].any() and weak_known.all()
+
+
+@pytest.mark.parametrize("kind", list(BACKGROUNDS))
+def test_every_background_kind_is_finite_deterministic_and_birdless(kind):
+    rate = 22_050
+    a = synthesize_scene(SceneSpec((), (kind,), 3.0), rate, np.random.default_rng(5))
+    b = synthesize_scene(SceneSpec((), (kind,), 3.0), rate, np.random.default_rng(5))
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert a.events == () and len(a.audio) == 3 * rate
+    assert np.isfinite(a.audio).all() and np.abs(a.audio).max() <= 1.0
+    if kind != "silence":
+        assert np.sqrt(np.mean(a.audio**2)) > 1e-3
+
+
+def test_scenes_record_every_call_and_clip_when_asked():
+    rate = 16_000
+    scene = SceneSpec(("hooting_owl", "fast_trill_wren"), ("rain",), 6.0, clipped=True)
+    rec = synthesize_scene(scene, rate, np.random.default_rng(2), lowpass_probability=0.0)
+    assert {e.label for e in rec.events} == {"hooting_owl", "fast_trill_wren"}
+    assert rec.clipped and np.mean(np.abs(rec.audio) >= 0.999 * np.abs(rec.audio).max()) > 0.001
+    # The owl's events are where its energy is: 400-1000 Hz power is higher inside them than outside.
+    spectrum_hz = np.fft.rfftfreq(400, 1 / rate)
+    band = (spectrum_hz > 380) & (spectrum_hz < 1000)
+    frames = rec.audio[: len(rec.audio) // 400 * 400].reshape(-1, 400)
+    power = (np.abs(np.fft.rfft(frames, axis=1))[:, band] ** 2).sum(axis=1)
+    inside = np.zeros(len(frames), bool)
+    for e in rec.events:
+        if e.label == "hooting_owl":
+            inside[int(e.start * rate) // 400 : int(e.end * rate) // 400] = True
+    assert power[inside].mean() > 3 * power[~inside].mean()
