@@ -17,8 +17,11 @@ def client(server_url):
 def test_metrics_after_traffic(client, chirp):
     before = scrape(client)
     wav = encode(chirp, 44_100, "WAV", "PCM_16")  # 3 s -> one window
-    for _ in range(3):
-        assert client.post("/classify", content=wav).status_code == 200
+    answers = []
+    for threshold in (0.0, 1.0, 0.0):  # every species detected; none; every species
+        response = client.post("/classify", content=wav, params={"min_confidence": threshold, "top_k": 12})
+        assert response.status_code == 200
+        answers.append(response.json())
     assert client.post("/classify", content=b"not audio at all").status_code == 415
     assert client.post("/generate", json={"steps": 5, "count": 2}).status_code == 200
     assert client.post("/generate", json={"steps": 500}).status_code == 422
@@ -30,7 +33,17 @@ def test_metrics_after_traffic(client, chirp):
     for stage in ("decode", "resample", "features", "inference", "model", "postprocess", "total"):
         assert delta("chorus_stage_duration_seconds_count", model="birdcall", variant="fp32", stage=stage) == 3, stage
     assert delta("chorus_stage_duration_seconds_count", model="frames", stage="total") == 1
-    assert delta("chorus_predictions_total", model="birdcall") == 3
+    assert delta("chorus_windows_total", model="birdcall") == 3
+    expected: dict[str, int] = {}
+    for answer in answers:
+        for window in answer["windows"]:
+            for detection in window["detections"]:
+                expected[detection["label"]] = expected.get(detection["label"], 0) + 1
+    assert len(expected) == 12 and all(count == 2 for count in expected.values())
+    for label, count in expected.items():
+        assert delta("chorus_detections_total", model="birdcall", label=label) == count, label
+    assert delta("chorus_windows_without_detection_total", model="birdcall") == 1
+    assert value(after, "chorus_validation_detection_share", model="birdcall", label="(none)") > 0
     assert delta("chorus_audio_duration_seconds_count") == 3
     assert delta("chorus_audio_sample_rate_hertz_bucket", le="44100.0") == 3
     assert delta("chorus_audio_sample_rate_hertz_bucket", le="32000.0") == 0

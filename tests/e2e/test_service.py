@@ -53,7 +53,10 @@ def test_classify_multipart_mp3(client, mp3_44k_stereo):
     assert body["audio"]["sample_rate"] == 44_100 and body["audio"]["channels"] == 2
     assert body["audio"]["duration_seconds"] == pytest.approx(9.0, abs=0.1)
     assert body["audio"]["windows"] == 3
-    assert len(body["top"]) == 2 and body["top"][0]["probability"] >= body["top"][1]["probability"]
+    assert 0 < body["threshold"] < 1  # the calibrated one, stored with the model
+    assert all(len(w["detections"]) <= 2 for w in body["windows"])  # top_k caps what a window lists
+    for species in body["summary"]:
+        assert species["label"] and 1 <= species["windows"] <= 3 and species["max_score"] >= species["mean_score"] >= body["threshold"]
     assert [w["start"] for w in body["windows"]] == [0.0, 2.5, 5.0]
     assert body["windows"][-1]["end"] == pytest.approx(9.0, abs=0.1)
     assert body["model"]["name"] == "birdcall" and body["model"]["variant"] == "fp32" and body["model"]["version"]
@@ -64,10 +67,12 @@ def test_classify_multipart_mp3(client, mp3_44k_stereo):
 
 def test_classify_raw_body_and_options(client, chirp):
     data = encode(chirp, 22_050, "FLAC", "PCM_16")
-    body = client.post("/classify?timeline=false&top_k=1&min_confidence=0", content=data).json()
-    assert "windows" not in body and len(body["top"]) == 1
+    body = client.post("/classify?timeline=false&min_confidence=0", content=data).json()
+    assert "windows" not in body and len(body["summary"]) == 12  # every species at a threshold of 0
+    listed = client.post("/classify?top_k=1&min_confidence=0&embeddings=true", content=data).json()
+    assert [len(w["detections"]) for w in listed["windows"]] == [1, 1] and len(listed["embeddings"]) == 2  # 6 s: two windows
     strict = client.post("/classify?min_confidence=1.0", content=data).json()
-    assert all(entry["probability"] >= 1.0 for entry in strict["top"])
+    assert all(species["max_score"] >= 1.0 for species in strict["summary"])
 
 
 def test_silence_is_classified(client):
@@ -105,7 +110,7 @@ def test_classify_batch(client, chirp, mp3_44k_stereo):
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["file"] for r in results] == ["a.mp3", "b.wav"]
-    assert all(len(r["top"]) == 1 for r in results)
+    assert all("summary" in r and all(len(w["detections"]) <= 1 for w in r["windows"]) for r in results)
     bad = [("audio", ("good.wav", encode(chirp, 16_000, "WAV", "PCM_16"))), ("audio", ("bad.bin", b"junk" * 10))]
     error = assert_error(client.post("/classify/batch", files=bad), 415, "bad.bin")
     assert error["file"] == "bad.bin"
