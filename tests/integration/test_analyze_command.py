@@ -1,0 +1,114 @@
+"""`chorus analyze` end to end on the exported tiny model: a folder with good and broken files, the
+tables, the errors table, the summary line and the exit status; then the same run on a Ray cluster of
+two nodes gives the same rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch.command import AnalyzeOptions, analyze
+from tests.conftest import ROOT, encode
+
+FORMATS = frozenset({"csv", "raven", "raven-combined", "audacity", "ndjson", "parquet"})
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("field")
+    rng = np.random.default_rng(3)
+    (folder / "site1").mkdir()
+    (folder / "site2").mkdir()
+    for i, (rate, fmt, subtype, suffix) in enumerate(
+        [
+            (16_000, "WAV", "PCM_16", "wav"),
+            (44_100, "FLAC", "PCM_16", "flac"),
+            (22_050, "MP3", "MPEG_LAYER_III", "mp3"),
+            (48_000, "WAV", "PCM_24", "wav"),
+        ]
+    ):
+        audio = (0.05 * rng.standard_normal((rate * (20 + 7 * i), 2))).astype(np.float32)
+        (folder / f"site{1 + i % 2}" / f"SMU01234_20240517_0{i}3000.{suffix}").write_bytes(encode(audio, rate, fmt, subtype))
+    (folder / "site2" / "broken.wav").write_bytes(encode(np.zeros(16_000, np.float32), 16_000, "WAV", "PCM_16")[:30])
+    nan = np.zeros(16_000, np.float32)
+    nan[100] = np.nan
+    (folder / "site2" / "nan.wav").write_bytes(encode(nan, 16_000, "WAV", "FLOAT"))
+    return folder
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "detections.csv", newline="") as table:
+        return sorted(csv.DictReader(table), key=lambda r: (r["path"], r["channel"], float(r["begin_s"]), r["species"]))
+
+
+def test_a_folder_with_broken_files(tiny_exports, field, tmp_path):
+    summary = analyze(AnalyzeOptions(sources=[str(field)], out=tmp_path / "out", formats=FORMATS, min_confidence=0.0, top_k=2, workers=2))
+    assert (summary.files, summary.files_ok, summary.files_failed) == (6, 4, 2)
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert "broken.wav" in errors and "nan.wav" in errors and "NaN" in errors
+    found = rows(tmp_path / "out")
+    assert found and {r["model"] for r in found} == {"birdcall"}
+    assert all(r["clock_begin"].startswith("2024-05-17T0") for r in found)  # Song Meter names give clock times
+    windows_per_file = {r["path"]: 0 for r in found}
+    for r in found:
+        windows_per_file[r["path"]] += 1
+    assert len(windows_per_file) == 4 and all(count % 2 == 0 for count in windows_per_file.values())  # top_k 2 at threshold 0
+    for name in ("combined.selections.txt", "detections.ndjson", "detections.parquet"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert len(list((tmp_path / "out" / "raven").rglob("*.selections.txt"))) == 4
+
+
+def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "chorus.cli",
+        "analyze",
+        str(field / "site1"),
+        "--out",
+        str(tmp_path / "cli"),
+        "--min-confidence",
+        "0.5",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["files_ok"] == 2 and summary["files_failed"] == 0 and summary["realtime_factor"] > 0
+    species = tmp_path / "species.txt"
+    species.write_text("a_bird_nobody_knows\n")
+    refused = subprocess.run([*command, "--species", str(species)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "a_bird_nobody_knows" in refused.stderr
+    failing = subprocess.run(
+        [*command[:4], str(field / "site2"), "--out", str(tmp_path / "cli2")], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert failing.returncode == 1 and json.loads(failing.stdout.strip().splitlines()[-1])["files_failed"] == 2
+
+
+def test_ray_on_two_nodes_gives_the_rows_of_the_local_run(tiny_exports, field, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # workers run this very interpreter, not `uv run`
+    options = {"sources": [str(field)], "formats": frozenset({"csv"}), "min_confidence": 0.0, "top_k": 3}
+    analyze(AnalyzeOptions(out=tmp_path / "local", **options))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        remote = analyze(AnalyzeOptions(out=tmp_path / "ray", ray=cluster.address, **options))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert (remote.files_ok, remote.files_failed) == (4, 2)
+    local_rows, ray_rows = rows(tmp_path / "local"), rows(tmp_path / "ray")
+    assert [{k: v for k, v in r.items() if k != "score"} for r in local_rows] == [
+        {k: v for k, v in r.items() if k != "score"} for r in ray_rows
+    ]
+    np.testing.assert_allclose([float(r["score"]) for r in local_rows], [float(r["score"]) for r in ray_rows], atol=2e-4)
+    assert (tmp_path / "local" / "errors.csv").read_text() == (tmp_path / "ray" / "errors.csv").read_text()
