@@ -127,6 +127,16 @@ def _bench(args: argparse.Namespace) -> int:
 
         _print_result({**run_memory(out_dir, soak_minutes=args.soak_minutes), "reports": str(out_dir)})
         return 0
+    if args.suite == "analyze":
+        from benchmarks.analyze import run_analyze_bench
+
+        _print_result({**run_analyze_bench(out_dir), "reports": str(out_dir)})
+        return 0
+    if args.suite == "jobs":
+        from benchmarks.jobs import run_jobs_bench
+
+        _print_result({**run_jobs_bench(out_dir, seconds=max(args.seconds, 30.0)), "reports": str(out_dir)})
+        return 0
     from benchmarks.run import run_bench
 
     result = run_bench(out_dir, seconds=args.seconds, steps=args.steps, device=args.device)
@@ -201,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "suite",
         nargs="?",
         default="serving",
-        choices=["serving", "memory"],
-        help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs and a soak",
+        choices=["serving", "memory", "analyze", "jobs"],
+        help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs and a soak; "
+        "analyze: chorus analyze's speed, memory and robustness; jobs: /classify latency while a job runs",
     )
     bench.add_argument("--soak-minutes", type=float, default=30.0, help="memory: minutes of the load-test mix (0: bombs only)")
     bench.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level")

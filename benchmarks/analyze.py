@@ -1,0 +1,219 @@
+"""`chorus bench analyze`: how fast `chorus analyze` goes on this machine, against what the pipeline
+allows and against the served path, how little memory a 3-hour file takes, and a folder of 1,000
+files with broken ones, killed half way and resumed.
+
+Recordings are generated field scenes (bird calls over rain, wind, traffic, voices...), so decoding
+and the model see what they would in a real deployment; formats and rates as recorders write them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from batch.command import AnalyzeOptions, analyze
+from batch.model import load_analysis_model
+from service.local_server import ROOT, serve_process
+from training.background_synth import BACKGROUNDS
+from training.birdcall_synth import SPECIES, SceneSpec, synthesize_scene
+
+FIELD_FORMATS = (("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"), ("MP3", "MPEG_LAYER_III", "mp3"))
+
+
+def scene(seconds: float, rate: int, seed: int) -> np.ndarray:
+    """A field minute: 0-2 species over one or two kinds of background noise, mono float32."""
+    rng = np.random.default_rng(seed)
+    species = tuple(rng.choice(list(SPECIES), size=int(rng.integers(0, 3)), replace=False))
+    backgrounds = tuple(rng.choice([k for k in BACKGROUNDS if k != "silence"], size=int(rng.integers(1, 3)), replace=False))
+    return synthesize_scene(SceneSpec(species, backgrounds, seconds, sparse=True), rate, rng).audio.astype(np.float32)
+
+
+def write(path: Path, audio: np.ndarray, rate: int, container: str, subtype: str) -> Path:
+    with sf.SoundFile(
+        path, "w", samplerate=rate, channels=audio.shape[1] if audio.ndim > 1 else 1, format=container, subtype=subtype
+    ) as out:
+        # Chunked: libsndfile's Vorbis and MP3 writers fail on one huge write.
+        for start in range(0, len(audio), rate * 10):
+            out.write(audio[start : start + rate * 10])
+    return path
+
+
+def field_folder(folder: Path, files: int, seconds: float, rate: int, stereo: bool) -> list[Path]:
+    """Recorder-named files (AudioMoth) cycling WAV, FLAC and MP3."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in tqdm(range(files), desc="field recordings", leave=False):
+        container, subtype, suffix = FIELD_FORMATS[i % len(FIELD_FORMATS)]
+        audio = scene(seconds, rate, i)
+        if stereo:
+            audio = np.stack([audio, 0.8 * audio], axis=1)
+        paths.append(write(folder / f"202405{17 + i // 24:02d}_{i % 24:02d}0000.{suffix}", audio, rate, container, subtype))
+    return paths
+
+
+def pipeline_limit(paths: list[Path], tag: str) -> dict:
+    """Single-core seconds per audio second of each stage, and the real-time factor every core could give."""
+    model = load_analysis_model(tag)
+    audio = decode = features = model_seconds = 0.0
+    for path in paths:
+        analysis = model.frontend.analyze(path)
+        audio += analysis.audio.duration_seconds
+        decode += analysis.timings["decode"] + analysis.timings["resample"]
+        features += analysis.timings["features"]
+        started = time.perf_counter()
+        for i in range(0, len(analysis.windows.features), 64):
+            model.score(analysis.windows.features[i : i + 64])
+        model_seconds += time.perf_counter() - started
+    per_audio_second = (decode + features + model_seconds) / audio
+    cores = len(os.sched_getaffinity(0))
+    return {
+        "audio_seconds": round(audio, 1),
+        "single_core_seconds_per_audio_second": {
+            "decode_resample": round(decode / audio, 6),
+            "features": round(features / audio, 6),
+            "model": round(model_seconds / audio, 6),
+        },
+        "cores": cores,
+        "limit_realtime_factor": round(cores / per_audio_second, 1),
+    }
+
+
+def served(paths: list[Path], home: str | None, clients: int) -> dict:
+    """The same files posted to /classify by `clients` at once: audio seconds per wall second."""
+    env = {"BENTOML_HOME": home} if home else {}
+    audio = sum(sf.info(str(p)).duration for p in paths)
+    with serve_process("service.service:Chorus", Path("/tmp/chorus-bench-analyze-server.log"), **env) as server:
+        httpx.post(f"{server.url}/classify", content=paths[0].read_bytes(), timeout=120)  # warm
+        started = time.perf_counter()
+
+        def post(path: Path) -> int:
+            with httpx.Client(timeout=600) as client:
+                return client.post(f"{server.url}/classify", content=path.read_bytes()).status_code
+
+        with ThreadPoolExecutor(clients) as pool:
+            codes = list(pool.map(post, paths))
+        wall = time.perf_counter() - started
+    return {"clients": clients, "statuses": sorted(set(codes)), "realtime_factor": round(audio / wall, 1)}
+
+
+def peak_rss_of_analyze(path: Path, out: Path) -> dict:
+    """`chorus analyze` on one file in a process of its own; the kernel's high-water marks of it and its workers."""
+    code = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "from batch.command import AnalyzeOptions, analyze\n"
+        "options = AnalyzeOptions(sources=[sys.argv[1]], out=Path(sys.argv[2]), formats=frozenset({'csv'}), min_confidence=0.0, top_k=3)\n"
+        "s = analyze(options)\n"
+        "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps({'summary': s.as_dict(), 'peak_rss_mb': round(me), 'largest_worker_peak_rss_mb': round(children)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(out)], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def long_file(folder: Path, hours: float, rate: int = 48_000) -> Path:
+    """A 48 kHz stereo WAV of `hours`, written minute by minute from ten generated field minutes."""
+    path = folder / "20240517_000000.WAV"
+    minutes = [scene(60, rate, 1000 + i) for i in range(10)]
+    with sf.SoundFile(path, "w", samplerate=rate, channels=2, format="WAV", subtype="PCM_16") as out:
+        for m in tqdm(range(int(hours * 60)), desc="3-hour recording", leave=False):
+            minute = minutes[m % len(minutes)]
+            out.write(np.stack([minute, 0.8 * minute], axis=1))
+    return path
+
+
+def same_detections_on_a_cut(path: Path, out: Path, minutes: float, tag: str) -> dict:
+    """The analyze run's detections of the first `minutes` against the in-memory path (the whole cut
+    decoded at once, as /classify does) on that cut."""
+    rate = sf.info(str(path)).samplerate
+    cut = path.with_name("cut.wav")
+    audio, _ = sf.read(str(path), frames=int(minutes * 60 * rate), dtype="float32")
+    write(cut, audio, rate, "WAV", "PCM_16")
+    model = load_analysis_model(tag)
+    analysis = model.frontend.analyze(cut.read_bytes())
+    scores = np.concatenate([model.score(analysis.windows.features[i : i + 64]) for i in range(0, len(analysis.windows.features), 64)])
+    with open(out / "detections.csv", newline="") as table:
+        streamed = [r for r in csv.DictReader(table) if float(r["end_s"]) <= minutes * 60 - model.frontend.config.stride_seconds]
+    in_memory = {
+        (round(span.start, 3), model.labels[j])
+        for span, row in zip(analysis.windows.spans, scores, strict=True)
+        for j in np.argsort(-row)[:3]
+        if span.end <= minutes * 60 - model.frontend.config.stride_seconds
+    }
+    from_stream = {(round(float(r["begin_s"]), 3), r["species"]) for r in streamed}
+    cut.unlink()
+    return {"cut_minutes": minutes, "windows_compared": len({s for s, _ in in_memory}), "same": in_memory == from_stream}
+
+
+def thousand_files(folder: Path, work: Path, tag: str, broken_share: float = 0.02, files: int = 1000) -> dict:
+    """1,000 one-minute files (a pool of scenes copied under recorder names), 2% broken; a run killed
+    half way and resumed gives the bytes of an uninterrupted run."""
+    pool = field_folder(work / "pool", 25, 60, 16_000, stereo=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    broken = set(range(0, files, round(1 / broken_share)))
+    for i in range(files):
+        name = folder / f"2024{5 + i // 744:02d}{1 + i // 24 % 31:02d}_{i % 24:02d}{i // 744 % 60:02d}00{pool[i % len(pool)].suffix}"
+        data = pool[i % len(pool)].read_bytes()
+        name.write_bytes(data[: len(data) // 50] if i in broken else data)
+    command = [sys.executable, "-m", "chorus.cli", "analyze", str(folder), "--out"]
+    started = time.perf_counter()
+    reference = subprocess.run([*command, str(work / "reference")], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    summary = json.loads(reference.stdout.strip().splitlines()[-1])
+    killed = subprocess.Popen([*command, str(work / "resumed")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(wall / 2)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    resumed = subprocess.run([*command, str(work / "resumed")], cwd=ROOT, capture_output=True, text=True)
+    again = json.loads(resumed.stdout.strip().splitlines()[-1])
+    outputs = ("detections.csv", "combined.selections.txt", "errors.csv")
+    equal = all((work / "reference" / n).read_bytes() == (work / "resumed" / n).read_bytes() for n in outputs)
+    return {
+        "files": files,
+        "broken": len(broken),
+        "exit_status": reference.returncode,
+        "summary": summary,
+        "broken_listed": sum(1 for _ in open(work / "reference" / "errors.csv")) - 1,
+        "wall_seconds": round(wall, 1),
+        "resumed_skipped": again["files_skipped"],
+        "resumed_outputs_equal": equal,
+    }
+
+
+def run_analyze_bench(out_dir: Path, tag: str = "birdcall:latest", home: str | None = None, long_hours: float = 3.0) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    field = field_folder(work / "field", 12, 60, 48_000, stereo=True)
+    limit = pipeline_limit(field, tag)
+    started = time.perf_counter()
+    summary = analyze(AnalyzeOptions(sources=[str(work / "field")], out=work / "field-out", formats=frozenset({"csv"})))
+    measured = summary.audio_hours * 3600 / (time.perf_counter() - started)
+    serving = served(field, home, clients=4)
+    longest = long_file(work, long_hours)
+    rss = peak_rss_of_analyze(longest, work / "long-out")
+    cut = same_detections_on_a_cut(longest, work / "long-out", 10, tag)
+    longest.unlink()
+    result = {
+        "pipeline": limit,
+        "analyze_realtime_factor": round(measured, 1),
+        "ratio_to_limit": round(measured / limit["limit_realtime_factor"], 3),
+        "served": serving,
+        "analyze_over_served": round(measured / serving["realtime_factor"], 2),
+        "long_file": {"hours": long_hours, **rss, "detections_match_in_memory_cut": cut},
+        "thousand_files": thousand_files(work / "thousand", work / "thousand-work", tag),
+    }
+    (out_dir / "analyze.json").write_text(json.dumps(result, indent=2))
+    return result

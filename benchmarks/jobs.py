@@ -1,0 +1,55 @@
+"""`chorus bench jobs`: interactive /classify latency while an analysis job runs, against none.
+
+The same closed loop of `concurrency` clients (the serving bench's recordings) runs twice on one
+server: alone, then while a job analyzes hours of field audio. The job's windows run behind
+interactive ones in the engine and its decoding is niced; the goal is p99 with the job <= 1.5x
+p99 without it. The job's own speed in that time is reported too (it is not the point: it gets
+what interactive traffic leaves).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.analyze import field_folder
+from benchmarks.birdcall import bench_pool
+from benchmarks.load import sweep
+from service.local_server import serve_process
+
+
+def run_jobs_bench(out_dir: Path, seconds: float = 60.0, concurrency: int = 4, home: str | None = None) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = out_dir / "field"
+    field_folder(folder, 12, 30 * 60, 16_000, stereo=False)  # six hours: the job outlasts the measurement
+    requests = [("/classify", {"content": r.data}) for r in bench_pool()]
+    env = {"CHORUS_ANALYZE_ROOT": str(folder), "CHORUS_HOME": str(out_dir / "home")}
+    if home:
+        env["BENTOML_HOME"] = home
+    with serve_process("service.service:Chorus", out_dir / "server.log", **env) as server:
+        alone = sweep(server.url, requests, (concurrency,), seconds)[0]
+        submitted = httpx.post(f"{server.url}/analyze/submit", json={"path": ".", "formats": ["csv"]}, timeout=60).json()
+        job = submitted["task_id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and httpx.get(f"{server.url}/jobs/{job}", timeout=30).json()["state"] != "running":
+            time.sleep(0.2)
+        before = httpx.get(f"{server.url}/jobs/{job}", timeout=30).json()["progress"]["audio_seconds_done"]
+        with_job = sweep(server.url, requests, (concurrency,), seconds)[0]
+        view = httpx.get(f"{server.url}/jobs/{job}", timeout=30).json()
+        httpx.post(f"{server.url}/jobs/{job}/cancel", timeout=30)
+    job_audio = view["progress"]["audio_seconds_done"] - before
+    result = {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "without_job": alone.row(),
+        "with_job": with_job.row(),
+        "p99_ratio": round(with_job.percentile(99) / alone.percentile(99), 3),
+        "p50_ratio": round(with_job.percentile(50) / alone.percentile(50), 3),
+        "job_state_at_end": view["state"],
+        "job_realtime_factor_meanwhile": round(job_audio / seconds, 1),
+    }
+    (out_dir / "jobs.json").write_text(json.dumps(result, indent=2))
+    return result
