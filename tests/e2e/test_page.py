@@ -81,6 +81,17 @@ def test_an_empty_recording_reads_as_no_bird(page, tmp_path):
     assert "no species detected" in page.inner_text("#summary")
 
 
+def test_a_job_from_the_page_shows_progress_and_its_tables(page, tmp_path):
+    audio = tmp_path / "20240517_053000.wav"
+    audio.write_bytes(encode((0.05 * np.random.default_rng(2).standard_normal(16_000 * 40)).astype(np.float32), 16_000, "WAV", "PCM_16"))
+    page.set_input_files("#job-file", str(audio))
+    page.click("#job-button")
+    page.wait_for_selector("#job-outputs a", timeout=120_000)
+    links = page.locator("#job-outputs a").all_inner_texts()
+    assert "detections.csv" in links and "combined.selections.txt" in links
+    assert "done" in page.inner_text("#job-status") and "0.7 of 0.7 min, 1/1 files" in page.inner_text("#job-progress")
+
+
 def test_generate_shows_images(page):
     page.fill("#count", "2")
     page.fill("#steps", "5")
