@@ -205,9 +205,12 @@ def check_inferenceservice(doc: dict) -> None:
 def check_rayjob(doc: dict) -> None:
     assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
-    # Marked as waiting for the command it runs.
-    assert "chorus analyze --ray" in doc["metadata"]["annotations"]["chorus/depends-on"]
-    assert spec["entrypoint"].startswith("chorus analyze --ray auto ")
+    # The command it runs is the CLI's, with options the CLI takes.
+    from chorus.cli import build_parser
+
+    entrypoint = spec["entrypoint"].split()
+    assert entrypoint[:4] == ["chorus", "analyze", "--ray", "auto"]
+    build_parser().parse_args(entrypoint[1:])
     assert spec.get("submissionMode", "K8sJobMode") in ("K8sJobMode", "HTTPMode", "InteractiveMode")
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] >= 0
     cluster = spec["rayClusterSpec"]
