@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import anyio.to_thread
 import numpy as np
 
-from features import Analysis, AudioError, FrontEnd, FrontEndConfig, NormStats
+from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats
 from layout import artifacts
 from service.engine.client import EngineClient, TimedCall
 from service.errors import InvalidParameter, from_audio_error
@@ -28,6 +28,7 @@ from service.store import StoredModel
 from service.tensors import Tensor, numeric
 
 ENGINE_METHOD = "birdcall_logits"
+SAMPLE_RANGE = "audio samples belong in [-1, 1]"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -92,7 +93,10 @@ class BirdcallModel(ServedModel, AudioClassifier):
     # Pre-processing
 
     def _prepare(self, data: bytes) -> Analysis:
-        return self.frontend.analyze(data, max_seconds=self.limits.max_seconds)
+        analysis = self.frontend.analyze(data, max_seconds=self.limits.max_seconds)
+        if not np.isfinite(analysis.windows.features).all():  # finite float samples so loud their power overflows
+            raise InvalidSamplesError(f"the recording's samples are too large to analyze; {SAMPLE_RANGE}")
+        return analysis
 
     async def prepare(self, data: bytes) -> Analysis:
         """Decode -> resample -> windows -> normalized log-mel (streamed in blocks), off the event loop.
@@ -112,7 +116,11 @@ class BirdcallModel(ServedModel, AudioClassifier):
         """
         step = self.limits.max_batch
         results = await asyncio.gather(*(self._logits(features[i : i + step]) for i in range(0, len(features), step)))
-        return np.concatenate([logits for logits, _ in results]), sum(seconds for _, seconds in results)
+        logits = np.concatenate([logits for logits, _ in results])
+        # The engine refuses a model whose outputs are not finite at load: here the inputs are the cause.
+        if not np.isfinite(logits).all():
+            raise InvalidParameter("the model's outputs for these inputs are not finite: the inputs lie far outside the range it knows")
+        return logits, sum(seconds for _, seconds in results)
 
     async def probabilities_from_waveform(self, waveform: np.ndarray) -> np.ndarray:
         """Mono float32 samples at the model's rate -> [n_windows, n_classes] probabilities."""
@@ -124,7 +132,10 @@ class BirdcallModel(ServedModel, AudioClassifier):
             raise InvalidParameter(f"the waveform is longer than {self.limits.max_seconds:g} s")
 
         def features() -> np.ndarray:
-            return self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
+            windows = self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
+            if not np.isfinite(windows).all():  # finite samples so large their power overflows
+                raise InvalidParameter(f"the waveform's samples are too large to analyze; {SAMPLE_RANGE}")
+            return windows
 
         return softmax((await self.logits(await anyio.to_thread.run_sync(features)))[0])
 

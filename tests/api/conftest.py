@@ -145,9 +145,19 @@ def plane(engine, settings, metrics, fake_store) -> DataPlane:
     return DataPlane(engine, settings, metrics, open_stored=fake_store)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def one_event_loop() -> AsyncIterator[None]:
+    """Holds anyio's test runner, so every test of the session runs on one event loop.
+
+    grpc.aio binds its completion-queue poller to the loop it first ran on: with a new loop per test,
+    a later test's server got "Event loop is closed" from the poller now and then.
+    """
+    yield
 
 
 @pytest.fixture
