@@ -18,6 +18,7 @@ from service.adapters.grpc.messages import SERVICE, message
 from service.adapters.grpc.server import start_grpc_server
 from service.local_server import free_port
 from tests.conftest import encode
+from tests.fuzzing import HOSTILE_NUMBERS
 
 pytestmark = pytest.mark.anyio
 DEEP = "[" * 10_000 + "]" * 10_000
@@ -212,12 +213,14 @@ async def test_kserve_request_fields_of_the_wrong_type_are_a_400(http, engine, b
     assert engine.calls == []
 
 
+@HOSTILE_NUMBERS
 @pytest.mark.parametrize("gain", [1e19, 1e30, -3e38])
 async def test_kserve_waveform_samples_too_large_to_analyze_are_a_422(http, gain):
     body = kserve([{**WAVE, "shape": [400], "data": [gain] * 400}])
     status_of(await http.post("/v2/models/birdcall/infer", content=body), 422, "too large to analyze")
 
 
+@HOSTILE_NUMBERS
 async def test_kserve_log_mel_that_drives_the_model_past_finite_numbers_is_a_422(http):
     shape = [1, *FrontEndConfig().feature_shape]
     body = kserve([{"name": "log_mel", "datatype": "FP32", "shape": shape, "data": [-3e38] * math.prod(shape)}])
@@ -237,6 +240,7 @@ async def test_denoiser_outputs_past_finite_numbers_are_a_422(http, engine, monk
     status_of(await http.post("/v2/models/frames-denoiser/infer", content=kserve([x_t, t])), 422, "not finite")
 
 
+@HOSTILE_NUMBERS
 async def test_a_recording_whose_samples_overflow_the_analysis_is_a_415(http):
     loud = encode(np.full((8000, 1), 1e30, np.float32), 16_000, "WAV", "FLOAT")
     status_of(await http.post("/classify", content=loud), 415, "too large to analyze")
