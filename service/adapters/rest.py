@@ -120,6 +120,9 @@ async def _generate_params(request: Request) -> list[dict[str, Any]]:
         unknown = sorted(set(body) - set(GENERATE_PARAMETERS))
         if unknown:  # a misspelt parameter would otherwise be ignored without a word
             raise InvalidParameter(f"unknown parameter(s) {unknown}; /generate takes {list(GENERATE_PARAMETERS)}")
+        for name in ("count", "steps", "seed"):  # numbers come as text in a query only: JSON has numbers
+            if isinstance(body.get(name), str):
+                raise InvalidParameter(f"{name} must be an integer (a JSON number, not a string), got {body[name]!r}")
         sources.append(body)
     return sources
 

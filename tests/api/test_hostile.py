@@ -251,6 +251,7 @@ async def test_a_recording_whose_samples_overflow_the_analysis_is_a_415(http):
     [
         ({"json": {"steps": 10, "stpes": 20}}, "unknown parameter(s) ['stpes']"),
         ({"json": {"steps": 10}, "params": {"steps": "0"}}, "steps must be from"),  # the body overrides, the query is still checked
+        ({"json": {"steps": "10"}}, "a JSON number, not a string"),
     ],
 )
 async def test_generate_refuses_unknown_and_invalid_overridden_parameters(http, engine, kwargs, words):
