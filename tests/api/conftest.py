@@ -150,14 +150,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 async def one_event_loop() -> AsyncIterator[None]:
-    """Holds anyio's test runner, so every test of the session runs on one event loop.
+    """Holds anyio's test runner, so every async test of this layer runs on one event loop.
 
     grpc.aio binds its completion-queue poller to the loop it first ran on: with a new loop per test,
     a later test's server got "Event loop is closed" from the poller now and then.
     """
     yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every anyio test of this layer asks for one_event_loop first (sync tests cannot ask for an async fixture)."""
+    here = Path(__file__).parent
+    for item in items:  # the hook sees the items of every layer
+        if here in item.path.parents and item.get_closest_marker("anyio") and isinstance(item, pytest.Function):
+            item.fixturenames.insert(0, "one_event_loop")
 
 
 @pytest.fixture
