@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import httpx
 import numpy as np
 
 from tests.conftest import encode
@@ -176,3 +177,14 @@ def corpus() -> list[Specimen]:
     made = bases()
     cases = [case for fmt, (data, ext) in made.items() for case in _container_cases(fmt, data, ext)]
     return [*cases, *_wav_cases(), *_flac_cases(made["FLAC"][0]), *_odd_cases()]
+
+
+def check_answer(response: httpx.Response, specimen: Specimen) -> None:
+    """A status right for the specimen; a refusal in the REST error shape; a classification with windows."""
+    where = f"{specimen.name}: {response.status_code} {response.text[:300]}"
+    assert response.status_code in specimen.expect, where
+    if response.status_code != 200:
+        error = response.json()["error"]
+        assert error["status"] == response.status_code and error["message"] and error["type"], where
+    else:
+        assert response.json()["audio"]["windows"] >= 1, where
