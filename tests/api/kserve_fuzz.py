@@ -1,8 +1,10 @@
-"""Hypothesis strategies for hostile KServe v2 inference requests, shared by the HTTP and gRPC fuzzers.
+"""Hypothesis strategies for hostile KServe v2 inference requests, in their HTTP and gRPC forms, and
+the invariants their answers keep; shared by the fuzzers of tests/api (fake engine) and tests/e2e.
 
-A request starts from a valid one (a short waveform, one log-mel window, a denoiser step) and gets
-a few mutations, so most examples pass the early checks and reach the later ones (shapes against
+A request starts from a valid one (a short waveform, log-mel windows, a denoiser step) and gets a
+few mutations, so most examples pass the early checks and reach the later ones (shapes against
 data, datatypes against models, outputs, the model itself) instead of all dying at the first.
+Hypothesis is derandomized where these are used: the same examples on every run.
 """
 
 from __future__ import annotations
