@@ -29,6 +29,8 @@ DTYPES: dict[str, type[np.generic]] = {
     "FP64": np.float64,
 }
 DATATYPES = (*DTYPES, "BYTES")
+MAX_DIMENSIONS = 32
+"""Most dimensions of a tensor: numpy holds at most 64 (32 before numpy 2), and no model here needs more than 4."""
 
 
 @dataclass
@@ -59,6 +61,8 @@ def check_shape(name: str, shape: Any) -> list[int]:
         raise InvalidParameter(f"input {name!r}: shape must be a list of integers, got {shape!r}")
     if any(d < 0 for d in shape):
         raise InvalidParameter(f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual sizes")
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidParameter(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are accepted")
     return list(shape)
 
 

@@ -89,7 +89,7 @@ def authorize(request: Request) -> None:
 
 def check_content_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:  # "²".isdigit() is True
         raise PayloadTooLarge(f"the request body has {int(length)} bytes; at most {limit} are accepted", max_bytes=limit)
 
 

@@ -38,7 +38,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     input's name, datatype, shape and data, the requested outputs and their parameters.
     """
     if header_length is not None:
-        if not header_length.isdigit():
+        if not (header_length.isascii() and header_length.isdigit()):  # "²" is a digit to isdigit(), not to int()
             raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}")
         split = int(header_length)
         if not 0 < split <= len(body):
@@ -49,7 +49,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     request = parse_json(head, "the inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise BadRequest("an inference request is a JSON object with a non-empty 'inputs' list")
-    _object(request.get("parameters"), "'parameters'")
+    if not isinstance(request.get("id", ""), str):  # echoed in the response, where clients read a string
+        raise BadRequest(f"'id' must be a string, got {type(request['id']).__name__}")
+    binary_output = _object(request.get("parameters"), "'parameters'").get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise BadRequest(f"parameters.binary_data_output must be true or false, got {binary_output!r}")
     requested_outputs(request)
     tensors, offset = {}, 0
     for spec in request["inputs"]:

@@ -32,10 +32,12 @@ from service.adapters.http import (
 from service.adapters.openapi import openapi
 from service.errors import BadRequest, InvalidParameter, ServiceError
 from service.models.tasks import AudioClassifier, ClassifyOptions, GenerateRequest
+from service.settings import ServiceSettings
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_GENERATE_BODY_BYTES = 64 * 1024
 """A /generate body holds a few parameters: anything longer is refused (413) while it streams in."""
+GENERATE_PARAMETERS = ("count", "steps", "seed", "format")
 
 
 def _is_multipart(request: Request) -> bool:
@@ -110,15 +112,33 @@ async def classify_batch(request: Request) -> Response:
         return JSONResponse({"results": list(await asyncio.gather(*(one(name, data) for name, data in files)))})
 
 
-async def _generate_params(request: Request) -> dict[str, Any]:
-    """Query parameters, overridden by a JSON object body when one is sent."""
-    params: dict[str, Any] = dict(request.query_params)
+async def _generate_params(request: Request) -> list[dict[str, Any]]:
+    """The parameters' sources in order: the query, then a JSON object body when one is sent (it overrides)."""
+    sources: list[dict[str, Any]] = [dict(request.query_params)]
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await read_json(request, MAX_GENERATE_BODY_BYTES, "generate")
         if not isinstance(body, dict):
             raise BadRequest('the JSON body must be an object like {"count": 1, "steps": 50, "seed": 0}')
-        params.update(body)
-    return params
+        unknown = sorted(set(body) - set(GENERATE_PARAMETERS))
+        if unknown:  # a misspelt parameter would otherwise be ignored without a word
+            raise InvalidParameter(f"unknown parameter(s) {unknown}; /generate takes {list(GENERATE_PARAMETERS)}")
+        for name in ("count", "steps", "seed"):  # numbers come as text in a query only: JSON has numbers
+            if isinstance(body.get(name), str):
+                raise InvalidParameter(f"{name} must be an integer (a JSON number, not a string), got {body[name]!r}")
+        sources.append(body)
+    return sources
+
+
+def _generate_request(params: Mapping[str, Any], s: ServiceSettings) -> tuple[GenerateRequest, str]:
+    req = GenerateRequest(
+        count=parse_int(params, "count", 1, 1, s.max_images),
+        steps=parse_int(params, "steps", 50, s.min_steps, s.max_steps),
+        seed=parse_int(params, "seed", 0, 0, 2**63 - 1),
+    )
+    fmt = parse_choice(params, "format", "png" if req.count == 1 else "json", ("png", "json"))
+    if fmt == "png" and req.count != 1:
+        raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
+    return req, fmt
 
 
 @json_errors
@@ -127,16 +147,10 @@ async def generate(request: Request) -> Response:
     authorize(request)
     deadline = deadline_seconds(request)
     async with plane.admitted(deadline):
-        params = await _generate_params(request)
-        s = plane.settings
-        req = GenerateRequest(
-            count=parse_int(params, "count", 1, 1, s.max_images),
-            steps=parse_int(params, "steps", 50, s.min_steps, s.max_steps),
-            seed=parse_int(params, "seed", 0, 0, 2**63 - 1),
-        )
-        fmt = parse_choice(params, "format", "png" if req.count == 1 else "json", ("png", "json"))
-        if fmt == "png" and req.count != 1:
-            raise InvalidParameter("format 'png' returns one image; use format 'json' for count > 1")
+        query, *body = await _generate_params(request)
+        if body:  # the body overrides the query, whose values must still be valid on their own
+            _generate_request(query, plane.settings)
+        req, fmt = _generate_request({**query, **(body[0] if body else {})}, plane.settings)
         model = await plane.generator()
         images, timings = await model.generate(req, deadline)
     headers = {"X-Seed": str(req.seed), "X-Steps": str(req.steps), "X-Model-Version": model.info["version"]}

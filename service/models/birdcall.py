@@ -24,7 +24,7 @@ import anyio.to_thread
 import numpy as np
 from PIL import Image
 
-from features import Analysis, AudioError, FrontEnd, FrontEndConfig, NormStats, WindowSpan, grid_frames
+from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats, WindowSpan, grid_frames
 from layout import artifacts
 from service.engine.client import BatchCall, EngineClient, TimedCall
 from service.engine.contracts import TimedRows
@@ -45,6 +45,7 @@ SCORES_MEANING = (
     "independent calibrated probability of each species in the window (sigmoid): a species is detected "
     "where its score is at least the threshold; a window can hold none or several"
 )
+SAMPLE_RANGE = "audio samples belong in [-1, 1]"
 
 
 def stored_frontend(stored: StoredModel) -> FrontEnd:
@@ -174,7 +175,10 @@ class BirdcallModel(ServedModel, AudioClassifier):
     # Pre-processing
 
     def _prepare(self, data: bytes) -> Analysis:
-        return self.frontend.analyze(data, max_seconds=self.limits.max_seconds, max_samples=self.limits.max_samples)
+        analysis = self.frontend.analyze(data, max_seconds=self.limits.max_seconds, max_samples=self.limits.max_samples)
+        if not np.isfinite(analysis.windows.features).all():  # finite float samples so loud their power overflows
+            raise InvalidSamplesError(f"the recording's samples are too large to analyze; {SAMPLE_RANGE}")
+        return analysis
 
     async def prepare(self, data: bytes) -> Analysis:
         """Decode -> resample -> windows -> normalized log-mel (streamed in blocks), off the event loop.
@@ -195,6 +199,9 @@ class BirdcallModel(ServedModel, AudioClassifier):
         step = self.limits.max_batch
         results = await asyncio.gather(*(self._windows(features[i : i + step]) for i in range(0, len(features), step)))
         rows = np.concatenate([outputs for outputs, _ in results])
+        # The engine refuses a model whose outputs are not finite at load: here the inputs are the cause.
+        if not np.isfinite(rows).all():
+            raise InvalidParameter("the model's outputs for these inputs are not finite: the inputs lie far outside the range it knows")
         n = len(self.labels)
         return WindowOutputs(rows[:, :n], rows[:, n:], sum(seconds for _, seconds in results))
 
@@ -215,7 +222,10 @@ class BirdcallModel(ServedModel, AudioClassifier):
             raise InvalidParameter(f"the waveform is longer than {self.limits.max_seconds:g} s")
 
         def features() -> np.ndarray:
-            return self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
+            windows = self.frontend.waveform_windows(waveform.astype(np.float32, copy=False)).features
+            if not np.isfinite(windows).all():  # finite samples so large their power overflows
+                raise InvalidParameter(f"the waveform's samples are too large to analyze; {SAMPLE_RANGE}")
+            return windows
 
         return await self.window_outputs(await anyio.to_thread.run_sync(features))
 

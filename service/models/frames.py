@@ -126,7 +126,11 @@ class FramesModel(ServedModel, ImageGenerator):
         step = self.limits.max_batch
         parts = range(0, len(x_t), step)
         outs = await asyncio.gather(*(self._denoise(StepPlanes.pack(x_t[i : i + step], t[i : i + step])) for i in parts))
-        return np.concatenate(outs)
+        v = np.concatenate(outs)
+        # The engine refuses a model whose outputs are not finite at load: here the inputs are the cause.
+        if not np.isfinite(v).all():
+            raise InvalidParameter("the denoiser's outputs for these inputs are not finite: x_t lies far outside the range it knows")
+        return v
 
     def metadata(self) -> dict[str, Any]:
         size = self.image_size

@@ -24,6 +24,7 @@ from service.adapters import HTTP_ROUTES
 from service.dataplane import DataPlane
 from service.engine.client import EngineStatus
 from service.engine.contracts import StepPlanes, TimedRows
+from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from service.store import StoredModel
@@ -157,16 +158,44 @@ def plane(engine, settings, metrics, fake_store) -> DataPlane:
     return DataPlane(engine, settings, metrics, open_stored=fake_store)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def http(plane) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP adapters (REST + KServe v2) as the service mounts them, over `plane`."""
+@pytest.fixture(scope="session")
+async def one_event_loop() -> AsyncIterator[None]:
+    """Holds anyio's test runner, so every async test of this layer runs on one event loop.
+
+    grpc.aio binds its completion-queue poller to the loop it first ran on: with a new loop per test,
+    a later test's server got "Event loop is closed" from the poller now and then.
+    """
+    yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every anyio test of this layer asks for one_event_loop first (sync tests cannot ask for an async fixture)."""
+    here = Path(__file__).parent
+    for item in items:  # the hook sees the items of every layer
+        if here in item.path.parents and item.get_closest_marker("anyio") and isinstance(item, pytest.Function):
+            item.fixturenames.insert(0, "one_event_loop")
+
+
+def http_app(plane: DataPlane, jobs: JobStore) -> Starlette:
+    """The HTTP adapters (REST, KServe v2, jobs) as the service mounts them, over `plane` and `jobs`."""
     app = Starlette(routes=HTTP_ROUTES)
-    app.state.plane = plane
+    app.state.plane, app.state.jobs = plane, jobs
+    return app
+
+
+@pytest.fixture
+def store(tmp_path) -> JobStore:
+    return JobStore(tmp_path / "jobs")
+
+
+@pytest.fixture
+async def http(plane, store) -> AsyncIterator[httpx.AsyncClient]:
+    app = http_app(plane, store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://chorus.test") as client:
         yield client
 

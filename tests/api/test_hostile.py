@@ -7,14 +7,18 @@ the rest of each class.
 from __future__ import annotations
 
 import json
+import math
 
 import grpc
 import numpy as np
 import pytest
 
+from features import FrontEndConfig
 from service.adapters.grpc.messages import SERVICE, message
 from service.adapters.grpc.server import start_grpc_server
 from service.local_server import free_port
+from tests.conftest import encode
+from tests.fuzzing import HOSTILE_NUMBERS
 
 pytestmark = pytest.mark.anyio
 DEEP = "[" * 10_000 + "]" * 10_000
@@ -173,3 +177,105 @@ async def test_grpc_bytes_waveform_is_invalid_argument(grpc_call):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await grpc_call(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "must be FP32 samples" in info.value.details()
+
+
+# Found by the fuzz suite (tests/api/test_fuzz_*.py), one case of each class.
+
+
+async def test_a_header_length_of_non_ascii_digits_is_a_400(http):
+    head = kserve([{"name": "waveform", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}])
+    # Starlette decodes headers as latin-1: b"\xb2" is "²", a digit to str.isdigit() but not to int().
+    response = await http.post("/v2/models/birdcall/infer", content=head + bytes(4), headers={"inference-header-content-length": b"\xb2"})
+    status_of(response, 400, "must be an integer")
+
+
+def test_a_content_length_of_non_ascii_digits_is_no_error():
+    from starlette.requests import Request
+
+    from service.adapters.http import check_content_length
+
+    check_content_length(Request({"type": "http", "headers": [(b"content-length", b"\xb2")]}), 10)  # left to the body's own count
+
+
+async def test_kserve_shapes_of_more_dimensions_than_numpy_holds_are_a_422(http):
+    status_of(await http.post("/v2/models/birdcall/infer", content=kserve([{**WAVE, "shape": [1] * 70 + [4]}])), 422, "dimensions")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (kserve([WAVE], id=7), "'id' must be a string"),
+        (kserve([WAVE], parameters={"binary_data_output": "yes"}), "binary_data_output must be true or false"),
+    ],
+)
+async def test_kserve_request_fields_of_the_wrong_type_are_a_400(http, engine, body, words):
+    status_of(await http.post("/v2/models/birdcall/infer", content=body), 400, words)
+    assert engine.calls == []
+
+
+@HOSTILE_NUMBERS
+@pytest.mark.parametrize("gain", [1e19, 1e30, -3e38])
+async def test_kserve_waveform_samples_too_large_to_analyze_are_a_422(http, gain):
+    body = kserve([{**WAVE, "shape": [400], "data": [gain] * 400}])
+    status_of(await http.post("/v2/models/birdcall/infer", content=body), 422, "too large to analyze")
+
+
+@HOSTILE_NUMBERS
+async def test_kserve_log_mel_that_drives_the_model_past_finite_numbers_is_a_422(http):
+    shape = [1, *FrontEndConfig().feature_shape]
+    body = kserve([{"name": "log_mel", "datatype": "FP32", "shape": shape, "data": [-3e38] * math.prod(shape)}])
+    status_of(await http.post("/v2/models/birdcall/infer", content=body), 422, "not finite")
+
+
+async def test_denoiser_outputs_past_finite_numbers_are_a_422(http, engine, monkeypatch):
+    def overflowing(method, model, max_items):
+        async def call(items):
+            return np.full((len(items), 3, 8, 8), np.inf, np.float32)
+
+        return call
+
+    monkeypatch.setattr(engine, "batched", overflowing)
+    x_t = {"name": "x_t", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [3e38] * 192}
+    t = {"name": "t", "datatype": "FP32", "shape": [1], "data": [10]}
+    status_of(await http.post("/v2/models/frames-denoiser/infer", content=kserve([x_t, t])), 422, "not finite")
+
+
+@HOSTILE_NUMBERS
+async def test_a_recording_whose_samples_overflow_the_analysis_is_a_415(http):
+    loud = encode(np.full((8000, 1), 1e30, np.float32), 16_000, "WAV", "FLOAT")
+    status_of(await http.post("/classify", content=loud), 415, "too large to analyze")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"json": {"steps": 10, "stpes": 20}}, "unknown parameter(s) ['stpes']"),
+        ({"json": {"steps": 10}, "params": {"steps": "0"}}, "steps must be from"),  # the body overrides, the query is still checked
+        ({"json": {"steps": "10"}}, "a JSON number, not a string"),
+    ],
+)
+async def test_generate_refuses_unknown_and_invalid_overridden_parameters(http, engine, kwargs, words):
+    status_of(await http.post("/generate", **kwargs), 422, words)
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("rpc", ["ModelInfer", "ModelMetadata", "ServerLive"])
+async def test_grpc_bytes_that_are_no_protobuf_are_invalid_argument(plane, rpc):
+    port = free_port()
+    server = await start_grpc_server(plane, "127.0.0.1", port)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(f"/{SERVICE}/{rpc}")  # no serializers: the bytes go as they are
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"\x00", timeout=10)
+    finally:
+        await server.stop(grace=None)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid inference." in info.value.details()
+
+
+async def test_grpc_shapes_of_more_dimensions_than_numpy_holds_are_invalid_argument(grpc_call):
+    request = infer_request(waveform=("FP32", [1] * 70 + [1]))
+    request.raw_input_contents.append(bytes(4))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_call(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dimensions" in info.value.details()

@@ -14,19 +14,13 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from service.adapters import HTTP_ROUTES
 from service.adapters.jobs import JobGate
 from service.jobs.runner import JobRunner
-from service.jobs.store import JobRequest, JobStore
+from service.jobs.store import JobRequest
 from tests.api.conftest import LABELS
 from tests.conftest import encode
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def store(tmp_path) -> JobStore:
-    return JobStore(tmp_path / "jobs")
 
 
 @pytest.fixture
@@ -66,23 +60,15 @@ async def gate(plane, store, root) -> httpx.AsyncClient:
         yield client
 
 
-@pytest.fixture
-async def jobs_http(plane, store) -> httpx.AsyncClient:
-    app = Starlette(routes=HTTP_ROUTES)
-    app.state.plane, app.state.jobs = plane, store
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://chorus.test") as client:
-        yield client
-
-
-async def test_an_upload_is_streamed_to_disk_under_its_own_name(jobs_http, store, wav):
-    response = await jobs_http.post("/jobs/uploads", params={"name": "../../20240517_053000.WAV"}, content=wav)
+async def test_an_upload_is_streamed_to_disk_under_its_own_name(http, store, wav):
+    response = await http.post("/jobs/uploads", params={"name": "../../20240517_053000.WAV"}, content=wav)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["name"] == "20240517_053000.WAV" and body["bytes"] == len(wav)
     assert (store.upload_path(body["upload_id"]) / "20240517_053000.WAV").read_bytes() == wav
 
 
-async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_nothing(jobs_http, plane, store):
+async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_nothing(http, plane, store):
     plane.settings.max_job_upload_bytes = 100_000
     sent = 0
 
@@ -92,7 +78,7 @@ async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_n
             sent += 65_536
             yield b"\0" * 65_536
 
-    response = await jobs_http.post("/jobs/uploads", content=body())
+    response = await http.post("/jobs/uploads", content=body())
     assert response.status_code == 413 and "100000" in response.json()["error"]["message"]
     assert sent < 1_000_000
     assert list((store.home / "uploads").iterdir()) == []

@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from service.adapters.grpc.messages import SERVICE, message, methods
 from service.auth import check_bearer
 from service.dataplane import DataPlane
-from service.errors import InvalidParameter, ServiceError, as_service_error
+from service.errors import BadRequest, InvalidParameter, ServiceError, as_service_error
 from service.tensors import Tensor, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
 log = logging.getLogger("chorus.grpc")
@@ -84,6 +84,24 @@ def input_tensors(request: Any) -> dict[str, Tensor]:
     return tensors
 
 
+class Malformed:
+    """What the deserializer hands on for bytes that are no message of the RPC's request type: grpc
+    itself would answer UNKNOWN with the parser's exception text; the RPC answers INVALID_ARGUMENT."""
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+
+
+def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Malformed(message_type.DESCRIPTOR.full_name)
+
+    return parse
+
+
 def _mapped_errors(
     method: Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[[InferenceServicer, Any, grpc.aio.ServicerContext], Awaitable[Response]]:
@@ -92,6 +110,8 @@ def _mapped_errors(
     @functools.wraps(method)
     async def wrapped(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Response:
         try:
+            if isinstance(request, Malformed):
+                raise BadRequest(f"the request is not a valid {request.type_name} message")
             return await method(self, request, context)
         except Exception as exc:
             error = as_service_error(exc, log, f"gRPC {method.__name__}")
@@ -112,7 +132,7 @@ class InferenceServicer:
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 getattr(self, name),
-                request_deserializer=message(method.input_type.name).FromString,
+                request_deserializer=_parser(message(method.input_type.name)),
                 response_serializer=lambda response: response.SerializeToString(),
             )
             for name, method in methods().items()
