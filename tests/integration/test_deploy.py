@@ -495,12 +495,13 @@ def test_rayjob_volumes_and_groups():
     templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
     # Head (driver, journal) and every worker see the same recordings and results: one RWX claim.
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
-    entry = job["spec"]["entrypoint"].split()
-    recordings, results = entry[entry.index("auto") + 1], entry[entry.index("--out") + 1]
+    from chorus.cli import build_parser
+
+    args = build_parser().parse_args(job["spec"]["entrypoint"].split()[1:])
     for template in templates:
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"]}
         mounts = {m["mountPath"]: m["name"] for c in template["spec"]["containers"] for m in c["volumeMounts"]}
-        for path in (recordings, results):
+        for path in (*args.paths, str(args.out)):
             mount = next(m for m in mounts if path.startswith(m.rstrip("/") + "/"))
             assert claims[mounts[mount]] == claim["metadata"]["name"]
     # A GPU worker group for the model actors, from zero; the head runs no tasks.
