@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from service.adapters.http import (
     read_json,
 )
 from service.adapters.openapi import openapi
+from service.concurrency import gather_or_cancel
 from service.errors import BadRequest, InvalidParameter, ServiceError
 from service.models.tasks import AudioClassifier, ClassifyOptions, GenerateRequest
 from service.settings import ServiceSettings
@@ -109,7 +109,7 @@ async def classify_batch(request: Request) -> Response:
                 exc.message = f"{name}: {exc.message}"
                 raise
 
-        return JSONResponse({"results": list(await asyncio.gather(*(one(name, data) for name, data in files)))})
+        return JSONResponse({"results": await gather_or_cancel(*(one(name, data) for name, data in files))})
 
 
 async def _generate_params(request: Request) -> list[dict[str, Any]]:

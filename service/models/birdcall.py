@@ -13,7 +13,6 @@ statistics, labels and threshold are read from the stored model, never from code
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import time
@@ -26,6 +25,7 @@ from PIL import Image
 
 from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats, WindowSpan, grid_frames
 from layout import artifacts
+from service.concurrency import gather_or_cancel
 from service.engine.client import BatchCall, EngineClient, TimedCall
 from service.engine.contracts import TimedRows
 from service.errors import InvalidParameter, from_audio_error
@@ -197,7 +197,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
         batch, so the model's time on the request is the sum of its chunks' batch times.
         """
         step = self.limits.max_batch
-        results = await asyncio.gather(*(self._windows(features[i : i + step]) for i in range(0, len(features), step)))
+        results = await gather_or_cancel(*(self._windows(features[i : i + step]) for i in range(0, len(features), step)))
         rows = np.concatenate([outputs for outputs, _ in results])
         # The engine refuses a model whose outputs are not finite at load: here the inputs are the cause.
         if not np.isfinite(rows).all():

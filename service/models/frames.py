@@ -7,7 +7,6 @@ steps of all requests in shared batches. KServe clients get the bare denoiser
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -15,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from layout import artifacts
+from service.concurrency import gather_or_cancel
 from service.engine.client import BatchCall, EngineClient
 from service.engine.contracts import StepPlanes
 from service.errors import InvalidParameter
@@ -125,7 +125,7 @@ class FramesModel(ServedModel, ImageGenerator):
             raise InvalidParameter(f"t must hold timesteps from 0 to {len(self.alphas_cumprod) - 1}")
         step = self.limits.max_batch
         parts = range(0, len(x_t), step)
-        outs = await asyncio.gather(*(self._denoise(StepPlanes.pack(x_t[i : i + step], t[i : i + step])) for i in parts))
+        outs = await gather_or_cancel(*(self._denoise(StepPlanes.pack(x_t[i : i + step], t[i : i + step])) for i in parts))
         v = np.concatenate(outs)
         # The engine refuses a model whose outputs are not finite at load: here the inputs are the cause.
         if not np.isfinite(v).all():

@@ -52,7 +52,7 @@ PACKAGE_LAYERS = [
     {"chorus"},
 ]
 SERVICE_LAYERS = [
-    {"settings", "errors", "metrics", "tensors", "auth", "store", "admission", "lifecycle", "local_server"},
+    {"settings", "errors", "metrics", "tensors", "auth", "store", "admission", "lifecycle", "local_server", "concurrency"},
     {"engine"},
     {"models"},
     {"dataplane"},
