@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -40,11 +41,33 @@ def test_bento_contents_and_dockerfile(bento):
     assert (src / "service" / "service.py").exists() and (src / "features" / "frontend.py").exists()
     assert (src / "service" / "adapters" / "grpc" / "kserve_v2.desc").exists() and (src / "layout" / "artifacts.py").exists()
     assert not (src / "training").exists() and not (src / "tests").exists()
+    # The venv's editable install makes every project package importable while testing, so a
+    # package the service needs but the Bento left out would only fail in the container: check
+    # that each project module the shipped code imports was shipped.
+    missing = sorted(m for m in project_imports_of(src) if not any((src / p).exists() for p in module_files(m)))
+    assert not missing, f"imported by the Bento's code but not included (bentofile include): {missing}"
     assert {m.tag.name for m in bento.info.models} == {"birdcall", "frames"}
     dockerfile = (path / "env" / "docker" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.M), dockerfile[:500]
     assert "libsndfile1" in dockerfile
     assert "EXPOSE 3000" in dockerfile and "EXPOSE 3001" in dockerfile
+
+
+def project_imports_of(src: Path) -> set[str]:
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    names: set[str] = set()
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+    return {n for n in names if n.split(".")[0] in packages}
+
+
+def module_files(module: str) -> list[str]:
+    base = module.replace(".", "/")
+    return [f"{base}.py", f"{base}/__init__.py"]
 
 
 def test_built_bento_serves(bento, chirp, tmp_path):
