@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up test sync bootstrap protos requirements
+.PHONY: up test lint sync bootstrap protos requirements
 
 bootstrap:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -14,8 +14,14 @@ sync: bootstrap
 up: sync
 	$(UV) run chorus up
 
-test: sync
+# The lint gate runs first: style, formatting and types fail the build like a failing test.
+test: lint
 	$(UV) run pytest
+
+lint: sync
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
 
 # Regenerate the KServe v2 gRPC descriptor set after editing service/adapters/grpc/kserve_v2.proto.
 protos: sync

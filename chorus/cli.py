@@ -20,13 +20,13 @@ def _print_result(result: dict) -> None:
 def _train(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env()
     if args.model == "birdcall":
-        from training.train_birdcall import PROFILES, train_birdcall
+        from training import train_birdcall as birdcall
 
-        result = train_birdcall(PROFILES[args.profile], workspace, data_csv=args.data)
+        result = birdcall.train_birdcall(birdcall.PROFILES[args.profile], workspace, data_csv=args.data)
     else:
-        from training.train_frames import PROFILES, train_frames
+        from training import train_frames as frames
 
-        result = train_frames(PROFILES[args.profile], workspace, data_dir=args.data)
+        result = frames.train_frames(frames.PROFILES[args.profile], workspace, data_dir=args.data)
     _print_result(result)
     return 0
 

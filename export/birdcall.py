@@ -55,6 +55,8 @@ def held_out_inputs(checkpoint: Checkpoint, limit: int | None = None) -> np.ndar
     csv_path = Path(checkpoint.metrics["data_csv"])
     if not csv_path.exists():
         raise FileNotFoundError(f"the training data {csv_path} is gone; the parity gate needs its test split")
+    if checkpoint.labels is None or checkpoint.norm_stats is None:
+        raise FileNotFoundError(f"{checkpoint.directory} lacks its labels or normalization statistics: retrain (chorus train birdcall)")
     items = [item for item in read_manifest(csv_path) if item.split == "test"][:limit]
     config = FrontEndConfig.from_dict(checkpoint.config[artifacts.FRONTEND])
     windows = featurize(items, checkpoint.labels, config, desc="features test")

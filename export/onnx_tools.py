@@ -47,9 +47,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(source), str(target), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-    )
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     return target
 
 
@@ -80,7 +78,7 @@ def time_session(session: ort.InferenceSession, make_inputs, batch_sizes: tuple[
     for batch in batch_sizes:
         feed = make_inputs(batch)
         session.run(None, feed)
-        times = []
+        times: list[float] = []
         deadline = time.perf_counter() + min_seconds
         while time.perf_counter() < deadline or len(times) < 3:
             start = time.perf_counter()

@@ -58,7 +58,8 @@ def already_registered(name: str, digest: str, reports_dir: Path) -> dict[str, A
     existing = find_registered(name, digest)
     if existing is None:
         return None
-    report = dict(existing.info.metadata["report"], tag=str(existing.tag), created=False)
+    stored: dict[str, Any] = existing.info.metadata["report"]  # type: ignore[assignment]
+    report = {**stored, "tag": str(existing.tag), "created": False}
     write_report(report, reports_dir)
     return report
 
@@ -108,7 +109,7 @@ def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
             }
         for name in job.checkpoint_files:
             shutil.copy2(job.checkpoint.directory / name, staging / name)
-        report = {
+        report: dict[str, Any] = {
             "model": job.name,
             "tag": None,
             "created": True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -68,6 +68,9 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     return Checkpoint(directory, read(CONFIG), read(LABELS), read(NORM_STATS), read(METRICS) or {}, read(CALIBRATION))
 
 
-def load_weights(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
+Module = TypeVar("Module", bound=nn.Module)
+
+
+def load_weights(model: Module, checkpoint: Checkpoint) -> Module:
     model.load_state_dict(load_file(checkpoint.weights_path))
     return model.eval()

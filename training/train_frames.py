@@ -53,16 +53,24 @@ class FramesProfile:
 
 
 PROFILES = {
-    "default": FramesProfile(
-        "default", FramesArch(dim=16), n_images=4000, max_steps=2500, max_minutes=5.0, batch_size=16
-    ),
+    "default": FramesProfile("default", FramesArch(dim=16), n_images=4000, max_steps=2500, max_minutes=5.0, batch_size=16),
     "full": FramesProfile(
-        "full", FramesArch(image_size=128, dim=64, dim_mults=(1, 2, 4, 8)), n_images=20000, max_steps=100_000,
-        max_minutes=600, batch_size=16, lr=8e-5,
+        "full",
+        FramesArch(image_size=128, dim=64, dim_mults=(1, 2, 4, 8)),
+        n_images=20000,
+        max_steps=100_000,
+        max_minutes=600,
+        batch_size=16,
+        lr=8e-5,
     ),
     "tiny": FramesProfile(
-        "tiny", FramesArch(image_size=16, dim=8, dim_mults=(1, 2)), n_images=64, max_steps=4, max_minutes=1,
-        batch_size=8, sample_steps=3,
+        "tiny",
+        FramesArch(image_size=16, dim=8, dim_mults=(1, 2)),
+        n_images=64,
+        max_steps=4,
+        max_minutes=1,
+        batch_size=8,
+        sample_steps=3,
     ),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 
@@ -42,6 +43,6 @@ def test_learning_rate_warms_up_then_anneals_to_zero():
     rates = [_learning_rate(profile, p / 100) for p in range(101)]
     peak = rates.index(max(rates))
     assert math.isclose(max(rates), profile.lr) and abs(peak / 100 - profile.warmup) <= 0.01
-    assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1], strict=True))
-    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1 :], strict=False))
+    assert all(a <= b for a, b in pairwise(rates[: peak + 1]))
+    assert all(a >= b for a, b in pairwise(rates[peak:]))
     assert rates[-1] < 1e-9
