@@ -508,3 +508,19 @@ def test_rayjob_volumes_and_groups():
     gpu = [g for g in cluster["workerGroupSpecs"] if "nvidia.com/gpu" in str(g["template"]["spec"]["containers"][0]["resources"])]
     assert len(gpu) == 1 and gpu[0]["minReplicas"] == 0 and cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_ray_image_installs_the_whole_project_and_the_rayjob_uses_it():
+    """No container engine here: the Dockerfile is read, not built. What it copies must be what
+    the project's wheel packages, or `pip install .` fails in the build."""
+    import tomllib
+
+    dockerfile = (DEPLOY / "ray" / "Dockerfile").read_text()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    copied = set(re.findall(r"^COPY --chown=ray (\w+) \1$", dockerfile, re.M))
+    assert copied == set(packages)
+    for arg in re.findall(r"^ARG REQUIREMENTS=(\S+)$", dockerfile, re.M) + re.findall(r"REQUIREMENTS=(docker/\S+)", dockerfile):
+        assert (ROOT / arg).exists(), arg
+    ray_version = one(load("ray/rayjob.yaml"), "RayJob")["spec"]["rayClusterSpec"]["rayVersion"]
+    assert re.search(rf"^ARG RAY_IMAGE=rayproject/ray:{re.escape(ray_version)}-py311$", dockerfile, re.M)
+    assert "deploy/ray/*.bentomodel" in (ROOT / ".gitignore").read_text()
