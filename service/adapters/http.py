@@ -8,7 +8,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.datastructures import FormData
@@ -93,10 +93,11 @@ def check_content_length(request: Request, limit: int) -> None:
         raise PayloadTooLarge(f"the request body has {int(length)} bytes; at most {limit} are accepted", max_bytes=limit)
 
 
-async def read_body(request: Request, limit: int, route: str) -> bytes:
-    """The raw body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length said)."""
+async def body_chunks(request: Request, limit: int, what: str = "the request body") -> AsyncIterator[bytes]:
+    """The body as it arrives: 413 as soon as it passes `limit` bytes (whatever Content-Length
+    said), 408 when no part of it arrives for the read timeout."""
     check_content_length(request, limit)
-    chunks, size = [], 0
+    size = 0
     timeout = plane_of(request).settings.read_timeout_seconds
     stream = request.stream()
     while True:
@@ -104,13 +105,18 @@ async def read_body(request: Request, limit: int, route: str) -> bytes:
             async with asyncio.timeout(timeout):
                 chunk = await anext(stream, None)
         except TimeoutError:
-            raise RequestTimeout(f"no part of the request body arrived for {timeout:g} s; send it without pauses") from None
+            raise RequestTimeout(f"no part of {what} arrived for {timeout:g} s; send it without pauses") from None
         if chunk is None:
-            break
+            return
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"the request body passes {limit} bytes, the limit", max_bytes=limit)
-        chunks.append(chunk)
+            raise PayloadTooLarge(f"{what} passes {limit} bytes, the limit", max_bytes=limit)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int, route: str) -> bytes:
+    """The raw body in memory, within `limit` bytes."""
+    chunks = [chunk async for chunk in body_chunks(request, limit)]
     body = b"".join(chunks)
     if not body:
         raise BadRequest("the request body is empty; send the audio file as the body or as multipart field 'audio'")

@@ -22,9 +22,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.adapters.http import authorize, check_content_length, json_errors, parse_json, plane_of
+from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, parse_json, plane_of
 from service.auth import check_bearer
-from service.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout, as_service_error, error_body
+from service.errors import BadRequest, NotFound, PayloadTooLarge, as_service_error, error_body
 from service.jobs.store import FINISHED, JobStore
 from service.jobs.submit import check_submission
 
@@ -76,18 +76,8 @@ async def upload(request: Request) -> Response:
     size = 0
     try:
         with target.open("wb") as out:
-            stream = request.stream()
-            while True:
-                try:
-                    async with asyncio.timeout(plane.settings.read_timeout_seconds):
-                        chunk = await anext(stream, None)
-                except TimeoutError:
-                    raise RequestTimeout(f"no part of the upload arrived for {plane.settings.read_timeout_seconds:g} s") from None
-                if chunk is None:
-                    break
+            async for chunk in body_chunks(request, limit, "the upload (a job's recording)"):
                 size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the upload passes {limit} bytes, the limit for a job's recording", max_bytes=limit)
                 await asyncio.to_thread(out.write, chunk)
         if size == 0:
             raise BadRequest("the upload is empty; send the recording as the request body")
