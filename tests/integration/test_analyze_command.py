@@ -1,6 +1,6 @@
 """`chorus analyze` end to end on the exported tiny model: a folder with good and broken files, the
 tables, the errors table, the summary line and the exit status; then the same run on a Ray cluster of
-two nodes gives the same rows."""
+two nodes, resumed from its journal, gives the same rows."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_
     assert failing.returncode == 1 and json.loads(failing.stdout.strip().splitlines()[-1])["files_failed"] == 2
 
 
-def test_ray_on_two_nodes_gives_the_rows_of_the_local_run(tiny_exports, field, tmp_path, monkeypatch):
+def test_ray_on_two_nodes_resumes_and_gives_the_rows_of_the_local_run(tiny_exports, field, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -101,11 +101,15 @@ def test_ray_on_two_nodes_gives_the_rows_of_the_local_run(tiny_exports, field, t
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
+        # A first Ray run that covers one site, as a run stopped half way would; the second run
+        # over everything takes that site's files from the journal.
+        first = analyze(AnalyzeOptions(out=tmp_path / "ray", ray=cluster.address, **{**options, "sources": [str(field / "site1")]}))
         remote = analyze(AnalyzeOptions(out=tmp_path / "ray", ray=cluster.address, **options))
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert (remote.files_ok, remote.files_failed) == (4, 2)
+    assert (first.files_ok, first.files_failed, first.files_skipped) == (2, 0, 0)
+    assert (remote.files_ok, remote.files_failed, remote.files_skipped) == (4, 2, 2)
     local_rows, ray_rows = rows(tmp_path / "local"), rows(tmp_path / "ray")
     assert [{k: v for k, v in r.items() if k != "score"} for r in local_rows] == [
         {k: v for k, v in r.items() if k != "score"} for r in ray_rows
