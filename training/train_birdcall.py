@@ -66,7 +66,7 @@ class BirdcallProfile:
 
 PROFILES = {
     "default": BirdcallProfile(
-        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=10, patience=4, max_minutes=2.8
+        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=9, patience=4, max_minutes=6.0
     ),
     "full": BirdcallProfile(
         "full",
@@ -79,7 +79,7 @@ PROFILES = {
     # For tests: seconds, not minutes; accuracy is not the point.
     "tiny": BirdcallProfile(
         "tiny",
-        GenerateSpec(recordings_per_species=3, mixed_recordings=6, background_recordings=33, min_seconds=3, max_seconds=7, n_species=12),
+        GenerateSpec(recordings_per_species=3, mixed_recordings=6, background_recordings=36, min_seconds=3, max_seconds=7, n_species=12),
         max_epochs=2,
         patience=2,
         max_minutes=1,
