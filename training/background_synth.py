@@ -256,6 +256,11 @@ def handling(rng: Rng, n: int, sr: int) -> np.ndarray:
     return _unit_rms(out)
 
 
+def hiss(rng: Rng, n: int, sr: int) -> np.ndarray:
+    """Broadband noise (a recorder's preamp, distant surf, a far-off road): white to brown, slowly swelling."""
+    return _unit_rms(colored_noise(rng, n, rng.uniform(0.0, 2.0)) * _slow_envelope(rng, n, sr, 0.2, 0.7, 1.0))
+
+
 def silence(rng: Rng, n: int, sr: int) -> np.ndarray:
     """Digital silence or a quiet recorder's self-noise (-90 to -60 dBFS): NOT unit RMS."""
     if rng.random() < 0.3:
@@ -273,6 +278,7 @@ BACKGROUNDS: dict[str, BackgroundFn] = {
     "voices": voices,
     "music": music,
     "handling": handling,
+    "hiss": hiss,
     "silence": silence,
 }
 """Sound kinds. Clipping is not a sound but what a too-loud scene does: see `clip`."""

@@ -32,6 +32,9 @@ _FORMATS = [
     ("MP3", "MPEG_LAYER_III", "mp3", 0.15),
 ]
 _RATES = (16_000, 22_050, 24_000)  # synthesis cost grows with the rate; these still exercise the resampler
+# MP3s are what a phone upload or a low-bitrate archive holds: 16 kHz, 24-41 kbps constant bitrate
+# (libsndfile compression level 0.8-0.9), the band above ~7 kHz gone and coding artifacts in.
+_MP3_RATE, _MP3_COMPRESSION = 16_000, (0.8, 0.9)
 # Background-only recordings cycle through these; "clipping" is a loud scene driven past full scale.
 BACKGROUND_GROUPS = (*BACKGROUNDS, "clipping")
 
@@ -44,7 +47,7 @@ class GenerateSpec:
     """Focal recordings per species."""
     mixed_recordings: int = 120
     """Recordings with two or three species at once."""
-    background_recordings: int = 176
+    background_recordings: int = 192
     """Recordings without any bird (spread evenly over BACKGROUND_GROUPS)."""
     min_seconds: float = 3.0
     max_seconds: float = 30.0
@@ -61,6 +64,7 @@ class _Job:
     rate: int
     format_index: int
     seed: int
+    compression_level: float | None = None
 
 
 def _split_for(index: int, n: int, spec: GenerateSpec) -> str:
@@ -124,7 +128,7 @@ def plan_scenes(spec: GenerateSpec) -> list[tuple[str, SceneSpec, str]]:
 def _write_one(job: _Job) -> list[CallEvent]:
     recording = synthesize_scene(job.scene, job.rate, np.random.default_rng(job.seed))
     fmt, subtype, _, _ = _FORMATS[job.format_index]
-    write_audio(job.path, recording.audio, job.rate, fmt, subtype)
+    write_audio(job.path, recording.audio, job.rate, fmt, subtype, job.compression_level)
     return list(recording.events)
 
 
@@ -160,7 +164,11 @@ def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers
     for stem, scene, split in plan_scenes(spec):
         fmt_index = int(rng.choice(len(_FORMATS), p=shares / shares.sum()))
         rel = Path("audio") / f"{stem}.{_FORMATS[fmt_index][2]}"
-        jobs.append(_Job(out_dir / rel, scene, int(rng.choice(_RATES)), fmt_index, int(rng.integers(2**31))))
+        rate, seed = int(rng.choice(_RATES)), int(rng.integers(2**31))
+        if _FORMATS[fmt_index][0] == "MP3":
+            jobs.append(_Job(out_dir / rel, scene, _MP3_RATE, fmt_index, seed, float(rng.uniform(*_MP3_COMPRESSION))))
+        else:
+            jobs.append(_Job(out_dir / rel, scene, rate, fmt_index, seed))
         label = LABEL_SEPARATOR.join(sorted(scene.species)) or BACKGROUND_LABEL
         rows.append((rel.as_posix(), label, split))
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:

@@ -4,12 +4,12 @@ attention pooling, linear head. Input: normalized ln-mel windows [B, 1, n_mels, 
 The head gives one independent logit per species (multi-label: sigmoid, not softmax), and the
 pooled vector before it is the call embedding.
 
-One addition to the seed: a second input channel holding each mel band's position (-1 at the
-lowest band, 1 at the highest), made inside the network, so the input stays [B, 1, mels, frames].
-The seed averages the conv features over frequency, which makes it blind to pitch: steady tones at
-2.2 and 3.8 kHz look the same to it, and once hum, music and crickets are in the data the steady-
-tone species fall to 0-30% recall. With the band position the convolutions can tell them apart
-(docs/training.md has the comparison). Training turns it on; the default is the seed exactly."""
+One change to the seed, `frequency_pooling="flatten"` (training's choice; the default is the seed):
+the seed averages the conv features over frequency, which makes it blind to pitch (a steady tone
+at 2.2 kHz and one at 3.8 kHz look the same to it), and once hum, music and crickets are in the
+data its steady-tone species fall to 15-40% F1. Flattening the 16 pooled bands into the projection
+keeps where in frequency a pattern sits; everything else is the seed's (docs/training.md has the
+comparison)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ class BirdCallArch:
     n_heads: int = 2
     ff_dim: int = 2048
     dropout: float = 0.1
-    frequency_channel: bool = False
-    """Feed each band's position as a second input channel (see the module docstring); False: the seed."""
+    frequency_pooling: str = "mean"
+    """How the conv features become one vector per time step: "mean" over frequency (the seed) or
+    "flatten" (all pooled bands into the projection, which keeps where in frequency a pattern sits)."""
 
     @property
     def seq_len(self) -> int:
@@ -65,9 +66,9 @@ class BirdCallNet(nn.Module):
     def __init__(self, arch: BirdCallArch):
         super().__init__()
         self.arch = arch
-        self.register_buffer("band_position", torch.linspace(-1.0, 1.0, arch.n_mels).reshape(1, 1, -1, 1), persistent=False)
-        self.features = nn.Sequential(_conv_block(2 if arch.frequency_channel else 1, 32), _conv_block(32, 64))
-        self.project = nn.Linear(64, arch.d_model)
+        self.features = nn.Sequential(_conv_block(1, 32), _conv_block(32, 64))
+        bands = arch.n_mels // 2 // 2 if arch.frequency_pooling == "flatten" else 1
+        self.project = nn.Linear(64 * bands, arch.d_model)
         self.position = nn.Parameter(torch.zeros(1, arch.seq_len, arch.d_model))
         nn.init.normal_(self.position, std=0.02)
         self.encoder = nn.TransformerEncoderLayer(
@@ -78,9 +79,8 @@ class BirdCallNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, n_mels, n_frames] -> pooled embedding [B, d_model] (the head's input)."""
-        if self.arch.frequency_channel:
-            x = torch.cat([x, self.band_position.expand(x.shape[0], 1, -1, x.shape[-1])], dim=1)
-        h = self.features(x).mean(dim=2)  # average over frequency: [B, 64, T]
+        h = self.features(x)  # [B, 64, bands, T]
+        h = h.flatten(1, 2) if self.arch.frequency_pooling == "flatten" else h.mean(dim=2)  # [B, 64 (x bands), T]
         h = self.project(h.transpose(1, 2)) + self.position
         return self.pool(self.encoder(h))
 

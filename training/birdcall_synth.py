@@ -329,12 +329,13 @@ def synthesize_recording(
     return synthesize_scene(scene, sample_rate, rng, lowpass_probability)
 
 
-def write_audio(target, audio: np.ndarray, rate: int, container: str, subtype: str) -> None:
+def write_audio(target, audio: np.ndarray, rate: int, container: str, subtype: str, compression_level: float | None = None) -> None:
     """Write mono [n] or multichannel [n, c] audio to a path or file object.
 
     In chunks: libsndfile's Vorbis encoder crashed on one 50 s write at 44.1/48 kHz.
+    compression_level: libsndfile's 0 (best) .. 1 (smallest), for lossy formats; None: its default.
     """
     channels = 1 if audio.ndim == 1 else audio.shape[1]
-    with sf.SoundFile(target, "w", rate, channels, format=container, subtype=subtype) as f:
+    with sf.SoundFile(target, "w", rate, channels, format=container, subtype=subtype, compression_level=compression_level) as f:
         for start in range(0, len(audio), 1 << 15):
             f.write(audio[start : start + (1 << 15)])

@@ -88,6 +88,7 @@ def _degrade(args: tuple[str, Path, Path, int]) -> Path:
 def degraded_manifest(csv_path: Path, condition: str, out_dir: Path) -> Path:
     """A labels CSV (+ events) of the test split under out_dir, its audio degraded by `condition`."""
     items = [item for item in read_manifest(csv_path) if item.split == "test"]
+    out_dir.mkdir(parents=True, exist_ok=True)
     if CONDITIONS[condition] is None:
         sources = {item.path: item.path for item in items}
     else:

@@ -57,14 +57,16 @@ class BirdcallProfile:
     each call seen at other positions and cuts."""
     mix_share: float = 0.5
     """Share of each batch mixed with another window (training.birdcall_augment)."""
-    frequency_channel: bool = True
-    """The band-position input channel (training.birdcall_model); False trains the seed's network."""
+    frequency_pooling: str = "flatten"
+    """training.birdcall_model.BirdCallArch.frequency_pooling; "mean" trains the seed's network."""
+    dropout: float = 0.1
+    """Transformer dropout (the seed's 0.1)."""
     seed: int = 0
 
 
 PROFILES = {
     "default": BirdcallProfile(
-        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=30, patience=6, max_minutes=2.5
+        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=9, patience=4, max_minutes=6.0
     ),
     "full": BirdcallProfile(
         "full",
@@ -77,7 +79,7 @@ PROFILES = {
     # For tests: seconds, not minutes; accuracy is not the point.
     "tiny": BirdcallProfile(
         "tiny",
-        GenerateSpec(recordings_per_species=3, mixed_recordings=6, background_recordings=33, min_seconds=3, max_seconds=7, n_species=12),
+        GenerateSpec(recordings_per_species=3, mixed_recordings=6, background_recordings=36, min_seconds=3, max_seconds=7, n_species=12),
         max_epochs=2,
         patience=2,
         max_minutes=1,
@@ -207,7 +209,11 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     seconds_data = time.perf_counter() - started
 
     arch = BirdCallArch(
-        n_classes=len(labels), n_mels=frontend_config.n_mels, n_frames=frontend_config.n_frames, frequency_channel=profile.frequency_channel
+        n_classes=len(labels),
+        n_mels=frontend_config.n_mels,
+        n_frames=frontend_config.n_frames,
+        dropout=profile.dropout,
+        frequency_pooling=profile.frequency_pooling,
     )
     model = BirdCallNet(arch)
     # Start every species at its prior (~7% of windows) rather than at 50%: the first epoch then

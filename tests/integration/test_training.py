@@ -80,9 +80,10 @@ def test_manifest_errors_are_clear(tmp_path):
         read_manifest(tmp_path / "bad.csv")
 
 
-def test_birdcall_net_shapes():
+@pytest.mark.parametrize("pooling", ["mean", "flatten"])
+def test_birdcall_net_shapes(pooling):
     config = FrontEndConfig()
-    arch = BirdCallArch(n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames)
+    arch = BirdCallArch(n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames, frequency_pooling=pooling)
     assert arch.seq_len == 40  # 161 frames -> 80 -> 40
     model = BirdCallNet(arch).eval()
     x = torch.zeros(3, *config.feature_shape)
