@@ -1,6 +1,6 @@
 """Batch analysis: decode + features in worker processes, and one model consumer in this process
 that batches windows across files. `chorus analyze` runs it on every core with the model in this
-process; the service's analysis jobs run it with a niced worker and the engine as the model.
+process; the service's analysis jobs run it with a background worker and the engine as the model.
 
 The workers stream each file (features.FrontEnd.stream: bounded memory whatever its length) and
 send its windows as they complete; the consumer runs the model on batches of up to
@@ -54,10 +54,19 @@ class FrontEndSpec:
         return cls(frontend.config.to_dict(), frontend.stats.to_dict(), **options)
 
 
-def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any, nice: int = 0) -> None:
+def _yield_the_cores() -> None:
+    """Run only on CPU time nothing else wants: Linux's SCHED_IDLE (a niced process still takes a
+    share of a busy core, ~10% at nice 10, and that share lands on interactive latency), else nice 19."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
+
+
+def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any, background: bool = False) -> None:
     """A worker process: (index, path) tasks in; windows, then done or failed, out (until a None task)."""
-    if nice:
-        os.nice(nice)
+    if background:
+        _yield_the_cores()
     frontend = spec.frontend()
     while (task := tasks.get()) is not None:
         index, path = task
@@ -98,8 +107,8 @@ class LocalPipeline:
     """Most windows of one model run; smaller when nothing else is waiting."""
     queue_messages: int = 8
     """Messages (a block's windows each) waiting for the consumer at most, per worker."""
-    nice: int = 0
-    """Niceness added to the worker processes: a job in a server yields the cores to interactive requests."""
+    background: bool = False
+    """Workers run on idle CPU time only: a job in a server yields the cores to interactive requests."""
 
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
@@ -113,7 +122,7 @@ class LocalPipeline:
         for _ in range(workers):
             tasks.put(None)
         processes = [
-            context.Process(target=featurize_files, args=(self.spec, tasks, results, self.nice), daemon=True) for _ in range(workers)
+            context.Process(target=featurize_files, args=(self.spec, tasks, results, self.background), daemon=True) for _ in range(workers)
         ]
         for process in processes:
             process.start()

@@ -163,11 +163,16 @@ def thousand_files(folder: Path, work: Path, tag: str, broken_share: float = 0.0
     half way and resumed gives the bytes of an uninterrupted run."""
     pool = field_folder(work / "pool", 25, 60, 16_000, stereo=False)
     folder.mkdir(parents=True, exist_ok=True)
-    broken = set(range(0, files, round(1 / broken_share)))
+    broken = list(range(0, files, round(1 / broken_share)))
     for i in range(files):
-        name = folder / f"2024{5 + i // 744:02d}{1 + i // 24 % 31:02d}_{i % 24:02d}{i // 744 % 60:02d}00{pool[i % len(pool)].suffix}"
-        data = pool[i % len(pool)].read_bytes()
-        name.write_bytes(data[: len(data) // 50] if i in broken else data)
+        # Broken ones vary: cut short (each format in turn), empty, or not audio at all.
+        source = pool[(i // len(broken)) % len(pool) if i in broken else i % len(pool)]
+        name = folder / f"2024{5 + i // 744:02d}{1 + i // 24 % 31:02d}_{i % 24:02d}{i // 744 % 60:02d}00{source.suffix}"
+        data = source.read_bytes()
+        if i in broken:
+            kind = broken.index(i) % 4
+            data = b"" if kind == 2 else b"not audio, a text file named like one\n" * 100 if kind == 3 else data[: len(data) // 3]
+        name.write_bytes(data)
     command = [sys.executable, "-m", "chorus.cli", "analyze", str(folder), "--out"]
     started = time.perf_counter()
     reference = subprocess.run([*command, str(work / "reference")], cwd=ROOT, capture_output=True, text=True)

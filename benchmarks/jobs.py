@@ -2,7 +2,7 @@
 
 The same closed loop of `concurrency` clients (the serving bench's recordings) runs twice on one
 server: alone, then while a job analyzes hours of field audio. The job's windows run behind
-interactive ones in the engine and its decoding is niced; the goal is p99 with the job <= 1.5x
+interactive ones in the engine and its decoding runs on idle CPU time; the goal is p99 with the job <= 1.5x
 p99 without it. The job's own speed in that time is reported too (it is not the point: it gets
 what interactive traffic leaves).
 """

@@ -32,6 +32,8 @@ DEFAULT_BLOCK_SAMPLES = 1 << 18
 # libsndfile reports SF_COUNT_MAX frames when it cannot tell the length (e.g. a chained Ogg).
 _UNKNOWN_FRAMES = 1 << 62
 _LIBSNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+_HEADER_BYTES = 1 << 16
+"""Bytes read ahead of libsndfile: the magic, and the WAV chunks before `data` (metadata chunks included)."""
 
 Source = bytes | str | Path
 
@@ -77,6 +79,32 @@ def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
     return int(frames)
 
 
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+"""Data sizes a recorder writes while it streams (or when it died before closing the file): no claim."""
+MP3_FRAME_SLACK = 4 * 1152
+"""MP3 lengths in a header are estimates (encoder delay, padding): a shortfall within this many frames
+(plus 1%) is not called truncation."""
+
+
+def _declared_wav_frames(head: bytes) -> int | None:
+    """Frames the WAV header's `data` chunk declares, or None when it claims nothing exact.
+
+    libsndfile clips the declared length to the bytes present, so a truncated WAV reads as a shorter,
+    valid one; the header is the only place the intended length is left.
+    """
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None  # RF64 and others: no 32-bit claim to check
+    offset, block_align = 12, 0
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if chunk == b"fmt " and offset + 22 <= len(head):
+            block_align = int.from_bytes(head[offset + 20 : offset + 22], "little")
+        if chunk == b"data":
+            return size // block_align if block_align and size not in _WAV_UNKNOWN_SIZES else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
 RATES = (8_000, 384_000)
 """Sample rates accepted, in Hz (inclusive): what recorders write, with a bound a hostile header cannot pass."""
 MAX_CHANNELS = 64
@@ -115,10 +143,10 @@ class AudioReader:
             raise ValueError(f"block_samples must be >= 1, got {block_samples}")
         if isinstance(source, (str, Path)):
             with open(source, "rb") as f:
-                head = f.read(16)
+                head = f.read(_HEADER_BYTES)
             target: str | io.BytesIO = str(source)
         else:
-            head = bytes(source[:16])
+            head = bytes(source[:_HEADER_BYTES])
             target = io.BytesIO(source)
         if not head:
             raise EmptyAudioError(f"the audio is empty (0 bytes); send a recording in one of: {_ACCEPTED_TEXT}")
@@ -147,6 +175,7 @@ class AudioReader:
         if max_samples is not None and known and header_frames * self.channels > max_samples:
             self.close()
             raise _too_large(header_frames * self.channels, self.channels, max_samples, so_far=False)
+        self._declared_frames = _declared_wav_frames(head) if self._sniffed == "WAV" else header_frames if known else None
         # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
         self.block_frames = max(1, block_samples // self.channels)
         if known:
@@ -185,6 +214,20 @@ class AudioReader:
             yield block
         if self.frames_decoded == 0:
             raise EmptyAudioError("the recording holds no samples; send audio at least a few milliseconds long")
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """Refuse a file whose data stops before its header's length (a recorder or a copy cut short):
+        half a recording analyzed as if it were the whole would read as an hour without birds."""
+        declared = self._declared_frames
+        if declared is None or self._sniffed not in ("WAV", "FLAC", "MP3"):
+            return  # Ogg's length comes from its last page, which a cut file still has
+        slack = MP3_FRAME_SLACK + declared // 100 if self._sniffed == "MP3" else 0
+        if self.frames_decoded < declared - slack:
+            raise CorruptAudioError(
+                f"the {self._sniffed} file is truncated: its header declares {declared / self.sample_rate:.2f} s, "
+                f"its data holds {self.frames_decoded / self.sample_rate:.2f} s; send the complete file"
+            )
 
     def facts(self) -> AudioFacts:
         """The recording's facts; duration counts the frames decoded so far (all of them once blocks() is done)."""

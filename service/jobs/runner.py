@@ -1,5 +1,5 @@
 """Runs analysis jobs inside an API worker: the run of `chorus analyze`, fed by the engine at the
-lower priority, decoding in a niced process, its state on disk as it goes.
+lower priority, decoding in a process that runs on idle CPU time, its state on disk as it goes.
 
 One job at a time per worker (a job already saturates what a server should give to bulk work);
 others wait as "queued". A job that a restart interrupted is resumed by whichever worker takes its
@@ -27,8 +27,6 @@ from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
 from service.models.tasks import AudioClassifier
 
 log = logging.getLogger("chorus.jobs")
-DECODE_NICENESS = 10
-"""Added to the job's decoding process: the OS gives the cores to interactive requests first."""
 SAVE_EVERY_SECONDS = 1.0
 
 
@@ -125,7 +123,7 @@ class JobRunner:
                 FrontEndSpec.of(model.frontend, channels=request.channels),
                 workers=1,
                 batch_windows=model.max_batch,
-                nice=DECODE_NICENESS,
+                background=True,  # decoding on idle CPU time only: interactive requests first
             )
             summary = await asyncio.to_thread(run, paths, pipeline, config, progress=self._progress(job_id, state))
             state.status, state.summary = "done", summary.as_dict()

@@ -100,6 +100,21 @@ def test_nan_in_a_late_block_is_rejected_after_earlier_windows_were_emitted():
     assert emitted > 0  # checked per block: nothing made the whole recording wait for the check
 
 
+@pytest.mark.parametrize(("container", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("MP3", "MPEG_LAYER_III")])
+def test_a_file_cut_short_is_refused_as_truncated_not_read_as_a_shorter_recording(container, subtype):
+    whole = encode(noise(6.0), 16_000, container, subtype)
+    assert len(FrontEnd().analyze(whole).windows.features) >= 1  # the whole file is fine
+    with pytest.raises(CorruptAudioError, match="truncated|could not be decoded"):
+        FrontEnd().analyze(whole[: len(whole) // 3])
+
+
+def test_a_wav_whose_header_claims_no_length_is_read_as_far_as_it_goes():
+    data = bytearray(encode(noise(6.0), 16_000, "WAV", "PCM_16"))
+    at = data.index(b"data") + 4
+    data[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")  # a recorder that never closed the file
+    assert len(FrontEnd().analyze(bytes(data[: len(data) // 2])).windows.features) >= 1
+
+
 def test_too_long_is_refused_from_the_header_before_decoding():
     with pytest.raises(AudioTooLongError, match="at most 3 s"):
         FrontEnd().stream(encode(np.zeros(16_000 * 4, np.float32), 16_000, "WAV", "PCM_16"), max_seconds=3)
