@@ -57,3 +57,20 @@ def test_bench_runs_every_configuration_and_writes_its_report(tiny_exports, tiny
 def test_gpu_bench_refuses_to_fall_back_to_cpu():
     with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
         providers_for("cuda")
+
+
+def test_memory_bench_reports_bombs_and_a_soak(tiny_exports, tmp_path):
+    from benchmarks.memory import run_memory
+    from tests.conftest import isolated_bentoml_home
+
+    home = isolated_bentoml_home(tmp_path / "bentoml")
+    result = run_memory(tmp_path / "memory", soak_minutes=0.3, warmup_minutes=0.1, home=home)
+
+    refused, decoded = result["bombs"]["default limits"], result["bombs"]["decoded-sample limit lifted"]
+    assert set(refused["statuses"]) == {413}  # refused from the header
+    assert set(decoded["statuses"]) <= {200, 503}  # decoded block by block (503: the engine queue was full)
+    assert {"api", "engine"} == set(refused["peak_rss_mb"]) == set(decoded["peak_rss_mb"])
+    soak = result["soak"]
+    assert soak["requests"] > 0 and set(soak["growth_after_warmup_percent"]) == {"api", "engine"}
+    assert (tmp_path / "memory" / "soak_rss.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "memory" / "memory.json").read_text())["soak"]["minutes"] == 0.3
