@@ -175,7 +175,12 @@ class AudioReader:
         if max_samples is not None and known and header_frames * self.channels > max_samples:
             self.close()
             raise _too_large(header_frames * self.channels, self.channels, max_samples, so_far=False)
-        self._declared_frames = _declared_wav_frames(head) if self._sniffed == "WAV" else header_frames if known else None
+        # The length the file claims, where a cut file still claims its whole length: WAV's data chunk
+        # (libsndfile clips its own count), FLAC's stream info, an MP3's length header. Ogg's comes
+        # from its last page, which a cut file still has: no claim.
+        self._declared_frames = (
+            _declared_wav_frames(head) if self._sniffed == "WAV" else header_frames if known and self._sniffed in ("FLAC", "MP3") else None
+        )
         # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
         self.block_frames = max(1, block_samples // self.channels)
         if known:
@@ -220,8 +225,8 @@ class AudioReader:
         """Refuse a file whose data stops before its header's length (a recorder or a copy cut short):
         half a recording analyzed as if it were the whole would read as an hour without birds."""
         declared = self._declared_frames
-        if declared is None or self._sniffed not in ("WAV", "FLAC", "MP3"):
-            return  # Ogg's length comes from its last page, which a cut file still has
+        if declared is None:
+            return
         slack = MP3_FRAME_SLACK + declared // 100 if self._sniffed == "MP3" else 0
         if self.frames_decoded < declared - slack:
             raise CorruptAudioError(
