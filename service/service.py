@@ -10,6 +10,7 @@ lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,6 +32,7 @@ from service.adapters.jobs import JobGate, job_view
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine_service import Engine
+from service.heap import trim_periodically
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore, default_home
 from service.jobs.submit import check_submission
@@ -77,10 +79,12 @@ class Chorus:
         self.runner = JobRunner(self.jobs, self.plane)
         app.state.jobs = self.jobs
         self._grpc: grpc.aio.Server | None = None
+        self._trimming: asyncio.Task[None] | None = None
 
     @bentoml.on_startup
     async def _start(self) -> None:
         Drain("API worker", self._drained, settings.drain_seconds, on_start=self.plane.start_draining).install()
+        self._trimming = asyncio.create_task(trim_periodically(settings.malloc_trim_seconds))
         if settings.grpc_port:
             host = settings.grpc_host or http_listen_host() or "0.0.0.0"
             self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)
@@ -129,6 +133,11 @@ class Chorus:
         with contextlib.suppress(Exception):  # an engine already gone has nothing to wait for
             await self.engine.to_async.api_worker_drained()
         return True
+
+    @bentoml.on_shutdown
+    async def _stop_trimming(self) -> None:
+        if self._trimming is not None:
+            self._trimming.cancel()
 
     @bentoml.on_shutdown
     async def _stop_grpc(self) -> None:

@@ -126,6 +126,12 @@ class ServiceSettings(BaseSettings):
         description="Trace API -> engine calls (OpenTelemetry) when BentoML tracing is configured. Off by default: "
         "the engine's tracing middleware cost about a quarter of its per-call work even unsampled.",
     )
+    malloc_trim_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How often the API worker hands freed heap memory back to the OS (glibc malloc_trim), in s; 0: never. "
+        "Decoding frees megabytes per request, and glibc keeps freed pages of its arenas mapped.",
+    )
     grpc_port: int = Field(3001, ge=0, description="Port of the KServe v2 gRPC server; 0 disables it.")
     grpc_host: str | None = Field(
         None, description="Address the gRPC server listens on; default: the HTTP server's (bentoml serve --host)."
