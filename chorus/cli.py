@@ -51,7 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
     The server replaces this process: signals reach it directly (a `kill` of chorus stops the
     server rather than orphaning it), and `chorus up` does not keep torch in memory while serving.
     """
-    env = {**os.environ, "CHORUS_GRPC_PORT": str(args.grpc_port)}
+    from service.local_server import server_environment
+
+    env = server_environment(CHORUS_GRPC_PORT=str(args.grpc_port))
     command = [sys.executable, "-m", "bentoml", "serve", "service.service:Chorus", "--host", args.host, "--port", str(args.port)]
     print(f"chorus: serving HTTP on http://{args.host}:{args.port} and KServe v2 gRPC on port {args.grpc_port}", flush=True)
     os.chdir(Path(__file__).resolve().parent.parent)

@@ -20,6 +20,18 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
+"""Environment every chorus server starts with unless the caller's environment says otherwise (the
+Bento's image sets the same through bentofile.yaml's `envs`). glibc gives each thread that
+allocates its own malloc arena, up to 8 per core, and freed blocks stay in them: under the load
+test's mix the API worker's decoding threads took its RSS from ~200 to ~400 MB in 10 minutes
+with two arenas' worth of live data (docs/benchmarks.md, "Memory")."""
+
+
+def server_environment(**env: str) -> dict[str, str]:
+    """The environment of a server process: SERVER_ENV, then this process's environment, then `env`."""
+    return {**SERVER_ENV, **os.environ, **env}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -53,6 +65,8 @@ def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
     BentoMLContainer.prometheus_multiproc_dir.set(tempfile.mkdtemp(prefix="chorus-metrics-"))
     port = free_port()
     env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
+    for key, default in SERVER_ENV.items():
+        env.setdefault(key, os.environ.get(key, default))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -88,7 +102,7 @@ def serve_process(target: str, log: Path, *, ready: bool = True, **env: str) -> 
     env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as output:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(command, env=server_environment(**env), stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
     served = ServedProcess(f"http://127.0.0.1:{port}", process, int(env["CHORUS_GRPC_PORT"]), log)
     try:
         if ready:
