@@ -5,7 +5,9 @@
   Twice: with the default limits (refused from the header) and with the decoded-sample limit
   lifted, so every bomb is decoded in full (streamed block by block) and classified.
 - soak: the load test's mix for N minutes; RSS of every server process sampled every few seconds;
-  growth from the end of the warm-up to the end, with a plot.
+  growth from the first minute after the warm-up to the last minute (medians: the API worker's RSS
+  swings by tens of MB from one sample to the next as requests come and go), the least-squares
+  slope after the warm-up, and a plot.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def soak(out_dir: Path, minutes: float, warmup_minutes: float, home: str | None 
             bar.close()
         summary = read_summary(out_dir / "locust" / "locust")
     warm = [s for s in samples if s["t"] >= warmup_minutes * 60]
-    growth = {kind: round(100 * (warm[-1][kind] - warm[0][kind]) / warm[0][kind], 2) for kind in processes}
+    first = {k: _median_of(warm, k, warm[0]["t"], warm[0]["t"] + 60) for k in processes}
+    last = {k: _median_of(warm, k, warm[-1]["t"] - 60, warm[-1]["t"]) for k in processes}
     _plot(samples, warmup_minutes, out_dir / "soak_rss.png")
     return {
         "minutes": minutes,
@@ -128,11 +131,22 @@ def soak(out_dir: Path, minutes: float, warmup_minutes: float, home: str | None 
         "users": users,
         "requests": summary["total"]["requests"],
         "failures": summary["total"]["failures"],
-        "rss_after_warmup_mb": {k: round(warm[0][k]) for k in processes},
-        "rss_at_end_mb": {k: round(warm[-1][k]) for k in processes},
-        "growth_after_warmup_percent": growth,
+        "rss_after_warmup_mb": {k: round(v) for k, v in first.items()},
+        "rss_at_end_mb": {k: round(v) for k, v in last.items()},
+        "growth_after_warmup_percent": {k: round(100 * (last[k] - first[k]) / first[k], 2) for k in processes},
+        "slope_after_warmup_mb_per_hour": {k: round(_slope_per_hour(warm, k), 1) for k in processes},
+        "rss_range_after_warmup_mb": {k: [round(min(s[k] for s in warm)), round(max(s[k] for s in warm))] for k in processes},
         "plot": str(out_dir / "soak_rss.png"),
     }
+
+
+def _median_of(samples: list[dict[str, float]], kind: str, start: float, end: float) -> float:
+    return float(np.median([s[kind] for s in samples if start <= s["t"] <= end]))
+
+
+def _slope_per_hour(samples: list[dict[str, float]], kind: str) -> float:
+    """Least-squares slope of RSS over time, MB per hour."""
+    return float(np.polyfit([s["t"] / 3600 for s in samples], [s[kind] for s in samples], 1)[0])
 
 
 def _plot(samples: list[dict[str, float]], warmup_minutes: float, path: Path) -> None:
@@ -155,7 +169,7 @@ def _plot(samples: list[dict[str, float]], warmup_minutes: float, path: Path) ->
     plt.close(fig)
 
 
-def run_memory(out_dir: Path, soak_minutes: float = 30.0, warmup_minutes: float = 3.0, home: str | None = None) -> dict:
+def run_memory(out_dir: Path, soak_minutes: float = 30.0, warmup_minutes: float = 5.0, home: str | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"bombs": bombs(out_dir, home)}
     if soak_minutes > 0:
