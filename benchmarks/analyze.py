@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -26,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from batch.command import AnalyzeOptions, analyze
-from batch.model import load_analysis_model
+from batch.model import AnalysisModel, load_analysis_model
 from service.local_server import ROOT, serve_process
 from training.background_synth import BACKGROUNDS
 from training.birdcall_synth import SPECIES, SceneSpec, synthesize_scene
@@ -78,33 +80,77 @@ def two_hours_of(scenes: list[Path], folder: Path, copies: int = 10) -> list[Pat
     return paths
 
 
+def _stage_seconds(model: AnalysisModel, paths: list[Path]) -> dict[str, float]:
+    """The pipeline's work on `paths` done in line on this thread: audio seconds and each stage's seconds."""
+    seconds = dict.fromkeys(("audio", "decode", "features", "model"), 0.0)
+    for path in paths:
+        analysis = model.frontend.analyze(path)
+        seconds["audio"] += analysis.audio.duration_seconds
+        seconds["decode"] += analysis.timings["decode"] + analysis.timings["resample"]
+        seconds["features"] += analysis.timings["features"]
+        started = time.perf_counter()
+        for i in range(0, len(analysis.windows.features), 64):
+            model.score(analysis.windows.features[i : i + 64])
+        seconds["model"] += time.perf_counter() - started
+    return seconds
+
+
 def pipeline_limit(paths: list[Path], tag: str) -> dict:
     """Single-core seconds per audio second of each stage, and the real-time factor every core could give.
 
     Measured on one thread (BLAS included), as each of the pipeline's processes runs."""
     threadpool_limits(1)
-    model = load_analysis_model(tag)
-    audio = decode = features = model_seconds = 0.0
-    for path in paths:
-        analysis = model.frontend.analyze(path)
-        audio += analysis.audio.duration_seconds
-        decode += analysis.timings["decode"] + analysis.timings["resample"]
-        features += analysis.timings["features"]
-        started = time.perf_counter()
-        for i in range(0, len(analysis.windows.features), 64):
-            model.score(analysis.windows.features[i : i + 64])
-        model_seconds += time.perf_counter() - started
-    per_audio_second = (decode + features + model_seconds) / audio
+    seconds = _stage_seconds(load_analysis_model(tag), paths)
+    audio = seconds["audio"]
+    per_audio_second = (seconds["decode"] + seconds["features"] + seconds["model"]) / audio
     cores = len(os.sched_getaffinity(0))
     return {
         "audio_seconds": round(audio, 1),
         "single_core_seconds_per_audio_second": {
-            "decode_resample": round(decode / audio, 6),
-            "features": round(features / audio, 6),
-            "model": round(model_seconds / audio, 6),
+            "decode_resample": round(seconds["decode"] / audio, 6),
+            "features": round(seconds["features"] / audio, 6),
+            "model": round(seconds["model"] / audio, 6),
         },
         "cores": cores,
         "limit_realtime_factor": round(cores / per_audio_second, 1),
+    }
+
+
+def _timed_stage_work(tag: str, paths: list[Path], start: Any, done: Any) -> None:
+    """One process of parallel_scaling: the limit's work on `paths`, timed from a start shared with the others."""
+    threadpool_limits(1)
+    model = load_analysis_model(tag)
+    _stage_seconds(model, paths[:1])  # warm: first calls allocate
+    start.wait()
+    started = time.perf_counter()
+    _stage_seconds(model, paths)
+    done.put(time.perf_counter() - started)
+
+
+def parallel_scaling(paths: list[Path], tag: str) -> dict:
+    """What "times the cores" is worth here: the limit's single-thread work run by one process alone,
+    then by one process per core at once (each on its own copy of the work). Perfect cores: the same
+    time; `efficiency` is alone / together, the share of a core each process really gets."""
+    context = multiprocessing.get_context("spawn")
+    cores = len(os.sched_getaffinity(0))
+
+    def run(processes: int) -> list[float]:
+        start, done = context.Barrier(processes), context.Queue()
+        workers = [context.Process(target=_timed_stage_work, args=(tag, paths, start, done)) for _ in range(processes)]
+        for worker in workers:
+            worker.start()
+        seconds = [done.get(timeout=600) for _ in workers]
+        for worker in workers:
+            worker.join()
+        return seconds
+
+    alone = run(1)[0]
+    together = run(cores)
+    return {
+        "processes": cores,
+        "alone_seconds": round(alone, 2),
+        "together_seconds": [round(t, 2) for t in together],
+        "efficiency": round(alone / (sum(together) / len(together)), 3),
     }
 
 
@@ -238,6 +284,7 @@ def run_analyze_bench(out_dir: Path, tag: str = "birdcall:latest", home: str | N
     scenes = field_folder(work / "scenes", 12, 60, 48_000, stereo=True)
     field = two_hours_of(scenes, work / "field")
     limit = pipeline_limit(scenes, tag)
+    scaling = parallel_scaling(scenes, tag)
     started = time.perf_counter()
     summary = analyze(AnalyzeOptions(sources=[str(work / "field")], out=work / "field-out", formats=frozenset({"csv"})))
     measured = summary.audio_hours * 3600 / (time.perf_counter() - started)
@@ -250,6 +297,8 @@ def run_analyze_bench(out_dir: Path, tag: str = "birdcall:latest", home: str | N
         "pipeline": limit,
         "analyze_realtime_factor": round(measured, 1),
         "ratio_to_limit": round(measured / limit["limit_realtime_factor"], 3),
+        "parallel_scaling": scaling,
+        "ratio_to_limit_at_measured_scaling": round(measured / (limit["limit_realtime_factor"] * scaling["efficiency"]), 3),
         "served": serving,
         "analyze_over_served": round(measured / serving["realtime_factor"], 2),
         "long_file": {"hours": long_hours, **rss, "detections_match_in_memory_cut": cut},
