@@ -64,13 +64,17 @@ def _yield_the_cores() -> None:
         os.nice(19)
 
 
-def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any, background: bool = False) -> None:
-    """A worker process: (index, path) tasks in; windows, then done or failed, out (until a None task)."""
+def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = False) -> None:
+    """A worker process: its front end's spec in (from its own queue: it may be started before the
+    spec is known), then (index, path) tasks; windows, then done or failed, out (until a None task)."""
     if background:
         _yield_the_cores()
     # One worker per core already: BLAS's own pool of a thread per core in every worker made them
     # spin against each other (the same 2-hour folder: 352x real time with it, ~800x without).
     threadpool_limits(1)
+    spec = specs.get()
+    if spec is None:  # closed before any work
+        return
     frontend = spec.frontend()
     while (task := tasks.get()) is not None:
         index, path = task
@@ -88,6 +92,55 @@ def featurize_files(spec: FrontEndSpec, tasks: Any, results: Any, background: bo
         except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
             results.put(("error", index, f"{type(error).__name__}: {error}"))
     results.put(("exit", None, None))
+
+
+class DecodeWorkers:
+    """The decode + features processes of one run, started before they are given work.
+
+    Spawning one and importing the front end takes ~0.8 s; `chorus analyze` starts them before it
+    loads the model (~1.2 s), so the two overlap. `start` hands every worker the spec and the
+    paths once; `close` stops them whatever state they are in."""
+
+    def __init__(self, count: int, background: bool = False, queue_messages: int = 8):
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs ONNX Runtime threads
+        self.count = count
+        self.started = False
+        self._specs = [context.SimpleQueue() for _ in range(count)]
+        self._tasks: Any = context.Queue()
+        self.results: Any = context.Queue(maxsize=queue_messages * count)
+        self._processes = [
+            context.Process(target=featurize_files, args=(specs, self._tasks, self.results, background), daemon=True)
+            for specs in self._specs
+        ]
+        for process in self._processes:
+            process.start()
+
+    def start(self, spec: FrontEndSpec, paths: Sequence[Path]) -> None:
+        if self.started:
+            raise RuntimeError("these workers have had their run already")
+        self.started = True
+        for item in enumerate(paths):
+            self._tasks.put(item)
+        for specs in self._specs:
+            self._tasks.put(None)
+            specs.put(spec)
+
+    @property
+    def alive(self) -> int:
+        """Worker processes still running."""
+        return sum(process.is_alive() for process in self._processes)
+
+    def close(self) -> None:
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+    def __enter__(self) -> DecodeWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -113,30 +166,21 @@ class LocalPipeline:
     """Messages (a block's windows each) waiting for the consumer at most, per worker."""
     background: bool = False
     """Workers run on idle CPU time only: a job in a server yields the cores to interactive requests."""
+    prestarted: DecodeWorkers | None = None
+    """Workers started ahead of the first call (batch.command starts them before it loads the model);
+    that call uses them, later ones start their own."""
 
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
             return
-        workers = min(self.workers or len(os.sched_getaffinity(0)), len(paths))
-        context = multiprocessing.get_context("spawn")  # no fork of a process that runs ONNX Runtime threads
-        tasks: Any = context.Queue()
-        results: Any = context.Queue(maxsize=self.queue_messages * workers)
-        for item in enumerate(paths):
-            tasks.put(item)
-        for _ in range(workers):
-            tasks.put(None)
-        processes = [
-            context.Process(target=featurize_files, args=(self.spec, tasks, results, self.background), daemon=True) for _ in range(workers)
-        ]
-        for process in processes:
-            process.start()
-        try:
-            yield from self._consume(paths, results, workers)
-        finally:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-                process.join()
+        if self.prestarted is not None and not self.prestarted.started:
+            workers = self.prestarted
+        else:
+            count = min(self.workers or len(os.sched_getaffinity(0)), len(paths))
+            workers = DecodeWorkers(count, self.background, self.queue_messages)
+        with workers:
+            workers.start(self.spec, paths)
+            yield from self._consume(paths, workers.results, workers.count)
 
     def _consume(self, paths: Sequence[Path], results: Any, workers: int) -> Iterator[Outcome]:
         files = {i: _File(Path(p)) for i, p in enumerate(paths)}

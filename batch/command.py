@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +12,7 @@ from tqdm import tqdm
 
 from analyze.analyzer import Execute
 from analyze.detections import DetectionSettings, read_species_list
-from analyze.pipeline import FrontEndSpec, LocalPipeline
+from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline
 from analyze.run import Progress, RunConfig, Summary, run
 from analyze.sources import expand_sources
 from analyze.writers import DEFAULT_FORMATS, check_formats
@@ -58,7 +60,7 @@ def detection_settings(options: AnalyzeOptions, model: AnalysisModel) -> Detecti
     )
 
 
-def executor(options: AnalyzeOptions, model: AnalysisModel) -> Execute:
+def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWorkers | None = None) -> Execute:
     spec = FrontEndSpec.of(model.frontend, channels=options.channels)
     if options.ray is not None:
         from batch.ray import RayPipeline
@@ -75,7 +77,7 @@ def executor(options: AnalyzeOptions, model: AnalysisModel) -> Execute:
             actors=options.ray_actors,
             gpus_per_actor=options.ray_gpus_per_actor,
         )
-    return LocalPipeline(model.score, spec, workers=options.workers, batch_windows=options.batch_windows)
+    return LocalPipeline(model.score, spec, workers=options.workers, batch_windows=options.batch_windows, prestarted=prestarted)
 
 
 def progress_bar() -> tuple[Callable[[Progress], None], Callable[[], None]]:
@@ -98,6 +100,15 @@ def progress_bar() -> tuple[Callable[[Progress], None], Callable[[], None]]:
 
 def analyze(options: AnalyzeOptions) -> Summary:
     """Everything is checked (model, species lists, formats, sources) before any file is analyzed."""
+    with contextlib.ExitStack() as stack:
+        # Local decode workers start first: spawning them and importing the front end overlaps
+        # loading the model (BentoML's import alone is ~1 s); they get their work once it is checked.
+        local = options.ray is None
+        prestarted = stack.enter_context(DecodeWorkers(options.workers or len(os.sched_getaffinity(0)))) if local else None
+        return _analyze(options, prestarted)
+
+
+def _analyze(options: AnalyzeOptions, prestarted: DecodeWorkers | None) -> Summary:
     model = load_analysis_model(options.model, options.variant, options.providers, options.stride_seconds)
     detection = detection_settings(options, model)
     formats = check_formats(options.formats)
@@ -116,6 +127,6 @@ def analyze(options: AnalyzeOptions) -> Summary:
     )
     update, close = progress_bar()
     try:
-        return run(paths, executor(options, model), config, progress=update)
+        return run(paths, executor(options, model, prestarted), config, progress=update)
     finally:
         close()

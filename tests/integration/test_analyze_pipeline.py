@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analyze.analyzer import AnalysisFailed, FileScores
-from analyze.pipeline import FrontEndSpec, LocalPipeline
+from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline
 from features import FrontEnd
 from tests.conftest import encode
 
@@ -81,3 +81,27 @@ def test_a_missing_file_is_a_read_failure(tmp_path):
     pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
     ((_, outcome),) = list(pipeline([tmp_path / "gone.wav"]))
     assert isinstance(outcome, AnalysisFailed) and outcome.stage == "read"
+
+
+def test_workers_started_ahead_serve_the_first_call_and_later_calls_start_their_own(recordings):
+    frontend = FrontEnd()
+    paths = [recordings["short.wav"], recordings["mid.mp3"], recordings["text.mp3"]]
+    with DecodeWorkers(2) as ahead:
+        pipeline = LocalPipeline(fake_score, FrontEndSpec.of(frontend), prestarted=ahead)
+        first = outcomes(pipeline, paths)
+        assert ahead.started
+        second = outcomes(pipeline, paths)  # the ahead ones are spent: this call starts its own
+    for found in (first, second):
+        result = found["mid.mp3"]
+        assert isinstance(result, FileScores), result
+        np.testing.assert_array_equal(result.scores, fake_score(frontend.analyze(recordings["mid.mp3"]).windows.features))
+        assert isinstance(found["text.mp3"], AnalysisFailed)
+    with pytest.raises(RuntimeError, match="had their run"):
+        ahead.start(FrontEndSpec.of(frontend), paths)
+
+
+def test_workers_closed_before_any_work_stop():
+    workers = DecodeWorkers(2)
+    assert workers.alive == 2
+    workers.close()
+    assert workers.alive == 0
