@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -28,6 +29,14 @@ def stored_copy(tiny_exports, tmp_path) -> StoredModel:
 
 def onnx_of(stored: StoredModel):
     return stored.path / artifacts.onnx_file(stored.name, "fp32")
+
+
+def test_resolving_a_tag_finds_what_bentoml_finds(tiny_exports):
+    import bentoml
+
+    for tag in (tiny_exports["birdcall"]["tag"], "birdcall:latest"):
+        model = bentoml.models.get(tag)
+        assert StoredModel.resolve(tag) == StoredModel(model.tag.name, model.tag.version or "", Path(model.path))
 
 
 def test_an_intact_copy_loads(stored_copy):
