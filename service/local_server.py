@@ -24,13 +24,19 @@ SERVER_ENV = {"MALLOC_ARENA_MAX": "2"}
 """Environment every chorus server starts with unless the caller's environment says otherwise (the
 Bento's image sets the same through bentofile.yaml's `envs`). glibc gives each thread that
 allocates its own malloc arena, up to 8 per core, and freed blocks stay in them: under the load
-test's mix the API worker's decoding threads took its RSS from ~200 to ~400 MB in 10 minutes
-with two arenas' worth of live data (docs/benchmarks.md, "Memory")."""
+test's mix the API worker's decoding threads took its RSS from ~200 to ~400 MB in 10 minutes while
+the Python objects it held stayed level (docs/benchmarks.md, "Memory")."""
+
+
+def server_settings(**env: str) -> dict[str, str]:
+    """What a server process gets on top of this process's environment: SERVER_ENV where that
+    environment does not say otherwise, then `env`."""
+    return {**{key: os.environ.get(key, default) for key, default in SERVER_ENV.items()}, **env}
 
 
 def server_environment(**env: str) -> dict[str, str]:
-    """The environment of a server process: SERVER_ENV, then this process's environment, then `env`."""
-    return {**SERVER_ENV, **os.environ, **env}
+    """The whole environment of a server process started from this one."""
+    return {**os.environ, **server_settings(**env)}
 
 
 def free_port() -> int:
@@ -65,8 +71,7 @@ def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
     BentoMLContainer.prometheus_multiproc_dir.set(tempfile.mkdtemp(prefix="chorus-metrics-"))
     port = free_port()
     env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
-    for key, default in SERVER_ENV.items():
-        env.setdefault(key, os.environ.get(key, default))
+    env = server_settings(**env)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from service.local_server import ROOT, SERVER_ENV, server_environment
+from service.local_server import ROOT, SERVER_ENV, server_environment, server_settings
 
 
 @pytest.mark.parametrize("bentofile", ["bentofile.yaml", "bentofile.gpu.yaml"])
@@ -19,4 +19,5 @@ def test_the_callers_environment_and_arguments_come_first(monkeypatch: pytest.Mo
     assert server_environment()["MALLOC_ARENA_MAX"] == SERVER_ENV["MALLOC_ARENA_MAX"]
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert server_environment()["MALLOC_ARENA_MAX"] == "8"
+    assert server_settings(CHORUS_GRPC_PORT="9") == {"MALLOC_ARENA_MAX": "8", "CHORUS_GRPC_PORT": "9"}  # serve()'s part
     assert server_environment(MALLOC_ARENA_MAX="1", CHORUS_GRPC_PORT="9")["MALLOC_ARENA_MAX"] == "1"
