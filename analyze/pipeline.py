@@ -94,6 +94,11 @@ def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = Fal
     results.put(("exit", None, None))
 
 
+def worker_count(requested: int = 0) -> int:
+    """Decode processes for `requested` (0: one per core this process may run on)."""
+    return requested or len(os.sched_getaffinity(0))
+
+
 class DecodeWorkers:
     """The decode + features processes of one run, started before they are given work.
 
@@ -176,8 +181,7 @@ class LocalPipeline:
         if self.prestarted is not None and not self.prestarted.started:
             workers = self.prestarted
         else:
-            count = min(self.workers or len(os.sched_getaffinity(0)), len(paths))
-            workers = DecodeWorkers(count, self.background, self.queue_messages)
+            workers = DecodeWorkers(min(worker_count(self.workers), len(paths)), self.background, self.queue_messages)
         with workers:
             workers.start(self.spec, paths)
             yield from self._consume(paths, workers.results, workers.count)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from tqdm import tqdm
 
 from analyze.analyzer import Execute
 from analyze.detections import DetectionSettings, read_species_list
-from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline
+from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline, worker_count
 from analyze.run import Progress, RunConfig, Summary, run
 from analyze.sources import expand_sources
 from analyze.writers import DEFAULT_FORMATS, check_formats
@@ -100,11 +99,10 @@ def progress_bar() -> tuple[Callable[[Progress], None], Callable[[], None]]:
 
 def analyze(options: AnalyzeOptions) -> Summary:
     """Everything is checked (model, species lists, formats, sources) before any file is analyzed."""
-    with contextlib.ExitStack() as stack:
-        # Local decode workers start first: spawning them and importing the front end overlaps
-        # loading the model (BentoML's import alone is ~1 s); they get their work once it is checked.
-        local = options.ray is None
-        prestarted = stack.enter_context(DecodeWorkers(options.workers or len(os.sched_getaffinity(0)))) if local else None
+    # Local decode workers start first: spawning them and importing the front end overlaps
+    # loading the model; they get their work once everything is checked.
+    ahead = DecodeWorkers(worker_count(options.workers)) if options.ray is None else contextlib.nullcontext()
+    with ahead as prestarted:
         return _analyze(options, prestarted)
 
 
