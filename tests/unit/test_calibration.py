@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from training import detection_metrics as dm
-from training.calibration import calibrate, fit_temperature, sigmoid
+from training.calibration import best_threshold, calibrate, fit_temperature, sigmoid
 
 
 def _calibrated_pairs(n: int = 20_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,7 +23,17 @@ def test_temperature_undoes_overconfidence():
     assert abs(fit_temperature(logits * 2.5, targets, known) - 2.5) < 0.15
     calibration = calibrate(logits * 2.5, targets, known)
     assert calibration.ece < 0.01 < calibration.ece_uncalibrated
-    assert 0.2 <= calibration.threshold <= 0.9
+    assert 0.5 <= calibration.threshold <= 0.9
+
+
+def test_default_threshold_is_never_below_one_half():
+    # Every positive scores 0.3 and every negative 0.1: micro-F1 peaks at 0.3, but a calibrated
+    # score under 0.5 is a detection more likely wrong than right.
+    targets = np.array([[1, 0], [0, 1], [0, 0], [0, 0]], dtype=np.float32)
+    scores = np.where(targets > 0, 0.3, 0.1)
+    assert best_threshold(scores, targets, np.ones_like(targets, dtype=bool)) == 0.5
+    assert best_threshold(np.where(targets > 0, 0.75, 0.1), targets, np.ones_like(targets, dtype=bool)) == 0.5
+    assert best_threshold(np.where(targets > 0, 0.95, 0.62), targets, np.ones_like(targets, dtype=bool)) == 0.65
 
 
 def test_unknown_pairs_do_not_move_the_fit():
