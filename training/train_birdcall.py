@@ -57,6 +57,10 @@ class BirdcallProfile:
     each call seen at other positions and cuts."""
     mix_share: float = 0.5
     """Share of each batch mixed with another window (training.birdcall_augment)."""
+    empty_window_weight: float = 6.0
+    """Loss weight of a window known to hold no species (background recordings, pauses between
+    calls), against 1 for the others: field recordings are mostly such windows, far more than the
+    generated data's third, and each false detection there is what users see first."""
     frequency_pooling: str = "flatten"
     """training.birdcall_model.BirdCallArch.frequency_pooling; "mean" trains the seed's network."""
     dropout: float = 0.1
@@ -87,10 +91,13 @@ PROFILES = {
 }
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy over the pairs whose target is known."""
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, empty_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean binary cross-entropy over the pairs whose target is known; every pair of a
+    window known to hold no species weighs `empty_weight`."""
+    empty = (known.all(dim=1, keepdim=True) & (targets == 0).all(dim=1, keepdim=True)).float()
+    weights = known * (1 + (empty_weight - 1) * empty)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return (loss * known).sum() / known.sum().clamp(min=1)
+    return (loss * weights).sum() / weights.sum().clamp(min=1)
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -162,7 +169,7 @@ def _fit(
             x, y, k = mix_pairs(roll_time(x_train[idx], generator), y_train[idx], k_train[idx], profile.mix_share, generator)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16):
                 logits = model(normalize(x).contiguous(memory_format=torch.channels_last))
-            loss = masked_bce(logits.float(), y, k)
+            loss = masked_bce(logits.float(), y, k, profile.empty_window_weight)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -170,7 +177,7 @@ def _fit(
             total += loss.item() * len(idx)
             seen += len(idx)
         logits = predict_logits(model, val[0])
-        val_loss = masked_bce(torch.from_numpy(logits), val[1], val[2]).item()
+        val_loss = masked_bce(torch.from_numpy(logits), val[1], val[2], profile.empty_window_weight).item()
         val_f1 = precision_recall(sigmoid(logits), val[1].numpy(), val[2].numpy() > 0, 0.5)["f1"]
         history["train_loss"].append(total / max(seen, 1))
         history["val_loss"].append(val_loss)

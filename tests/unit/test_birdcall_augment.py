@@ -1,4 +1,4 @@
-"""Training augmentation keeps labels right; the learning-rate schedule warms up and anneals."""
+"""Training augmentation keeps labels right; the loss weighs empty windows; the learning-rate schedule warms up and anneals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from itertools import pairwise
 import torch
 
 from training.birdcall_augment import mix_pairs, roll_time
-from training.train_birdcall import PROFILES, _learning_rate
+from training.train_birdcall import PROFILES, _learning_rate, masked_bce
 
 
 def test_roll_moves_each_window_in_time_only():
@@ -46,3 +46,13 @@ def test_learning_rate_warms_up_then_anneals_to_zero():
     assert all(a <= b for a, b in pairwise(rates[: peak + 1]))
     assert all(a >= b for a, b in pairwise(rates[peak:]))
     assert rates[-1] < 1e-9
+
+
+def test_loss_weighs_windows_known_to_be_empty():
+    targets = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    known = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])  # the third may hold a cut call: not empty
+    logits = torch.tensor([[2.0, 2.0], [0.0, 0.0], [1.0, 5.0]])
+    per_pair = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    weights = torch.tensor([[3.0, 3.0], [1.0, 1.0], [1.0, 0.0]])
+    assert torch.isclose(masked_bce(logits, targets, known, 3.0), (per_pair * weights).sum() / weights.sum())
+    assert torch.isclose(masked_bce(logits, targets, known), (per_pair * known).sum() / known.sum())
