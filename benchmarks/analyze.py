@@ -27,6 +27,7 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from analyze.pipeline import worker_count
 from batch.command import AnalyzeOptions, analyze
 from batch.model import AnalysisModel, load_analysis_model
 from service.local_server import ROOT, serve_process
@@ -103,7 +104,7 @@ def pipeline_limit(paths: list[Path], tag: str) -> dict:
     seconds = _stage_seconds(load_analysis_model(tag), paths)
     audio = seconds["audio"]
     per_audio_second = (seconds["decode"] + seconds["features"] + seconds["model"]) / audio
-    cores = len(os.sched_getaffinity(0))
+    cores = worker_count()  # the cores chorus analyze runs a decode worker on
     return {
         "audio_seconds": round(audio, 1),
         "single_core_seconds_per_audio_second": {
@@ -132,7 +133,7 @@ def parallel_scaling(paths: list[Path], tag: str) -> dict:
     then by one process per core at once (each on its own copy of the work). Perfect cores: the same
     time; `efficiency` is alone / together, the share of a core each process really gets."""
     context = multiprocessing.get_context("spawn")
-    cores = len(os.sched_getaffinity(0))
+    cores = worker_count()
 
     def run(processes: int) -> list[float]:
         start, done = context.Barrier(processes), context.Queue()
