@@ -3,7 +3,9 @@
 Multi-label: one independent sigmoid per species, trained with binary cross-entropy over the
 (window, species) pairs whose target is known. Plain BCE rather than focal or asymmetric loss:
 those reshape the scores on purpose, which fights the calibration the scores must carry, and the
-positives here are not rare enough (one pair in ~12) to need them.
+positives here are not rare enough (one pair in ~12) to need them. Windows known to hold no
+species weigh more (BirdcallProfile.empty_window_weight): field recordings are mostly such windows,
+where any detection is a false one.
 """
 
 from __future__ import annotations
