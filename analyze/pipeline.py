@@ -11,13 +11,15 @@ when the model falls behind.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import queue
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -26,6 +28,7 @@ from analyze.analyzer import AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
 from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
 
+StartMethod = Literal["spawn", "fork"]
 Score = Callable[[np.ndarray], np.ndarray]
 """Normalized log-mel windows [n, 1, n_mels, n_frames] -> scores [n, n_labels]."""
 
@@ -64,9 +67,56 @@ def _yield_the_cores() -> None:
         os.nice(19)
 
 
-def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = False) -> None:
+MESSAGE_WINDOWS = 8
+"""Windows per message from a worker to the consumer (fewer only in a file's last message), so
+that the results queue's bound in messages is a bound in windows: a block of a 48 kHz file
+completes one window, one of an 8 kHz file up to 13 (or more with a short stride)."""
+
+
+class _Outbox:
+    """One file's windows, sent on in messages of MESSAGE_WINDOWS as they complete."""
+
+    def __init__(self, results: Any, index: int):
+        self._results, self._index = results, index
+        self._features: list[np.ndarray] = []
+        self._spans: list[tuple[int, int, int]] = []
+
+    def add(self, features: np.ndarray, spans: list[tuple[int, int, int]]) -> None:
+        self._features.append(features)
+        self._spans.extend(spans)
+        while len(self._spans) >= MESSAGE_WINDOWS:
+            self._send(MESSAGE_WINDOWS)
+
+    def flush(self) -> None:
+        if self._spans:
+            self._send(len(self._spans))
+
+    def _send(self, count: int) -> None:
+        features = np.concatenate(self._features) if len(self._features) > 1 else self._features[0]
+        self._results.put(("windows", self._index, features[:count], self._spans[:count]))
+        self._features = [features[count:]] if count < len(features) else []
+        del self._spans[:count]
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the run that started it ends, SIGKILL included: an orphan would decode
+    on into a queue nobody reads and then wait on it forever. Linux's PR_SET_PDEATHSIG, which
+    follows the thread that started the worker: here always the one that closes it. Elsewhere
+    orphans remain possible."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = False, parent: int | None = None) -> None:
     """A worker process: its front end's spec in (from its own queue: it may be started before the
     spec is known), then (index, path) tasks; windows, then done or failed, out (until a None task)."""
+    if parent is not None:
+        _die_with(parent)
     if background:
         _yield_the_cores()
     # One worker per core already: BLAS's own pool of a thread per core in every worker made them
@@ -79,11 +129,12 @@ def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = Fal
     while (task := tasks.get()) is not None:
         index, path = task
         try:
+            outbox = _Outbox(results, index)
             with spec.open(frontend, path) as stream:
                 for batch in stream:
-                    spans = [(s.start, s.end, s.channel) for s in batch.spans]
-                    results.put(("windows", index, batch.features, spans))
+                    outbox.add(batch.features, [(s.start, s.end, s.channel) for s in batch.spans])
                 facts = stream.facts()
+            outbox.flush()
             results.put(("done", index, (facts.duration_seconds, facts.sample_rate, facts.channels)))
         except AudioError as error:
             results.put(("failed", index, ("decode", str(error))))
@@ -102,19 +153,21 @@ def worker_count(requested: int = 0) -> int:
 class DecodeWorkers:
     """The decode + features processes of one run, started before they are given work.
 
-    Spawning one and importing the front end takes ~0.8 s; `chorus analyze` starts them before it
-    loads the model (~1.2 s), so the two overlap. `start` hands every worker the spec and the
-    paths once; `close` stops them whatever state they are in."""
+    Spawning one and importing the front end takes ~0.8 s of CPU; `chorus analyze` forks them
+    instead, before it loads the model. `start` hands every worker the spec and the paths once;
+    `close` stops them whatever state they are in."""
 
-    def __init__(self, count: int, background: bool = False, queue_messages: int = 8):
-        context = multiprocessing.get_context("spawn")  # no fork of a process that runs ONNX Runtime threads
+    def __init__(self, count: int, background: bool = False, queue_windows: int = 256, start_method: StartMethod = "spawn"):
+        """start_method "fork" only where no model runs in this process yet: a fork of a process that
+        runs ONNX Runtime threads may copy a lock one of them holds."""
+        context: Any = multiprocessing.get_context(start_method)  # typeshed: a BaseContext without Process
         self.count = count
         self.started = False
         self._specs = [context.SimpleQueue() for _ in range(count)]
         self._tasks: Any = context.Queue()
-        self.results: Any = context.Queue(maxsize=queue_messages * count)
+        self.results: Any = context.Queue(maxsize=max(1, queue_windows // MESSAGE_WINDOWS))
         self._processes = [
-            context.Process(target=featurize_files, args=(specs, self._tasks, self.results, background), daemon=True)
+            context.Process(target=featurize_files, args=(specs, self._tasks, self.results, background, os.getpid()), daemon=True)
             for specs in self._specs
         ]
         for process in self._processes:
@@ -129,6 +182,10 @@ class DecodeWorkers:
         for specs in self._specs:
             self._tasks.put(None)
             specs.put(spec)
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes if process.pid is not None]
 
     @property
     def alive(self) -> int:
@@ -167,8 +224,10 @@ class LocalPipeline:
     """Worker processes; 0: one per core (the consumer's model runs share them)."""
     batch_windows: int = 64
     """Most windows of one model run; smaller when nothing else is waiting."""
-    queue_messages: int = 8
-    """Messages (a block's windows each) waiting for the consumer at most, per worker."""
+    queue_windows: int = 256
+    """Windows decoded and waiting for the consumer at most, all workers together (~41 KB each for
+    birdcall). Several batches' worth, so the workers go on decoding while the model scores a
+    batch: with room for 16 windows only, they waited on it and left the cores 22% idle."""
     background: bool = False
     """Workers run on idle CPU time only: a job in a server yields the cores to interactive requests."""
     prestarted: DecodeWorkers | None = None
@@ -181,7 +240,7 @@ class LocalPipeline:
         if self.prestarted is not None and not self.prestarted.started:
             workers = self.prestarted
         else:
-            workers = DecodeWorkers(min(worker_count(self.workers), len(paths)), self.background, self.queue_messages)
+            workers = DecodeWorkers(min(worker_count(self.workers), len(paths)), self.background, self.queue_windows)
         with workers:
             workers.start(self.spec, paths)
             yield from self._consume(paths, workers.results, workers.count)

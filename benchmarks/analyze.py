@@ -287,7 +287,8 @@ def run_analyze_bench(out_dir: Path, tag: str = "birdcall:latest", home: str | N
     limit = pipeline_limit(scenes, tag)
     scaling = parallel_scaling(scenes, tag)
     started = time.perf_counter()
-    summary = analyze(AnalyzeOptions(sources=[str(work / "field")], out=work / "field-out", formats=frozenset({"csv"})))
+    options = AnalyzeOptions(sources=[str(work / "field")], out=work / "field-out", formats=frozenset({"csv"}))
+    summary = analyze(options, fork_workers=True)  # as the command starts its workers
     measured = summary.audio_hours * 3600 / (time.perf_counter() - started)
     serving = served(field, home, clients=4)
     longest = long_file(work, long_hours)

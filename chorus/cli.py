@@ -114,7 +114,7 @@ def _analyze(args: argparse.Namespace) -> int:
         ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
     try:
-        summary = analyze(options)
+        summary = analyze(options, fork_workers=True)  # a fresh process: no threads yet
     except (SourceError, UnknownSpeciesError, OutputError, FrontEndConfigError, ArtifactError, ValueError) as error:
         print(f"chorus analyze: {error}", file=sys.stderr)
         return 2

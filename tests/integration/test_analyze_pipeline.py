@@ -3,15 +3,19 @@ batched across files, and each file gets exactly the scores of its own windows."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from analyze.analyzer import AnalysisFailed, FileScores
-from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline
+from analyze.pipeline import MESSAGE_WINDOWS, DecodeWorkers, FrontEndSpec, LocalPipeline, featurize_files
 from features import FrontEnd
-from tests.conftest import encode
+from tests.conftest import ROOT, encode
 
 
 def fake_score(windows: np.ndarray) -> np.ndarray:
@@ -66,6 +70,37 @@ def test_each_file_gets_the_scores_of_its_own_windows(recordings, batch_windows)
         assert isinstance(found[name], AnalysisFailed) and found[name].stage == "decode", found[name]
 
 
+class ListQueue:
+    """A queue for a worker run in this process."""
+
+    def __init__(self, items: list | None = None):
+        self.items = list(items or [])
+
+    def get(self):
+        return self.items.pop(0)
+
+    def put(self, item) -> None:
+        self.items.append(item)
+
+
+def test_a_worker_sends_each_files_windows_in_order_in_messages_of_at_most_message_windows(recordings):
+    # Blocks of ~12 s of the 44.1 kHz stereo file complete several windows each; 3 s makes one.
+    spec = FrontEndSpec.of(FrontEnd(), block_samples=1 << 20)
+    names = ["long.flac", "short.wav"]
+    results = ListQueue()
+    featurize_files(ListQueue([spec]), ListQueue([*enumerate(recordings[n] for n in names), None]), results)
+    assert results.items[-1][0] == "exit"
+    for index, name in enumerate(names):
+        messages = [m for m in results.items if m[1] == index]
+        assert messages[-1][0] == "done" and all(m[0] == "windows" for m in messages[:-1])
+        sizes = [len(m[2]) for m in messages[:-1]]
+        assert all(size == MESSAGE_WINDOWS for size in sizes[:-1]) and 0 < sizes[-1] <= MESSAGE_WINDOWS, sizes
+        assert all(len(m[2]) == len(m[3]) for m in messages[:-1])
+        expected = FrontEnd().analyze(recordings[name])
+        np.testing.assert_array_equal(np.concatenate([m[2] for m in messages[:-1]]), expected.windows.features)
+        assert [tuple(s) for m in messages[:-1] for s in m[3]] == [(s.start, s.end, s.channel) for s in expected.windows.spans]
+
+
 def test_channels_each_are_analyzed_on_their_own(recordings):
     frontend = FrontEnd()
     pipeline = LocalPipeline(fake_score, FrontEndSpec.of(frontend, channels="each"), workers=1)
@@ -105,3 +140,33 @@ def test_workers_closed_before_any_work_stop():
     assert workers.alive == 2
     workers.close()
     assert workers.alive == 0
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_workers_end_when_their_run_is_killed_with_sigkill(start_method):
+    code = (
+        "import time\n"
+        "from analyze.pipeline import DecodeWorkers\n"
+        f"workers = DecodeWorkers(2, start_method={start_method!r})\n"
+        "print(*workers.pids, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        workers = [psutil.Process(int(pid)) for pid in run.stdout.readline().split()]
+        assert len(workers) == 2 and all(w.ppid() == run.pid for w in workers)
+    finally:
+        run.kill()
+        run.wait()
+
+    def ended(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE  # dead, waiting for whoever adopted it
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 30
+    while not all(ended(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(ended(w) for w in workers), "orphaned workers would decode on, then wait on a queue nobody reads"
