@@ -28,7 +28,6 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from analyze.pipeline import worker_count
-from batch.command import AnalyzeOptions, analyze
 from batch.model import AnalysisModel, load_analysis_model
 from service.local_server import ROOT, serve_process
 from training.background_synth import BACKGROUNDS
@@ -155,22 +154,62 @@ def parallel_scaling(paths: list[Path], tag: str) -> dict:
     }
 
 
-def served(paths: list[Path], home: str | None, clients: int) -> dict:
-    """The same files posted to /classify by `clients` at once: audio seconds per wall second."""
+_TIMED_ANALYZE = (
+    "import json, sys, time\n"
+    "from pathlib import Path\n"
+    "from batch.command import AnalyzeOptions, analyze\n"
+    "options = AnalyzeOptions(sources=[sys.argv[1]], out=Path(sys.argv[2]), formats=frozenset({'csv'}))\n"
+    "started = time.perf_counter()\n"
+    "s = analyze(options, fork_workers=True)\n"
+    "print(json.dumps({'audio_seconds': s.audio_hours * 3600, 'wall_seconds': time.perf_counter() - started}))\n"
+)
+
+
+def analyze_in_a_process(source: Path, out: Path) -> float:
+    """`chorus analyze` of `source` in a fresh process, as the command runs it (decode workers forked,
+    start-up and writing the tables included; the interpreter's imports not): audio seconds per wall second."""
+    shutil.rmtree(out, ignore_errors=True)  # a journal would skip the files
+    command = [sys.executable, "-c", _TIMED_ANALYZE, str(source), str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    timed = json.loads(done.stdout.strip().splitlines()[-1])
+    return timed["audio_seconds"] / timed["wall_seconds"]
+
+
+def realtime_against_limit(scenes: list[Path], field: Path, out: Path, tag: str, repeats: int = 3) -> dict:
+    """The command's real-time factor on `field` and the pipeline's limit, measured in turn `repeats`
+    times: both move with the shared machine's load, so each ratio pairs a run with the limit measured
+    next to it. The median run is the figure."""
+    runs, limits = [], []
+    for _ in tqdm(range(repeats), desc="analyze against the limit", leave=False):
+        limits.append(pipeline_limit(scenes, tag))
+        measured = analyze_in_a_process(field, out)
+        limit = limits[-1]["limit_realtime_factor"]
+        runs.append({"limit_realtime_factor": limit, "analyze_realtime_factor": round(measured, 1), "ratio": round(measured / limit, 3)})
+    median = sorted(range(repeats), key=lambda i: runs[i]["ratio"])[repeats // 2]
+    return {"runs": runs, "median": runs[median], "median_limit": limits[median]}
+
+
+def served(paths: list[Path], home: str | None, clients: tuple[int, ...] = (4, 8)) -> dict:
+    """The same files posted to /classify by each count of clients at once, on one warm server: audio
+    seconds per wall second, and the best of them (the count that saturates it)."""
     env = {"BENTOML_HOME": home} if home else {}
     audio = sum(sf.info(str(p)).duration for p in paths)
+    by_clients = {}
     with serve_process("service.service:Chorus", Path("/tmp/chorus-bench-analyze-server.log"), **env) as server:
         httpx.post(f"{server.url}/classify", content=paths[0].read_bytes(), timeout=120)  # warm
-        started = time.perf_counter()
 
         def post(path: Path) -> int:
             with httpx.Client(timeout=600) as client:
                 return client.post(f"{server.url}/classify", content=path.read_bytes()).status_code
 
-        with ThreadPoolExecutor(clients) as pool:
-            codes = list(pool.map(post, paths))
-        wall = time.perf_counter() - started
-    return {"clients": clients, "statuses": sorted(set(codes)), "realtime_factor": round(audio / wall, 1)}
+        for count in clients:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(count) as pool:
+                codes = list(pool.map(post, paths))
+            wall = time.perf_counter() - started
+            by_clients[count] = {"statuses": sorted(set(codes)), "realtime_factor": round(audio / wall, 1)}
+    best = max(by_clients, key=lambda count: by_clients[count]["realtime_factor"])
+    return {"clients": best, "realtime_factor": by_clients[best]["realtime_factor"], "by_clients": by_clients}
 
 
 def peak_rss_of_analyze(path: Path, out: Path) -> dict:
@@ -284,21 +323,19 @@ def run_analyze_bench(out_dir: Path, tag: str = "birdcall:latest", home: str | N
     shutil.rmtree(work, ignore_errors=True)  # a journal left by an earlier run would skip its files
     scenes = field_folder(work / "scenes", 12, 60, 48_000, stereo=True)
     field = two_hours_of(scenes, work / "field")
-    limit = pipeline_limit(scenes, tag)
+    against = realtime_against_limit(scenes, work / "field", work / "field-out", tag)
+    limit, measured = against["median_limit"], against["median"]["analyze_realtime_factor"]
     scaling = parallel_scaling(scenes, tag)
-    started = time.perf_counter()
-    options = AnalyzeOptions(sources=[str(work / "field")], out=work / "field-out", formats=frozenset({"csv"}))
-    summary = analyze(options, fork_workers=True)  # as the command starts its workers
-    measured = summary.audio_hours * 3600 / (time.perf_counter() - started)
-    serving = served(field, home, clients=4)
+    serving = served(field, home)
     longest = long_file(work, long_hours)
     rss = peak_rss_of_analyze(longest, work / "long-out")
     cut = same_detections_on_a_cut(longest, work / "long-out", 10, tag)
     longest.unlink()
     result = {
         "pipeline": limit,
-        "analyze_realtime_factor": round(measured, 1),
-        "ratio_to_limit": round(measured / limit["limit_realtime_factor"], 3),
+        "analyze_realtime_factor": measured,
+        "ratio_to_limit": against["median"]["ratio"],
+        "runs": against["runs"],
         "parallel_scaling": scaling,
         "ratio_to_limit_at_measured_scaling": round(measured / (limit["limit_realtime_factor"] * scaling["efficiency"]), 3),
         "served": serving,
