@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from analyze.analyzer import AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
 from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
+from layout.machine import usable_cores
 
 StartMethod = Literal["spawn", "fork"]
 Score = Callable[[np.ndarray], np.ndarray]
@@ -147,7 +148,7 @@ def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = Fal
 
 def worker_count(requested: int = 0) -> int:
     """Decode processes for `requested` (0: one per core this process may run on)."""
-    return requested or len(os.sched_getaffinity(0))
+    return requested or usable_cores()
 
 
 class DecodeWorkers:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from layout.machine import usable_cores
 
 log = logging.getLogger("chorus.runtime")
 
@@ -49,20 +50,12 @@ def cuda_available() -> bool:
     return CUDA in ort.get_available_providers()
 
 
-def cpu_cores() -> int:
-    """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def plan_lanes(lanes: int, threads: int, on_gpu: bool) -> tuple[int, int]:
     """(lanes, ORT intra-op threads per run) from settings where 0 means automatic."""
     if on_gpu:
         return 1, threads or 1
-    lanes = lanes or cpu_cores()
-    return lanes, threads or max(1, cpu_cores() // lanes)
+    lanes = lanes or usable_cores()
+    return lanes, threads or max(1, usable_cores() // lanes)
 
 
 def make_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
