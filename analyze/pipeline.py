@@ -6,16 +6,20 @@ The workers stream each file (features.FrontEnd.stream: bounded memory whatever 
 send its windows as they complete; the consumer runs the model on batches of up to
 `batch_windows` windows, whichever files they come from, and hands each file's scores on as soon
 as its last window is scored. A bounded queue between them keeps memory bounded: workers wait
-when the model falls behind.
+when the model falls behind. A worker that dies on a file (a decoder crashing on its bytes) fails
+that file, and a new worker takes up the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import queue
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,9 +117,10 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = False, parent: int | None = None) -> None:
-    """A worker process: its front end's spec in (from its own queue: it may be started before the
-    spec is known), then (index, path) tasks; windows, then done or failed, out (until a None task)."""
+def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = False, parent: int | None = None, number: int = 0) -> None:
+    """Worker `number`: its front end's spec in (from its own queue: it may be started before the
+    spec is known), then (index, path) tasks; for each, started, windows, then done or failed, out
+    (until a None task, then exit)."""
     if parent is not None:
         _die_with(parent)
     if background:
@@ -129,6 +134,7 @@ def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = Fal
     frontend = spec.frontend()
     while (task := tasks.get()) is not None:
         index, path = task
+        results.put(("started", index, number))  # whose file it is, should this process die on it
         try:
             outbox = _Outbox(results, index)
             with spec.open(frontend, path) as stream:
@@ -143,7 +149,7 @@ def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = Fal
             results.put(("failed", index, ("read", str(error))))
         except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
             results.put(("error", index, f"{type(error).__name__}: {error}"))
-    results.put(("exit", None, None))
+    results.put(("exit", number, None))
 
 
 def worker_count(requested: int = 0) -> int:
@@ -161,28 +167,60 @@ class DecodeWorkers:
     def __init__(self, count: int, background: bool = False, queue_windows: int = 256, start_method: StartMethod = "spawn"):
         """start_method "fork" only where no model runs in this process yet: a fork of a process that
         runs ONNX Runtime threads may copy a lock one of them holds."""
-        context: Any = multiprocessing.get_context(start_method)  # typeshed: a BaseContext without Process
+        self._context: Any = multiprocessing.get_context(start_method)  # typeshed: a BaseContext without Process
+        self._background = background
         self.count = count
         self.started = False
-        self._specs = [context.SimpleQueue() for _ in range(count)]
-        self._tasks: Any = context.Queue()
-        self.results: Any = context.Queue(maxsize=max(1, queue_windows // MESSAGE_WINDOWS))
-        self._processes = [
-            context.Process(target=featurize_files, args=(specs, self._tasks, self.results, background, os.getpid()), daemon=True)
-            for specs in self._specs
-        ]
+        self._spec: FrontEndSpec | None = None
+        self._specs = [self._context.SimpleQueue() for _ in range(count)]
+        self._tasks: Any = self._context.Queue()
+        # Workers write to the pipe from their decoding thread (no feeder thread): one that crashes
+        # while decoding holds no lock on it and leaves no half-written message in it.
+        self._pipe: Any = self._context.SimpleQueue()
+        self.results: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=max(1, queue_windows // MESSAGE_WINDOWS))
+        self._processes = [self._worker(number, specs) for number, specs in enumerate(self._specs)]
         for process in self._processes:
             process.start()
+        self._reader = threading.Thread(target=self._read, name="chorus-decode-results", daemon=True)
+        self._reader.start()  # after the forks: a forked worker gets no copy of it
+
+    def _read(self) -> None:
+        """Move the workers' messages from the pipe to `results` as they come: a pipe holds ~1.5
+        windows, and the workers must go on decoding while the model scores a batch."""
+        try:
+            while True:
+                self.results.put(self._pipe.get())
+        except (EOFError, OSError):  # closed
+            return
+
+    def _worker(self, number: int, specs: Any) -> Any:
+        args = (specs, self._tasks, self._pipe, self._background, os.getpid(), number)
+        return self._context.Process(target=featurize_files, args=args, daemon=True)
 
     def start(self, spec: FrontEndSpec, paths: Sequence[Path]) -> None:
         if self.started:
             raise RuntimeError("these workers have had their run already")
         self.started = True
+        self._spec = spec
         for item in enumerate(paths):
             self._tasks.put(item)
         for specs in self._specs:
             self._tasks.put(None)
             specs.put(spec)
+
+    def ended(self, exited: set[int]) -> list[tuple[int, int]]:
+        """Workers that ended without saying so (killed, crashed), other than `exited`: number, exit code."""
+        return [(n, p.exitcode) for n, p in enumerate(self._processes) if n not in exited and p.exitcode is not None]
+
+    def replace(self, number: int) -> None:
+        """Start a worker in the place of `number`, which ended without saying so: it takes up the
+        tasks left. Started as the first ones were: a spawned process cannot share queues made
+        for forked ones. One more end-of-tasks mark, in case the dead one had taken its own."""
+        specs = self._context.SimpleQueue()
+        specs.put(self._spec)
+        self._processes[number] = self._worker(number, specs)
+        self._processes[number].start()
+        self._tasks.put(None)
 
     @property
     def pids(self) -> list[int]:
@@ -198,12 +236,29 @@ class DecodeWorkers:
             if process.is_alive():
                 process.terminate()
             process.join()
+        self._pipe.close()  # no writer is left: the reader thread gets to the pipe's end
+        deadline = time.monotonic() + 5
+        while self._reader.is_alive() and time.monotonic() < deadline:  # free it, should it wait on a full `results`
+            with contextlib.suppress(queue.Empty):
+                self.results.get(timeout=0.05)
 
     def __enter__(self) -> DecodeWorkers:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _death(exit_code: int) -> Exception:
+    """What a worker's unannounced end means for the file it was decoding. SIGKILL comes from outside
+    (the kernel out of memory, a user): not the file's fault, tried again next run. A crash (SIGSEGV
+    in a decoder library, say) would come again on the same bytes: the file is failed and journaled."""
+    if exit_code == -signal.SIGKILL:
+        return RuntimeError("its decoding process was killed (SIGKILL: out of memory?)")
+    if exit_code < 0:
+        with contextlib.suppress(ValueError):
+            return AnalysisFailed("decode", f"the decoder crashed on this file (signal {signal.Signals(-exit_code).name})")
+    return AnalysisFailed("decode", f"the decoder crashed on this file (exit status {exit_code})")
 
 
 @dataclass
@@ -244,21 +299,34 @@ class LocalPipeline:
             workers = DecodeWorkers(min(worker_count(self.workers), len(paths)), self.background, self.queue_windows)
         with workers:
             workers.start(self.spec, paths)
-            yield from self._consume(paths, workers.results, workers.count)
+            yield from self._consume(paths, workers)
 
-    def _consume(self, paths: Sequence[Path], results: Any, workers: int) -> Iterator[Outcome]:
+    def _consume(self, paths: Sequence[Path], workers: DecodeWorkers) -> Iterator[Outcome]:
         files = {i: _File(Path(p)) for i, p in enumerate(paths)}
         waiting: list[tuple[int, np.ndarray]] = []  # (file index, windows) not scored yet, oldest first
-        running = workers
+        running, exited = workers.count, set()
+        decoding: dict[int, int] = {}  # worker number -> index of the file it decodes
         while running or waiting:
+            block = not waiting or sum(len(w) for _, w in waiting) < self.batch_windows
             try:
-                message = results.get(block=not waiting or sum(len(w) for _, w in waiting) < self.batch_windows, timeout=0.02)
+                message = workers.results.get(block=block, timeout=0.02)
             except queue.Empty:
                 message = None
+                for number, code in workers.ended(exited) if block else ():  # nothing came for 20 ms: all it sent is in
+                    index = decoding.pop(number, None)
+                    if index in files:
+                        waiting = [(i, w) for i, w in waiting if i != index]
+                        yield files.pop(index).path, _death(code)
+                    workers.replace(number)
             if message is not None:
                 kind, index, payload = message[0], message[1], message[2:]
+                if kind in ("windows", "done", "failed", "error") and index not in files:
+                    continue  # a file given up on already: its worker died
                 if kind == "exit":
                     running -= 1
+                    exited.add(index)
+                elif kind == "started":
+                    decoding[payload[0]] = index
                 elif kind == "windows":
                     features, spans = payload
                     files[index].spans.extend(Span(*s) for s in spans)
@@ -266,7 +334,9 @@ class LocalPipeline:
                     waiting.append((index, features))
                 elif kind == "done":
                     files[index].facts = payload[0]
+                    decoding = {n: i for n, i in decoding.items() if i != index}
                 else:  # failed or error: drop what was queued of the file, report it
+                    decoding = {n: i for n, i in decoding.items() if i != index}
                     waiting = [(i, w) for i, w in waiting if i != index]
                     failed = files.pop(index)
                     yield failed.path, AnalysisFailed(*payload[0]) if kind == "failed" else RuntimeError(payload[0])
@@ -275,6 +345,8 @@ class LocalPipeline:
                 waiting = self._score_some(files, waiting)
             for index in [i for i, f in files.items() if f.facts is not None and f.unscored == 0]:
                 yield self._finished(files.pop(index))
+        for file in files.values():  # its worker died before saying it had started it: the next run tries again
+            yield file.path, RuntimeError("its decoding process ended without a result")
 
     def _score_some(self, files: dict[int, _File], waiting: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
         """Run the model on up to batch_windows of the oldest waiting windows; returns what is left waiting."""

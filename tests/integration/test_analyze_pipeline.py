@@ -3,6 +3,8 @@ batched across files, and each file gets exactly the scores of its own windows."
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -89,16 +91,16 @@ def test_a_worker_sends_each_files_windows_in_order_in_messages_of_at_most_messa
     names = ["long.flac", "short.wav"]
     results = ListQueue()
     featurize_files(ListQueue([spec]), ListQueue([*enumerate(recordings[n] for n in names), None]), results)
-    assert results.items[-1][0] == "exit"
+    assert results.items[-1] == ("exit", 0, None)
     for index, name in enumerate(names):
-        messages = [m for m in results.items if m[1] == index]
-        assert messages[-1][0] == "done" and all(m[0] == "windows" for m in messages[:-1])
-        sizes = [len(m[2]) for m in messages[:-1]]
+        started, *windows, done = [m for m in results.items[:-1] if m[1] == index]
+        assert started == ("started", index, 0) and done[0] == "done" and all(m[0] == "windows" for m in windows)
+        sizes = [len(m[2]) for m in windows]
         assert all(size == MESSAGE_WINDOWS for size in sizes[:-1]) and 0 < sizes[-1] <= MESSAGE_WINDOWS, sizes
-        assert all(len(m[2]) == len(m[3]) for m in messages[:-1])
+        assert all(len(m[2]) == len(m[3]) for m in windows)
         expected = FrontEnd().analyze(recordings[name])
-        np.testing.assert_array_equal(np.concatenate([m[2] for m in messages[:-1]]), expected.windows.features)
-        assert [tuple(s) for m in messages[:-1] for s in m[3]] == [(s.start, s.end, s.channel) for s in expected.windows.spans]
+        np.testing.assert_array_equal(np.concatenate([m[2] for m in windows]), expected.windows.features)
+        assert [tuple(s) for m in windows for s in m[3]] == [(s.start, s.end, s.channel) for s in expected.windows.spans]
 
 
 def test_channels_each_are_analyzed_on_their_own(recordings):
@@ -170,3 +172,41 @@ def test_workers_end_when_their_run_is_killed_with_sigkill(start_method):
     while not all(ended(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(ended(w) for w in workers), "orphaned workers would decode on, then wait on a queue nobody reads"
+
+
+_RUN_WITH_A_CRASH = """
+import json, os, sys
+from pathlib import Path
+import numpy as np
+from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline
+from features import FrontEnd
+
+opened = FrontEndSpec.open
+
+def open_or_die(self, frontend, path):
+    if Path(path).name == sys.argv[1]:
+        os.kill(os.getpid(), int(sys.argv[2]))
+    return opened(self, frontend, path)
+
+FrontEndSpec.open = open_or_die  # forked workers inherit it
+with DecodeWorkers(1, start_method="fork") as ahead:
+    pipeline = LocalPipeline(lambda w: np.zeros((len(w), 3), np.float32), FrontEndSpec.of(FrontEnd()), prestarted=ahead)
+    found = {p.name: [type(o).__name__, str(o)] for p, o in pipeline([Path(a) for a in sys.argv[3:]])}
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize(
+    "signal_number, failure, reason",
+    [
+        (signal.SIGTERM, "AnalysisFailed", "decode: the decoder crashed on this file (signal SIGTERM)"),
+        (signal.SIGKILL, "RuntimeError", "its decoding process was killed (SIGKILL: out of memory?)"),
+    ],
+)
+def test_a_worker_dying_on_a_file_fails_that_file_and_a_new_worker_takes_up_the_rest(recordings, signal_number, failure, reason):
+    names = ["long.flac", "mid.mp3", "short.wav", "stereo.ogg"]
+    command = [sys.executable, "-c", _RUN_WITH_A_CRASH, "mid.mp3", str(int(signal_number)), *(str(recordings[n]) for n in names)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found.pop("mid.mp3") == [failure, reason]
+    assert found == {name: ["FileScores", found[name][1]] for name in ("long.flac", "short.wav", "stereo.ogg")}
