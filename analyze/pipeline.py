@@ -304,7 +304,7 @@ class LocalPipeline:
     def _consume(self, paths: Sequence[Path], workers: DecodeWorkers) -> Iterator[Outcome]:
         files = {i: _File(Path(p)) for i, p in enumerate(paths)}
         waiting: list[tuple[int, np.ndarray]] = []  # (file index, windows) not scored yet, oldest first
-        running, exited = workers.count, set()
+        running, exited = workers.count, set[int]()
         decoding: dict[int, int] = {}  # worker number -> index of the file it decodes
         while running or waiting:
             block = not waiting or sum(len(w) for _, w in waiting) < self.batch_windows
