@@ -19,9 +19,9 @@ import os
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,45 +157,96 @@ def worker_count(requested: int = 0) -> int:
     return requested or usable_cores()
 
 
+class _PipeWriter:
+    """A worker's end of its own pipe, written from its decoding thread: nothing is shared with the
+    other workers, so one that dies, even half way through a message, stops only its own pipe."""
+
+    def __init__(self, connection: Connection):
+        self._connection = connection
+
+    def put(self, message: tuple[Any, ...]) -> None:
+        self._connection.send(message)
+
+
+def _decode_worker(specs: Any, tasks: Any, pipe: Connection, background: bool, parent: int, number: int) -> None:
+    featurize_files(specs, tasks, _PipeWriter(pipe), background, parent, number)
+
+
 class DecodeWorkers:
     """The decode + features processes of one run, started before they are given work.
 
     Spawning one and importing the front end takes ~0.8 s of CPU; `chorus analyze` forks them
     instead, before it loads the model. `start` hands every worker the spec and the paths once;
-    `close` stops them whatever state they are in."""
+    `close` stops them whatever state they are in.
+
+    Each worker writes to a pipe of its own; a thread here moves their messages into `results`
+    (a pipe holds ~1.5 windows: the workers must go on decoding while the model scores a batch),
+    and when a worker's pipe ends without its exit message, it adds ("ended", number, exit code)
+    after the last message that worker sent."""
 
     def __init__(self, count: int, background: bool = False, queue_windows: int = 256, start_method: StartMethod = "spawn"):
         """start_method "fork" only where no model runs in this process yet: a fork of a process that
-        runs ONNX Runtime threads may copy a lock one of them holds."""
-        self._context: Any = multiprocessing.get_context(start_method)  # typeshed: a BaseContext without Process
+        runs ONNX Runtime threads may copy a lock one of them holds. Replacements are always spawned."""
+        self._start_context: Any = multiprocessing.get_context(start_method)  # typeshed: a BaseContext without Process
+        self._spawn: Any = multiprocessing.get_context("spawn")  # queues that a spawned replacement may share too
         self._background = background
         self.count = count
         self.started = False
         self._spec: FrontEndSpec | None = None
-        self._specs = [self._context.SimpleQueue() for _ in range(count)]
-        self._tasks: Any = self._context.Queue()
-        # Workers write to the pipe from their decoding thread (no feeder thread): one that crashes
-        # while decoding holds no lock on it and leaves no half-written message in it.
-        self._pipe: Any = self._context.SimpleQueue()
+        self._tasks: Any = self._spawn.Queue()
         self.results: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=max(1, queue_windows // MESSAGE_WINDOWS))
-        self._processes = [self._worker(number, specs) for number, specs in enumerate(self._specs)]
-        for process in self._processes:
-            process.start()
+        self._lock = threading.Lock()
+        self._specs: dict[int, Any] = {}
+        self._processes: dict[int, Any] = {}
+        self._pipes: dict[Connection, int] = {}
+        self._closing = threading.Event()
+        for number in range(count):
+            self._launch(number, self._start_context)
         self._reader = threading.Thread(target=self._read, name="chorus-decode-results", daemon=True)
         self._reader.start()  # after the forks: a forked worker gets no copy of it
 
-    def _read(self) -> None:
-        """Move the workers' messages from the pipe to `results` as they come: a pipe holds ~1.5
-        windows, and the workers must go on decoding while the model scores a batch."""
-        try:
-            while True:
-                self.results.put(self._pipe.get())
-        except (EOFError, OSError):  # closed
-            return
+    def _launch(self, number: int, context: Any) -> None:
+        specs = self._spawn.SimpleQueue()  # kept in self._specs: a spawned child opens it by name
+        if self._spec is not None:
+            specs.put(self._spec)
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        args = (specs, self._tasks, writer, self._background, os.getpid(), number)
+        process = context.Process(target=_decode_worker, args=args, daemon=True)
+        process.start()
+        writer.close()  # the worker's copy is the only one left: its end is the pipe's end
+        with self._lock:
+            self._specs[number], self._processes[number], self._pipes[reader] = specs, process, number
 
-    def _worker(self, number: int, specs: Any) -> Any:
-        args = (specs, self._tasks, self._pipe, self._background, os.getpid(), number)
-        return self._context.Process(target=featurize_files, args=args, daemon=True)
+    def _read(self) -> None:
+        exited: set[int] = set()
+        while not self._closing.is_set():
+            with self._lock:
+                pipes = dict(self._pipes)
+            ready = wait(list(pipes), timeout=0.1)
+            for pipe, number in pipes.items():
+                if pipe not in ready:
+                    continue
+                try:
+                    message: tuple[Any, ...] = pipe.recv()
+                except (EOFError, OSError):  # the worker is gone (half a message, if any, is dropped)
+                    with self._lock:
+                        del self._pipes[pipe]
+                        process = self._processes[number]
+                    pipe.close()
+                    if number in exited:
+                        exited.discard(number)
+                        continue
+                    process.join(timeout=5)
+                    message = ("ended", number, process.exitcode)
+                if message[0] == "exit":
+                    exited.add(number)
+                self._put(message)
+
+    def _put(self, message: tuple[Any, ...]) -> None:
+        while not self._closing.is_set():
+            with contextlib.suppress(queue.Full):
+                self.results.put(message, timeout=0.1)
+                return
 
     def start(self, spec: FrontEndSpec, paths: Sequence[Path]) -> None:
         if self.started:
@@ -204,43 +255,39 @@ class DecodeWorkers:
         self._spec = spec
         for item in enumerate(paths):
             self._tasks.put(item)
-        for specs in self._specs:
+        with self._lock:
+            specs = list(self._specs.values())
+        for queued in specs:
             self._tasks.put(None)
-            specs.put(spec)
-
-    def ended(self, exited: set[int]) -> list[tuple[int, int]]:
-        """Workers that ended without saying so (killed, crashed), other than `exited`: number, exit code."""
-        return [(n, p.exitcode) for n, p in enumerate(self._processes) if n not in exited and p.exitcode is not None]
+            queued.put(spec)
 
     def replace(self, number: int) -> None:
-        """Start a worker in the place of `number`, which ended without saying so: it takes up the
-        tasks left. Started as the first ones were: a spawned process cannot share queues made
-        for forked ones. One more end-of-tasks mark, in case the dead one had taken its own."""
-        specs = self._context.SimpleQueue()
-        specs.put(self._spec)
-        self._processes[number] = self._worker(number, specs)
-        self._processes[number].start()
+        """Spawn a worker in the place of `number`, which died on a file: it takes up the tasks
+        left. One more end-of-tasks mark, in case the dead one had taken its own."""
+        self._launch(number, self._spawn)
         self._tasks.put(None)
 
     @property
     def pids(self) -> list[int]:
-        return [process.pid for process in self._processes if process.pid is not None]
+        return [process.pid for process in self._processes.values() if process.pid is not None]
 
     @property
     def alive(self) -> int:
         """Worker processes still running."""
-        return sum(process.is_alive() for process in self._processes)
+        return sum(process.is_alive() for process in self._processes.values())
 
     def close(self) -> None:
-        for process in self._processes:
+        for process in self._processes.values():
             if process.is_alive():
                 process.terminate()
             process.join()
-        self._pipe.close()  # no writer is left: the reader thread gets to the pipe's end
-        deadline = time.monotonic() + 5
-        while self._reader.is_alive() and time.monotonic() < deadline:  # free it, should it wait on a full `results`
-            with contextlib.suppress(queue.Empty):
-                self.results.get(timeout=0.05)
+        self._closing.set()
+        self._reader.join()
+        for pipe in self._pipes:
+            pipe.close()
+        # Tasks nobody will take: do not wait for them to be written to the pipe (at exit, too).
+        self._tasks.cancel_join_thread()
+        self._tasks.close()
 
     def __enter__(self) -> DecodeWorkers:
         return self
@@ -249,16 +296,23 @@ class DecodeWorkers:
         self.close()
 
 
-def _death(exit_code: int) -> Exception:
-    """What a worker's unannounced end means for the file it was decoding. SIGKILL comes from outside
-    (the kernel out of memory, a user): not the file's fault, tried again next run. A crash (SIGSEGV
-    in a decoder library, say) would come again on the same bytes: the file is failed and journaled."""
-    if exit_code == -signal.SIGKILL:
-        return RuntimeError("its decoding process was killed (SIGKILL: out of memory?)")
-    if exit_code < 0:
-        with contextlib.suppress(ValueError):
-            return AnalysisFailed("decode", f"the decoder crashed on this file (signal {signal.Signals(-exit_code).name})")
-    return AnalysisFailed("decode", f"the decoder crashed on this file (exit status {exit_code})")
+_CRASHES = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT})
+
+
+def _death(exit_code: int | None) -> Exception:
+    """What a worker's unannounced end means for the file it was decoding. A crash (SIGSEGV in a
+    decoder library on hostile bytes, say) would come again on the same bytes: the file fails and
+    is journaled. Anything else (SIGKILL from the kernel out of memory, a signal from a user) is
+    not the file's fault: it fails this run only and is tried again by the next."""
+    if exit_code is not None and exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        if -exit_code in _CRASHES:
+            return AnalysisFailed("decode", f"the decoder crashed on this file ({name})")
+        return RuntimeError(f"its decoding process ended on it ({name})")
+    return RuntimeError(f"its decoding process ended on it (exit status {exit_code})")
 
 
 @dataclass
@@ -304,7 +358,7 @@ class LocalPipeline:
     def _consume(self, paths: Sequence[Path], workers: DecodeWorkers) -> Iterator[Outcome]:
         files = {i: _File(Path(p)) for i, p in enumerate(paths)}
         waiting: list[tuple[int, np.ndarray]] = []  # (file index, windows) not scored yet, oldest first
-        running, exited = workers.count, set[int]()
+        running = workers.count
         decoding: dict[int, int] = {}  # worker number -> index of the file it decodes
         while running or waiting:
             block = not waiting or sum(len(w) for _, w in waiting) < self.batch_windows
@@ -312,19 +366,20 @@ class LocalPipeline:
                 message = workers.results.get(block=block, timeout=0.02)
             except queue.Empty:
                 message = None
-                for number, code in workers.ended(exited) if block else ():  # nothing came for 20 ms: all it sent is in
-                    index = decoding.pop(number, None)
-                    if index in files:
-                        waiting = [(i, w) for i, w in waiting if i != index]
-                        yield files.pop(index).path, _death(code)
-                    workers.replace(number)
             if message is not None:
                 kind, index, payload = message[0], message[1], message[2:]
-                if kind in ("windows", "done", "failed", "error") and index not in files:
-                    continue  # a file given up on already: its worker died
                 if kind == "exit":
                     running -= 1
-                    exited.add(index)
+                elif kind == "ended":  # worker `index` died; everything it sent came before this
+                    running -= 1
+                    dead_on = decoding.pop(index, None)
+                    if dead_on in files:
+                        waiting = [(i, w) for i, w in waiting if i != dead_on]
+                        yield files.pop(dead_on).path, _death(payload[0])
+                    if dead_on is not None:  # it died on a file, not before any: a new one takes up the rest
+                        workers.replace(index)
+                        running += 1
+                    continue
                 elif kind == "started":
                     decoding[payload[0]] = index
                 elif kind == "windows":

@@ -175,38 +175,58 @@ def test_workers_end_when_their_run_is_killed_with_sigkill(start_method):
 
 
 _RUN_WITH_A_CRASH = """
-import json, os, sys
+import json, os, resource, sys
 from pathlib import Path
 import numpy as np
 from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline
 from features import FrontEnd
 
-opened = FrontEndSpec.open
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a SIGABRT leaves no core file behind
+opened, made = FrontEndSpec.open, FrontEndSpec.frontend
+die_on, signal_number = sys.argv[1], int(sys.argv[2])
 
 def open_or_die(self, frontend, path):
-    if Path(path).name == sys.argv[1]:
-        os.kill(os.getpid(), int(sys.argv[2]))
+    if Path(path).name == die_on:
+        os.kill(os.getpid(), signal_number)
     return opened(self, frontend, path)
 
-FrontEndSpec.open = open_or_die  # forked workers inherit it
+def frontend_or_die(self):
+    if die_on == "the spec":
+        os.kill(os.getpid(), signal_number)
+    return made(self)
+
+# Forked workers inherit both; replacements are spawned and do not.
+FrontEndSpec.open, FrontEndSpec.frontend = open_or_die, frontend_or_die
 with DecodeWorkers(1, start_method="fork") as ahead:
     pipeline = LocalPipeline(lambda w: np.zeros((len(w), 3), np.float32), FrontEndSpec.of(FrontEnd()), prestarted=ahead)
     found = {p.name: [type(o).__name__, str(o)] for p, o in pipeline([Path(a) for a in sys.argv[3:]])}
 print(json.dumps(found))
 """
 
+NAMES = ["long.flac", "mid.mp3", "short.wav", "stereo.ogg"]
+
+
+def run_with_a_crash(recordings, die_on: str, signal_number: int) -> dict[str, list[str]]:
+    command = [sys.executable, "-c", _RUN_WITH_A_CRASH, die_on, str(int(signal_number)), *(str(recordings[n]) for n in NAMES)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 @pytest.mark.parametrize(
     "signal_number, failure, reason",
     [
-        (signal.SIGTERM, "AnalysisFailed", "decode: the decoder crashed on this file (signal SIGTERM)"),
-        (signal.SIGKILL, "RuntimeError", "its decoding process was killed (SIGKILL: out of memory?)"),
+        (signal.SIGABRT, "AnalysisFailed", "decode: the decoder crashed on this file (SIGABRT)"),  # journaled
+        (signal.SIGKILL, "RuntimeError", "its decoding process ended on it (SIGKILL)"),  # tried again next run
+        (signal.SIGTERM, "RuntimeError", "its decoding process ended on it (SIGTERM)"),
     ],
 )
 def test_a_worker_dying_on_a_file_fails_that_file_and_a_new_worker_takes_up_the_rest(recordings, signal_number, failure, reason):
-    names = ["long.flac", "mid.mp3", "short.wav", "stereo.ogg"]
-    command = [sys.executable, "-c", _RUN_WITH_A_CRASH, "mid.mp3", str(int(signal_number)), *(str(recordings[n]) for n in names)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_with_a_crash(recordings, "mid.mp3", signal_number)
     assert found.pop("mid.mp3") == [failure, reason]
     assert found == {name: ["FileScores", found[name][1]] for name in ("long.flac", "short.wav", "stereo.ogg")}
+
+
+def test_workers_dying_before_any_file_end_the_run_with_every_file_to_try_again(recordings):
+    # Not replaced (it would die the same way, for ever): the files are failed for this run only.
+    found = run_with_a_crash(recordings, "the spec", signal.SIGKILL)
+    assert found == {name: ["RuntimeError", "its decoding process ended without a result"] for name in NAMES}
