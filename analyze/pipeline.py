@@ -12,6 +12,7 @@ that file, and a new worker takes up the rest.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import multiprocessing
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -84,9 +85,9 @@ class _Outbox:
     def __init__(self, results: Any, index: int):
         self._results, self._index = results, index
         self._features: list[np.ndarray] = []
-        self._spans: list[tuple[int, int, int]] = []
+        self._spans: list[tuple[float, float, int | None]] = []
 
-    def add(self, features: np.ndarray, spans: list[tuple[int, int, int]]) -> None:
+    def add(self, features: np.ndarray, spans: list[tuple[float, float, int | None]]) -> None:
         self._features.append(features)
         self._spans.extend(spans)
         while len(self._spans) >= MESSAGE_WINDOWS:
@@ -117,10 +118,22 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = False, parent: int | None = None, number: int = 0) -> None:
-    """Worker `number`: its front end's spec in (from its own queue: it may be started before the
-    spec is known), then (index, path) tasks; for each, started, windows, then done or failed, out
-    (until a None task, then exit)."""
+class Channel(Protocol):
+    """A worker's line to the run."""
+
+    def spec(self) -> FrontEndSpec | None:
+        """The front end to build (None: stop); waits for it, since a worker may start before the run does."""
+
+    def next_task(self) -> tuple[int, Path] | None:
+        """The next file to analyze, as (index, path); None: no more."""
+
+    def put(self, message: tuple[Any, ...]) -> None:
+        """Send a message about the file in hand (or the worker's exit) to the run."""
+
+
+def featurize_files(channel: Channel, background: bool = False, parent: int | None = None, number: int = 0) -> None:
+    """Worker `number`: its front end's spec in, then files one by one; for each, its windows, then
+    done or failed, out; exit when no file is left."""
     if parent is not None:
         _die_with(parent)
     if background:
@@ -128,28 +141,27 @@ def featurize_files(specs: Any, tasks: Any, results: Any, background: bool = Fal
     # One worker per core already: BLAS's own pool of a thread per core in every worker made them
     # spin against each other (the same 2-hour folder: 352x real time with it, ~800x without).
     threadpool_limits(1)
-    spec = specs.get()
-    if spec is None:  # closed before any work
+    spec = channel.spec()
+    if spec is None:
         return
     frontend = spec.frontend()
-    while (task := tasks.get()) is not None:
+    while (task := channel.next_task()) is not None:
         index, path = task
-        results.put(("started", index, number))  # whose file it is, should this process die on it
         try:
-            outbox = _Outbox(results, index)
+            outbox = _Outbox(channel, index)
             with spec.open(frontend, path) as stream:
                 for batch in stream:
                     outbox.add(batch.features, [(s.start, s.end, s.channel) for s in batch.spans])
                 facts = stream.facts()
             outbox.flush()
-            results.put(("done", index, (facts.duration_seconds, facts.sample_rate, facts.channels)))
+            channel.put(("done", index, (facts.duration_seconds, facts.sample_rate, facts.channels)))
         except AudioError as error:
-            results.put(("failed", index, ("decode", str(error))))
+            channel.put(("failed", index, ("decode", str(error))))
         except OSError as error:
-            results.put(("failed", index, ("read", str(error))))
+            channel.put(("failed", index, ("read", str(error))))
         except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
-            results.put(("error", index, f"{type(error).__name__}: {error}"))
-    results.put(("exit", number, None))
+            channel.put(("error", index, f"{type(error).__name__}: {error}"))
+    channel.put(("exit", number, None))
 
 
 def worker_count(requested: int = 0) -> int:
@@ -157,19 +169,29 @@ def worker_count(requested: int = 0) -> int:
     return requested or usable_cores()
 
 
-class _PipeWriter:
-    """A worker's end of its own pipe, written from its decoding thread: nothing is shared with the
-    other workers, so one that dies, even half way through a message, stops only its own pipe."""
+class _PipeChannel:
+    """A worker's end of its own pipe, used from its decoding thread only: nothing (no lock, no
+    queue) is shared with the other workers, so one that dies, even half way through a message,
+    stops only its own pipe. It asks for each file as it is ready for it."""
 
-    def __init__(self, connection: Connection):
-        self._connection = connection
+    def __init__(self, connection: Connection, number: int):
+        self._connection, self._number = connection, number
+
+    def spec(self) -> FrontEndSpec | None:
+        spec: FrontEndSpec | None = self._connection.recv()
+        return spec
+
+    def next_task(self) -> tuple[int, Path] | None:
+        self._connection.send(("ready", self._number, None))
+        task: tuple[int, Path] | None = self._connection.recv()
+        return task
 
     def put(self, message: tuple[Any, ...]) -> None:
         self._connection.send(message)
 
 
-def _decode_worker(specs: Any, tasks: Any, pipe: Connection, background: bool, parent: int, number: int) -> None:
-    featurize_files(specs, tasks, _PipeWriter(pipe), background, parent, number)
+def _decode_worker(connection: Connection, background: bool, parent: int, number: int) -> None:
+    featurize_files(_PipeChannel(connection, number), background, parent, number)
 
 
 class DecodeWorkers:
@@ -179,24 +201,24 @@ class DecodeWorkers:
     instead, before it loads the model. `start` hands every worker the spec and the paths once;
     `close` stops them whatever state they are in.
 
-    Each worker writes to a pipe of its own; a thread here moves their messages into `results`
-    (a pipe holds ~1.5 windows: the workers must go on decoding while the model scores a batch),
-    and when a worker's pipe ends without its exit message, it adds ("ended", number, exit code)
-    after the last message that worker sent."""
+    Each worker has a pipe of its own, on which it asks for files one at a time. A thread here
+    hands them out, saying ("started", index, number) in `results` for each, and moves the
+    workers' messages into `results` (a pipe holds ~1.5 windows: the workers must go on decoding
+    while the model scores a batch). When a worker's pipe ends without its exit message, it adds
+    ("ended", number, exit code) after the last message that worker sent."""
 
     def __init__(self, count: int, background: bool = False, queue_windows: int = 256, start_method: StartMethod = "spawn"):
         """start_method "fork" only where no model runs in this process yet: a fork of a process that
         runs ONNX Runtime threads may copy a lock one of them holds. Replacements are always spawned."""
         self._start_context: Any = multiprocessing.get_context(start_method)  # typeshed: a BaseContext without Process
-        self._spawn: Any = multiprocessing.get_context("spawn")  # queues that a spawned replacement may share too
+        self._spawn: Any = multiprocessing.get_context("spawn")  # for replacements: by then model threads may run here
         self._background = background
         self.count = count
         self.started = False
         self._spec: FrontEndSpec | None = None
-        self._tasks: Any = self._spawn.Queue()
+        self._todo: collections.deque[tuple[int, Path]] = collections.deque()
         self.results: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=max(1, queue_windows // MESSAGE_WINDOWS))
         self._lock = threading.Lock()
-        self._specs: dict[int, Any] = {}
         self._processes: dict[int, Any] = {}
         self._pipes: dict[Connection, int] = {}
         self._closing = threading.Event()
@@ -206,18 +228,22 @@ class DecodeWorkers:
         self._reader.start()  # after the forks: a forked worker gets no copy of it
 
     def _launch(self, number: int, context: Any) -> None:
-        specs = self._spawn.SimpleQueue()  # kept in self._specs: a spawned child opens it by name
-        if self._spec is not None:
-            specs.put(self._spec)
-        reader, writer = multiprocessing.Pipe(duplex=False)
-        args = (specs, self._tasks, writer, self._background, os.getpid(), number)
-        process = context.Process(target=_decode_worker, args=args, daemon=True)
+        mine, theirs = multiprocessing.Pipe()
+        process = context.Process(target=_decode_worker, args=(theirs, self._background, os.getpid(), number), daemon=True)
         process.start()
-        writer.close()  # the worker's copy is the only one left: its end is the pipe's end
+        theirs.close()  # the worker's copy is the only one left: its end is the pipe's end
         with self._lock:
-            self._specs[number], self._processes[number], self._pipes[reader] = specs, process, number
+            self._processes[number], self._pipes[mine] = process, number
+            if self._spec is not None:
+                mine.send(self._spec)
 
     def _read(self) -> None:
+        try:
+            self._read_pipes()
+        except Exception as error:  # a fault of ours: the run must stop, not wait for ever
+            self._put(("broken", None, f"{type(error).__name__}: {error}"))
+
+    def _read_pipes(self) -> None:
         exited: set[int] = set()
         while not self._closing.is_set():
             with self._lock:
@@ -238,9 +264,25 @@ class DecodeWorkers:
                         continue
                     process.join(timeout=5)
                     message = ("ended", number, process.exitcode)
+                if message[0] == "ready":
+                    self._hand_out(pipe, number)
+                    continue
                 if message[0] == "exit":
                     exited.add(number)
                 self._put(message)
+
+    def _hand_out(self, pipe: Connection, number: int) -> None:
+        with self._lock:
+            task = self._todo.popleft() if self._todo else None
+        try:
+            pipe.send(task)
+        except OSError:  # it died since it asked: the file goes to the next that asks
+            if task is not None:
+                with self._lock:
+                    self._todo.appendleft(task)
+            return
+        if task is not None:
+            self._put(("started", task[0], number))  # before anything the worker says of it
 
     def _put(self, message: tuple[Any, ...]) -> None:
         while not self._closing.is_set():
@@ -252,20 +294,15 @@ class DecodeWorkers:
         if self.started:
             raise RuntimeError("these workers have had their run already")
         self.started = True
-        self._spec = spec
-        for item in enumerate(paths):
-            self._tasks.put(item)
         with self._lock:
-            specs = list(self._specs.values())
-        for queued in specs:
-            self._tasks.put(None)
-            queued.put(spec)
+            self._spec = spec
+            self._todo.extend(enumerate(paths))
+            for pipe in self._pipes:
+                pipe.send(spec)
 
     def replace(self, number: int) -> None:
-        """Spawn a worker in the place of `number`, which died on a file: it takes up the tasks
-        left. One more end-of-tasks mark, in case the dead one had taken its own."""
+        """Spawn a worker in the place of `number`, which died on a file: it takes up the files left."""
         self._launch(number, self._spawn)
-        self._tasks.put(None)
 
     @property
     def pids(self) -> list[int]:
@@ -285,9 +322,6 @@ class DecodeWorkers:
         self._reader.join()
         for pipe in self._pipes:
             pipe.close()
-        # Tasks nobody will take: do not wait for them to be written to the pipe (at exit, too).
-        self._tasks.cancel_join_thread()
-        self._tasks.close()
 
     def __enter__(self) -> DecodeWorkers:
         return self
@@ -382,6 +416,8 @@ class LocalPipeline:
                     continue
                 elif kind == "started":
                     decoding[payload[0]] = index
+                elif kind == "broken":
+                    raise RuntimeError(f"reading the decode workers failed: {payload[0]}")
                 elif kind == "windows":
                     features, spans = payload
                     files[index].spans.extend(Span(*s) for s in spans)

@@ -72,29 +72,34 @@ def test_each_file_gets_the_scores_of_its_own_windows(recordings, batch_windows)
         assert isinstance(found[name], AnalysisFailed) and found[name].stage == "decode", found[name]
 
 
-class ListQueue:
-    """A queue for a worker run in this process."""
+class ListChannel:
+    """A worker's line to the run, for a worker run in this process."""
 
-    def __init__(self, items: list | None = None):
-        self.items = list(items or [])
+    def __init__(self, spec: FrontEndSpec, tasks: list[tuple[int, Path]]):
+        self._spec, self._tasks = spec, list(tasks)
+        self.asked = 0
+        self.sent: list[tuple] = []
 
-    def get(self):
-        return self.items.pop(0)
+    def spec(self) -> FrontEndSpec:
+        return self._spec
 
-    def put(self, item) -> None:
-        self.items.append(item)
+    def next_task(self) -> tuple[int, Path] | None:
+        self.asked += 1
+        return self._tasks.pop(0) if self._tasks else None
+
+    def put(self, message: tuple) -> None:
+        self.sent.append(message)
 
 
 def test_a_worker_sends_each_files_windows_in_order_in_messages_of_at_most_message_windows(recordings):
     # Blocks of ~12 s of the 44.1 kHz stereo file complete several windows each; 3 s makes one.
-    spec = FrontEndSpec.of(FrontEnd(), block_samples=1 << 20)
     names = ["long.flac", "short.wav"]
-    results = ListQueue()
-    featurize_files(ListQueue([spec]), ListQueue([*enumerate(recordings[n] for n in names), None]), results)
-    assert results.items[-1] == ("exit", 0, None)
+    channel = ListChannel(FrontEndSpec.of(FrontEnd(), block_samples=1 << 20), list(enumerate(recordings[n] for n in names)))
+    featurize_files(channel, number=3)
+    assert channel.sent[-1] == ("exit", 3, None) and channel.asked == 3  # one file at a time, then "no more"
     for index, name in enumerate(names):
-        started, *windows, done = [m for m in results.items[:-1] if m[1] == index]
-        assert started == ("started", index, 0) and done[0] == "done" and all(m[0] == "windows" for m in windows)
+        *windows, done = [m for m in channel.sent[:-1] if m[1] == index]
+        assert done[0] == "done" and all(m[0] == "windows" for m in windows)
         sizes = [len(m[2]) for m in windows]
         assert all(size == MESSAGE_WINDOWS for size in sizes[:-1]) and 0 < sizes[-1] <= MESSAGE_WINDOWS, sizes
         assert all(len(m[2]) == len(m[3]) for m in windows)
@@ -230,3 +235,13 @@ def test_workers_dying_before_any_file_end_the_run_with_every_file_to_try_again(
     # Not replaced (it would die the same way, for ever): the files are failed for this run only.
     found = run_with_a_crash(recordings, "the spec", signal.SIGKILL)
     assert found == {name: ["RuntimeError", "its decoding process ended without a result"] for name in NAMES}
+
+
+def test_a_fault_in_reading_the_workers_stops_the_run_instead_of_waiting_for_ever(recordings, monkeypatch):
+    def broken(self) -> None:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(DecodeWorkers, "_read_pipes", broken)
+    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
+    with pytest.raises(RuntimeError, match="reading the decode workers failed: ValueError: boom"):
+        list(pipeline([recordings["short.wav"]]))
