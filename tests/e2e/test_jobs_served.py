@@ -3,6 +3,7 @@ from its journal when the server starts again, and its tables equal those of a j
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -70,7 +71,8 @@ def kill_9(server: ServedProcess) -> None:
     """The whole server at once, as a power cut would: the supervisor and every worker."""
     tree = [server.process.pid, *(child.pid for child in psutil.Process(server.process.pid).children(recursive=True))]
     for pid in tree:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a job's decode workers die with their API worker
+            os.kill(pid, signal.SIGKILL)
     server.process.wait(timeout=30)
 
 
