@@ -131,11 +131,9 @@ class Channel(Protocol):
         """Send a message about the file in hand (or the worker's exit) to the run."""
 
 
-def featurize_files(channel: Channel, background: bool = False, parent: int | None = None, number: int = 0) -> None:
-    """Worker `number`: its front end's spec in, then files one by one; for each, its windows, then
-    done or failed, out; exit when no file is left."""
-    if parent is not None:
-        _die_with(parent)
+def featurize_files(channel: Channel, background: bool = False) -> None:
+    """A worker: its front end's spec in, then files one by one; for each, its windows, then done or
+    failed, out; exit when no file is left."""
     if background:
         _yield_the_cores()
     # One worker per core already: BLAS's own pool of a thread per core in every worker made them
@@ -161,7 +159,7 @@ def featurize_files(channel: Channel, background: bool = False, parent: int | No
             channel.put(("failed", index, ("read", str(error))))
         except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
             channel.put(("error", index, f"{type(error).__name__}: {error}"))
-    channel.put(("exit", number, None))
+    channel.put(("exit", None, None))
 
 
 def worker_count(requested: int = 0) -> int:
@@ -174,15 +172,15 @@ class _PipeChannel:
     queue) is shared with the other workers, so one that dies, even half way through a message,
     stops only its own pipe. It asks for each file as it is ready for it."""
 
-    def __init__(self, connection: Connection, number: int):
-        self._connection, self._number = connection, number
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def spec(self) -> FrontEndSpec | None:
         spec: FrontEndSpec | None = self._connection.recv()
         return spec
 
     def next_task(self) -> tuple[int, Path] | None:
-        self._connection.send(("ready", self._number, None))
+        self._connection.send(("ready", None, None))
         task: tuple[int, Path] | None = self._connection.recv()
         return task
 
@@ -190,8 +188,10 @@ class _PipeChannel:
         self._connection.send(message)
 
 
-def _decode_worker(connection: Connection, background: bool, parent: int, number: int) -> None:
-    featurize_files(_PipeChannel(connection, number), background, parent, number)
+def _decode_worker(connection: Connection, background: bool, parent: int) -> None:
+    """A worker process's entry: the pipe tells the run which worker it is."""
+    _die_with(parent)
+    featurize_files(_PipeChannel(connection), background)
 
 
 class DecodeWorkers:
@@ -229,7 +229,7 @@ class DecodeWorkers:
 
     def _launch(self, number: int, context: Any) -> None:
         mine, theirs = multiprocessing.Pipe()
-        process = context.Process(target=_decode_worker, args=(theirs, self._background, os.getpid(), number), daemon=True)
+        process = context.Process(target=_decode_worker, args=(theirs, self._background, os.getpid()), daemon=True)
         process.start()
         theirs.close()  # the worker's copy is the only one left: its end is the pipe's end
         with self._lock:

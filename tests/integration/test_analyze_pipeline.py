@@ -95,8 +95,8 @@ def test_a_worker_sends_each_files_windows_in_order_in_messages_of_at_most_messa
     # Blocks of ~12 s of the 44.1 kHz stereo file complete several windows each; 3 s makes one.
     names = ["long.flac", "short.wav"]
     channel = ListChannel(FrontEndSpec.of(FrontEnd(), block_samples=1 << 20), list(enumerate(recordings[n] for n in names)))
-    featurize_files(channel, number=3)
-    assert channel.sent[-1] == ("exit", 3, None) and channel.asked == 3  # one file at a time, then "no more"
+    featurize_files(channel)
+    assert channel.sent[-1] == ("exit", None, None) and channel.asked == 3  # one file at a time, then "no more"
     for index, name in enumerate(names):
         *windows, done = [m for m in channel.sent[:-1] if m[1] == index]
         assert done[0] == "done" and all(m[0] == "windows" for m in windows)
