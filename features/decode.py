@@ -79,6 +79,22 @@ def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
     return int(frames)
 
 
+def _read_pcm16_into(file: sf.SoundFile, raw: np.ndarray, out: np.ndarray) -> int:
+    """_read_into for 16-bit PCM WAV, the recorders' format: the raw samples in one read, then scaled
+    here. libsndfile's own conversion reads 8 KB at a time and converts sample by sample, ~8x the
+    time of this; both compute short * 2**-15 in float32, so the samples are the same bit for bit."""
+    frames = _snd.sf_readf_short(file._file, _ffi.cast("short *", _ffi.from_buffer(raw)), len(raw))
+    if error := _snd.sf_error(file._file):
+        raise sf.LibsndfileError(error)
+    np.multiply(raw[:frames], _PCM16_SCALE, out=out[:frames])
+    return int(frames)
+
+
+_PCM16_SCALE = np.float32(1 / 0x8000)
+_RAW_PCM16_CONTAINERS = frozenset({"WAV", "WAVEX", "RF64", "W64"})
+"""Containers whose 16-bit PCM libsndfile hands over as stored (FLAC decodes to int32 either way)."""
+
+
 _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 """Data sizes a recorder writes while it streams (or when it died before closing the file): no claim."""
 MP3_FRAME_SLACK = 4 * 1152
@@ -201,9 +217,12 @@ class AudioReader:
         Every block is a view of one reused buffer: it is valid until the next block is read.
         """
         buffer = np.empty((self.block_frames, self.channels), np.float32)
+        # Integers scaled to float are finite: no NaN check needed.
+        pcm16 = self.format in _RAW_PCM16_CONTAINERS and self._file.subtype == "PCM_16"
+        raw = np.empty((self.block_frames, self.channels), np.int16) if pcm16 else None
         while True:
             try:
-                frames = _read_into(self._file, buffer)
+                frames = _read_into(self._file, buffer) if raw is None else _read_pcm16_into(self._file, raw, buffer)
             except sf.LibsndfileError as exc:
                 raise self._decode_error(exc) from exc
             if frames == 0:
@@ -214,7 +233,7 @@ class AudioReader:
                 raise _too_long(self.frames_decoded / self.sample_rate, self.max_seconds, so_far=True)
             if self.max_samples is not None and self.frames_decoded * self.channels > self.max_samples:
                 raise _too_large(self.frames_decoded * self.channels, self.channels, self.max_samples, so_far=True)
-            if not np.isfinite(block).all():
+            if raw is None and not np.isfinite(block).all():
                 raise InvalidSamplesError("the recording contains NaN or infinite samples; send finite PCM or float audio")
             yield block
         if self.frames_decoded == 0:

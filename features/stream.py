@@ -31,8 +31,8 @@ def mix_down(block: np.ndarray) -> np.ndarray:
     """
     if block.shape[1] == 1:
         return block[:, 0]
-    mix = block[:, 0].copy()
-    for channel in range(1, block.shape[1]):
+    mix = np.add(block[:, 0], block[:, 1])
+    for channel in range(2, block.shape[1]):
         mix += block[:, channel]
     mix /= np.float32(block.shape[1])
     return mix

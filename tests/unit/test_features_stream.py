@@ -8,10 +8,15 @@ channels in a fixed order, soxr's stream equals its one-shot output (measured: 0
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from features import DEFAULT_BLOCK_SAMPLES, FrontEnd
+from features.decode import AudioReader
+from features.stream import mix_down
 from tests.conftest import encode
 
 SECONDS = 8.7  # three windows at 16 kHz (0, 2.5, 5.0 s), the last one zero-padded from 8.7 s
@@ -99,3 +104,30 @@ def test_a_vbr_mp3_of_a_clean_tone_streams_intact():
     np.testing.assert_array_equal(frontend.analyze(data, block_samples=4099).windows.features, whole.features)
     # And the whole read is the tone itself: its RMS over the first, full window is the tone's.
     assert whole.rms[0] == pytest.approx(np.sqrt(0.2**2 / 2 + 0.1**2 / 2), rel=0.02)
+
+
+@pytest.mark.parametrize("container", ["WAV", "WAVEX", "RF64", "W64"])
+@pytest.mark.parametrize("channels", [1, 2, 8])
+def test_16_bit_pcm_read_raw_and_scaled_equals_libsndfile_float_conversion(container, channels):
+    """The fast path for recorders' 16-bit WAV (features.decode._read_pcm16_into) against
+    libsndfile's own float read, full scale included, through blocks that do not divide the file."""
+    rng = np.random.default_rng(channels)
+    samples = rng.integers(-(2**15), 2**15, size=(20_011, channels), dtype=np.int16)
+    samples[:2] = [[-(2**15)] * channels, [2**15 - 1] * channels]
+    data = encode(samples, 16_000, container, "PCM_16")
+    expected, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    reader = AudioReader(data, block_samples=4099 * channels)
+    decoded = np.concatenate([block.copy() for block in reader.blocks()])
+    assert reader.format == container
+    np.testing.assert_array_equal(decoded.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 8])
+def test_the_mix_is_the_mean_of_the_channels_summed_in_order(channels):
+    """The order fixed (channel 0, then 1, ...) so that a frame's mix never depends on its block."""
+    block = np.random.default_rng(channels).standard_normal((5_001, channels)).astype(np.float32)
+    expected = block[:, 0].copy()
+    for channel in range(1, channels):
+        expected += block[:, channel]
+    expected /= np.float32(channels)
+    np.testing.assert_array_equal(mix_down(block), expected)
