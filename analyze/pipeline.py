@@ -222,6 +222,8 @@ class DecodeWorkers:
         self._processes: dict[int, Any] = {}
         self._pipes: dict[Connection, int] = {}
         self._closing = threading.Event()
+        # Wakes the reader thread out of its wait for the pipes: a new pipe to watch, or the run closes.
+        self._wake_wait, self._wake = multiprocessing.Pipe(duplex=False)
         for number in range(count):
             self._launch(number, self._start_context)
         self._reader = threading.Thread(target=self._read, name="chorus-decode-results", daemon=True)
@@ -236,6 +238,7 @@ class DecodeWorkers:
             self._processes[number], self._pipes[mine] = process, number
             if self._spec is not None:
                 mine.send(self._spec)
+        self._wake.send_bytes(b"")
 
     def _read(self) -> None:
         try:
@@ -248,7 +251,9 @@ class DecodeWorkers:
         while not self._closing.is_set():
             with self._lock:
                 pipes = dict(self._pipes)
-            ready = wait(list(pipes), timeout=0.1)
+            ready = wait([*pipes, self._wake_wait])
+            if self._wake_wait in ready:
+                self._wake_wait.recv_bytes()
             for pipe, number in pipes.items():
                 if pipe not in ready:
                     continue
@@ -314,13 +319,17 @@ class DecodeWorkers:
         return sum(process.is_alive() for process in self._processes.values())
 
     def close(self) -> None:
+        """Stop the workers and the reader thread; a second call does nothing."""
+        if self._closing.is_set():
+            return
         for process in self._processes.values():
             if process.is_alive():
                 process.terminate()
             process.join()
         self._closing.set()
+        self._wake.send_bytes(b"")
         self._reader.join()
-        for pipe in self._pipes:
+        for pipe in (*self._pipes, self._wake, self._wake_wait):
             pipe.close()
 
     def __enter__(self) -> DecodeWorkers:
@@ -377,6 +386,9 @@ class LocalPipeline:
     prestarted: DecodeWorkers | None = None
     """Workers started ahead of the first call (batch.command starts them before it loads the model);
     that call uses them, later ones start their own."""
+    prepare: Callable[[], object] | None = None
+    """Called once the workers have their files, before their first window is read: opening the model
+    there overlaps the first files' decoding. What it raises ends the run before any outcome."""
 
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
@@ -387,6 +399,8 @@ class LocalPipeline:
             workers = DecodeWorkers(min(worker_count(self.workers), len(paths)), self.background, self.queue_windows)
         with workers:
             workers.start(self.spec, paths)
+            if self.prepare is not None:
+                self.prepare()
             yield from self._consume(paths, workers)
 
     def _consume(self, paths: Sequence[Path], workers: DecodeWorkers) -> Iterator[Outcome]:

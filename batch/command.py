@@ -65,7 +65,7 @@ def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWo
     if options.ray is not None:
         from batch.ray import RayPipeline
 
-        stored = model.loaded.stored
+        stored = model.stored
         return RayPipeline(
             options.ray,
             stored.path,
@@ -77,7 +77,9 @@ def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWo
             actors=options.ray_actors,
             gpus_per_actor=options.ray_gpus_per_actor,
         )
-    return LocalPipeline(model.score, spec, workers=options.workers, batch_windows=options.batch_windows, prestarted=prestarted)
+    return LocalPipeline(
+        model.score, spec, workers=options.workers, batch_windows=options.batch_windows, prestarted=prestarted, prepare=model.open
+    )
 
 
 def progress_bar() -> tuple[Callable[[Progress], None], Callable[[], None]]:
@@ -115,7 +117,9 @@ def analyze(options: AnalyzeOptions, *, fork_workers: bool = False) -> Summary:
 
 
 def _analyze(options: AnalyzeOptions, prestarted: DecodeWorkers | None) -> Summary:
-    model = load_analysis_model(options.model, options.variant, options.providers, options.stride_seconds)
+    # The runtime session opens once the workers have their files (LocalPipeline.prepare), overlapping
+    # their first decoding; a Ray run opens it on the cluster.
+    model = load_analysis_model(options.model, options.variant, options.providers, options.stride_seconds, open_now=False)
     detection = detection_settings(options, model)
     formats = check_formats(options.formats)
     paths = expand_sources(options.sources, out_dir=options.out)

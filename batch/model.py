@@ -4,54 +4,80 @@ and opened by the service's runtime module, its front end and labels from the st
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from analyze.records import ModelInfo
 from features import FrontEnd
 from layout import artifacts
-from service.engine.loaded import LoadedModel, load_model
+from service.engine.loaded import LoadedModel, open_model
 from service.engine.runtime import choose_providers
 from service.models.birdcall import BirdcallModel, stored_frontend
+from service.store import StoredModel
 
 SCORES = "scores"
 """The exported model's output of independent calibrated per-species scores."""
 DEFAULT_THRESHOLD = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass
 class AnalysisModel:
-    loaded: LoadedModel
+    """What a run needs to know of the model (front end, labels, threshold), read from the store, and
+    its runtime session, opened by `open` (at the latest by the first `score`)."""
+
+    stored: StoredModel
+    variant: str
+    providers: list[str]
     frontend: FrontEnd
     labels: tuple[str, ...]
     threshold: float
     """The calibrated decision threshold stored with the model: the default min_confidence."""
+    _loaded: LoadedModel | None = field(default=None, repr=False)
+
+    def open(self) -> LoadedModel:
+        """Check the stored files against their digests and open the variant, on one runtime thread (the
+        decode workers have the other cores); once. Raises ArtifactError, or ValueError for a model
+        without the scores output."""
+        if self._loaded is None:
+            loaded = open_model(
+                self.stored, self.variant, self.providers, required=BirdcallModel.stored_files, threads=1, lanes=1, max_run_items=8
+            )
+            if SCORES not in loaded.output_names:
+                name = f"{self.stored.name}:{self.stored.version}"
+                raise ValueError(f"{name} has no {SCORES!r} output; export it again with chorus export birdcall")
+            self._loaded = loaded
+        return self._loaded
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """Normalized log-mel windows -> [n, n_labels] scores."""
-        names = [spec.name for spec in self.loaded.runner.outputs]
-        return self.loaded.run({"features": windows})[names.index(SCORES)]
+        loaded = self.open()
+        return loaded.run({"features": windows})[loaded.output_names.index(SCORES)]
 
     def info(self) -> ModelInfo:
         config = self.frontend.config
-        stored = self.loaded.stored
-        return ModelInfo(stored.name, stored.version, self.labels, low_hz=config.f_min, high_hz=config.f_max)
+        return ModelInfo(self.stored.name, self.stored.version, self.labels, low_hz=config.f_min, high_hz=config.f_max)
 
 
 def load_analysis_model(
-    tag: str = "birdcall:latest", variant: str = "fp32", providers: str = "auto", stride_seconds: float | None = None
+    tag: str = "birdcall:latest",
+    variant: str = "fp32",
+    providers: str = "auto",
+    stride_seconds: float | None = None,
+    *,
+    open_now: bool = True,
 ) -> AnalysisModel:
-    """Open the model as the engine does (digests checked), on one runtime thread: the decode
-    workers have the other cores. `stride_seconds` moves the windows (a whole number of hops)."""
-    loaded = load_model(tag, variant, choose_providers(providers), required=BirdcallModel.stored_files, threads=1, lanes=1, max_run_items=8)
-    if SCORES not in [spec.name for spec in loaded.runner.outputs]:
-        raise ValueError(
-            f"{loaded.stored.name}:{loaded.stored.version} has no {SCORES!r} output; export it again with chorus export birdcall"
-        )
-    frontend = stored_frontend(loaded.stored)
+    """The model of `tag` in the store. `stride_seconds` moves the windows (a whole number of hops).
+    open_now=False leaves checking the files and opening the runtime session to `open` (~0.05 s),
+    so that it can overlap other work."""
+    stored = StoredModel.resolve(tag)
+    frontend = stored_frontend(stored)
     if stride_seconds is not None:
         frontend = FrontEnd(dataclasses.replace(frontend.config, stride_seconds=stride_seconds), frontend.stats)
-    labels = tuple(loaded.stored.read_json(artifacts.LABELS))
-    calibration = artifacts.read_json(loaded.stored.path, artifacts.CALIBRATION, default={})
-    return AnalysisModel(loaded, frontend, labels, float(calibration.get("threshold", DEFAULT_THRESHOLD)))
+    labels = tuple(stored.read_json(artifacts.LABELS))
+    calibration = artifacts.read_json(stored.path, artifacts.CALIBRATION, default={})
+    threshold = float(calibration.get("threshold", DEFAULT_THRESHOLD))
+    model = AnalysisModel(stored, variant, choose_providers(providers), frontend, labels, threshold)
+    if open_now:
+        model.open()
+    return model

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ import numpy as np
 import pytest
 
 from batch.command import AnalyzeOptions, analyze
+from layout import artifacts
+from layout.artifacts import ArtifactError
+from service.store import StoredModel
 from tests.conftest import ROOT, encode
 
 FORMATS = frozenset({"csv", "raven", "raven-combined", "audacity", "ndjson", "parquet"})
@@ -116,3 +120,21 @@ def test_ray_on_two_nodes_resumes_and_gives_the_rows_of_the_local_run(tiny_expor
     ]
     np.testing.assert_allclose([float(r["score"]) for r in local_rows], [float(r["score"]) for r in ray_rows], atol=2e-4)
     assert (tmp_path / "local" / "errors.csv").read_text() == (tmp_path / "ray" / "errors.csv").read_text()
+
+
+def test_a_damaged_model_stops_the_run_before_any_file_is_recorded(tiny_exports, field, tmp_path):
+    """The model's files are checked while the workers decode the first files (the check overlaps
+    them): a damaged model still fails the run before any outcome, even the broken files' failures."""
+    stored = StoredModel.resolve(tiny_exports["birdcall"]["tag"])
+    damaged = stored.path.parent / "damagedcopy0001"
+    shutil.copytree(stored.path, damaged)
+    try:
+        onnx = damaged / artifacts.onnx_file(stored.name, "fp32")
+        data = bytearray(onnx.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        onnx.write_bytes(bytes(data))
+        with pytest.raises(ArtifactError):
+            analyze(AnalyzeOptions(sources=[str(field / "site2")], out=tmp_path / "out", model=f"{stored.name}:{damaged.name}"))
+        assert (tmp_path / "out" / ".chorus-analyze" / "journal.ndjson").read_text() == ""
+    finally:
+        shutil.rmtree(damaged)
