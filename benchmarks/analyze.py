@@ -157,6 +157,8 @@ def parallel_scaling(paths: list[Path], tag: str) -> dict:
 _TIMED_ANALYZE = (
     "import json, sys, time\n"
     "from pathlib import Path\n"
+    "from layout.machine import one_blas_thread\n"
+    "one_blas_thread()  # as chorus analyze does, before numpy loads\n"
     "from batch.command import AnalyzeOptions, analyze\n"
     "options = AnalyzeOptions(sources=[sys.argv[1]], out=Path(sys.argv[2]), formats=frozenset({'csv'}))\n"
     "started = time.perf_counter()\n"

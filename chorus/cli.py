@@ -85,6 +85,9 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     """Exit 0: every file analyzed; 1: some files failed (listed in errors.csv and the summary); 2: nothing ran."""
+    from layout.machine import one_blas_thread
+
+    one_blas_thread()  # before numpy loads, below
     from analyze.detections import UnknownSpeciesError
     from analyze.sources import SourceError
     from analyze.writers import OutputError
