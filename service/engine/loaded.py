@@ -36,9 +36,9 @@ class LoadedModel:
         outputs = self.run(feeds)
         return [outputs[self.output_names.index(name)] for name in names]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Every output of the model for a whole batch, its slices run on all lanes at once."""
-        return self.runner.run(feeds)
+    def run(self, feeds: dict[str, np.ndarray], lanes: int | None = None) -> list[np.ndarray]:
+        """Every output of the model for a whole batch, its slices run on all lanes at once (or on `lanes`)."""
+        return self.runner.run(feeds, lanes)
 
     def check_outputs(self) -> None:
         """Run one example batch and refuse a model whose outputs are not finite (NaN weights pass a

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,17 +113,39 @@ class Runner:
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feeds)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Every output for the whole batch, in the model's output order; every input's first axis is the batch axis."""
+    def run(self, feeds: dict[str, np.ndarray], lanes: int | None = None) -> list[np.ndarray]:
+        """Every output for the whole batch, in the model's output order; every input's first axis is the batch axis.
+
+        lanes: run on at most this many lanes at once (None: all of them)."""
         n = len(next(iter(feeds.values())))
-        size = math.ceil(n / self.lanes)  # one run per lane when it is small enough
+        lanes = self.lanes if lanes is None else max(1, min(lanes, self.lanes))
+        size = math.ceil(n / lanes)  # one run per lane when it is small enough
         if self.max_run_items:
             size = min(size, self.max_run_items)
         if size >= n:
             return self._run(feeds)
         slices = [{k: np.ascontiguousarray(v[a : a + size]) for k, v in feeds.items()} for a in range(0, n, size)]
-        results = list(self._pool.map(self._run, slices)) if self._pool is not None else [self._run(part) for part in slices]
+        results = self._run_on_lanes(slices, lanes) if self._pool is not None and lanes > 1 else [self._run(part) for part in slices]
         return [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
+
+    def _run_on_lanes(self, slices: list[dict[str, np.ndarray]], lanes: int) -> list[list[np.ndarray]]:
+        """Each slice's outputs, in order, from `lanes` threads of the pool that take the next slice
+        as they finish one (never more runs at once than `lanes`)."""
+        assert self._pool is not None
+        results: list[list[np.ndarray]] = [[] for _ in slices]
+        next_slice = iter(range(len(slices)))
+        taking = threading.Lock()
+
+        def lane(_: int) -> None:
+            while True:
+                with taking:
+                    i = next(next_slice, None)
+                if i is None:
+                    return
+                results[i] = self._run(slices[i])
+
+        list(self._pool.map(lane, range(min(lanes, len(slices)))))
+        return results
 
 
 def open_runner(path: Path, providers: list[str], threads: int = 0, lanes: int = 0, max_run_items: int = 0) -> Runner:

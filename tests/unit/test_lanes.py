@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -41,6 +44,25 @@ def test_runs_are_bounded_by_max_run_items(row_sum_session):
     runner._run = lambda feeds: (sizes.append(len(feeds["x"])), real(feeds))[1]  # type: ignore[method-assign]
     runner.run({"x": np.zeros((10, 4), np.float32)})
     assert sorted(sizes) == [2, 4, 4]
+
+
+@pytest.mark.parametrize(("lanes", "threads_used"), [(1, 1), (2, 2), (None, 3), (9, 3)])
+def test_a_run_may_use_fewer_lanes_than_the_runner_has(row_sum_session, lanes, threads_used):
+    """`chorus analyze` runs one lane while its decode workers hold the other cores, all at the end."""
+    runner = Runner(row_sum_session, lanes=3, max_run_items=2)
+    threads: set[str] = set()
+    real = runner._run
+
+    def slow_run(feeds):  # a run as long as a real model's, so that every lane allowed takes slices
+        threads.add(threading.current_thread().name)
+        time.sleep(0.005)
+        return real(feeds)
+
+    runner._run = slow_run  # type: ignore[method-assign]
+    x = np.random.default_rng(0).standard_normal((12, 4)).astype(np.float32)
+    np.testing.assert_array_equal(runner.run({"x": x}, lanes)[0], row_sum_session.run(None, {"x": x})[0])
+    assert len(threads) == threads_used
+    assert (threads == {threading.current_thread().name}) == (threads_used == 1)
 
 
 def test_lane_plan():
