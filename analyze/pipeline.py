@@ -215,6 +215,8 @@ class DecodeWorkers:
         self._background = background
         self.count = count
         self.started = False
+        self.released = 0
+        """Workers told that no file is left: they are leaving, and their cores with them."""
         self._spec: FrontEndSpec | None = None
         self._todo: collections.deque[tuple[int, Path]] = collections.deque()
         self.results: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=max(1, queue_windows // MESSAGE_WINDOWS))
@@ -286,7 +288,9 @@ class DecodeWorkers:
                 with self._lock:
                     self._todo.appendleft(task)
             return
-        if task is not None:
+        if task is None:
+            self.released += 1  # only this thread writes it
+        else:
             self._put(("started", task[0], number))  # before anything the worker says of it
 
     def _put(self, message: tuple[Any, ...]) -> None:
@@ -386,6 +390,10 @@ class LocalPipeline:
     prestarted: DecodeWorkers | None = None
     """Workers started ahead of the first call (batch.command starts them before it loads the model);
     that call uses them, later ones start their own."""
+    tail_score: Score | None = None
+    """Scores once a worker has been told that no file is left, on the cores the workers leave: the
+    run's last windows, up to the queue's worth, would otherwise be scored on one core while the
+    others idle. None: `score` throughout."""
     prepare: Callable[[], object] | None = None
     """Called once the workers have their files, before their first window is read: opening the model
     there overlaps the first files' decoding. What it raises ends the run before any outcome."""
@@ -447,13 +455,14 @@ class LocalPipeline:
                     yield failed.path, AnalysisFailed(*payload[0]) if kind == "failed" else RuntimeError(payload[0])
                     continue
             if waiting and (message is None or sum(len(w) for _, w in waiting) >= self.batch_windows or not running):
-                waiting = self._score_some(files, waiting)
+                score = self.tail_score if self.tail_score is not None and workers.released else self.score
+                waiting = self._score_some(files, waiting, score)
             for index in [i for i, f in files.items() if f.facts is not None and f.unscored == 0]:
                 yield self._finished(files.pop(index))
         for file in files.values():  # its worker died before saying it had started it: the next run tries again
             yield file.path, RuntimeError("its decoding process ended without a result")
 
-    def _score_some(self, files: dict[int, _File], waiting: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+    def _score_some(self, files: dict[int, _File], waiting: list[tuple[int, np.ndarray]], score: Score) -> list[tuple[int, np.ndarray]]:
         """Run the model on up to batch_windows of the oldest waiting windows; returns what is left waiting."""
         taken, rest, count = [], [], 0
         for index, windows in waiting:
@@ -465,7 +474,7 @@ class LocalPipeline:
             if len(windows) > room:
                 rest.append((index, windows[room:]))
             count += min(room, len(windows))
-        scores = self.score(np.concatenate([w for _, w in taken]))
+        scores = score(np.concatenate([w for _, w in taken]))
         offset = 0
         for index, windows in taken:
             files[index].scores.append(scores[offset : offset + len(windows)])

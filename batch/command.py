@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from analyze.sources import expand_sources
 from analyze.writers import DEFAULT_FORMATS, check_formats
 from batch.model import AnalysisModel, load_analysis_model
 from features import Channels
+from layout.machine import usable_cores
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,13 @@ def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWo
             gpus_per_actor=options.ray_gpus_per_actor,
         )
     return LocalPipeline(
-        model.score, spec, workers=options.workers, batch_windows=options.batch_windows, prestarted=prestarted, prepare=model.open
+        model.score,
+        spec,
+        workers=options.workers,
+        batch_windows=options.batch_windows,
+        prestarted=prestarted,
+        tail_score=functools.partial(model.score, lanes=usable_cores()),
+        prepare=model.open,
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from analyze.records import ModelInfo
 from features import FrontEnd
 from layout import artifacts
+from layout.machine import usable_cores
 from service.engine.loaded import LoadedModel, open_model
 from service.engine.runtime import choose_providers
 from service.models.birdcall import BirdcallModel, stored_frontend
@@ -36,12 +37,20 @@ class AnalysisModel:
     _loaded: LoadedModel | None = field(default=None, repr=False)
 
     def open(self) -> LoadedModel:
-        """Check the stored files against their digests and open the variant, on one runtime thread (the
-        decode workers have the other cores); once. Raises ArtifactError, or ValueError for a model
-        without the scores output."""
+        """Check the stored files against their digests and open the variant; once. Raises
+        ArtifactError, or ValueError for a model without the scores output.
+
+        One runtime thread per run, and a lane (a run at a time) per core: `score` runs one lane
+        while the decode workers have the other cores, and all of them once the workers are done."""
         if self._loaded is None:
             loaded = open_model(
-                self.stored, self.variant, self.providers, required=BirdcallModel.stored_files, threads=1, lanes=1, max_run_items=8
+                self.stored,
+                self.variant,
+                self.providers,
+                required=BirdcallModel.stored_files,
+                threads=1,
+                lanes=usable_cores(),
+                max_run_items=8,
             )
             if SCORES not in loaded.output_names:
                 name = f"{self.stored.name}:{self.stored.version}"
@@ -49,10 +58,10 @@ class AnalysisModel:
             self._loaded = loaded
         return self._loaded
 
-    def score(self, windows: np.ndarray) -> np.ndarray:
-        """Normalized log-mel windows -> [n, n_labels] scores."""
+    def score(self, windows: np.ndarray, lanes: int = 1) -> np.ndarray:
+        """Normalized log-mel windows -> [n, n_labels] scores, in runs of 8 windows on `lanes` at once."""
         loaded = self.open()
-        return loaded.run({"features": windows})[loaded.output_names.index(SCORES)]
+        return loaded.run({"features": windows}, lanes)[loaded.output_names.index(SCORES)]
 
     def info(self) -> ModelInfo:
         config = self.frontend.config

@@ -59,7 +59,8 @@ def outcomes(pipeline: LocalPipeline, paths: list[Path]) -> dict[str, FileScores
 @pytest.mark.parametrize("batch_windows", [1, 7, 64])
 def test_each_file_gets_the_scores_of_its_own_windows(recordings, batch_windows):
     frontend = FrontEnd()
-    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(frontend), workers=2, batch_windows=batch_windows)
+    # The tail's scorer (more lanes once the workers leave) is the same model: its batches land in the right files too.
+    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(frontend), workers=2, batch_windows=batch_windows, tail_score=fake_score)
     found = outcomes(pipeline, list(recordings.values()))
     for name in ("long.flac", "short.wav", "mid.mp3", "stereo.ogg"):
         analysis = frontend.analyze(recordings[name])
