@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -42,15 +43,41 @@ def server_environment(**env: str) -> dict[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A local port nothing is bound to, below the kernel's ephemeral range. A port from that range
+    (what binding port 0 gives) is also where outgoing connections get their local ports, so one
+    can take it before the server binds it (seen in the test suite: a server's gRPC port)."""
+    first = _first_ephemeral_port()
+    for _ in range(200 if first - _LOWEST_PORT >= 1_000 else 0):
+        port = random.randrange(_LOWEST_PORT, first)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room below the range: the kernel's choice, race and all
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz") -> None:
-    """Poll a readiness endpoint (a readiness check, not a sleep) until it answers 200."""
+_LOWEST_PORT = 20_000
+"""Below this lie the registered ports of well-known services (Prometheus 9090, Ray 6379, ...)."""
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA dynamic range starts at 49152
+        return 49_152
+
+
+def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz", process: subprocess.Popen | None = None) -> None:
+    """Poll a readiness endpoint (a readiness check, not a sleep) until it answers 200; raise at
+    once if `process` (the server, when started here) has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server at {url} exited with status {process.returncode} before it was ready")
         try:
             if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
                 return
@@ -129,7 +156,7 @@ def serve_process(target: str, log: Path, *, ready: bool = True, **env: str) -> 
     served = ServedProcess(f"http://127.0.0.1:{port}", process, int(env["CHORUS_GRPC_PORT"]), log)
     try:
         if ready:
-            wait_ready(served.url)
+            wait_ready(served.url, process=process)
         yield served
     finally:
         if process.poll() is None:
