@@ -154,27 +154,19 @@ def parallel_scaling(paths: list[Path], tag: str) -> dict:
     }
 
 
-_TIMED_ANALYZE = (
-    "import json, sys, time\n"
-    "from pathlib import Path\n"
-    "from layout.machine import one_blas_thread\n"
-    "one_blas_thread()  # as chorus analyze does, before numpy loads\n"
-    "from batch.command import AnalyzeOptions, analyze\n"
-    "options = AnalyzeOptions(sources=[sys.argv[1]], out=Path(sys.argv[2]), formats=frozenset({'csv'}))\n"
-    "started = time.perf_counter()\n"
-    "s = analyze(options, fork_workers=True)\n"
-    "print(json.dumps({'audio_seconds': s.audio_hours * 3600, 'wall_seconds': time.perf_counter() - started}))\n"
-)
-
-
 def analyze_in_a_process(source: Path, out: Path) -> float:
     """`chorus analyze` of `source` in a fresh process, as the command runs it (decode workers forked,
     start-up and writing the tables included; the interpreter's imports not): audio seconds per wall second."""
     shutil.rmtree(out, ignore_errors=True)  # a journal would skip the files
-    command = [sys.executable, "-c", _TIMED_ANALYZE, str(source), str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    timed = json.loads(done.stdout.strip().splitlines()[-1])
+    timed = _in_a_process("timed", source, out)
     return timed["audio_seconds"] / timed["wall_seconds"]
+
+
+def _in_a_process(mode: str, source: Path, out: Path) -> dict:
+    """benchmarks.analyze_child's `mode` in a fresh interpreter: its JSON answer."""
+    command = [sys.executable, "-m", "benchmarks.analyze_child", mode, str(source), str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def realtime_against_limit(scenes: list[Path], field: Path, out: Path, tag: str, repeats: int = 3) -> dict:
@@ -215,34 +207,9 @@ def served(paths: list[Path], home: str | None, clients: tuple[int, ...] = (4, 8
 
 
 def peak_rss_of_analyze(path: Path, out: Path) -> dict:
-    """`chorus analyze` on one file in a process of its own: its peak RSS and its largest worker's.
-
-    The process reads its own VmHWM, and a thread samples the workers: getrusage's ru_maxrss would
-    not do, since a process started by fork + exec carries the RSS its parent had at the fork (this
-    bench's own, with the generated audio in it) into its maximum."""
-    code = (
-        "import json, sys, threading\n"
-        "from pathlib import Path\n"
-        "import psutil\n"
-        "from batch.command import AnalyzeOptions, analyze\n"
-        "me, workers, stop = psutil.Process(), [0], threading.Event()\n"
-        "def watch():\n"
-        "    while not stop.wait(0.1):\n"
-        "        for child in me.children(recursive=True):\n"
-        "            try:\n"
-        "                workers[0] = max(workers[0], child.memory_info().rss)\n"
-        "            except psutil.Error:\n"
-        "                pass\n"
-        "threading.Thread(target=watch, daemon=True).start()\n"
-        "options = AnalyzeOptions(sources=[sys.argv[1]], out=Path(sys.argv[2]), formats=frozenset({'csv'}), min_confidence=0.0, top_k=3)\n"
-        "s = analyze(options)\n"
-        "stop.set()\n"
-        "mine = int(Path('/proc/self/status').read_text().split('VmHWM:')[1].split()[0]) / 1024\n"
-        "worker = workers[0] / 2**20\n"
-        "print(json.dumps({'summary': s.as_dict(), 'peak_rss_mb': round(mine), 'largest_worker_peak_rss_mb': round(worker)}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(path), str(out)], cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """`chorus analyze` on one file in a process of its own: its peak RSS and its largest worker's
+    (see benchmarks.analyze_child.memory)."""
+    return _in_a_process("memory", path, out)
 
 
 def long_file(folder: Path, hours: float, rate: int = 48_000) -> Path:
