@@ -4,6 +4,7 @@ batched across files, and each file gets exactly the scores of its own windows."
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from analyze.analyzer import AnalysisFailed, FileScores
-from analyze.pipeline import MESSAGE_WINDOWS, DecodeWorkers, FrontEndSpec, LocalPipeline, featurize_files
+from analyze.pipeline import MESSAGE_WINDOWS, WORKER_NICENESS, DecodeWorkers, FrontEndSpec, LocalPipeline, featurize_files
 from features import FrontEnd
 from tests.conftest import ROOT, encode
 
@@ -246,3 +247,22 @@ def test_a_fault_in_reading_the_workers_stops_the_run_instead_of_waiting_for_eve
     pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
     with pytest.raises(RuntimeError, match="reading the decode workers failed: ValueError: boom"):
         list(pipeline([recordings["short.wav"]]))
+
+
+def _once_set(read, expected, seconds: float = 60.0):
+    """Poll `read()` until it gives `expected` (the worker sets it as it starts), or give its last value."""
+    deadline = time.monotonic() + seconds
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_workers_run_behind_the_model_and_a_server_job_on_idle_time_only(background):
+    with DecodeWorkers(1, background=background) as workers:
+        (pid,) = workers.pids
+        if background:  # a job in a server: interactive requests first
+            assert _once_set(lambda: os.sched_getscheduler(pid), os.SCHED_IDLE) == os.SCHED_IDLE
+        else:  # chorus analyze: the model's consumer first
+            expected = min(19, os.nice(0) + WORKER_NICENESS)
+            assert _once_set(lambda: psutil.Process(pid).nice(), expected) == expected
