@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from analyze.sources import expand_sources
 from analyze.writers import DEFAULT_FORMATS, check_formats
 from batch.model import AnalysisModel, load_analysis_model
 from features import Channels
-from layout.machine import usable_cores
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWo
         workers=options.workers,
         batch_windows=options.batch_windows,
         prestarted=prestarted,
-        tail_score=functools.partial(model.score, lanes=usable_cores()),
+        tail_score=model.score_on_every_core,
         prepare=model.open,
     )
 
@@ -115,8 +113,8 @@ def analyze(options: AnalyzeOptions, *, fork_workers: bool = False) -> Summary:
     front end already, instead of fresh interpreters that import it (~0.8 s of CPU each, start-up
     time on 2 cores). Only for a process that runs no threads of its own yet, as the `chorus
     analyze` command (it falls back to spawning while other Python threads run): a fork copies the
-    locks other threads hold. The model is loaded after the workers start."""
-    # Local decode workers start first, overlapping loading the model; they get their work once
+    locks other threads hold. The model's runtime session opens after the workers have their files."""
+    # Local decode workers start first, before any model is opened; they get their work once
     # everything is checked.
     start_method: StartMethod = "fork" if fork_workers and threading.active_count() == 1 else "spawn"
     ahead = DecodeWorkers(worker_count(options.workers), start_method=start_method) if options.ray is None else contextlib.nullcontext()

@@ -34,7 +34,7 @@ class AnalysisModel:
     labels: tuple[str, ...]
     threshold: float
     """The calibrated decision threshold stored with the model: the default min_confidence."""
-    _loaded: LoadedModel | None = field(default=None, repr=False)
+    _loaded: LoadedModel | None = field(default=None, init=False, repr=False)
 
     def open(self) -> LoadedModel:
         """Check the stored files against their digests and open the variant; once. Raises
@@ -58,8 +58,15 @@ class AnalysisModel:
             self._loaded = loaded
         return self._loaded
 
-    def score(self, windows: np.ndarray, lanes: int = 1) -> np.ndarray:
-        """Normalized log-mel windows -> [n, n_labels] scores, in runs of 8 windows on `lanes` at once."""
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        """Normalized log-mel windows -> [n, n_labels] scores, in runs of 8 windows one at a time."""
+        return self._score(windows, lanes=1)
+
+    def score_on_every_core(self, windows: np.ndarray) -> np.ndarray:
+        """`score` with a run at once on every lane: for when the decode workers have left."""
+        return self._score(windows, lanes=None)
+
+    def _score(self, windows: np.ndarray, lanes: int | None) -> np.ndarray:
         loaded = self.open()
         return loaded.run({"features": windows}, lanes)[loaded.output_names.index(SCORES)]
 
