@@ -74,9 +74,13 @@ def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
     the seek every format decodes the same samples whatever the block size.
     """
     frames = _snd.sf_readf_float(file._file, _ffi.cast("float *", _ffi.from_buffer(out)), len(out))
+    _raise_on_error(file)
+    return int(frames)
+
+
+def _raise_on_error(file: sf.SoundFile) -> None:
     if error := _snd.sf_error(file._file):
         raise sf.LibsndfileError(error)
-    return int(frames)
 
 
 def _read_pcm16_into(file: sf.SoundFile, raw: np.ndarray, out: np.ndarray) -> int:
@@ -84,8 +88,7 @@ def _read_pcm16_into(file: sf.SoundFile, raw: np.ndarray, out: np.ndarray) -> in
     here. libsndfile's own conversion reads 8 KB at a time and converts sample by sample, ~8x the
     time of this; both compute short * 2**-15 in float32, so the samples are the same bit for bit."""
     frames = _snd.sf_readf_short(file._file, _ffi.cast("short *", _ffi.from_buffer(raw)), len(raw))
-    if error := _snd.sf_error(file._file):
-        raise sf.LibsndfileError(error)
+    _raise_on_error(file)
     np.multiply(raw[:frames], _PCM16_SCALE, out=out[:frames])
     return int(frames)
 

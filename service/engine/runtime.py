@@ -55,8 +55,9 @@ def plan_lanes(lanes: int, threads: int, on_gpu: bool) -> tuple[int, int]:
     """(lanes, ORT intra-op threads per run) from settings where 0 means automatic."""
     if on_gpu:
         return 1, threads or 1
-    lanes = lanes or usable_cores()
-    return lanes, threads or max(1, usable_cores() // lanes)
+    cores = usable_cores()
+    lanes = lanes or cores
+    return lanes, threads or max(1, cores // lanes)
 
 
 def make_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
