@@ -46,8 +46,8 @@ class ServedBirdCall(nn.Module):
         self.register_buffer("inverse_temperature", torch.tensor(1.0 / temperature))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.net.embed(features)
-        return torch.sigmoid(self.net.head(embedding) * self.inverse_temperature), embedding
+        logits, embedding = self.net.logits_and_embedding(features)
+        return torch.sigmoid(logits * self.inverse_temperature), embedding
 
 
 def held_out_inputs(checkpoint: Checkpoint, limit: int | None = None) -> np.ndarray:

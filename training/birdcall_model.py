@@ -2,7 +2,8 @@
 attention pooling, linear head. Input: normalized ln-mel windows [B, 1, n_mels, n_frames].
 
 The head gives one independent logit per species (multi-label: sigmoid, not softmax), and the
-pooled vector before it is the call embedding.
+pooled vector before it is the call embedding. With `class_attention` (training's choice) each
+species' logit also gets a pooling over time of its own (docs/training.md has the comparison).
 
 One change to the seed, `frequency_pooling="flatten"` (training's choice; the default is the seed):
 the seed averages the conv features over frequency, which makes it blind to pitch (a steady tone
@@ -36,6 +37,10 @@ class BirdCallArch:
     frequency_pooling: str = "mean"
     """How the conv features become one vector per time step: "mean" over frequency (the seed) or
     "flatten" (all pooled bands into the projection, which keeps where in frequency a pattern sits)."""
+    class_attention: bool = False
+    """Add to each species' logit a pooling over time of its own: per-step species logits weighted by
+    a per-species softmax over time, so that a second, quieter species is not averaged away by the
+    one attention pool that the embedding (and the seed's head) share."""
 
     @property
     def seq_len(self) -> int:
@@ -62,6 +67,19 @@ class AttentionPool(nn.Module):
         return (weights * x).sum(dim=1)
 
 
+class ClassAttention(nn.Module):
+    """Per species: a logit at every time step, pooled with that species' own softmax over time."""
+
+    def __init__(self, d_model: int, n_classes: int):
+        super().__init__()
+        self.logit = nn.Linear(d_model, n_classes)
+        self.score = nn.Linear(d_model, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, C]
+        weights = torch.softmax(self.score(x), dim=1)
+        return (weights * self.logit(x)).sum(dim=1)
+
+
 class BirdCallNet(nn.Module):
     def __init__(self, arch: BirdCallArch):
         super().__init__()
@@ -76,14 +94,27 @@ class BirdCallNet(nn.Module):
         )
         self.pool = AttentionPool(arch.d_model)
         self.head = nn.Linear(arch.d_model, arch.n_classes)
+        self.class_attention = ClassAttention(arch.d_model, arch.n_classes) if arch.class_attention else None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, n_mels, n_frames] -> the encoder's sequence [B, seq_len, d_model]."""
+        h = self.features(x)  # [B, 64, bands, T]
+        h = h.flatten(1, 2) if self.arch.frequency_pooling == "flatten" else h.mean(dim=2)  # [B, 64 (x bands), T]
+        return self.encoder(self.project(h.transpose(1, 2)) + self.position)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, n_mels, n_frames] -> pooled embedding [B, d_model] (the head's input)."""
-        h = self.features(x)  # [B, 64, bands, T]
-        h = h.flatten(1, 2) if self.arch.frequency_pooling == "flatten" else h.mean(dim=2)  # [B, 64 (x bands), T]
-        h = self.project(h.transpose(1, 2)) + self.position
-        return self.pool(self.encoder(h))
+        return self.pool(self.encode(x))
+
+    def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 1, n_mels, n_frames] -> (one logit per species [B, n_classes], embedding [B, d_model])."""
+        sequence = self.encode(x)
+        embedding = self.pool(sequence)
+        logits = self.head(embedding)
+        if self.class_attention is not None:
+            logits = logits + self.class_attention(sequence)
+        return logits, embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, n_mels, n_frames] -> one logit per species [B, n_classes]."""
-        return self.head(self.embed(x))
+        return self.logits_and_embedding(x)[0]

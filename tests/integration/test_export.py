@@ -83,7 +83,7 @@ def test_onnx_outputs_calibrated_scores_and_the_embedding(birdcall_report, tiny_
     x = held_out_inputs(checkpoint, limit=3)
     scores, embedding = session.run(None, {"features": x})
     assert scores.shape == (len(x), len(checkpoint.labels)) and ((scores >= 0) & (scores <= 1)).all()
-    # The temperature is inside the graph: scores are sigmoid(head(embedding) / T) of the trained network.
+    # The temperature is inside the graph: scores are sigmoid(logits / T) of the trained network.
     net = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
     with torch.inference_mode():
         logits = net(torch.from_numpy(x)).numpy()

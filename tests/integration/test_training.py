@@ -11,7 +11,7 @@ import torch
 from features import FrontEnd, FrontEndConfig
 from training.birdcall_data import read_manifest, species_of
 from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
-from training.birdcall_model import BirdCallArch, BirdCallNet
+from training.birdcall_model import BirdCallArch, BirdCallNet, ClassAttention
 from training.birdcall_synth import SPECIES, bird_track, synthesize_recording
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_data import load_frames
@@ -81,17 +81,42 @@ def test_manifest_errors_are_clear(tmp_path):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "flatten"])
-def test_birdcall_net_shapes(pooling):
+@pytest.mark.parametrize("class_attention", [False, True])
+def test_birdcall_net_shapes(pooling, class_attention):
     config = FrontEndConfig()
-    arch = BirdCallArch(n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames, frequency_pooling=pooling)
+    arch = BirdCallArch(
+        n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames, frequency_pooling=pooling, class_attention=class_attention
+    )
     assert arch.seq_len == 40  # 161 frames -> 80 -> 40
     model = BirdCallNet(arch).eval()
-    x = torch.zeros(3, *config.feature_shape)
+    x = torch.randn(3, *config.feature_shape)
     assert model(x).shape == (3, 15)
-    # The embedding is what the head reads: logits are a linear map of it.
     embedding = model.embed(x)
     assert embedding.shape == (3, arch.d_model)
-    torch.testing.assert_close(model.head(embedding), model(x))
+    logits, same_embedding = model.logits_and_embedding(x)
+    torch.testing.assert_close(logits, model(x))
+    torch.testing.assert_close(same_embedding, embedding)
+    # The embedding is what the head reads; class attention adds a term of its own per species.
+    extra = model.class_attention(model.encode(x)) if class_attention else 0.0
+    torch.testing.assert_close(model.head(embedding) + extra, logits)
+
+
+def test_class_attention_pools_each_species_over_its_own_time_steps():
+    pool = ClassAttention(d_model=2, n_classes=2)
+    with torch.no_grad():
+        # Species 0 is heard where feature 0 is high, species 1 where feature 1 is; each attends there.
+        pool.logit.weight.copy_(torch.tensor([[8.0, 0.0], [0.0, 8.0]]))
+        pool.logit.bias.fill_(-4.0)
+        pool.score.weight.copy_(torch.tensor([[20.0, 0.0], [0.0, 20.0]]))
+        pool.score.bias.zero_()
+    sequence = torch.zeros(1, 40, 2)
+    sequence[0, 3, 0] = 1.0  # one step of species 0 ...
+    sequence[0, 30:33, 1] = 1.0  # ... and three of species 1, elsewhere in the window
+    logits = pool(sequence)[0]
+    # Both come out near their per-step logit (+4), where a mean over time would give about -3.8.
+    assert logits[0] > 3.5 and logits[1] > 3.5
+    sequence[0, 3, 0] = 0.0
+    assert pool(sequence)[0, 0] < -3.5  # and a species that is not there stays absent
 
 
 def test_tiny_birdcall_training_writes_a_complete_checkpoint(tiny_birdcall, tiny_workspace):
