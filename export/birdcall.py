@@ -40,6 +40,8 @@ VARIANTS = ("fp32", "int8", "fp16")
 class ServedBirdCall(nn.Module):
     """The trained network with its calibration: features -> (scores, embedding)."""
 
+    inverse_temperature: torch.Tensor
+
     def __init__(self, net: BirdCallNet, temperature: float):
         super().__init__()
         self.net = net
