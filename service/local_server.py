@@ -96,27 +96,28 @@ def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
 
     # bentoml.serve runs the server's arbiter in this process, and every arbiter empties the
     # metrics directory under BENTOML_HOME at start: give each server its own, so a second server
-    # does not blank the first one's /metrics.
-    BentoMLContainer.prometheus_multiproc_dir.set(tempfile.mkdtemp(prefix="chorus-metrics-"))
-    port = free_port()
-    env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
-    env = server_settings(**env)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        server = bentoml.serve(target, host="127.0.0.1", port=port, working_dir=str(ROOT))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
-        yield url
-    finally:
-        stop_arbiter(server)
+    # does not blank the first one's /metrics. It goes when the server has stopped.
+    with tempfile.TemporaryDirectory(prefix="chorus-metrics-", ignore_cleanup_errors=True) as metrics_dir:
+        BentoMLContainer.prometheus_multiproc_dir.set(metrics_dir)
+        port = free_port()
+        env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
+        env = server_settings(**env)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            server = bentoml.serve(target, host="127.0.0.1", port=port, working_dir=str(ROOT))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url)
+            yield url
+        finally:
+            stop_arbiter(server)
 
 
 def stop_arbiter(server: Any, attempt_seconds: float = 10.0, attempts: int = 12) -> None:

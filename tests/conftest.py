@@ -7,6 +7,7 @@ fake engine), integration (training, export, external tools), e2e (the real serv
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
@@ -24,6 +25,7 @@ from service.local_server import ROOT, free_port, serve  # noqa: F401  (tests im
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # A private model store: BentoML reads BENTOML_HOME once, at import, so set it before anything imports it.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="chorus-test-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 
 
 LAYERS = ("unit", "api", "integration", "e2e")

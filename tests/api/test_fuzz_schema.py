@@ -8,7 +8,6 @@ a 4xx, undeclared methods answered 405. Deterministic, so a failure reproduces.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,14 @@ from tests.fuzzing import CHECKS, bounded, config, node_id_for_schemathesis  # n
 EXAMPLES = 60
 
 
-def app_with(settings: ServiceSettings, fake_store: Any, metrics: Any) -> Starlette:
-    jobs = JobStore(Path(tempfile.mkdtemp(prefix="chorus-fuzz-jobs-")))
-    return http_app(DataPlane(FakeEngine(), settings, metrics, open_stored=fake_store), jobs)
+def app_with(settings: ServiceSettings, fake_store: Any, metrics: Any, jobs_dir: Path) -> Starlette:
+    return http_app(DataPlane(FakeEngine(), settings, metrics, open_stored=fake_store), JobStore(jobs_dir))
 
 
 @pytest.fixture
-def api_schema(fake_store, metrics) -> Any:
-    return schemathesis.openapi.from_asgi("/openapi.json", app_with(ServiceSettings(grpc_port=0), fake_store, metrics), config=config())
+def api_schema(fake_store, metrics, tmp_path) -> Any:
+    app = app_with(ServiceSettings(grpc_port=0), fake_store, metrics, tmp_path)
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config())
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
@@ -48,9 +47,9 @@ TOKEN = "s3cret"
 
 
 @pytest.fixture
-def api_schema_with_token(fake_store, metrics) -> Any:
+def api_schema_with_token(fake_store, metrics, tmp_path) -> Any:
     """The document of a server with an API token: inference needs it (401 without), the rest stays open."""
-    app = app_with(ServiceSettings(grpc_port=0, api_token=TOKEN), fake_store, metrics)
+    app = app_with(ServiceSettings(grpc_port=0, api_token=TOKEN), fake_store, metrics, tmp_path)
     # ignored_auth: each operation is sent without the token, and with a wrong one, too: 401 both times.
     settings = config(checks=(*CHECKS, "ignored_auth"), auth={"openapi": {"bearer": {"bearer": TOKEN}}})
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=settings)
