@@ -422,12 +422,18 @@ class LocalPipeline:
     def _consume(self, paths: Sequence[Path], workers: DecodeWorkers) -> Iterator[Outcome]:
         files = {i: _File(Path(p)) for i, p in enumerate(paths)}
         waiting: list[tuple[int, np.ndarray]] = []  # (file index, windows) not scored yet, oldest first
+        queued = 0  # windows in `waiting`
         running = workers.count
         decoding: dict[int, int] = {}  # worker number -> index of the file it decodes
+
+        def drop(index: int) -> tuple[list[tuple[int, np.ndarray]], int]:
+            """`waiting` without the windows of file `index`, and their count."""
+            kept = [(i, w) for i, w in waiting if i != index]
+            return kept, sum(len(w) for _, w in kept)
+
         while running or waiting:
-            block = not waiting or sum(len(w) for _, w in waiting) < self.batch_windows
             try:
-                message = workers.results.get(block=block, timeout=0.02)
+                message = workers.results.get(block=queued < self.batch_windows, timeout=0.02)
             except queue.Empty:
                 message = None
             if message is not None:
@@ -438,7 +444,7 @@ class LocalPipeline:
                     running -= 1
                     dead_on = decoding.pop(index, None)
                     if dead_on in files:
-                        waiting = [(i, w) for i, w in waiting if i != dead_on]
+                        waiting, queued = drop(dead_on)
                         yield files.pop(dead_on).path, _death(payload[0])
                     if dead_on is not None:  # it died on a file, not before any: a new one takes up the rest
                         workers.replace(index)
@@ -453,18 +459,20 @@ class LocalPipeline:
                     files[index].spans.extend(Span(*s) for s in spans)
                     files[index].unscored += len(features)
                     waiting.append((index, features))
-                elif kind == "done":
-                    files[index].facts = payload[0]
+                    queued += len(features)
+                else:  # done, failed or error: its worker has moved on
                     decoding = {n: i for n, i in decoding.items() if i != index}
-                else:  # failed or error: drop what was queued of the file, report it
-                    decoding = {n: i for n, i in decoding.items() if i != index}
-                    waiting = [(i, w) for i, w in waiting if i != index]
-                    failed = files.pop(index)
-                    yield failed.path, AnalysisFailed(*payload[0]) if kind == "failed" else RuntimeError(payload[0])
-                    continue
-            if waiting and (message is None or sum(len(w) for _, w in waiting) >= self.batch_windows or not running):
+                    if kind == "done":
+                        files[index].facts = payload[0]
+                    else:  # drop what was queued of the file, report it
+                        waiting, queued = drop(index)
+                        failed = files.pop(index)
+                        yield failed.path, AnalysisFailed(*payload[0]) if kind == "failed" else RuntimeError(payload[0])
+                        continue
+            if waiting and (message is None or queued >= self.batch_windows or not running):
                 score = self.tail_score if self.tail_score is not None and workers.released else self.score
                 waiting = self._score_some(files, waiting, score)
+                queued = sum(len(w) for _, w in waiting)
             for index in [i for i, f in files.items() if f.facts is not None and f.unscored == 0]:
                 yield self._finished(files.pop(index))
         for file in files.values():  # its worker died before saying it had started it: the next run tries again
