@@ -2,15 +2,17 @@
 attention pooling, linear head. Input: normalized ln-mel windows [B, 1, n_mels, n_frames].
 
 The head gives one independent logit per species (multi-label: sigmoid, not softmax), and the
-pooled vector before it is the call embedding. With `class_attention` (training's choice) each
-species' logit also gets a pooling over time of its own (docs/training.md has the comparison).
+pooled vector before it is the call embedding.
 
-One change to the seed, `frequency_pooling="flatten"` (training's choice; the default is the seed):
-the seed averages the conv features over frequency, which makes it blind to pitch (a steady tone
-at 2.2 kHz and one at 3.8 kHz look the same to it), and once hum, music and crickets are in the
-data its steady-tone species fall to 15-40% F1. Flattening the 16 pooled bands into the projection
-keeps where in frequency a pattern sits; everything else is the seed's (docs/training.md has the
-comparison)."""
+Two changes to the seed, both training's choice (the defaults are the seed's; docs/training.md
+has the comparisons):
+
+- `frequency_pooling="flatten"`: the seed averages the conv features over frequency, which makes
+  it blind to pitch (a steady tone at 2.2 kHz and one at 3.8 kHz look the same to it), and once
+  hum, music and crickets are in the data its steady-tone species fall to 15-40% F1. Flattening
+  the 16 pooled bands into the projection keeps where in frequency a pattern sits.
+- `class_attention`: each species' logit also gets a pooling over time of its own, so that where
+  two species sing the quieter one is not averaged away by the one shared pool."""
 
 from __future__ import annotations
 
