@@ -52,6 +52,8 @@ def _expand_one(argument: str, skip: Path | None) -> Iterable[Path]:
         if not matches:
             raise SourceError(f"{argument}: the pattern matches no file or folder")
         return [f for m in matches for f in _from_match(_absolute(Path(m)), skip)]
+    if path.exists():
+        raise SourceError(f"{argument}: not a regular file or folder (a FIFO, socket or device); name recordings stored as files")
     raise SourceError(f"{argument}: no such file or folder")
 
 

@@ -6,7 +6,10 @@ Nothing here holds more than one block: the decoded working set is `block_sample
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +127,21 @@ def _declared_wav_frames(head: bytes) -> int | None:
     return None
 
 
+def _read_head(path: str | Path) -> bytes:
+    """The first bytes of a regular file; OSError for anything else. Opened without blocking and
+    checked before reading: a FIFO or a device named like a recording (`mkfifo x.wav` in a folder)
+    would otherwise block the reader, and the run waiting on it, for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            reason = "not a regular file (a folder, FIFO, socket or device): only recordings stored as files are read"
+            raise OSError(errno.EINVAL, reason, str(path))
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return file.read(_HEADER_BYTES)
+    finally:
+        os.close(fd)
+
+
 RATES = (8_000, 384_000)
 """Sample rates accepted, in Hz (inclusive): what recorders write, with a bound a hostile header cannot pass."""
 MAX_CHANNELS = 64
@@ -161,8 +179,7 @@ class AudioReader:
         if block_samples < 1:
             raise ValueError(f"block_samples must be >= 1, got {block_samples}")
         if isinstance(source, (str, Path)):
-            with open(source, "rb") as f:
-                head = f.read(_HEADER_BYTES)
+            head = _read_head(source)
             target: str | io.BytesIO = str(source)
         else:
             head = bytes(source[:_HEADER_BYTES])

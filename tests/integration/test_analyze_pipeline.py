@@ -127,6 +127,16 @@ def test_a_missing_file_is_a_read_failure(tmp_path):
     assert isinstance(outcome, AnalysisFailed) and outcome.stage == "read"
 
 
+@pytest.mark.timeout(60)  # a worker reading the FIFO would wait for a writer for ever
+def test_a_fifo_among_the_files_is_a_read_failure_and_the_run_goes_on(tmp_path, recordings):
+    os.mkfifo(tmp_path / "live.wav")
+    pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
+    outcomes = dict(pipeline([tmp_path / "live.wav", recordings["short.wav"]]))
+    fifo = outcomes[tmp_path / "live.wav"]
+    assert isinstance(fifo, AnalysisFailed) and fifo.stage == "read" and "not a regular file" in fifo.reason
+    assert isinstance(outcomes[recordings["short.wav"]], FileScores)
+
+
 def test_workers_started_ahead_serve_the_first_call_and_later_calls_start_their_own(recordings):
     frontend = FrontEnd()
     paths = [recordings["short.wav"], recordings["mid.mp3"], recordings["text.mp3"]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from features import (
     WindowSpan,
     window_count,
 )
+from features.decode import AudioReader
 from tests.conftest import encode
 
 # Max |difference| of ln-mel values vs torchaudio (run in float64: the exact values) on the same audio.
@@ -82,6 +85,15 @@ def test_a_path_and_its_bytes_give_the_same_windows(tmp_path, chirp):
 def test_bad_bytes_raise_typed_errors_that_say_what_to_do(data, error, words):
     with pytest.raises(error, match=words):
         FrontEnd().analyze(data)
+
+
+@pytest.mark.timeout(20)  # the failure this guards against is a read that never returns
+def test_a_fifo_or_folder_named_like_a_recording_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "live.wav")
+    (tmp_path / "folder.wav").mkdir()
+    for path in (tmp_path / "live.wav", tmp_path / "folder.wav"):
+        with pytest.raises(OSError, match="not a regular file"):
+            AudioReader(path)
 
 
 def test_zero_sample_file_is_empty():

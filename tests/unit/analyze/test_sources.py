@@ -74,6 +74,12 @@ def test_symlinks_keep_their_own_name(tmp_path):
     assert expand_sources([tmp_path / "named"]) == [link]
 
 
+def test_a_fifo_named_directly_is_refused_as_not_a_file(tmp_path):
+    os.mkfifo(tmp_path / "live.wav")
+    with pytest.raises(SourceError, match=r"live\.wav: not a regular file or folder"):
+        expand_sources([tmp_path / "live.wav"])
+
+
 def test_a_missing_path_is_an_error_naming_it(tmp_path):
     touch(tmp_path / "a.wav")
     with pytest.raises(SourceError, match=r"nope\.wav: no such file or folder"):
