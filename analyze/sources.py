@@ -13,6 +13,7 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3"})
 """What folders and globs pick up, compared case-insensitively (AudioMoth writes `.WAV`)."""
@@ -65,15 +66,32 @@ def _from_match(path: Path, skip: Path | None) -> Iterable[Path]:
 
 
 def _walk(root: Path, skip: Path | None) -> Iterable[Path]:
+    """Audio files under root. Symlinked folders are followed (a card's folder linked into a
+    project), each real folder once, so a link loop ends; a folder that cannot be listed stops
+    the command rather than leaving its recordings out unsaid."""
     if _inside(root, skip):
         return
-    for folder, dirs, files in os.walk(root):
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, onerror=_unlistable, followlinks=True):
         base = Path(folder)
-        # Pruning `dirs` in place is how os.walk is told not to descend.
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not _inside(base / d, skip)]
+        try:
+            status = os.stat(folder)
+        except OSError as error:
+            _unlistable(error)
+        if (status.st_dev, status.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        # Pruning `dirs` in place is how os.walk is told not to descend; sorted, so that of two
+        # links to one folder the same one is taken every run.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(base / d, skip))
         for name in files:
             if not name.startswith(".") and _is_audio(base / name):
                 yield base / name
+
+
+def _unlistable(error: OSError) -> NoReturn:
+    raise SourceError(f"{error.filename}: the folder cannot be listed ({error.strerror})") from error
 
 
 def read_manifest(manifest: Path) -> list[Path]:

@@ -74,6 +74,29 @@ def test_symlinks_keep_their_own_name(tmp_path):
     assert expand_sources([tmp_path / "named"]) == [link]
 
 
+def test_symlinked_folders_are_followed_under_their_link_name_and_a_link_loop_ends(tmp_path):
+    card = touch(tmp_path / "card" / "20240517_053000.WAV").parent
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "site1").symlink_to(card)
+    (tmp_path / "card" / "loop").symlink_to(tmp_path / "card")
+    assert expand_sources([tmp_path / "project"]) == [tmp_path / "project" / "site1" / "20240517_053000.WAV"]
+
+
+def test_a_folder_that_cannot_be_listed_stops_the_command_naming_it(tmp_path, monkeypatch):
+    touch(tmp_path / "site1" / "a.wav")
+    touch(tmp_path / "locked" / "b.wav")
+    listing = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> object:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SourceError, match=r"locked: the folder cannot be listed \(Permission denied\)"):
+        expand_sources([tmp_path])
+
+
 def test_a_fifo_named_directly_is_refused_as_not_a_file(tmp_path):
     os.mkfifo(tmp_path / "live.wav")
     with pytest.raises(SourceError, match=r"live\.wav: not a regular file or folder"):
