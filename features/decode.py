@@ -180,7 +180,9 @@ class AudioReader:
             raise ValueError(f"block_samples must be >= 1, got {block_samples}")
         if isinstance(source, (str, Path)):
             head = _read_head(source)
-            target: str | io.BytesIO = str(source)
+            # As bytes: soundfile encodes a str path strictly as UTF-8, which fails on a name that
+            # is not (a Latin-1 name from an old card reads as surrogate escapes).
+            target: bytes | io.BytesIO = os.fsencode(source)
         else:
             head = bytes(source[:_HEADER_BYTES])
             target = io.BytesIO(source)

@@ -62,9 +62,10 @@ def test_every_accepted_format_is_mixed_to_mono_and_windowed(chirp, fmt, subtype
     assert windows.rms[0] == pytest.approx(0.225 / np.sqrt(2) * np.sqrt(min(seconds, 5.0) / 5.0), rel=0.05)
 
 
-def test_a_path_and_its_bytes_give_the_same_windows(tmp_path, chirp):
+@pytest.mark.parametrize("name", ["a.wav", os.fsdecode(b"caf\xe9 \xff.wav")], ids=["utf8", "latin1-name"])
+def test_a_path_and_its_bytes_give_the_same_windows(tmp_path, chirp, name):
     data = encode(chirp, 44_100, "WAV", "PCM_16")
-    path = tmp_path / "a.wav"
+    path = tmp_path / name
     path.write_bytes(data)
     frontend = FrontEnd()
     from_path, from_bytes = frontend.analyze(path), frontend.analyze(data)
