@@ -45,7 +45,7 @@ class Detection:
 
 
 class UnknownSpeciesError(ValueError):
-    """A species list names species the model does not know; the message lists the known ones."""
+    """A species list cannot be read or names species the model does not know (the message then lists the known ones)."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,19 @@ def read_species_list(path: Path, labels: Sequence[str]) -> frozenset[str]:
 
     Names must match the model's labels exactly; unknown names are an error listing the known ones.
     """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UnknownSpeciesError(f"{path}: the species list cannot be read ({reason}); give a text file, one species per line") from error
     names = set()
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         name = line.split("#", 1)[0].strip()
         if name:
             names.add(name)
+    if not names:
+        known = ", ".join(sorted(labels))
+        raise UnknownSpeciesError(f"{path}: the species list names no species; give one species per line (the model knows: {known})")
     check_species(names, labels, source=str(path))
     return frozenset(names)
 

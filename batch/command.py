@@ -15,7 +15,7 @@ from analyze.detections import DetectionSettings, read_species_list
 from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline, StartMethod, worker_count
 from analyze.run import Progress, RunConfig, Summary, run
 from analyze.sources import expand_sources
-from analyze.writers import DEFAULT_FORMATS, check_formats
+from analyze.writers import DEFAULT_FORMATS, check_formats, check_out_dir
 from batch.model import AnalysisModel, load_analysis_model
 from features import Channels
 
@@ -129,6 +129,7 @@ def _analyze(options: AnalyzeOptions, prestarted: DecodeWorkers | None) -> Summa
     detection = detection_settings(options, model)
     formats = check_formats(options.formats)
     paths = expand_sources(options.sources, out_dir=options.out)
+    check_out_dir(options.out)
     config = RunConfig(
         out_dir=options.out,
         model=model.info(),

@@ -89,6 +89,12 @@ def load_analysis_model(
     stored = StoredModel.resolve(tag)
     frontend = stored_frontend(stored)
     if stride_seconds is not None:
+        clip = frontend.config.clip_seconds
+        if stride_seconds > clip:
+            raise ValueError(
+                f"stride {stride_seconds:g} s is longer than the model's {clip:g} s windows: the audio between them would never be "
+                f"analyzed; give a stride of at most {clip:g} s (windows overlap when it is shorter)"
+            )
         frontend = FrontEnd(dataclasses.replace(frontend.config, stride_seconds=stride_seconds), frontend.stats)
     labels = tuple(stored.read_json(artifacts.LABELS))
     calibration = artifacts.read_json(stored.path, artifacts.CALIBRATION, default={})

@@ -35,6 +35,17 @@ class OutputError(ValueError):
     """An output cannot be written as asked (unknown format, missing library); said before any work starts."""
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Make the output folder (and its parents) now, so that a path that cannot be one (a file, a
+    read-only place) is said before any work, not as a traceback."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: is a file, not a folder; give a folder for the tables (it is made if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out_dir}: cannot be the output folder ({error.strerror}); give a folder that can be written") from error
+
+
 def check_formats(formats: Collection[str]) -> frozenset[str]:
     """Validate the selected formats up front, so a long run cannot fail at its very end."""
     unknown = sorted(set(formats) - set(FORMATS))

@@ -69,6 +69,12 @@ def test_a_folder_with_broken_files(tiny_exports, field, tmp_path):
     assert len(list((tmp_path / "out" / "raven").rglob("*.selections.txt"))) == 4
 
 
+def test_a_stride_longer_than_the_windows_is_refused_before_any_work(tiny_exports, field, tmp_path):
+    with pytest.raises(ValueError, match=r"longer than the model's .* windows: the audio between them would never be analyzed"):
+        analyze(AnalyzeOptions(sources=[str(field)], out=tmp_path / "out", stride_seconds=600.0))
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_path):
     command = [
         sys.executable,

@@ -74,6 +74,17 @@ class TestSpeciesListFile:
         with pytest.raises(UnknownSpeciesError, match=r"species\.txt: unknown species 'robinn' \(did you mean 'robin'\?\)"):
             read_species_list(listing, LABELS)
 
+    def test_an_empty_or_unreadable_list_is_an_error_not_a_run_without_detections(self, tmp_path):
+        listing = tmp_path / "species.txt"
+        listing.write_text("# to fill in\n\n")
+        with pytest.raises(UnknownSpeciesError, match=r"species\.txt: the species list names no species"):
+            read_species_list(listing, LABELS)
+        with pytest.raises(UnknownSpeciesError, match=r"gone\.txt: the species list cannot be read \(No such file or directory\)"):
+            read_species_list(tmp_path / "gone.txt", LABELS)
+        listing.write_bytes(b"owl\n\xff\xfe\x00")
+        with pytest.raises(UnknownSpeciesError, match="not UTF-8 text"):
+            read_species_list(listing, LABELS)
+
 
 class TestMerge:
     def test_consecutive_windows_of_one_species_become_one_detection_with_the_max_score(self):

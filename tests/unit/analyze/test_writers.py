@@ -18,6 +18,7 @@ from analyze.writers import (
     FORMATS,
     OutputError,
     check_formats,
+    check_out_dir,
     common_root,
     write_combined_outputs,
     write_file_outputs,
@@ -263,3 +264,13 @@ def test_an_identical_per_file_table_is_left_alone(tmp_path, files):
     changed = result(files[0].path, 60.0)
     write_file_outputs(tmp_path, changed, files[0].path.parent, MODEL, {"raven"})
     assert table.stat().st_mtime_ns != 1 and table.read_text().count("\n") == 1
+
+
+def test_the_output_folder_is_made_up_front_and_a_file_in_its_place_is_refused(tmp_path):
+    check_out_dir(tmp_path / "survey" / "out")
+    assert (tmp_path / "survey" / "out").is_dir()
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(OutputError, match=r"taken: is a file, not a folder"):
+        check_out_dir(tmp_path / "taken")
+    with pytest.raises(OutputError, match=r"cannot be the output folder \(Not a directory\)"):
+        check_out_dir(tmp_path / "taken" / "out")
