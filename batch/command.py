@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,20 @@ class AnalyzeOptions:
     ray_actors: int = 1
     """Model actors on the Ray cluster."""
     ray_gpus_per_actor: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = [
+            message
+            for bad, message in (
+                (self.workers < 0, f"workers must be 0 (one per core) or more, got {self.workers}"),
+                (self.batch_windows < 1, f"batch_windows must be at least 1, got {self.batch_windows}"),
+                (self.ray_actors < 1, f"ray_actors must be at least 1, got {self.ray_actors}"),
+                (not 0 <= self.ray_gpus_per_actor < math.inf, f"ray_gpus_per_actor must be 0 or more, got {self.ray_gpus_per_actor}"),
+            )
+            if bad
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def detection_settings(options: AnalyzeOptions, model: AnalysisModel) -> DetectionSettings:

@@ -95,28 +95,28 @@ def _analyze(args: argparse.Namespace) -> int:
     from features import FrontEndConfigError
     from layout.artifacts import ArtifactError
 
-    options = AnalyzeOptions(
-        sources=args.paths,
-        out=args.out,
-        model=args.model,
-        variant=args.variant,
-        providers=args.providers,
-        min_confidence=args.min_confidence,
-        top_k=args.top_k,
-        stride_seconds=args.stride,
-        species_file=args.species,
-        exclude_file=args.exclude,
-        merge=args.merge,
-        channels=args.channels,
-        formats=frozenset(args.formats.split(",")),
-        retry_failed=args.retry_failed,
-        workers=args.workers,
-        batch_windows=args.batch_windows,
-        ray=args.ray,
-        ray_actors=args.ray_actors,
-        ray_gpus_per_actor=args.ray_gpus_per_actor,
-    )
     try:
+        options = AnalyzeOptions(
+            sources=args.paths,
+            out=args.out,
+            model=args.model,
+            variant=args.variant,
+            providers=args.providers,
+            min_confidence=args.min_confidence,
+            top_k=args.top_k,
+            stride_seconds=args.stride,
+            species_file=args.species,
+            exclude_file=args.exclude,
+            merge=args.merge,
+            channels=args.channels,
+            formats=frozenset(args.formats.split(",")),
+            retry_failed=args.retry_failed,
+            workers=args.workers,
+            batch_windows=args.batch_windows,
+            ray=args.ray,
+            ray_actors=args.ray_actors,
+            ray_gpus_per_actor=args.ray_gpus_per_actor,
+        )
         summary = analyze(options, fork_workers=True)  # a fresh process: no threads yet
     except (SourceError, UnknownSpeciesError, OutputError, FrontEndConfigError, ArtifactError, ValueError) as error:
         print(f"chorus analyze: {error}", file=sys.stderr)

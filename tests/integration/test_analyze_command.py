@@ -95,6 +95,8 @@ def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_
     species.write_text("a_bird_nobody_knows\n")
     refused = subprocess.run([*command, "--species", str(species)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "a_bird_nobody_knows" in refused.stderr
+    refused = subprocess.run([*command, "--workers", "-1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "workers must be 0 (one per core) or more, got -1" in refused.stderr
     failing = subprocess.run(
         [*command[:4], str(field / "site2"), "--out", str(tmp_path / "cli2")], cwd=ROOT, capture_output=True, text=True, timeout=300
     )

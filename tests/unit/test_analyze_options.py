@@ -1,0 +1,29 @@
+"""The analyze command's options refuse values that would hang or break a run, before any work."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from batch.command import AnalyzeOptions
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"workers": -1}, "workers must be 0 (one per core) or more, got -1"),  # used to start no worker and wait for ever
+        ({"batch_windows": 0}, "batch_windows must be at least 1, got 0"),
+        ({"ray_actors": 0}, "ray_actors must be at least 1, got 0"),
+        ({"ray_gpus_per_actor": float("nan")}, "ray_gpus_per_actor must be 0 or more, got nan"),
+        ({"workers": -2, "batch_windows": -1}, "workers must be 0 (one per core) or more, got -2; batch_windows must be at least 1"),
+    ],
+)
+def test_out_of_range_options_are_refused_with_every_problem_named(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AnalyzeOptions(sources=["x.wav"], out=Path("out"), **options)
+
+
+def test_the_defaults_are_valid():
+    assert AnalyzeOptions(sources=["x.wav"], out=Path("out")).workers == 0
