@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -34,16 +36,31 @@ class JobCancelled(BaseException):
     """Raised inside a run when its cancel was asked: nothing catches it on the way out."""
 
 
-def audio_seconds(paths: list) -> float:
-    """Total duration from the files' headers (0 for a file whose header cannot be read)."""
+def audio_seconds(paths: list[Path]) -> float:
+    """Total duration from the files' headers (0 for a file whose header cannot be read, and for
+    anything but a regular file: opening a FIFO would wait for a writer)."""
     total = 0.0
     for path in paths:
+        if not path.is_file():
+            continue
         try:
-            info = sf.info(str(path))
+            info = sf.info(os.fsencode(path))
             total += info.frames / info.samplerate if info.frames > 0 else 0.0
         except (sf.LibsndfileError, RuntimeError, OSError):
             continue
     return total
+
+
+def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], float]:
+    """The job's files and their audio seconds from the headers. Their links are checked again
+    here, at run time: one leading outside the allowed folders may have been made since the
+    submission was checked. File-system work that may take a while: run it off the event loop."""
+    paths = expand_sources(sources)
+    folders = [folder.resolve() for folder in allowed]
+    escaping = [path for path in paths if not any(path.resolve().is_relative_to(folder) for folder in folders)]
+    if escaping:
+        raise PermissionError(f"{len(escaping)} file(s) of the job lead outside the analyze root, through links made since its submission")
+    return paths, audio_seconds(paths)
 
 
 def model_info(model: AudioClassifier) -> ModelInfo:
@@ -105,10 +122,12 @@ class JobRunner:
                     break
                 await asyncio.sleep(1.0)
             model = await self.plane.classifier()
-            paths = expand_sources(request.sources)
+            root = self.plane.settings.analyze_root
+            allowed = [self.store.home, *([Path(root)] if root else [])]
+            paths, seconds = await asyncio.to_thread(job_files, request.sources, allowed)
             state.status = "running"
             state.files_total = len(paths)
-            state.audio_seconds_total = round(audio_seconds(paths), 3)
+            state.audio_seconds_total = round(seconds, 3)
             self.store.save_state(job_id, state)
             self._count_states()
             config = RunConfig(

@@ -130,6 +130,7 @@ async def test_the_task_routes_need_the_token_and_answer_from_disk(gate, plane, 
 async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store, engine, root):
     recording = root / "site1" / "20240517_053000.WAV"
     recording.write_bytes(encode((0.1 * np.random.default_rng(0).standard_normal(16_000 * 12)).astype(np.float32), 16_000, "WAV", "PCM_16"))
+    plane.settings.analyze_root = str(root)
     store.create("job2", JobRequest(sources=[str(root / "site1")], formats=["csv", "raven"], min_confidence=0.0))
     state = await JobRunner(store, plane).run("job2")
     assert state.status == "done", state.error
@@ -139,7 +140,23 @@ async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store,
     assert "2024-05-17T05:30:00" in store.output("job2", "detections.csv").read_text()  # the clock time from the name
 
 
+@pytest.mark.timeout(60)  # a FIFO opened for its header would wait for a writer for ever
+async def test_links_out_of_the_root_made_after_submission_fail_the_job_and_a_fifo_fails_only_itself(plane, store, root):
+    plane.settings.analyze_root = str(root)
+    os.mkfifo(root / "site1" / "20240517_063000.wav")
+    store.create("job4", JobRequest(sources=[str(root / "site1")], formats=["csv"], min_confidence=0.0))
+    state = await JobRunner(store, plane).run("job4")
+    assert state.status == "done", state.error
+    assert state.summary["files_ok"] == 1 and state.summary["files_failed"] == 1
+    assert "not a regular file" in store.output("job4", "errors.csv").read_text()
+    os.symlink(root.parent / "secret", root / "site1" / "late")
+    store.create("job5", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    state = await JobRunner(store, plane).run("job5")
+    assert state.status == "failed" and "lead outside the analyze root, through links made since its submission" in state.error
+
+
 async def test_a_cancelled_job_stops(plane, store, root):
+    plane.settings.analyze_root = str(root)
     store.create("job3", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
     store.ask_cancel("job3")
     state = await JobRunner(store, plane).run("job3")
