@@ -132,14 +132,12 @@ def _read_head(path: str | Path) -> bytes:
     checked before reading: a FIFO or a device named like a recording (`mkfifo x.wav` in a folder)
     would otherwise block the reader, and the run waiting on it, for ever."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            reason = "not a regular file (a folder, FIFO, socket or device): only recordings stored as files are read"
-            raise OSError(errno.EINVAL, reason, str(path))
-        with os.fdopen(os.dup(fd), "rb") as file:
-            return file.read(_HEADER_BYTES)
-    finally:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
+        reason = "not a regular file (a folder, FIFO, socket or device): only recordings stored as files are read"
+        raise OSError(errno.EINVAL, reason, str(path))
+    with os.fdopen(fd, "rb") as file:  # closes fd
+        return file.read(_HEADER_BYTES)
 
 
 RATES = (8_000, 384_000)
