@@ -26,6 +26,7 @@ from analyze.run import Progress, RunConfig, run
 from analyze.sources import expand_sources
 from service.dataplane import DataPlane
 from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
+from service.jobs.submit import outside
 from service.models.tasks import AudioClassifier
 
 log = logging.getLogger("chorus.jobs")
@@ -56,8 +57,7 @@ def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], floa
     here, at run time: one leading outside the allowed folders may have been made since the
     submission was checked. File-system work that may take a while: run it off the event loop."""
     paths = expand_sources(sources)
-    folders = [folder.resolve() for folder in allowed]
-    escaping = [path for path in paths if not any(path.resolve().is_relative_to(folder) for folder in folders)]
+    escaping = outside(paths, allowed)
     if escaping:
         raise PermissionError(f"{len(escaping)} file(s) of the job lead outside the analyze root, through links made since its submission")
     return paths, audio_seconds(paths)

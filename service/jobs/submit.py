@@ -40,6 +40,12 @@ def server_path(root: str | None, path: Any) -> Path:
     return target
 
 
+def outside(files: list[Path], folders: list[Path]) -> list[Path]:
+    """The files whose real path (every symlink followed) lies in none of the folders."""
+    real_folders = [folder.resolve() for folder in folders]
+    return [f for f in files if not any(f.resolve().is_relative_to(folder) for folder in real_folders)]
+
+
 def check_submission(body: Any, store: JobStore, root: str | None, labels: list[str]) -> tuple[JobRequest, Path | None]:
     """(the job's request, the upload folder it takes over, if any)."""
     if not isinstance(body, dict):
@@ -64,7 +70,7 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
             files = expand_sources([str(target)])
         except SourceError as exc:
             raise InvalidParameter(str(exc)) from None
-        escaping = [str(f) for f in files if not f.resolve().is_relative_to(base)]
+        escaping = outside(files, [base])
         if escaping:
             raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root")
         sources = [str(target)]
