@@ -226,7 +226,9 @@ def _active_segments(bout: np.ndarray, sr: int) -> list[tuple[int, int]]:
     hop = max(1, int(_ACTIVE_FRAME_SECONDS * sr))
     frames = len(bout) // hop
     if frames == 0:
-        return [(0, len(bout))]
+        # A bout cut by the recording's end after less than one frame: too short to be heard, and an
+        # event of a few samples would round to zero length in the events file.
+        return []
     rms = np.sqrt(np.mean(bout[: frames * hop].reshape(frames, hop) ** 2, axis=1))
     active = rms > 0.05 * rms.max()
     segments: list[list[int]] = []

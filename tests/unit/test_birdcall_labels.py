@@ -8,7 +8,7 @@ import pytest
 from features import WindowSpan
 from training.background_synth import BACKGROUNDS
 from training.birdcall_data import Item, events_path, parse_labels, read_manifest, species_of, window_targets
-from training.birdcall_synth import CallEvent, SceneSpec, synthesize_scene
+from training.birdcall_synth import CallEvent, SceneSpec, _active_segments, bird_track, synthesize_scene
 
 
 def test_labels_split_on_semicolons_and_background_means_none():
@@ -100,3 +100,13 @@ def test_scenes_record_every_call_and_clip_when_asked():
         if e.label == "hooting_owl":
             inside[int(e.start * rate) // 400 : int(e.end * rate) // 400] = True
     assert power[inside].mean() > 3 * power[~inside].mean()
+
+
+def test_a_bout_cut_to_a_few_samples_by_the_recording_end_is_no_event():
+    rate = 16_000
+    assert _active_segments(np.ones(10), rate) == []
+    # Every event a track reports has a length the events file can hold (ms resolution).
+    for seed in range(40):
+        n = int(np.random.default_rng(seed).uniform(3, 8) * rate)
+        _, events = bird_track("pulsing_nightjar", n, rate, np.random.default_rng(seed))
+        assert all(round(e.end, 3) > round(e.start, 3) for e in events)
