@@ -34,8 +34,14 @@ class FileScores:
     channels: int
 
 
+READ_STAGE = "read"
+"""The stage of a failure to open or read the file (an OSError): not the bytes' fault, so the
+journal does not keep it and the next run tries the file again."""
+
+
 class AnalysisFailed(Exception):
-    """The file cannot be analyzed, and retrying the same bytes would fail the same way."""
+    """The file cannot be analyzed, and retrying the same bytes would fail the same way (except at
+    READ_STAGE: the bytes could not be had)."""
 
     def __init__(self, stage: str, reason: str):
         super().__init__(f"{stage}: {reason}")

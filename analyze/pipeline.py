@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from analyze.analyzer import AnalysisFailed, FileScores, Outcome
+from analyze.analyzer import READ_STAGE, AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
 from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
 from layout.machine import usable_cores
@@ -164,7 +164,7 @@ def featurize_files(channel: Channel, background: bool = False) -> None:
         except AudioError as error:
             channel.put(("failed", index, ("decode", str(error))))
         except OSError as error:
-            channel.put(("failed", index, ("read", str(error))))
+            channel.put(("failed", index, (READ_STAGE, str(error))))
         except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
             channel.put(("error", index, f"{type(error).__name__}: {error}"))
     channel.put(("exit", None, None))

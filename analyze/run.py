@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyze.analyzer import AnalysisFailed, Execute, FileScores
+from analyze.analyzer import READ_STAGE, AnalysisFailed, Execute, FileScores
 from analyze.atomic import remove_leftovers
 from analyze.clock import recording_start
 from analyze.detections import DetectionSettings, detect
@@ -103,7 +103,7 @@ def run(
             try:
                 keys[path] = FileKey.of(path, config.model, settings)
             except OSError as error:
-                transient[path] = FileFailure(path, "read", str(error))
+                transient[path] = FileFailure(path, READ_STAGE, str(error))
                 continue
             if not _finished(journal, keys[path], config.retry_failed):
                 todo.append(path)
@@ -158,6 +158,8 @@ def _record(
     """Journal one file's outcome if it is final; returns its result or failure, and whether it was journaled."""
     if isinstance(outcome, AnalysisFailed):
         failure = FileFailure(path, outcome.stage, outcome.reason)
+        if outcome.stage == READ_STAGE:  # the file could not be opened or read (a card reader dropped out)
+            return failure, False
         journal.record_failure(key, failure)
         return failure, True
     if not isinstance(outcome, FileScores):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from analyze.analyzer import AnalysisFailed, FileScores, Outcome
+from analyze.analyzer import READ_STAGE, AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
 from analyze.pipeline import FrontEndSpec
 from features import AudioError
@@ -68,7 +68,7 @@ def featurize_rows(row: dict[str, Any], spec: FrontEndSpec) -> Iterator[dict[str
     except AudioError as error:
         yield _row(index, "failed", shape, message=f"decode\t{error}")
     except OSError as error:
-        yield _row(index, "failed", shape, message=f"read\t{error}")
+        yield _row(index, "failed", shape, message=f"{READ_STAGE}\t{error}")
     except Exception as error:  # a fault of ours: reported for this file, retried next run
         yield _row(index, "error", shape, message=f"{type(error).__name__}: {error}")
 

@@ -14,7 +14,7 @@ import pytest
 
 import analyze.journal
 import analyze.run
-from analyze.analyzer import in_order
+from analyze.analyzer import READ_STAGE, AnalysisFailed, in_order
 from analyze.atomic import TMP_SUFFIX
 from analyze.detections import DetectionSettings, UnknownSpeciesError
 from analyze.journal import FOLDER
@@ -134,7 +134,7 @@ def test_kill_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, monke
 KILL_9 = """
 import json, os, signal, sys
 from pathlib import Path
-from analyze.analyzer import in_order
+from analyze.analyzer import READ_STAGE, AnalysisFailed, in_order
 from analyze.run import run
 from tests.unit.analyze.fakes import FakeAnalyzer, decode_error
 from tests.unit.analyze.test_run import LABELS, config
@@ -281,6 +281,20 @@ def test_a_file_that_vanished_before_the_run_is_a_read_failure(tmp_path, recordi
     summary = run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"))
     assert summary.files_failed == 2
     assert f"{recordings[0]},read," in (tmp_path / "out" / "errors.csv").read_text()
+
+
+def test_a_file_that_could_not_be_read_is_tried_again_on_the_next_run(tmp_path, recordings):
+    """A card reader that drops out mid-run: the file is listed as failed for this run only."""
+    out = tmp_path / "out"
+    gone = recordings[4]  # moth1/20240517_040000.WAV: the only file of that name
+    fail = {gone.name: AnalysisFailed(READ_STAGE, "[Errno 2] No such file or directory"), "broken.wav": decode_error()}
+    summary = run(recordings, in_order(FakeAnalyzer(LABELS, fail=fail)), config(out))
+    assert summary.files_failed == 2
+    assert f"{gone},read," in (out / "errors.csv").read_text()
+    again = FakeAnalyzer(LABELS)
+    summary = run(recordings, in_order(again), config(out))
+    assert again.calls == [gone] and (summary.files_failed, summary.files_skipped) == (1, 8)
+    assert f"{gone}," not in (out / "errors.csv").read_text()
 
 
 def test_per_file_outputs_of_earlier_files_follow_the_formats_asked_now(tmp_path, recordings):
