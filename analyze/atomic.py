@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -22,9 +22,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     remove_leftovers deletes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(path)
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -34,6 +32,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new empty file next to `path`, with the permissions the umask gives any new file (mkstemp's
+    0600 would survive the rename: tables that colleagues on a shared server cannot open)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 @contextlib.contextmanager

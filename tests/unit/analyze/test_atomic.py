@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from analyze.atomic import TMP_SUFFIX, atomic_path, atomic_text, remove_leftovers, write_text
@@ -43,3 +46,18 @@ def test_leftovers_of_a_kill_are_removed_and_nothing_else(tmp_path):
         path.write_text("x")
     remove_leftovers(tmp_path)
     assert not leftover.exists() and all(p.exists() for p in kept)
+
+
+def test_files_get_the_permissions_the_umask_gives_new_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "shared.txt", "x\n")
+        with atomic_path(tmp_path / "t.parquet") as tmp:
+            tmp.write_bytes(b"x")
+        os.umask(0o077)
+        write_text(tmp_path / "private.txt", "x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "t.parquet").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
