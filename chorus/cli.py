@@ -18,11 +18,17 @@ def _print_result(result: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Exit 2, with the reason on stderr, when the user's data cannot be trained on."""
     workspace = Workspace.from_env()
     if args.model == "birdcall":
         from training import train_birdcall as birdcall
+        from training.birdcall_data import DataError
 
-        result = birdcall.train_birdcall(birdcall.PROFILES[args.profile], workspace, data_csv=args.data)
+        try:
+            result = birdcall.train_birdcall(birdcall.PROFILES[args.profile], workspace, data_csv=args.data)
+        except DataError as error:
+            print(f"chorus train: {error}", file=sys.stderr)
+            return 2
     else:
         from training import train_frames as frames
 

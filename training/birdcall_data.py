@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from features import FrontEnd, FrontEndConfig, WindowSpan
+from features import AudioError, FrontEnd, FrontEndConfig, WindowSpan
 from training.birdcall_synth import CallEvent
 
 SPLITS = ("train", "val", "test")
@@ -41,6 +42,10 @@ WHOLE_CALL_SHARE = 0.8
 """... as is one holding this share of any one call (short calls)."""
 NO_CALL_SECONDS = 0.02
 """A window holding less than this of a species' calls is labelled without it."""
+
+
+class DataError(ValueError):
+    """The user's data (labels CSV, events file, a recording) cannot be trained on: says where and why."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,44 @@ def events_path(csv_path: Path) -> Path:
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
-    """'a;b' -> ('a', 'b'); 'background' or '' -> ()."""
-    names = {part.strip() for part in text.split(LABEL_SEPARATOR)} - {"", BACKGROUND_LABEL}
-    return tuple(sorted(names))
+    """'a;b' -> ('a', 'b'); 'background' (any case) or '' -> ()."""
+    names = {part.strip() for part in text.split(LABEL_SEPARATOR)}
+    return tuple(sorted(name for name in names if name and name.lower() != BACKGROUND_LABEL))
+
+
+def _csv_rows(path: Path, required: set[str], expected: str) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV with a header: column names trimmed and lower-cased, a UTF-8 BOM
+    (Excel's "CSV UTF-8") dropped, blank rows skipped; a row with more or fewer fields than the
+    header refused (an unquoted comma in a label, a label not yet typed)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; save it as CSV UTF-8") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip().lower() for name in next(reader, [])]
+    missing = required - set(header)
+    if missing:
+        found = ",".join(header) if header else "nothing (the file is empty)"
+        raise DataError(f"{path} lacks column(s) {sorted(missing)}: its header has {found}; expected {expected}")
+    rows = []
+    for fields in reader:
+        if not any(field.strip() for field in fields):
+            continue
+        line = reader.line_num
+        if len(fields) != len(header):
+            hint = f"; separate several species with {LABEL_SEPARATOR!r} (owl{LABEL_SEPARATOR}wren)" if len(fields) > len(header) else ""
+            raise DataError(f"{path} line {line}: {len(fields)} fields where the header has {len(header)} ({expected}){hint}")
+        rows.append((line, dict(zip(header, fields, strict=True))))
+    return rows
+
+
+def _seconds(path: Path, line: int, column: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"{path} line {line}: {column} {value!r} is not a number of seconds (e.g. 12.5)") from None
 
 
 def _hash_split(path: str) -> str:
@@ -75,46 +115,68 @@ def _read_events(csv_path: Path) -> dict[str, list[CallEvent]]:
     if not path.exists():
         return {}
     events: dict[str, list[CallEvent]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label", "start", "end"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path} lacks column(s) {sorted(missing)}; expected path,label,start,end")
-        for row in reader:
-            start, end = float(row["start"]), float(row["end"])
-            if not 0 <= start < end:
-                raise ValueError(f"{path}: event {row['label']} of {row['path']} has start {start} and end {end}")
-            snr = row.get("snr_db") or None  # optional: generated data records each call's level
-            events.setdefault(row["path"], []).append(CallEvent(row["label"].strip(), start, end, None if snr is None else float(snr)))
+    for line, row in _csv_rows(path, {"path", "label", "start", "end"}, "path,label,start,end[,snr_db]"):
+        start, end = _seconds(path, line, "start", row["start"]), _seconds(path, line, "end", row["end"])
+        if not 0 <= start < end:
+            raise DataError(f"{path} line {line}: event {row['label']} of {row['path']} has start {start} and end {end}")
+        level = row.get("snr_db", "").strip()  # optional: generated data records each call's level
+        snr = _seconds(path, line, "snr_db", level) if level else None
+        events.setdefault(row["path"], []).append(CallEvent(row["label"].strip(), start, end, snr))
     return events
 
 
 def read_manifest(csv_path: Path) -> list[Item]:
-    """Read `path,label[,split]` rows (and the events file beside it); paths are relative to the CSV's folder."""
+    """Read `path,label[,split]` rows (and the events file beside it); paths are relative to the CSV's folder.
+
+    Raises DataError naming the file and line of anything it cannot take."""
     root = csv_path.parent
     events = _read_events(csv_path)
-    items = []
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}; expected path,label[,split]")
-        for row in reader:
-            split = (row.get("split") or _hash_split(row["path"])).strip()
-            if split not in SPLITS:
-                raise ValueError(f"{csv_path}: split {split!r} for {row['path']} is not one of {SPLITS}")
-            labels = parse_labels(row["label"] or "")
-            calls = events.pop(row["path"], None)
-            if calls is not None and not {e.label for e in calls} <= set(labels):
-                raise ValueError(f"{csv_path}: events of {row['path']} name species its label {row['label']!r} does not")
-            # With an events file, a background recording's windows are known to hold no call.
-            known = tuple(calls) if calls is not None else (() if events_path(csv_path).exists() and not labels else None)
-            items.append(Item(root / row["path"], labels, split, known))
+    items: list[Item] = []
+    lines: dict[str, int] = {}
+    for line, row in _csv_rows(csv_path, {"path", "label"}, "path,label[,split]"):
+        name = row["path"]
+        if name in lines:
+            raise DataError(f"{csv_path} line {line}: {name} is listed already on line {lines[name]}; list each recording once")
+        lines[name] = line
+        split = (row.get("split") or _hash_split(name)).strip()
+        if split not in SPLITS:
+            raise DataError(f"{csv_path} line {line}: split {split!r} for {name} is not one of {SPLITS}")
+        labels = parse_labels(row["label"])
+        calls = events.pop(name, None)
+        if calls is not None:
+            foreign = sorted({e.label for e in calls} - set(labels))
+            if foreign:
+                raise DataError(f"{events_path(csv_path)}: events of {name} name {foreign}, which its label {row['label']!r} does not")
+        # With an events file, a background recording's windows are known to hold no call.
+        known = tuple(calls) if calls is not None else (() if events_path(csv_path).exists() and not labels else None)
+        items.append(Item(root / name, labels, split, known))
     if not items:
-        raise ValueError(f"{csv_path} lists no recordings")
+        raise DataError(f"{csv_path} lists no recordings")
     if events:
-        raise ValueError(f"{events_path(csv_path)} has events for recordings {csv_path} does not list: {sorted(events)[:3]}")
+        raise DataError(f"{events_path(csv_path)} has events for recordings {csv_path} does not list: {sorted(events)[:3]}")
+    _refuse_names_differing_in_case(csv_path, species_of(items))
     return items
+
+
+def _refuse_names_differing_in_case(csv_path: Path, species: list[str]) -> None:
+    by_folded: dict[str, list[str]] = {}
+    for name in species:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in by_folded.values() if len(names) > 1]
+    if clashes:
+        raise DataError(f"{csv_path}: species names that differ only in case would be separate species: {clashes[:3]}; spell each one way")
+
+
+def check_trainable(csv_path: Path, items: Sequence[Item]) -> None:
+    """Refuse, before any audio is read, data that would train nothing or measure nothing."""
+    if not species_of(items):
+        raise DataError(f"{csv_path} names no species (every row is background); label the recordings that hold birds")
+    empty = [name for name in SPLITS if not any(item.split == name for item in items)]
+    if empty:
+        raise DataError(
+            f"{csv_path}: no recordings in split(s) {empty}: training needs train, val and test; give some rows "
+            f"split={empty[0]}, or drop the split column to split by a hash of the path (80/10/10)"
+        )
 
 
 def species_of(items: Sequence[Item]) -> list[str]:
@@ -145,7 +207,8 @@ def window_targets(item: Item, spans: Sequence[WindowSpan], index: dict[str, int
     ends = np.array([s.end for s in spans])[:, None]
     for name in item.labels:
         calls = [e for e in item.events if e.label == name]
-        if not calls:
+        if not calls:  # labelled, but where it calls is not written down: no window can be told either way
+            known[:, index[name]] = False
             continue
         call_start = np.array([e.start for e in calls])[None, :]
         call_end = np.array([e.end for e in calls])[None, :]
@@ -187,14 +250,25 @@ class WindowSet:
 _worker_frontend: FrontEnd | None = None
 
 
-def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, list[WindowSpan]]:
-    """One recording's plain ln-mel windows (identity stats: training fits its own) and where they sit."""
+def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, list[WindowSpan], float]:
+    """One recording's plain ln-mel windows (identity stats: training fits its own), where they sit,
+    and its length in seconds. A recording that cannot be read is a DataError naming it."""
     global _worker_frontend
     path, config = args
     if _worker_frontend is None:
         _worker_frontend = FrontEnd(FrontEndConfig.from_dict(config))
-    windows = _worker_frontend.analyze(path).windows
-    return windows.features, windows.spans
+    try:
+        analysis = _worker_frontend.analyze(path)
+    except (AudioError, OSError) as error:
+        raise DataError(f"{path}: {error}") from None
+    return analysis.windows.features, analysis.windows.spans, analysis.audio.duration_seconds
+
+
+def _check_events_inside(item: Item, duration: float) -> None:
+    late = [e for e in item.events or () if e.start >= duration]
+    if late:
+        event = late[0]
+        raise DataError(f"{item.path}: the event of {event.label} at {event.start}-{event.end} s starts after its end ({duration:.2f} s)")
 
 
 def featurize(
@@ -207,7 +281,8 @@ def featurize(
     mels, targets, known, rec, snr = [], [], [], [], []
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = pool.map(_featurize_one, jobs, chunksize=4)
-        for i, (item, (m, spans)) in enumerate(tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")):
+        for i, (item, (m, spans, duration)) in enumerate(tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")):
+            _check_events_inside(item, duration)
             t, k, level = window_targets(item, spans, index)
             mels.append(m)
             targets.append(t)

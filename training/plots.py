@@ -34,11 +34,15 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
 def plot_detections(matrix: np.ndarray, rows: list[str], columns: list[str], path: Path, title: str) -> None:
     """Share of each row's windows where each column was detected (rows: true content; a multi-label
     confusion matrix, so a row need not sum to 1)."""
-    fig, ax = plt.subplots(figsize=(1.5 + 0.42 * len(columns), 1.2 + 0.42 * len(rows)))
+    # A user's data may name hundreds of species: cells shrink so the figure stays within ~30 inches
+    # (at 0.42 inch a cell, 1,500 species took 12 GB), and lose their numbers once they are too small.
+    cell = min(0.42, 28 / max(len(columns), len(rows)))
+    fig, ax = plt.subplots(figsize=(1.5 + cell * len(columns), 1.2 + cell * len(rows)))
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    for i, j in zip(*np.nonzero(matrix >= 0.005), strict=True):
+    ticks = 7 if cell == 0.42 else max(1.0, 16 * cell)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=ticks)
+    ax.set_yticks(range(len(rows)), rows, fontsize=ticks)
+    for i, j in zip(*np.nonzero(matrix >= 0.005), strict=True) if cell == 0.42 else ():
         ax.text(
             j,
             i,

@@ -27,7 +27,7 @@ from features import FrontEndConfig, NormStats
 from layout import artifacts
 from layout.workspace import Workspace
 from training.birdcall_augment import mix_pairs, roll_time
-from training.birdcall_data import WindowSet, dataset_hash, featurize, read_manifest, species_of
+from training.birdcall_data import WindowSet, check_trainable, dataset_hash, featurize, read_manifest, species_of
 from training.birdcall_generate import GenerateSpec, ensure_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet
 from training.birdcall_report import markdown_report, plot_split, recording_targets, split_figures
@@ -207,6 +207,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     if data_csv is None:
         data_csv = ensure_dataset(workspace.data_dir("birdcall") / profile.name, profile.data)
     items = read_manifest(data_csv)
+    check_trainable(data_csv, items)
     labels = species_of(items)
     frontend_config = FrontEndConfig()
     split_items = {name: [i for i in items if i.split == name] for name in ("train", "val", "test")}

@@ -6,13 +6,15 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from chorus.cli import main
 from features import FrontEnd, FrontEndConfig
-from training.birdcall_data import read_manifest, species_of
+from training.birdcall_data import DataError, Item, featurize, read_manifest, species_of
 from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet, ClassAttention
-from training.birdcall_synth import SPECIES, bird_track, synthesize_recording
+from training.birdcall_synth import SPECIES, CallEvent, bird_track, synthesize_recording
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_data import load_frames
 from training.frames_synth import render_frames
@@ -185,3 +187,25 @@ def test_tiny_frames_training_saves_weights_schedule_and_samples(tiny_frames, ti
     alphas = np.array(checkpoint.config["alphas_cumprod"])
     assert alphas.shape == (1000,) and np.all(np.diff(alphas) < 0)
     assert (tiny_workspace.reports_dir("frames") / "samples.png").stat().st_size > 100
+
+
+def test_a_recording_that_cannot_be_read_or_an_event_past_its_end_is_a_data_error_naming_it(tmp_path):
+    good = tmp_path / "owl.wav"
+    sf.write(good, np.zeros(16_000 * 4, np.float32), 16_000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    config = FrontEndConfig()
+    with pytest.raises(DataError, match=r"empty\.wav: .*empty"):
+        featurize([Item(good, ("owl",), "train"), Item(empty, ("owl",), "train")], ["owl"], config, workers=1)
+    late = Item(good, ("owl",), "train", events=(CallEvent("owl", 10.0, 12.0),))
+    with pytest.raises(DataError, match=r"owl\.wav: the event of owl at 10.0-12.0 s starts after its end \(4.00 s\)"):
+        featurize([late], ["owl"], config, workers=1)
+
+
+def test_chorus_train_on_bad_data_exits_2_with_the_reason(tmp_path, monkeypatch, capsys):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\nx.wav,owl,wren\n")
+    monkeypatch.setenv("CHORUS_HOME", str(tmp_path / "home"))
+    assert main(["train", "birdcall", "--profile", "tiny", "--data", str(csv_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chorus train:") and "line 2: 3 fields" in err

@@ -7,7 +7,16 @@ import pytest
 
 from features import WindowSpan
 from training.background_synth import BACKGROUNDS
-from training.birdcall_data import Item, events_path, parse_labels, read_manifest, species_of, window_targets
+from training.birdcall_data import (
+    DataError,
+    Item,
+    check_trainable,
+    events_path,
+    parse_labels,
+    read_manifest,
+    species_of,
+    window_targets,
+)
 from training.birdcall_synth import CallEvent, SceneSpec, _active_segments, bird_track, synthesize_scene
 
 
@@ -110,3 +119,71 @@ def test_a_bout_cut_to_a_few_samples_by_the_recording_end_is_no_event():
         n = int(np.random.default_rng(seed).uniform(3, 8) * rate)
         _, events = bird_track("pulsing_nightjar", n, rate, np.random.default_rng(seed))
         assert all(round(e.end, 3) > round(e.start, 3) for e in events)
+
+
+def _manifest(tmp_path, text: str, events: str | None = None, encoding: str = "utf-8"):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes(text.encode(encoding))
+    if events is not None:
+        events_path(csv_path).write_text(events)
+    return csv_path
+
+
+def test_a_spreadsheets_csv_reads_bom_padded_header_crlf_and_blank_rows(tmp_path):
+    csv_path = _manifest(tmp_path, "\ufeffPath, Label ,SPLIT\r\nx.wav,Background,train\r\ny.wav,owl,val\r\n,,\r\n", encoding="utf-8")
+    items = read_manifest(csv_path)
+    assert [(i.path.name, i.labels, i.split) for i in items] == [("x.wav", (), "train"), ("y.wav", ("owl",), "val")]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("path,label\nx.wav,owl,wren\n", r"line 2: 3 fields where the header has 2 .*separate several species with ';'"),
+        ("path,label,split\nx.wav,owl,train\ny.wav\n", r"line 3: 1 fields where the header has 3"),
+        ("path,label\nx.wav,owl\ny.wav,wren\nx.wav,wren\n", r"line 4: x.wav is listed already on line 2"),
+        ("path,label\nx.wav,Owl\ny.wav,owl\n", r"differ only in case .*\['Owl', 'owl'\]"),
+        ("", r"lacks column\(s\) \['label', 'path'\]: its header has nothing \(the file is empty\)"),
+        ("file,species\nx.wav,owl\n", r"its header has file,species; expected path,label\[,split\]"),
+        ("path,label,split\nx.wav,owl,validation\n", r"line 2: split 'validation' for x.wav"),
+    ],
+)
+def test_manifest_problems_name_the_file_line_and_what_is_accepted(tmp_path, text, match):
+    with pytest.raises(DataError, match=match):
+        read_manifest(_manifest(tmp_path, text))
+
+
+def test_a_manifest_that_is_not_utf8_or_not_there_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="not UTF-8 text; save it as CSV UTF-8"):
+        read_manifest(_manifest(tmp_path, "path,label\nx.wav,mésange\n", encoding="latin-1"))
+    with pytest.raises(DataError, match="cannot read"):
+        read_manifest(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize(
+    ("events", "match"),
+    [
+        ("path,label,start,end\nx.wav,owl,0:01.0,2\n", r"labels.events.csv line 2: start '0:01.0' is not a number of seconds"),
+        ("path,label,start,end,snr_db\nx.wav,owl,1,2,loud\n", r"line 2: snr_db 'loud' is not a number"),
+        ("path,label,start,end\nx.wav,wren,1,2\n", r"events of x.wav name \['wren'\], which its label 'owl' does not"),
+    ],
+)
+def test_events_problems_name_the_line_and_the_species(tmp_path, events, match):
+    with pytest.raises(DataError, match=match):
+        read_manifest(_manifest(tmp_path, "path,label\nx.wav,owl\n", events))
+
+
+def test_a_labelled_species_without_events_is_unknown_in_every_window_not_absent():
+    spans = [WindowSpan(0.0, 5.0), WindowSpan(2.5, 7.5)]
+    item = Item(None, ("owl", "wren"), "train", events=(CallEvent("owl", 1.0, 2.0),))  # type: ignore[arg-type]
+    targets, known, _ = window_targets(item, spans, {"owl": 0, "wren": 1})
+    np.testing.assert_array_equal(targets[:, 0], [1, 0])
+    assert known[:, 0].all() and not known[:, 1].any()
+
+
+def test_data_that_would_train_or_measure_nothing_is_refused_before_any_audio_is_read(tmp_path):
+    only_background = _manifest(tmp_path, "path,label,split\nx.wav,background,train\ny.wav,,val\nz.wav,background,test\n")
+    with pytest.raises(DataError, match="names no species"):
+        check_trainable(only_background, read_manifest(only_background))
+    no_val = _manifest(tmp_path, "path,label,split\nx.wav,owl,train\nz.wav,owl,test\n")
+    with pytest.raises(DataError, match=r"no recordings in split\(s\) \['val'\].*split=val, or drop the split column"):
+        check_trainable(no_val, read_manifest(no_val))
