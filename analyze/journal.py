@@ -3,7 +3,7 @@
 Layout, in a hidden folder `OUT/.chorus-analyze/`:
 
 - `journal.ndjson`: one JSON line per finished file, appended and fsynced before the next file
-  counts as done. A line holds the file's key (path, size, mtime, model name and version, and a
+  counts as done. A line holds the file's key (path, size, mtime, ctime, model name and version, and a
   digest of the analysis settings) and its status, `ok` or `failed` with the stage and reason.
 - `parts/<digest of the key>.json`: the detections and audio facts of each `ok` file, written
   atomically *before* its journal line, so a line never points to a missing part.
@@ -45,6 +45,9 @@ class FileKey:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int
+    """The inode's change time: a recording copied over another of the same size with its mtime kept
+    (`cp -p`, `rsync -a`, two recorders on one schedule) changes it, as does `touch -r`."""
     model: str
     version: str
     settings: str
@@ -54,7 +57,7 @@ class FileKey:
     def of(cls, path: Path, model: ModelInfo, settings: str) -> FileKey:
         """The key of `path` as it is on disk now (raises OSError when it cannot be stat'ed)."""
         stat = path.stat()
-        return cls(os.fspath(path), stat.st_size, stat.st_mtime_ns, model.name, model.version, settings)
+        return cls(os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, model.name, model.version, settings)
 
     @property
     def part_name(self) -> str:

@@ -195,6 +195,17 @@ def test_a_rerun_skips_finished_files_and_redoes_changed_ones(tmp_path, recordin
     assert again.calls == [changed]
     assert outputs(out) != reference
 
+    # Another recording of the same size moved over it with the old modification time (cp -p, rsync -a).
+    before = changed.stat()
+    other = changed.with_name("other.tmp")
+    other.write_bytes(bytes(255 - b for b in changed.read_bytes()))
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    other.replace(changed)
+    assert (changed.stat().st_size, changed.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    again = FakeAnalyzer(LABELS)
+    run(recordings, in_order(again), config(out))
+    assert again.calls == [changed]
+
 
 @pytest.mark.parametrize(
     "change",
