@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -108,6 +109,53 @@ MP3_FRAME_SLACK = 4 * 1152
 (plus 1%) is not called truncation."""
 
 
+def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
+    """(offset of the `data` chunk's size field, the size it holds) in a RIFF/WAVE header, if found."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if chunk == b"data":
+            return offset + 4, size
+        offset += 8 + size + (size & 1)
+    return None
+
+
+class _DataToTheEnd(io.RawIOBase):
+    """A WAV file read as if its `data` size said "to the end of the file" (0xFFFFFFFF).
+
+    A recorder that loses power before closing its file leaves the size at 0, which libsndfile
+    reads as no samples at all; with 0xFFFFFFFF it reads every sample present."""
+
+    def __init__(self, file: io.BufferedReader | io.BytesIO, size_at: int):
+        self._file, self._size_at = file, size_at
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        start = self._file.tell()
+        count = self._file.readinto(buffer)
+        overlap_start, overlap_end = max(start, self._size_at), min(start + count, self._size_at + 4)
+        if overlap_start < overlap_end:
+            memoryview(buffer).cast("B")[overlap_start - start : overlap_end - start] = b"\xff" * (overlap_end - overlap_start)
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _declared_wav_frames(head: bytes) -> int | None:
     """Frames the WAV header's `data` chunk declares, or None when it claims nothing exact.
 
@@ -180,18 +228,25 @@ class AudioReader:
             head = _read_head(source)
             # As bytes: soundfile encodes a str path strictly as UTF-8, which fails on a name that
             # is not (a Latin-1 name from an old card reads as surrogate escapes).
-            target: bytes | io.BytesIO = os.fsencode(source)
+            target: bytes | io.BytesIO | _DataToTheEnd = os.fsencode(source)
         else:
             head = bytes(source[:_HEADER_BYTES])
             target = io.BytesIO(source)
         if not head:
             raise EmptyAudioError(f"the audio is empty (0 bytes); send a recording in one of: {_ACCEPTED_TEXT}")
         self._sniffed = _sniff(head)
+        data_size = _wav_data_size_at(head) if self._sniffed == "WAV" else None
+        if data_size is not None and data_size[1] == 0:
+            raw = io.BytesIO(source) if isinstance(source, bytes) else open(os.fsencode(source), "rb")  # noqa: SIM115 (closed by close())
+            target = _DataToTheEnd(raw, data_size[0])
         self.max_seconds = max_seconds
         self.max_samples = max_samples
+        self._opened = target if isinstance(target, _DataToTheEnd) else None
         try:
             self._file = sf.SoundFile(target)
         except _LIBSNDFILE_ERRORS as exc:
+            if self._opened is not None:
+                self._opened.close()
             raise self._decode_error(exc) from exc
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
@@ -279,6 +334,8 @@ class AudioReader:
 
     def close(self) -> None:
         self._file.close()
+        if self._opened is not None:
+            self._opened.close()
 
     def __enter__(self) -> AudioReader:
         return self

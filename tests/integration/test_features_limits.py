@@ -122,3 +122,18 @@ def test_without_a_length_in_the_header_the_limit_holds_on_decoded_samples():
     with pytest.raises(AudioTooLongError, match=r"lasts more than 10\.\d s \(decoding stopped there\); at most 10 s"):
         FrontEnd().analyze(chained, max_seconds=10, block_samples=4_000)
     assert FrontEnd().analyze(chained).audio.duration_seconds == 20.0  # libsndfile plays the first link
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_wav_whose_recorder_died_before_writing_its_size_is_read_to_the_end(tmp_path, as_bytes):
+    """A recorder that loses power leaves the data size (and often the RIFF size) at 0."""
+    complete = tmp_path / "complete.wav"
+    sf.write(complete, np.random.default_rng(0).uniform(-0.5, 0.5, (20 * 48_000, 2)).astype(np.float32), 48_000, subtype="PCM_16")
+    data = bytearray(complete.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4 : at + 8] = b"\0\0\0\0"
+    died = tmp_path / "died.wav"
+    died.write_bytes(bytes(data))
+    analysis = FrontEnd().analyze(bytes(data) if as_bytes else died)
+    assert analysis.audio.duration_seconds == 20.0
+    np.testing.assert_array_equal(analysis.windows.features, FrontEnd().analyze(complete).windows.features)
