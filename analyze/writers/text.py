@@ -35,8 +35,12 @@ def score(value: float) -> str:
 
 
 def clock(value: datetime | None) -> str:
-    """ISO 8601 without a zone (the recorder's clock); empty when the file name gave no start time."""
-    return "" if value is None else value.isoformat(timespec="milliseconds")
+    """ISO 8601 without a zone (the recorder's clock), to the millisecond, or to the microsecond where
+    the time has one (a SMART recorder's name): every table then says what Parquet's timestamps say.
+    Empty when the file name gave no start time."""
+    if value is None:
+        return ""
+    return value.isoformat(timespec="milliseconds" if value.microsecond % 1000 == 0 else "microseconds")
 
 
 def channel(value: int | None) -> str:

@@ -49,6 +49,8 @@ def test_recorder_names_give_their_start_time(name, start):
         "21240517_053000.wav",
         "\uff12\uff10\uff12\uff14\uff10\uff15\uff11\uff17_\uff10\uff15\uff13\uff10\uff10\uff10.wav",  # fullwidth digits: \d matches them
         "20240517_053000.wav/inner.wav",
+        "20240601_053000_20240602_060000.wav",  # two stamps: which is the start would be a guess
+        "SITE_20240601_053000_SMU_20240602_060000.wav",
     ],
 )
 def test_anything_else_gives_none_never_a_guess(name):

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -274,3 +274,14 @@ def test_the_output_folder_is_made_up_front_and_a_file_in_its_place_is_refused(t
         check_out_dir(tmp_path / "taken")
     with pytest.raises(OutputError, match=r"cannot be the output folder \(Not a directory\)"):
         check_out_dir(tmp_path / "taken" / "out")
+
+
+def test_clock_times_in_text_agree_with_parquet_to_the_microsecond(tmp_path):
+    """A SMART recorder's name holds microseconds: the text tables keep them as Parquet does."""
+    path = tmp_path / "MIC7_20240517_053000_123456.wav"
+    start = datetime(2024, 5, 17, 5, 30, 0, 123456)
+    detection = Detection(path, None, 5.0, 10.0, "owl", 0.9, 1, start + timedelta(seconds=5), start + timedelta(seconds=10))
+    write_combined_outputs(tmp_path, [result(path, 60.0, detection)], [], MODEL, {"csv", "ndjson"})
+    row = next(csv.DictReader(io.StringIO((tmp_path / "detections.csv").read_text())))
+    assert row["clock_begin"] == "2024-05-17T05:30:05.123456"
+    assert json.loads((tmp_path / "detections.ndjson").read_text())["clock_end"] == "2024-05-17T05:30:10.123456"
