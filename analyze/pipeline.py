@@ -198,6 +198,9 @@ class _PipeChannel:
 
 def _decode_worker(connection: Connection, background: bool, parent: int) -> None:
     """A worker process's entry: the pipe tells the run which worker it is."""
+    # Ctrl-C reaches every process of the terminal's group: the run handles it and stops its workers,
+    # which would otherwise each print a traceback of wherever they were.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(parent)
     featurize_files(_PipeChannel(connection), background)
 

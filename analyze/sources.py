@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -102,23 +103,28 @@ def read_manifest(manifest: Path) -> list[Path]:
     """
     folder = _absolute(manifest).parent
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise stick to the first header.
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = {name.strip().lower(): name for name in reader.fieldnames or []}
-        if MANIFEST_COLUMN not in columns:
-            found = ", ".join(reader.fieldnames or []) or "none"
-            raise SourceError(f"{manifest}: a manifest needs a '{MANIFEST_COLUMN}' column (columns found: {found})")
-        column = columns[MANIFEST_COLUMN]
-        paths = []
-        for row in reader:
-            entry = (row[column] or "").strip()
-            if not entry:
-                raise SourceError(f"{manifest}, line {reader.line_num}: empty '{MANIFEST_COLUMN}'")
-            path = _absolute(folder / entry)
-            if not path.is_file():
-                problem = "not a file" if path.exists() else "no such file"
-                raise SourceError(f"{manifest}, line {reader.line_num}: {problem}: {entry}")
-            paths.append(path)
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SourceError(f"{manifest}: not UTF-8 text; save the manifest as CSV UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+    if MANIFEST_COLUMN not in columns:
+        found = ", ".join(reader.fieldnames or []) or "none"
+        raise SourceError(f"{manifest}: a manifest needs a '{MANIFEST_COLUMN}' column (columns found: {found})")
+    column = columns[MANIFEST_COLUMN]
+    paths = []
+    for row in reader:
+        if not any(isinstance(value, str) and value.strip() for value in row.values()):
+            continue  # a blank row a spreadsheet left at the end (",,")
+        entry = (row[column] or "").strip()
+        if not entry:
+            raise SourceError(f"{manifest}, line {reader.line_num}: empty '{MANIFEST_COLUMN}'")
+        path = _absolute(folder / entry)
+        if not path.is_file():
+            problem = "not a file" if path.exists() else "no such file"
+            raise SourceError(f"{manifest}, line {reader.line_num}: {problem}: {entry}")
+        paths.append(path)
     return paths
 
 

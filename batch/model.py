@@ -95,6 +95,13 @@ def load_analysis_model(
                 f"stride {stride_seconds:g} s is longer than the model's {clip:g} s windows: the audio between them would never be "
                 f"analyzed; give a stride of at most {clip:g} s (windows overlap when it is shorter)"
             )
+        hop = frontend.config.hop_length / frontend.config.sample_rate
+        hops = stride_seconds / hop
+        if hops < 1 or abs(hops - round(hops)) > 1e-6:
+            raise ValueError(
+                f"stride {stride_seconds:g} s is not a whole number of the model's {hop * 1000:g} ms frames; give one that is, "
+                f"from {hop:g} s to {clip:g} s (e.g. {clip / 2:g} s, the default, or {clip / 4:g} s)"
+            )
         frontend = FrontEnd(dataclasses.replace(frontend.config, stride_seconds=stride_seconds), frontend.stats)
     labels = tuple(stored.read_json(artifacts.LABELS))
     calibration = artifacts.read_json(stored.path, artifacts.CALIBRATION, default={})

@@ -115,7 +115,7 @@ def _analyze(args: argparse.Namespace) -> int:
             exclude_file=args.exclude,
             merge=args.merge,
             channels=args.channels,
-            formats=frozenset(args.formats.split(",")),
+            formats=frozenset(name.strip().lower() for name in args.formats.split(",") if name.strip()),
             retry_failed=args.retry_failed,
             workers=args.workers,
             batch_windows=args.batch_windows,
@@ -127,6 +127,9 @@ def _analyze(args: argparse.Namespace) -> int:
     except (SourceError, UnknownSpeciesError, OutputError, FrontEndConfigError, ArtifactError, ValueError) as error:
         print(f"chorus analyze: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("chorus analyze: stopped; the same command again resumes (finished files are kept)", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     _print_result(summary.as_dict())
     return 1 if summary.files_failed else 0
 

@@ -8,8 +8,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,8 @@ def test_a_folder_with_broken_files(tiny_exports, field, tmp_path):
 def test_a_stride_longer_than_the_windows_is_refused_before_any_work(tiny_exports, field, tmp_path):
     with pytest.raises(ValueError, match=r"longer than the model's .* windows: the audio between them would never be analyzed"):
         analyze(AnalyzeOptions(sources=[str(field)], out=tmp_path / "out", stride_seconds=600.0))
+    with pytest.raises(ValueError, match=r"stride 0.01 s is not a whole number of the model's [\d.]+ ms frames; give one that is"):
+        analyze(AnalyzeOptions(sources=[str(field)], out=tmp_path / "out", stride_seconds=0.01))
     assert not (tmp_path / "out").exists()
 
 
@@ -146,3 +150,27 @@ def test_a_damaged_model_stops_the_run_before_any_file_is_recorded(tiny_exports,
         assert (tmp_path / "out" / ".chorus-analyze" / "journal.ndjson").read_text() == ""
     finally:
         shutil.rmtree(damaged)
+
+
+def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(tiny_exports, field, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    one = field / "site1" / "SMU01234_20240517_003000.wav"
+    for i in range(150):  # long enough that the interrupt lands mid-run
+        os.link(one, many / f"SMU01234_20240517_{i // 60:02d}{i % 60:02d}00.wav")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "chorus.cli", "analyze", str(many), "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    journal = out / ".chorus-analyze" / "journal.ndjson"
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and journal.read_bytes().count(b"\n") >= 5) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # waits on the journal's progress: a readiness poll, not a fixed sleep
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it: to the whole process group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "stopped; the same command again resumes" in stderr and "Traceback" not in stderr
+    # Format names as people type them: spaces, capitals, a trailing comma.
+    done = subprocess.run([*command, "--formats", " CSV, ndjson ,"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and summary["files_ok"] == 150 and summary["files_skipped"] >= 5
+    assert (out / "detections.csv").exists() and (out / "detections.ndjson").exists()

@@ -149,6 +149,18 @@ class TestManifest:
         manifest.write_text('\ufeffPath,comment\n"a b.wav","x, y"\n', encoding="utf-8")
         assert expand_sources([manifest]) == [a]
 
+    def test_blank_rows_a_spreadsheet_leaves_are_skipped(self, tmp_path):
+        a = touch(tmp_path / "a.wav")
+        manifest = tmp_path / "m.csv"
+        manifest.write_text("path,site\r\na.wav,x\r\n,\r\n , \r\n")
+        assert expand_sources([manifest]) == [a]
+
+    def test_a_manifest_that_is_not_utf8_is_an_error_naming_it(self, tmp_path):
+        manifest = tmp_path / "m.csv"
+        manifest.write_bytes("path,site\na.wav,Forêt\n".encode("cp1252"))
+        with pytest.raises(SourceError, match=r"m.csv: not UTF-8 text; save the manifest as CSV UTF-8"):
+            expand_sources([manifest])
+
     def test_a_missing_path_column_is_an_error_listing_the_columns(self, tmp_path):
         manifest = tmp_path / "m.csv"
         manifest.write_text("file,site\na.wav,x\n")
