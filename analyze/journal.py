@@ -116,6 +116,16 @@ class Journal:
         finally:
             os.close(lock)  # closing the descriptor releases the lock
 
+    def outputs_written_with(self) -> dict[str, Any] | None:
+        """What the last run that finished here wrote its outputs with (see record_outputs_written_with)."""
+        try:
+            return dict(json.loads((self.folder / "outputs.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def record_outputs_written_with(self, state: dict[str, Any]) -> None:
+        write_text(self.folder / "outputs.json", json.dumps(state, sort_keys=True))
+
     def entry(self, key: FileKey) -> Entry | None:
         """The journal's entry for this exact key, or None when the file is new or changed since."""
         entry = self._latest.get(key.path)

@@ -25,7 +25,15 @@ from analyze.clock import recording_start
 from analyze.detections import DetectionSettings, detect
 from analyze.journal import FileKey, Journal, settings_digest
 from analyze.records import FileFailure, FileResult, ModelInfo
-from analyze.writers import DEFAULT_FORMATS, check_formats, common_root, write_combined_outputs, write_file_outputs
+from analyze.writers import (
+    DEFAULT_FORMATS,
+    FORMATS,
+    check_formats,
+    common_root,
+    remove_outputs,
+    write_combined_outputs,
+    write_file_outputs,
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,10 @@ def run(
 
     with Journal.open(config.out_dir) as journal:
         remove_leftovers(config.out_dir)  # under the journal's lock: no other run is writing here
+        written_with = {"model": [config.model.name, config.model.version], "settings": settings}
+        if journal.outputs_written_with() not in (None, written_with):
+            # Tables of the formats not asked now were made with other settings or another model.
+            remove_outputs(config.out_dir, paths, root, frozenset(FORMATS) - formats)
         keys: dict[Path, FileKey] = {}
         transient: dict[Path, FileFailure] = {}  # not journaled: the next run tries these again
         todo = []
@@ -129,6 +141,7 @@ def run(
             audio_total += result.duration_s
             detections += len(result.detections)
         write_combined_outputs(config.out_dir, results, failures, config.model, formats)
+        journal.record_outputs_written_with(written_with)
 
     wall_s = time.monotonic() - started
     return Summary(

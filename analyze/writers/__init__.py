@@ -18,6 +18,7 @@ the same names, and `a.wav` next to `a.flac` must not share one table.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -61,17 +62,43 @@ def common_root(paths: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([p.parent for p in paths]))
 
 
+def _per_file_path(out_dir: Path, path: Path, root: Path, format_name: str) -> Path:
+    relative = path.relative_to(root)
+    folder, suffix = {"raven": ("raven", "selections"), "audacity": ("audacity", "labels")}[format_name]
+    return out_dir / folder / relative.parent / f"{relative.name}.{suffix}.txt"
+
+
 def write_file_outputs(out_dir: Path, result: FileResult, root: Path, model: ModelInfo, formats: Collection[str]) -> list[Path]:
     """The per-file outputs of one finished file; returns their paths."""
-    relative = result.path.relative_to(root)
     written = []
     if "raven" in formats:
-        table = raven.selection_table(result, model)
-        written.append(_write(out_dir / "raven" / relative.parent / f"{relative.name}.selections.txt", table))
+        written.append(_write(_per_file_path(out_dir, result.path, root, "raven"), raven.selection_table(result, model)))
     if "audacity" in formats:
-        labels = audacity.label_track(result)
-        written.append(_write(out_dir / "audacity" / relative.parent / f"{relative.name}.labels.txt", labels))
+        written.append(_write(_per_file_path(out_dir, result.path, root, "audacity"), audacity.label_track(result)))
     return written
+
+
+_COMBINED = {
+    "raven-combined": ("combined.selections.txt", "combined.list.txt"),
+    "csv": ("detections.csv",),
+    "ndjson": ("detections.ndjson",),
+    "parquet": ("detections.parquet",),
+}
+
+
+def remove_outputs(out_dir: Path, paths: Iterable[Path], root: Path, formats: Collection[str]) -> list[Path]:
+    """Delete the outputs of `formats` for these files and the combined ones; returns what was deleted.
+
+    For a run whose settings or model differ from the last run's in the same folder: the tables of
+    formats it does not write would otherwise stay as they were, contradicting those it does."""
+    doomed = [out_dir / name for format_name in formats for name in _COMBINED.get(format_name, ())]
+    doomed += [_per_file_path(out_dir, path, root, name) for path in paths for name in ("raven", "audacity") if name in formats]
+    removed = []
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def write_combined_outputs(

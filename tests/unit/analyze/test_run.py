@@ -318,6 +318,20 @@ def test_per_file_outputs_of_earlier_files_follow_the_formats_asked_now(tmp_path
     assert len(list((out / "audacity").rglob("*.labels.txt"))) == 8
 
 
+def test_tables_of_formats_not_asked_are_removed_when_the_settings_change(tmp_path, recordings):
+    """They would keep the old settings' detections next to tables with the new ones."""
+    out = tmp_path / "out"
+    fail = {"broken.wav": decode_error()}
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail=fail)), config(out, formats=frozenset({"csv", "parquet", "audacity"})))
+    # The same settings: a rerun with fewer formats keeps the others (they still agree).
+    run(recordings, in_order(FakeAnalyzer(LABELS)), config(out, formats=frozenset({"csv"})))
+    assert (out / "detections.parquet").exists() and len(list((out / "audacity").rglob("*.labels.txt"))) == 8
+    stricter = DetectionSettings(min_confidence=0.9, merge=True)
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail=fail)), config(out, formats=frozenset({"csv"}), detection=stricter))
+    assert not (out / "detections.parquet").exists() and list((out / "audacity").rglob("*.labels.txt")) == []
+    assert (out / "detections.csv").exists()
+
+
 def test_progress_reports_each_file_and_can_stream_ndjson(tmp_path, recordings, reference):
     events = []
     run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"), progress=events.append)
