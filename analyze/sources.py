@@ -36,10 +36,17 @@ def expand_sources(arguments: Sequence[str | os.PathLike[str]], *, out_dir: str 
     """
     skip = _absolute(out_dir) if out_dir is not None else None
     found: set[Path] = set()
+    empty = []
     for argument in arguments:
-        found.update(_expand_one(os.fspath(argument), skip))
-    if not found:
-        raise SourceError(f"no audio files found in: {', '.join(os.fspath(a) for a in arguments)}")
+        files = list(_expand_one(os.fspath(argument), skip))
+        if not files:
+            empty.append(os.fspath(argument))
+        found.update(files)
+    if empty:
+        # A folder or pattern given on purpose that holds no recording is most likely the wrong one;
+        # among others, it would otherwise vanish from the results without a word.
+        extensions = " ".join(sorted(AUDIO_EXTENSIONS))
+        raise SourceError(f"no audio files ({extensions}, in any case) found in: {', '.join(empty)}")
     return sorted(found, key=lambda p: p.parts)
 
 

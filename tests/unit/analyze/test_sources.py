@@ -116,8 +116,17 @@ def test_a_glob_matching_nothing_is_an_error_naming_it(tmp_path):
 
 def test_no_audio_at_all_is_an_error(tmp_path):
     touch(tmp_path / "notes.txt")
-    with pytest.raises(SourceError, match="no audio files found"):
+    with pytest.raises(SourceError, match=r"no audio files \(\.flac .* \.wav, in any case\) found in"):
         expand_sources([tmp_path])
+
+
+def test_a_folder_or_pattern_without_audio_among_others_is_named_not_dropped(tmp_path):
+    touch(tmp_path / "moth1" / "20240517_053000.WAV")
+    touch(tmp_path / "moth2" / "CONFIG.TXT")  # the wrong card, or a typo in the folder
+    with pytest.raises(SourceError, match=r"found in: .*moth2$"):
+        expand_sources([tmp_path / "moth1", tmp_path / "moth2"])
+    with pytest.raises(SourceError, match=r"found in: .*moth2/\*\.TXT"):
+        expand_sources([tmp_path / "moth1", str(tmp_path / "moth2" / "*.TXT")])
 
 
 def test_names_with_spaces_unicode_and_tabs_are_kept_exactly(tmp_path):
