@@ -177,6 +177,12 @@ def check_trainable(csv_path: Path, items: Sequence[Item]) -> None:
             f"{csv_path}: no recordings in split(s) {empty}: training needs train, val and test; give some rows "
             f"split={empty[0]}, or drop the split column to split by a hash of the path (80/10/10)"
         )
+    unseen = sorted(set(species_of(items)) - {name for item in items if item.split == "train" for name in item.labels})
+    if unseen:
+        raise DataError(
+            f"{csv_path}: {unseen[:5]} never sing in the train split, so the model could not learn them; put some of "
+            f"their recordings in split=train, or leave them out"
+        )
 
 
 def species_of(items: Sequence[Item]) -> list[str]:

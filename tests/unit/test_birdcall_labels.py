@@ -187,3 +187,6 @@ def test_data_that_would_train_or_measure_nothing_is_refused_before_any_audio_is
     no_val = _manifest(tmp_path, "path,label,split\nx.wav,owl,train\nz.wav,owl,test\n")
     with pytest.raises(DataError, match=r"no recordings in split\(s\) \['val'\].*split=val, or drop the split column"):
         check_trainable(no_val, read_manifest(no_val))
+    rare_in_test = _manifest(tmp_path, "path,label,split\nx.wav,owl,train\ny.wav,owl,val\nz.wav,owl;bittern,test\n")
+    with pytest.raises(DataError, match=r"\['bittern'\] never sing in the train split"):
+        check_trainable(rare_in_test, read_manifest(rare_in_test))
