@@ -74,7 +74,7 @@ class JobStore:
         return self.home / job_id
 
     def exists(self, job_id: str) -> bool:
-        return self.valid_id(job_id) and (self.home / job_id / "job.json").exists()
+        return self.valid_id(job_id) and (self.home / job_id / "job.json").exists() and (self.home / job_id / "state.json").exists()
 
     # Uploads
 
@@ -99,8 +99,10 @@ class JobStore:
         if upload is not None:
             upload.rename(folder / "input")
             request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
-        write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
+        # The state first: job.json is what makes the folder a job, so a crash between the two
+        # writes leaves a folder that is ignored rather than a job without a state.
         self.save_state(job_id, JobState())
+        write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
 
     def request(self, job_id: str) -> JobRequest:
         return JobRequest(**json.loads((self.folder(job_id) / "job.json").read_text()))
@@ -113,7 +115,8 @@ class JobStore:
         write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
 
     def jobs(self) -> list[str]:
-        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and (p / "job.json").exists())
+        """Every job with its request and its state on disk (a folder a crash left half made is not one)."""
+        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and (p / "job.json").exists() and (p / "state.json").exists())
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

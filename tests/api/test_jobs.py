@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 
 from service.adapters.jobs import JobGate
 from service.jobs.runner import JobRunner
-from service.jobs.store import JobRequest
+from service.jobs.store import JobRequest, JobState
 from tests.api.conftest import LABELS
 from tests.conftest import encode
 
@@ -161,3 +161,15 @@ async def test_a_cancelled_job_stops(plane, store, root):
     store.ask_cancel("job3")
     state = await JobRunner(store, plane).run("job3")
     assert state.status == "cancelled" and store.state("job3").status == "cancelled"
+
+
+async def test_a_job_folder_a_crash_left_half_made_is_ignored_not_fatal(plane, store, root):
+    """Killed between a job's two files, the server must still start (resume_all) and count its jobs."""
+    plane.settings.analyze_root = str(root)
+    store.create("good1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    (store.home / "half1").mkdir()
+    (store.home / "half1" / "job.json").write_text((store.home / "good1" / "job.json").read_text())
+    assert store.jobs() == ["good1"] and not store.exists("half1")
+    assert store.counts()["queued"] == 1
+    store.save_state("good1", JobState(status="done"))  # so that resuming starts nothing here
+    JobRunner(store, plane).resume_all()  # raised FileNotFoundError on the half-made folder
