@@ -119,8 +119,10 @@ class Chorus:
             "channels": channels,
         }
         model = await self.plane.classifier()
+        # None is "not given", except for top_k: its default (3) stands for a missing field, and an
+        # explicit null means no limit, as the gate that checked this body took it.
         request, upload = check_submission(
-            {k: v for k, v in given.items() if v is not None}, self.jobs, settings.analyze_root, model.labels
+            {k: v for k, v in given.items() if v is not None or k == "top_k"}, self.jobs, settings.analyze_root, model.labels
         )
         self.jobs.create(job_id, request, upload)
         await self.runner.start(job_id)

@@ -4,6 +4,7 @@ from its journal when the server starts again, and its tables equal those of a j
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -94,3 +95,8 @@ def test_a_job_killed_with_its_server_resumes_and_gives_the_same_tables(server_e
         wait_for(second, cancelled, lambda s: s["state"] == "running")
         assert httpx.post(f"{second.url}/analyze/cancel", params={"task_id": cancelled}, timeout=30).status_code == 200
         assert wait_for(second, cancelled, lambda s: s["state"] == "cancelled")["status"] == "canceled"
+        # top_k null means no limit (a missing top_k means 3), past the gate and BentoML's own parsing too.
+        unlimited = httpx.post(f"{second.url}/analyze/submit", json={"path": ".", "formats": ["csv"], "top_k": None}, timeout=30)
+        assert unlimited.status_code == 200, unlimited.text
+        job = Path(server_env["CHORUS_HOME"]) / "jobs" / unlimited.json()["task_id"] / "job.json"
+        assert json.loads(job.read_text())["top_k"] is None
