@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, parse_json, plane_of
 from service.auth import check_bearer
-from service.errors import BadRequest, NotFound, PayloadTooLarge, as_service_error, error_body
+from service.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedia, as_service_error, error_body
 from service.jobs.store import FINISHED, JobStore
 from service.jobs.submit import check_submission
 
@@ -169,6 +169,13 @@ class JobGate:
         if path == TASK:
             raise BadRequest(f"analysis jobs run as tasks: POST {TASK}/submit, then GET {TASK}/status?task_id=...")
         if path == TASK + "/submit":
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                # BentoML would read a form or text body as no fields at all: the gate's 200 would
+                # become a task that fails on its own, with an id that never turns up.
+                raise UnsupportedMedia(
+                    f"a submission is a JSON object; send it with 'Content-Type: application/json', not {media or 'none'!r}"
+                )
             body = await _read_small(request)
             model = await self.state.plane.classifier()
             check_submission(parse_json(body, "the submission"), store, self.state.plane.settings.analyze_root, model.labels)

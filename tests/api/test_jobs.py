@@ -107,6 +107,13 @@ async def test_submissions_are_checked_before_bentoml_queues_them(gate, body, st
     assert response.status_code == status and words in response.json()["error"]["message"], response.text
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+async def test_a_submission_that_is_not_sent_as_json_is_refused_before_bentoml_reads_it_as_a_form(gate, content_type):
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = await gate.post("/analyze/submit", content=json.dumps({"path": "site1"}), headers=headers)
+    assert response.status_code == 415 and "Content-Type: application/json" in response.json()["error"]["message"]
+
+
 async def test_a_good_submission_reaches_bentoml_unchanged(gate):
     body = {"path": "site1", "formats": ["csv", "raven"], "species": [LABELS[0]], "merge": True}
     response = await gate.post("/analyze/submit", json=body)
