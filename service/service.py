@@ -121,9 +121,13 @@ class Chorus:
         model = await self.plane.classifier()
         # None is "not given", except for top_k: its default (3) stands for a missing field, and an
         # explicit null means no limit, as the gate that checked this body took it.
-        request, upload = check_submission(
-            {k: v for k, v in given.items() if v is not None or k == "top_k"}, self.jobs, settings.analyze_root, model.labels
-        )
+        request, upload = await asyncio.to_thread(
+            check_submission,
+            {k: v for k, v in given.items() if v is not None or k == "top_k"},
+            self.jobs,
+            settings.analyze_root,
+            model.labels,
+        )  # off the event loop: it lists the folder (see JobGate)
         self.jobs.create(job_id, request, upload)
         await self.runner.start(job_id)
         return job_view(self.jobs, job_id)

@@ -178,7 +178,10 @@ class JobGate:
                 )
             body = await _read_small(request)
             model = await self.state.plane.classifier()
-            check_submission(parse_json(body, "the submission"), store, self.state.plane.settings.analyze_root, model.labels)
+            # In a thread: a path's check lists its folder and resolves every file in it (200,000
+            # files took 8 s), which on the event loop would hold up every other request.
+            submission = parse_json(body, "the submission")
+            await asyncio.to_thread(check_submission, submission, store, self.state.plane.settings.analyze_root, model.labels)
             return body
         job_id = request.query_params.get("task_id", "")
         if not store.exists(job_id):

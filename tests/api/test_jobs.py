@@ -4,8 +4,10 @@ fake engine, cancellation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from service.adapters.jobs import JobGate
+from service.jobs import submit
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobRequest, JobState
 from tests.api.conftest import LABELS
@@ -112,6 +115,24 @@ async def test_a_submission_that_is_not_sent_as_json_is_refused_before_bentoml_r
     headers = {} if content_type is None else {"content-type": content_type}
     response = await gate.post("/analyze/submit", content=json.dumps({"path": "site1"}), headers=headers)
     assert response.status_code == 415 and "Content-Type: application/json" in response.json()["error"]["message"]
+
+
+async def test_a_large_folders_check_does_not_hold_up_other_requests(gate, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+    listing = submit.expand_sources
+
+    def slow_listing(*args, **kwargs):  # a folder of 200,000 recordings
+        entered.set()
+        assert release.wait(10), "the other request was not answered while the folder was listed"
+        return listing(*args, **kwargs)
+
+    monkeypatch.setattr(submit, "expand_sources", slow_listing)
+    pending = asyncio.create_task(gate.post("/analyze/submit", json={"path": "site1"}))
+    assert await asyncio.to_thread(entered.wait, 10)  # the submission is being checked now
+    other = await gate.get("/analyze/status", params={"task_id": "nothing"})
+    assert other.status_code == 404
+    release.set()
+    assert (await pending).status_code == 200
 
 
 async def test_a_good_submission_reaches_bentoml_unchanged(gate):
