@@ -19,7 +19,7 @@ from service.local_server import ServedProcess, serve_process
 from tests.conftest import encode, isolated_bentoml_home
 
 pytestmark = pytest.mark.timeout(900)
-FILES, SECONDS = 12, 30
+FILES, SECONDS = 12, 120  # long enough that the job cannot finish between the check and the kill
 
 
 @pytest.fixture(scope="module")
@@ -98,5 +98,9 @@ def test_a_job_killed_with_its_server_resumes_and_gives_the_same_tables(server_e
         # top_k null means no limit (a missing top_k means 3), past the gate and BentoML's own parsing too.
         unlimited = httpx.post(f"{second.url}/analyze/submit", json={"path": ".", "formats": ["csv"], "top_k": None}, timeout=30)
         assert unlimited.status_code == 200, unlimited.text
-        job = Path(server_env["CHORUS_HOME"]) / "jobs" / unlimited.json()["task_id"] / "job.json"
+        task_id = unlimited.json()["task_id"]
+        wait_for(second, task_id, lambda s: "state" in s)  # BentoML runs the task body, which files the job, soon after
+        job = Path(server_env["CHORUS_HOME"]) / "jobs" / task_id / "job.json"
         assert json.loads(job.read_text())["top_k"] is None
+        httpx.post(f"{second.url}/analyze/cancel", params={"task_id": task_id}, timeout=30)
+        wait_for(second, task_id, lambda s: s["state"] == "cancelled")
