@@ -109,17 +109,23 @@ MP3_FRAME_SLACK = 4 * 1152
 (plus 1%) is not called truncation."""
 
 
-def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
-    """(offset of the `data` chunk's size field, the size it holds) in a RIFF/WAVE header, if found."""
+def _wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(id, offset, declared size) of each chunk a RIFF/WAVE header holds within `head`, up to `data`;
+    nothing for RF64 and others (no 32-bit sizes to read)."""
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
+        return
     offset = 12
     while offset + 8 <= len(head):
         chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        yield chunk, offset, size
         if chunk == b"data":
-            return offset + 4, size
+            return
         offset += 8 + size + (size & 1)
-    return None
+
+
+def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
+    """(offset of the `data` chunk's size field, the size it holds) in a RIFF/WAVE header, if found."""
+    return next(((offset + 4, size) for chunk, offset, size in _wav_chunks(head) if chunk == b"data"), None)
 
 
 class _DataToTheEnd(io.RawIOBase):
@@ -162,16 +168,12 @@ def _declared_wav_frames(head: bytes) -> int | None:
     libsndfile clips the declared length to the bytes present, so a truncated WAV reads as a shorter,
     valid one; the header is the only place the intended length is left.
     """
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None  # RF64 and others: no 32-bit claim to check
-    offset, block_align = 12, 0
-    while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+    block_align = 0
+    for chunk, offset, size in _wav_chunks(head):  # RF64 and others: no 32-bit claim to check
         if chunk == b"fmt " and offset + 22 <= len(head):
             block_align = int.from_bytes(head[offset + 20 : offset + 22], "little")
         if chunk == b"data":
             return size // block_align if block_align and size not in _WAV_UNKNOWN_SIZES else None
-        offset += 8 + size + (size & 1)
     return None
 
 
