@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analyze.records import ModelInfo
-from features import FrontEnd
+from features import FrontEnd, FrontEndConfigError
 from layout import artifacts
 from layout.machine import usable_cores
 from service.engine.loaded import LoadedModel, open_model
@@ -95,14 +95,15 @@ def load_analysis_model(
                 f"stride {stride_seconds:g} s is longer than the model's {clip:g} s windows: the audio between them would never be "
                 f"analyzed; give a stride of at most {clip:g} s (windows overlap when it is shorter)"
             )
-        hop = frontend.config.hop_length / frontend.config.sample_rate
-        hops = stride_seconds / hop
-        if hops < 1 or abs(hops - round(hops)) > 1e-6:
+        try:
+            config = dataclasses.replace(frontend.config, stride_seconds=stride_seconds)
+        except FrontEndConfigError:  # its message speaks of stored models to retrain: this is the option
+            hop = frontend.config.hop_length / frontend.config.sample_rate
             raise ValueError(
                 f"stride {stride_seconds:g} s is not a whole number of the model's {hop * 1000:g} ms frames; give one that is, "
                 f"from {hop:g} s to {clip:g} s (e.g. {clip / 2:g} s, the default, or {clip / 4:g} s)"
-            )
-        frontend = FrontEnd(dataclasses.replace(frontend.config, stride_seconds=stride_seconds), frontend.stats)
+            ) from None
+        frontend = FrontEnd(config, frontend.stats)
     labels = tuple(stored.read_json(artifacts.LABELS))
     calibration = artifacts.read_json(stored.path, artifacts.CALIBRATION, default={})
     threshold = float(calibration.get("threshold", DEFAULT_THRESHOLD))
