@@ -18,7 +18,6 @@ the same names, and `a.wav` next to `a.flac` must not share one table.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -86,19 +85,15 @@ _COMBINED = {
 }
 
 
-def remove_outputs(out_dir: Path, paths: Iterable[Path], root: Path, formats: Collection[str]) -> list[Path]:
-    """Delete the outputs of `formats` for these files and the combined ones; returns what was deleted.
+def remove_outputs(out_dir: Path, paths: Iterable[Path], root: Path, formats: Collection[str]) -> None:
+    """Delete the outputs of `formats` for these files and the combined ones.
 
     For a run whose settings or model differ from the last run's in the same folder: the tables of
     formats it does not write would otherwise stay as they were, contradicting those it does."""
     doomed = [out_dir / name for format_name in formats for name in _COMBINED.get(format_name, ())]
     doomed += [_per_file_path(out_dir, path, root, name) for path in paths for name in ("raven", "audacity") if name in formats]
-    removed = []
     for path in doomed:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed.append(path)
-    return removed
+        path.unlink(missing_ok=True)
 
 
 def write_combined_outputs(
