@@ -59,6 +59,11 @@ class JobState:
     updated: float = field(default_factory=time.time)
 
 
+def _is_job(folder: Path) -> bool:
+    """A folder with its request and its state on disk (one a crash left half made is not a job)."""
+    return (folder / "job.json").is_file() and (folder / "state.json").is_file()
+
+
 class JobStore:
     def __init__(self, home: Path):
         self.home = home
@@ -74,7 +79,7 @@ class JobStore:
         return self.home / job_id
 
     def exists(self, job_id: str) -> bool:
-        return self.valid_id(job_id) and (self.home / job_id / "job.json").exists() and (self.home / job_id / "state.json").exists()
+        return self.valid_id(job_id) and _is_job(self.home / job_id)
 
     # Uploads
 
@@ -115,8 +120,7 @@ class JobStore:
         write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
 
     def jobs(self) -> list[str]:
-        """Every job with its request and its state on disk (a folder a crash left half made is not one)."""
-        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and (p / "job.json").exists() and (p / "state.json").exists())
+        return sorted(p.name for p in self.home.iterdir() if _is_job(p))
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
