@@ -57,6 +57,10 @@ class NotFound(ServiceError):
     status, kind = 404, "not_found"
 
 
+class Conflict(ServiceError):
+    status, kind = 409, "conflict"
+
+
 class PayloadTooLarge(ServiceError):
     status, kind = 413, "payload_too_large"
 

@@ -5,7 +5,7 @@ service). BentoML keeps its task queue in memory and answers cancel with "not su
 local server, so `JobGate` stands in front of that API: it checks a submission before BentoML
 queues it (403, 404, 422), and answers `/analyze/status`, `/analyze/get` and `/analyze/cancel`
 from the job's folder, which survives a restart. The routes here upload a recording (streamed to
-disk within CHORUS_MAX_JOB_UPLOAD_BYTES), and show, cancel and download a job's tables.
+disk within CHORUS_MAX_JOB_UPLOAD_BYTES), and show, cancel, delete and download a job's tables.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, parse_json, plane_of
 from service.auth import check_bearer
-from service.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedia, as_service_error, error_body
-from service.jobs.store import FINISHED, JobStore
+from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedMedia, as_service_error, error_body
+from service.jobs.runner import count_jobs
+from service.jobs.store import FINISHED, JobBusyError, JobStore
 from service.jobs.submit import check_submission
+from service.metrics import Metrics
 
 log = logging.getLogger("chorus.jobs")
 TASK = "/analyze"
@@ -108,13 +110,43 @@ async def show_job(request: Request) -> Response:
     return JSONResponse(job_view(store_of(request), _job_id(request)))
 
 
+def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
+    """The job after the cancel: "cancelled" at once when it was queued, still "running" until its
+    next batch of windows when it was running."""
+    store.cancel(job_id)
+    count_jobs(store, metrics)
+    return JSONResponse(job_view(store, job_id))
+
+
 @json_errors
 async def cancel_job(request: Request) -> Response:
     authorize(request)
+    return cancel(store_of(request), _job_id(request), plane_of(request).metrics)
+
+
+@json_errors
+async def delete_job(request: Request) -> Response:
+    """A finished job's folder (input, journal, tables) removed; 409 while it is queued or running."""
+    authorize(request)
     store, job_id = store_of(request), _job_id(request)
-    if store.state(job_id).status not in FINISHED:
-        store.ask_cancel(job_id)
-    return JSONResponse(job_view(store, job_id))
+    try:
+        await asyncio.to_thread(store.delete, job_id)  # a job's tables may be many files
+    except JobBusyError as exc:
+        raise Conflict(f"{exc}; cancel it first (POST /jobs/{job_id}/cancel) and delete it once its state is cancelled") from None
+    count_jobs(store, plane_of(request).metrics)
+    return Response(status_code=204)
+
+
+@json_errors
+async def delete_upload(request: Request) -> Response:
+    """An upload that no job took (a submitted one belongs to its job: delete the job)."""
+    authorize(request)
+    upload_id = request.path_params["upload_id"]
+    try:
+        await asyncio.to_thread(store_of(request).delete_upload, upload_id)
+    except KeyError:
+        raise NotFound(f"no upload {upload_id!r} waiting for a job (a submitted upload is deleted with its job)") from None
+    return Response(status_code=204)
 
 
 @json_errors
@@ -131,7 +163,9 @@ async def job_output(request: Request) -> Response:
 ROUTES = [
     Route("/jobs", list_jobs, methods=["GET"]),
     Route("/jobs/uploads", upload, methods=["POST"]),
+    Route("/jobs/uploads/{upload_id}", delete_upload, methods=["DELETE"]),
     Route("/jobs/{job_id}", show_job, methods=["GET"]),
+    Route("/jobs/{job_id}", delete_job, methods=["DELETE"]),
     Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/jobs/{job_id}/outputs/{name:path}", job_output, methods=["GET"]),
 ]
@@ -196,9 +230,7 @@ class JobGate:
                 )
             return JSONResponse(view)
         if path == TASK + "/cancel":
-            if store.state(job_id).status not in FINISHED:
-                store.ask_cancel(job_id)
-            return JSONResponse(job_view(store, job_id))
+            return cancel(store, job_id, self.state.plane.metrics)
         raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")
 
 

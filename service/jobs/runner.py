@@ -27,6 +27,7 @@ from analyze.sources import expand_sources
 from service.dataplane import DataPlane
 from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
 from service.jobs.submit import outside
+from service.metrics import Metrics
 from service.models.tasks import AudioClassifier
 
 log = logging.getLogger("chorus.jobs")
@@ -63,6 +64,12 @@ def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], floa
     return paths, audio_seconds(paths)
 
 
+def count_jobs(store: JobStore, metrics: Metrics) -> None:
+    """The jobs gauge, by state, from the folders on disk (any process may have changed them)."""
+    for status, count in store.counts().items():
+        metrics.jobs.labels(status).set(count)
+
+
 def model_info(model: AudioClassifier) -> ModelInfo:
     config = model.frontend.config
     return ModelInfo(model.info["name"], model.info["version"], tuple(model.labels), low_hz=config.f_min, high_hz=config.f_max)
@@ -97,7 +104,9 @@ class JobRunner:
         """Start every job a restart left queued or running (the others' locks decide who runs it)."""
         for job_id in self.store.jobs():
             if self.store.state(job_id).status not in FINISHED:
+                self.store.requeue_if_abandoned(job_id)
                 self.start(job_id)
+        count_jobs(self.store, self.plane.metrics)
 
     async def run(self, job_id: str) -> JobState:
         async with self._one_at_a_time:
@@ -116,6 +125,8 @@ class JobRunner:
             return state
         request = self.store.request(job_id)
         try:
+            if self.store.cancel_asked(job_id):  # asked while another process held the job's lock
+                raise JobCancelled
             while True:  # a job resumed at start waits for the models
                 ready, _ = await self.plane.readiness()
                 if ready:
@@ -129,7 +140,7 @@ class JobRunner:
             state.files_total = len(paths)
             state.audio_seconds_total = round(seconds, 3)
             self.store.save_state(job_id, state)
-            self._count_states()
+            count_jobs(self.store, self.plane.metrics)
             config = RunConfig(
                 out_dir=self.store.folder(job_id) / "out",
                 model=model_info(model),
@@ -155,7 +166,7 @@ class JobRunner:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
         self.store.save_state(job_id, state)
-        self._count_states()
+        count_jobs(self.store, self.plane.metrics)
         return state
 
     def _scorer(
@@ -186,7 +197,3 @@ class JobRunner:
             self.store.save_state(job_id, state)
 
         return progress
-
-    def _count_states(self) -> None:
-        for status, count in self.store.counts().items():
-            self.plane.metrics.jobs.labels(status).set(count)

@@ -8,6 +8,8 @@ server knows every job's state and resumes the ones it was running.
     <jobs home>/<job id>/out/              the tables of `chorus analyze`, its journal and errors.csv
     <jobs home>/<job id>/cancel            present once a cancel was asked
     <jobs home>/<job id>/lock              held (flock) by the process that runs the job
+    <jobs home>/.deleted-<job id>-<n>/     a deleted job's folder, renamed first so it stops being a
+                                           job at once, removed next (or at the next start)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -64,10 +67,16 @@ def _is_job(folder: Path) -> bool:
     return (folder / "job.json").is_file() and (folder / "state.json").is_file()
 
 
+class JobBusyError(Exception):
+    """The job is queued or running: it must be cancelled (and have stopped) before it is deleted."""
+
+
 class JobStore:
     def __init__(self, home: Path):
         self.home = home
         (home / "uploads").mkdir(parents=True, exist_ok=True)
+        for left in home.glob(".deleted-*"):  # a server stopped half way through a delete
+            shutil.rmtree(left, ignore_errors=True)
 
     @staticmethod
     def valid_id(job_id: str) -> bool:
@@ -120,7 +129,7 @@ class JobStore:
         write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
 
     def jobs(self) -> list[str]:
-        return sorted(p.name for p in self.home.iterdir() if _is_job(p))
+        return sorted(p.name for p in self.home.iterdir() if self.valid_id(p.name) and _is_job(p))
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
@@ -130,6 +139,47 @@ class JobStore:
 
     def ask_cancel(self, job_id: str) -> None:
         (self.folder(job_id) / "cancel").touch()
+
+    def cancel(self, job_id: str) -> None:
+        """Ask a job to stop. One that no process runs (queued) is cancelled here and now, rather
+        than shown as queued until its turn comes; a running one stops at its next batch of windows."""
+        if self.state(job_id).status in FINISHED:
+            return
+        self.ask_cancel(job_id)
+        self._move_if_idle(job_id, ("queued", "running"), "cancelled")
+
+    def requeue_if_abandoned(self, job_id: str) -> None:
+        """A job shown as running that no process runs (its server stopped) is queued again: until a
+        worker takes it up it is waiting, not running."""
+        self._move_if_idle(job_id, ("running",), "queued")
+
+    def _move_if_idle(self, job_id: str, from_states: tuple[str, ...], to_state: str) -> None:
+        # Under the job's lock, so no process starts or finishes the job in between; a worker whose
+        # run tries the lock meanwhile follows the state on disk instead (JobRunner.run).
+        with self.running(job_id) as idle:
+            state = self.state(job_id)
+            if idle and state.status in from_states:
+                state.status = to_state
+                self.save_state(job_id, state)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job with its input and tables (JobBusyError while it is queued or running)."""
+        trash = self.home / f".deleted-{job_id}-{uuid.uuid4().hex[:8]}"
+        with self.running(job_id) as idle:
+            status = self.state(job_id).status
+            if not idle or status not in FINISHED:
+                raise JobBusyError(f"job {job_id} is {'running' if not idle else status}")
+            self.folder(job_id).rename(trash)  # no longer a job from here on, whatever happens next
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def delete_upload(self, upload_id: str) -> None:
+        """Remove an upload no job has taken (KeyError once a job has: it moved into the job's folder)."""
+        trash = self.home / f".deleted-upload-{upload_id}"
+        try:
+            self.upload_path(upload_id).rename(trash)
+        except FileNotFoundError:  # a submission took it in between
+            raise KeyError(upload_id) from None
+        shutil.rmtree(trash, ignore_errors=True)
 
     def cancel_asked(self, job_id: str) -> bool:
         return (self.folder(job_id) / "cancel").exists()

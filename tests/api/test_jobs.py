@@ -152,6 +152,7 @@ async def test_the_task_routes_need_the_token_and_answer_from_disk(gate, plane, 
     assert (await gate.get("/analyze/get", params={"task_id": "job1"}, headers=auth)).status_code == 400
     cancelled = await gate.post("/analyze/cancel", params={"task_id": "job1"}, headers=auth)
     assert cancelled.status_code == 200 and store.cancel_asked("job1")
+    assert cancelled.json()["state"] == "cancelled" == store.state("job1").status  # queued: cancelled at once
     assert (await gate.post("/analyze", json={"path": "site1"}, headers=auth)).status_code == 400
 
 
@@ -201,3 +202,68 @@ async def test_a_job_folder_a_crash_left_half_made_is_ignored_not_fatal(plane, s
     assert store.counts()["queued"] == 1
     store.save_state("good1", JobState(status="done"))  # so that resuming starts nothing here
     JobRunner(store, plane).resume_all()  # raised FileNotFoundError on the half-made folder
+
+
+async def test_a_queued_job_is_cancelled_at_once_and_never_runs(http, plane, store, engine, root):
+    plane.settings.analyze_root = str(root)
+    store.create("q1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    response = await http.post("/jobs/q1/cancel")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
+    state = await JobRunner(store, plane).run("q1")  # its turn comes: nothing to do
+    assert state.status == "cancelled" and state.files_total == 0 and engine.calls == []
+
+
+async def test_a_running_job_is_asked_to_stop_and_stays_running_until_it_does(http, plane, store, root):
+    store.create("r1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("r1", JobState(status="running"))
+    with store.running("r1") as mine:  # another process runs it
+        assert mine
+        response = await http.post("/jobs/r1/cancel")
+        assert response.json()["state"] == "running" and store.cancel_asked("r1")
+        assert (await http.delete("/jobs/r1")).status_code == 409
+
+
+async def test_after_a_restart_a_job_left_running_shows_queued_until_a_worker_takes_it(plane, store, root):
+    plane.settings.analyze_root = str(root)
+    store.create("left1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("left1", JobState(status="running", files_total=1))  # the server died running it
+    store.create("busy1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("busy1", JobState(status="running"))
+    runner = JobRunner(store, plane)
+    with store.running("busy1"):  # another worker runs this one
+        runner.resume_all()
+        assert store.state("left1").status == "queued" and store.state("busy1").status == "running"
+    assert (await runner.start("left1")).status == "done"
+    store.save_state("busy1", JobState(status="done"))  # what the other worker would write
+    assert (await runner.start("busy1")).status == "done"
+
+
+async def test_a_finished_job_is_deleted_with_its_folder_and_an_unfinished_one_is_not(http, store, root):
+    store.create("d1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    refused = await http.delete("/jobs/d1")
+    assert refused.status_code == 409 and "is queued; cancel it first" in refused.json()["error"]["message"]
+    await http.post("/jobs/d1/cancel")
+    assert (await http.delete("/jobs/d1")).status_code == 204
+    assert not (store.home / "d1").exists() and list(store.home.iterdir()) == [store.home / "uploads"]
+    assert (await http.get("/jobs/d1")).status_code == 404 and (await http.delete("/jobs/d1")).status_code == 404
+    assert (await http.get("/jobs")).json() == {"jobs": []}
+
+
+async def test_an_upload_no_job_took_is_deleted_and_a_taken_one_belongs_to_its_job(http, store, wav):
+    first = (await http.post("/jobs/uploads", params={"name": "a.wav"}, content=wav)).json()["upload_id"]
+    second = (await http.post("/jobs/uploads", params={"name": "b.wav"}, content=wav)).json()["upload_id"]
+    assert (await http.delete(f"/jobs/uploads/{first}")).status_code == 204
+    assert not (store.home / "uploads" / first).exists()
+    store.create("u1", JobRequest(sources=[], formats=["csv"]), store.upload_path(second))
+    for gone in (first, second, "u1", "nope"):
+        response = await http.delete(f"/jobs/uploads/{gone}")
+        assert response.status_code == 404 and "waiting for a job" in response.json()["error"]["message"]
+    assert (store.home / "u1" / "input" / "b.wav").is_file()
+
+
+def test_a_delete_a_crash_cut_short_is_finished_at_the_next_start_and_never_listed(store, root):
+    store.create("c1", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    (store.home / "c1").rename(store.home / ".deleted-c1-0123abcd")  # killed between rename and removal
+    assert store.jobs() == [] and store.counts()["queued"] == 0
+    type(store)(store.home)
+    assert not (store.home / ".deleted-c1-0123abcd").exists()

@@ -104,3 +104,7 @@ def test_a_job_killed_with_its_server_resumes_and_gives_the_same_tables(server_e
         assert json.loads(job.read_text())["top_k"] is None
         httpx.post(f"{second.url}/analyze/cancel", params={"task_id": task_id}, timeout=30)
         wait_for(second, task_id, lambda s: s["state"] == "cancelled")
+        # A finished job is deleted with its tables; BentoML's task routes then know it no more.
+        assert httpx.delete(f"{second.url}/jobs/{reference_id}", timeout=30).status_code == 204
+        assert httpx.get(f"{second.url}/analyze/status", params={"task_id": reference_id}, timeout=30).status_code == 404
+        assert not (Path(server_env["CHORUS_HOME"]) / "jobs" / reference_id).exists()
