@@ -58,6 +58,8 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
         raise InvalidParameter("send exactly one of upload_id (from POST /jobs/uploads) or path (under the analyze root)")
     upload: Path | None = None
     if given == ["upload_id"]:
+        if not isinstance(body["upload_id"], str):
+            raise InvalidParameter(f"upload_id must be the string POST /jobs/uploads answered, got {body['upload_id']!r}")
         try:
             upload = store.upload_path(str(body["upload_id"]))
         except KeyError:

@@ -97,6 +97,7 @@ async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_n
         ({"path": "site2"}, 403, "links to outside"),
         ({"path": "nowhere"}, 404, "no file or folder"),
         ({"upload_id": "0123456789abcdef"}, 404, "no upload"),
+        ({"upload_id": {"id": "0123"}}, 422, "upload_id must be the string"),
         ({"path": "site1", "upload_id": "x"}, 422, "exactly one"),
         ({"path": "site1", "formats": ["excel"]}, 422, "formats"),
         ({"path": "site1", "species": ["dodo"]}, 422, "dodo"),
