@@ -33,7 +33,7 @@ from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine_service import Engine
 from service.heap import trim_periodically
-from service.jobs.runner import JobRunner
+from service.jobs.runner import JobRunner, expire_periodically
 from service.jobs.store import JobStore, default_home
 from service.jobs.submit import check_submission
 from service.lifecycle import Drain
@@ -80,11 +80,13 @@ class Chorus:
         app.state.jobs = self.jobs
         self._grpc: grpc.aio.Server | None = None
         self._trimming: asyncio.Task[None] | None = None
+        self._expiring: asyncio.Task[None] | None = None
 
     @bentoml.on_startup
     async def _start(self) -> None:
         Drain("API worker", self._drained, settings.drain_seconds, on_start=self.plane.start_draining).install()
         self._trimming = asyncio.create_task(trim_periodically(settings.malloc_trim_seconds))
+        self._expiring = asyncio.create_task(expire_periodically(self.jobs, settings.jobs_keep_hours, self.plane.metrics))
         if settings.grpc_port:
             host = settings.grpc_host or http_listen_host() or "0.0.0.0"
             self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)
@@ -141,9 +143,10 @@ class Chorus:
         return True
 
     @bentoml.on_shutdown
-    async def _stop_trimming(self) -> None:
-        if self._trimming is not None:
-            self._trimming.cancel()
+    async def _stop_periodic_tasks(self) -> None:
+        for task in (self._trimming, self._expiring):
+            if task is not None:
+                task.cancel()
 
     @bentoml.on_shutdown
     async def _stop_grpc(self) -> None:

@@ -108,6 +108,12 @@ class ServiceSettings(BaseSettings):
         None, description="Folder whose files and subfolders analysis jobs may name by path; unset: jobs take uploads only."
     )
     jobs_home: str | None = Field(None, description="Where jobs keep their uploads, journals and tables; default: $CHORUS_HOME/jobs.")
+    jobs_keep_hours: float | None = Field(
+        None,
+        gt=0,
+        description="Finished jobs (by their last state change) and uploads no job took (by their last write) older than this "
+        "are deleted by the server, tables and input with them; unset: kept until a client deletes them (DELETE /jobs/{id}).",
+    )
 
     # Frames generation limits
     max_images: int = Field(16, ge=1, description="Most images per /generate request.")

@@ -70,6 +70,21 @@ def count_jobs(store: JobStore, metrics: Metrics) -> None:
         metrics.jobs.labels(status).set(count)
 
 
+async def expire_periodically(store: JobStore, keep_hours: float | None, metrics: Metrics) -> None:
+    """Delete what has been kept `keep_hours` (JobStore.expire), checking 20 times in that span and at
+    least every 10 minutes, until cancelled; nothing when it is None."""
+    if keep_hours is None:
+        return
+    keep_seconds = keep_hours * 3600
+    while True:
+        # Off the event loop: it reads every job's state and may remove many files.
+        deleted = await asyncio.to_thread(store.expire, time.time() - keep_seconds)
+        if deleted:
+            log.info("deleted %d job(s) and upload(s) kept over %g h: %s", len(deleted), keep_hours, ", ".join(deleted))
+            count_jobs(store, metrics)
+        await asyncio.sleep(min(600.0, keep_seconds / 20))
+
+
 def model_info(model: AudioClassifier) -> ModelInfo:
     config = model.frontend.config
     return ModelInfo(model.info["name"], model.info["version"], tuple(model.labels), low_hz=config.f_min, high_hz=config.f_max)

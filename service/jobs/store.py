@@ -14,6 +14,7 @@ server knows every job's state and resumes the ones it was running.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import re
@@ -171,6 +172,26 @@ class JobStore:
                 raise JobBusyError(f"job {job_id} is {'running' if not idle else status}")
             self.folder(job_id).rename(trash)  # no longer a job from here on, whatever happens next
         shutil.rmtree(trash, ignore_errors=True)
+
+    def expire(self, before: float) -> list[str]:
+        """Delete the finished jobs whose state last changed before `before` (a time.time()) and the
+        uploads no job took that were last written before it; the ids deleted. Another process
+        may be deleting the same ones: what it got to first is skipped."""
+        deleted = []
+        for job_id in self.jobs():
+            with contextlib.suppress(FileNotFoundError, JobBusyError):
+                state = self.state(job_id)
+                if state.status in FINISHED and state.updated < before:
+                    self.delete(job_id)
+                    deleted.append(job_id)
+        for folder in (self.home / "uploads").iterdir():
+            with contextlib.suppress(FileNotFoundError, KeyError):
+                # The newest of the folder and its file: an upload still streaming in is written now.
+                written = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+                if written < before:
+                    self.delete_upload(folder.name)
+                    deleted.append(folder.name)
+        return deleted
 
     def delete_upload(self, upload_id: str) -> None:
         """Remove an upload no job has taken (KeyError once a job has: it moved into the job's folder)."""

@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import threading
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from service.adapters.jobs import JobGate
-from service.jobs import submit
+from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobRequest, JobState
 from tests.api.conftest import LABELS
@@ -268,3 +270,35 @@ def test_a_delete_a_crash_cut_short_is_finished_at_the_next_start_and_never_list
     assert store.jobs() == [] and store.counts()["queued"] == 0
     type(store)(store.home)
     assert not (store.home / ".deleted-c1-0123abcd").exists()
+
+
+async def test_finished_jobs_and_unclaimed_uploads_expire_after_the_keep_time_and_nothing_else_does(http, plane, store, root, wav):
+    for job_id, status in (("old_done", "done"), ("old_failed", "failed"), ("old_queued", "queued"), ("new_done", "done")):
+        store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+        store.save_state(job_id, JobState(status=status))
+    old_upload = (await http.post("/jobs/uploads", params={"name": "a.wav"}, content=wav)).json()["upload_id"]
+    hour_ago = time.time() - 3600
+    for job_id in ("old_done", "old_failed", "old_queued"):
+        state = store.state(job_id)
+        state.updated = hour_ago
+        (store.home / job_id / "state.json").write_text(json.dumps(asdict(state)))  # save_state would stamp it now
+    folder = store.home / "uploads" / old_upload
+    for path in (folder, *folder.iterdir()):
+        os.utime(path, (hour_ago, hour_ago))
+    new_upload = (await http.post("/jobs/uploads", params={"name": "b.wav"}, content=wav)).json()["upload_id"]
+    assert sorted(store.expire(time.time() - 1800)) == sorted(["old_done", "old_failed", old_upload])
+    assert store.jobs() == ["new_done", "old_queued"] and [p.name for p in (store.home / "uploads").iterdir()] == [new_upload]
+    assert store.expire(time.time() - 1800) == []
+
+
+async def test_the_server_expires_jobs_periodically_when_a_keep_time_is_set(plane, store, root, monkeypatch):
+    store.create("gone", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("gone", JobState(status="done"))
+    swept = asyncio.Event()
+    expire = store.expire
+    monkeypatch.setattr(store, "expire", lambda before: (expire(before + 3600), swept.set())[0])  # as if an hour had passed
+    task = asyncio.create_task(runner.expire_periodically(store, 0.5, plane.metrics))
+    await asyncio.wait_for(swept.wait(), 10)
+    task.cancel()
+    assert store.jobs() == []
+    assert await asyncio.wait_for(runner.expire_periodically(store, None, plane.metrics), 1) is None  # unset: nothing to do
