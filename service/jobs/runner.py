@@ -172,7 +172,7 @@ class JobRunner:
             )
             summary = await asyncio.to_thread(run, paths, pipeline, config, progress=self._progress(job_id, state))
             state.status, state.summary = "done", summary.as_dict()
-            state.audio_seconds_done = state.audio_seconds_total
+            state.audio_seconds_done, state.files_done = state.audio_seconds_total, state.files_total
             log.info("job %s done: %s", job_id, state.summary)
         except JobCancelled:
             state.status = "cancelled"
@@ -208,7 +208,8 @@ class JobRunner:
 
     def _progress(self, job_id: str, state: JobState) -> Callable[[Progress], None]:
         def progress(update: Progress) -> None:
-            state.files_done = update.done
+            # A resumed job's files taken from its journal are done too (Progress counts this run's).
+            state.files_done = state.files_total - update.total + update.done
             self.store.save_state(job_id, state)
 
         return progress

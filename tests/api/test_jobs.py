@@ -170,6 +170,9 @@ async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store,
     assert {"detections.csv", "errors.csv"} <= set(store.outputs("job2"))
     assert all(method == "birdcall_job_windows" for method, _ in engine.calls)
     assert "2024-05-17T05:30:00" in store.output("job2", "detections.csv").read_text()  # the clock time from the name
+    store.save_state("job2", JobState())  # as if a restart had cut it short after its file
+    resumed = await JobRunner(store, plane).run("job2")
+    assert resumed.summary["files_skipped"] == 1 and resumed.files_done == resumed.files_total == 1
 
 
 @pytest.mark.timeout(60)  # a FIFO opened for its header would wait for a writer for ever

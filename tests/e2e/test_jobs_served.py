@@ -90,6 +90,7 @@ def test_a_job_killed_with_its_server_resumes_and_gives_the_same_tables(server_e
         assert status(second, interrupted)["state"] in ("queued", "running")  # known after the restart
         final = wait_for(second, interrupted, lambda s: s["state"] == "done")
         assert final["summary"]["files_skipped"] >= 3  # resumed from its journal
+        assert final["progress"]["files_done"] == final["progress"]["files_total"] == FILES
         assert tables(second, interrupted) == reference
         cancelled = submit(second)
         wait_for(second, cancelled, lambda s: s["state"] == "running")
