@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import queue
@@ -32,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from analyze.analyzer import READ_STAGE, AnalysisFailed, FileScores, Outcome
 from analyze.detections import Span
 from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
-from layout.machine import usable_cores
+from layout.machine import die_with_parent, usable_cores
 
 StartMethod = Literal["spawn", "fork"]
 Score = Callable[[np.ndarray], np.ndarray]
@@ -105,20 +104,6 @@ class _Outbox:
         self._results.put(("windows", self._index, features[:count], self._spans[:count]))
         self._features = [features[count:]] if count < len(features) else []
         del self._spans[:count]
-
-
-def _die_with(parent: int) -> None:
-    """End this worker when the run that started it ends, SIGKILL included: an orphan would decode
-    on into a queue nobody reads and then wait on it forever. Linux's PR_SET_PDEATHSIG, which
-    follows the thread that started the worker: here always the one that closes it. Elsewhere
-    orphans remain possible."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return
-    prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the line above
-        os._exit(1)
 
 
 class Channel(Protocol):
@@ -201,7 +186,9 @@ def _decode_worker(connection: Connection, background: bool, parent: int) -> Non
     # Ctrl-C reaches every process of the terminal's group: the run handles it and stops its workers,
     # which would otherwise each print a traceback of wherever they were.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent)
+    # An orphan would decode on into a queue nobody reads, then wait on it for ever. The thread
+    # that starts a worker is the one that closes it (DecodeWorkers).
+    die_with_parent(signal.SIGKILL, parent)
     featurize_files(_PipeChannel(connection), background)
 
 

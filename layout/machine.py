@@ -1,8 +1,13 @@
-"""The cores this process may use: what the engine's threads and the analysis's worker processes are planned by."""
+"""The cores this process may use (what the engine's threads and the analysis's worker processes
+are planned by), and how a worker process ties its life to its parent's."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+
+_PR_SET_PDEATHSIG = 1
 
 
 def usable_cores() -> int:
@@ -20,3 +25,19 @@ def one_blas_thread() -> None:
     call they share, against the decode workers: ~3% of a run's CPU. Only takes effect before numpy
     is first imported; a value the user set is kept."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def die_with_parent(sig: signal.Signals, parent: int) -> None:
+    """Have the kernel send `sig` to this process when its parent dies, SIGKILL included (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing: orphans remain possible). `parent` is the pid the caller
+    knows its parent by: a parent that died before the call is found by the check after it.
+
+    The signal follows the parent's thread that started this process, so use it only where that
+    thread lives as long as the parent (a main thread, or the thread that also stops the child)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != parent:  # it died before the call above
+        os.kill(os.getpid(), sig)

@@ -41,7 +41,7 @@ from service.engine.ddim import to_uint8_images
 from service.engine.loaded import LoadedModel, load_model
 from service.engine.runtime import choose_providers
 from service.engine.step_batching import StepBatcher
-from service.lifecycle import Activity, Drain
+from service.lifecycle import Activity, Drain, stop_with_the_server
 from service.metrics import NO_DETECTION, Metrics
 from service.models.birdcall import BirdcallModel
 from service.models.frames import FramesModel
@@ -73,6 +73,7 @@ def batching(max_batch_size: int, max_latency_ms: int) -> dict[str, Any]:
 )
 class Engine:
     def __init__(self) -> None:
+        stop_with_the_server()
         self.birdcall: LoadedModel
         self.frames: LoadedModel
         self.sampler: StepBatcher

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,8 +20,19 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
+from layout.machine import die_with_parent
+
 log = logging.getLogger("chorus.lifecycle")
 Handler = Callable[[int, FrameType | None], Any]
+
+
+def stop_with_the_server() -> None:
+    """Have this BentoML worker sent SIGTERM (a drain, then exit) when the `bentoml serve` process
+    that started it dies. BentoML starts each worker in a session of its own, so a `kill -9` of the
+    server, or of its process group, or the OOM killer choosing it, left the workers running,
+    holding the port (the next start failed: address in use), the models' memory and any job's
+    lock. The server starts its workers from its main thread, which lives as long as it does."""
+    die_with_parent(signal.SIGTERM, os.getppid())
 
 
 class Activity:

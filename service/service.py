@@ -36,7 +36,7 @@ from service.heap import trim_periodically
 from service.jobs.runner import JobRunner, expire_periodically
 from service.jobs.store import JobStore, default_home
 from service.jobs.submit import check_submission
-from service.lifecycle import Drain
+from service.lifecycle import Drain, stop_with_the_server
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 
@@ -69,6 +69,7 @@ class Chorus:
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
+        stop_with_the_server()
         # Requests are featurized in parallel threads; a multi-threaded BLAS inside each of them
         # spins against the others (8 threads on 2 cores: 77 -> 205 log-mel calls/s with one BLAS thread).
         threadpool_limits(1, user_api="blas")

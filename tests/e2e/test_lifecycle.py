@@ -118,3 +118,19 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_with_503(served)
     assert result["response"].status_code == 200, result["response"].text  # finished: the engine waited for it
     assert served.process.wait(timeout=120) is not None
     assert "API worker: drained in" in served.log.read_text()
+
+
+def test_the_workers_stop_when_the_server_process_is_killed(tiny_exports, tmp_path):
+    """BentoML starts each worker in a session of its own: a `kill -9` of `bentoml serve` (or the
+    OOM killer choosing it) left them serving on, holding the port, the models and any job's lock."""
+    env = {"BENTOML_HOME": isolated_bentoml_home(tmp_path / "bentoml"), "CHORUS_DRAIN_SECONDS": "5"}
+    with serve_process("service.service:Chorus", tmp_path / "server.log", **env) as server:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        assert len(workers) >= 2  # the API worker and the engine
+        server.process.kill()
+        server.process.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, f"workers still running after their server was killed: {alive}"
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free again: the next start can listen on it
