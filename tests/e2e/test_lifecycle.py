@@ -129,7 +129,7 @@ def test_the_workers_stop_when_the_server_process_is_killed(tiny_exports, tmp_pa
         assert len(workers) >= 2  # the API worker and the engine
         server.process.kill()
         server.process.wait(timeout=30)
-        gone, alive = psutil.wait_procs(workers, timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=60)
         assert not alive, f"workers still running after their server was killed: {alive}"
         port = int(server.url.rsplit(":", 1)[1])
         with socket.socket() as probe:
