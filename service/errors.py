@@ -57,6 +57,10 @@ class NotFound(ServiceError):
     status, kind = 404, "not_found"
 
 
+class MethodNotAllowed(ServiceError):
+    status, kind = 405, "method_not_allowed"
+
+
 class Conflict(ServiceError):
     status, kind = 409, "conflict"
 

@@ -21,10 +21,9 @@ from typing import cast
 
 import bentoml
 import grpc
-from starlette.applications import Starlette
 from threadpoolctl import threadpool_limits
 
-from service.adapters import HTTP_ROUTES
+from service.adapters import http_app
 from service.adapters.connections import install_header_timeout
 from service.adapters.grpc.server import start_grpc_server
 from service.adapters.health import ServingGate
@@ -50,7 +49,7 @@ install_header_timeout(settings.header_timeout_seconds)
 # connection (tests/e2e/test_lifecycle.py). Read by BentoML's supervisor, which imports this module.
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 # BentoML mounts the app when this module is imported; each worker attaches its data plane at start.
-app = Starlette(routes=HTTP_ROUTES)
+app = http_app()
 
 
 def http_listen_host() -> str | None:

@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+
 from service.adapters import jobs, kserve_http, rest
+from service.adapters.http import json_errors
+from service.errors import MethodNotAllowed, NotFound
 
 HTTP_ROUTES = [*rest.ROUTES, *kserve_http.ROUTES, *jobs.ROUTES]
 """Every HTTP route; the app serving them needs `app.state.plane` (a DataPlane) and `app.state.jobs` (a JobStore)."""
+
+
+@json_errors
+async def no_route(request: Request) -> Response:
+    """A path no route has (404) or a method its route does not take (405), as a JSON error like
+    every other. A route, not an exception handler: BentoML mounts the app so that a path none of
+    its routes matches never reaches it, and answers such paths with a plain-text "Not Found"."""
+    allowed = sorted(
+        {method for route in HTTP_ROUTES if route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods or ()}
+    )
+    if allowed:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}")
+        error.headers["Allow"] = ", ".join(allowed)
+        raise error
+    raise NotFound(f"no route {request.url.path}; the routes are listed in /openapi.json, and the page at / uses them")
+
+
+def http_app() -> Starlette:
+    """The HTTP adapters as one app: every route, then one that takes every other path and method.
+
+    BentoML's own routes (/healthz, /metrics, the task routes) come before the app's, so the last
+    route does not hide them."""
+    everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+    return Starlette(routes=[*HTTP_ROUTES, Route("/{path:path}", no_route, methods=everything)])

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 
 from features import FrontEndConfig, NormStats
 from layout import artifacts
-from service.adapters import HTTP_ROUTES
+from service import adapters
 from service.dataplane import DataPlane
 from service.engine.client import EngineStatus
 from service.engine.contracts import StepPlanes, TimedRows
@@ -183,7 +183,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def http_app(plane: DataPlane, jobs: JobStore) -> Starlette:
     """The HTTP adapters (REST, KServe v2, jobs) as the service mounts them, over `plane` and `jobs`."""
-    app = Starlette(routes=HTTP_ROUTES)
+    app = adapters.http_app()
     app.state.plane, app.state.jobs = plane, jobs
     return app
 

@@ -135,6 +135,23 @@ async def test_openapi_lists_every_route_with_limits_from_settings(plane, http):
     assert "birdcall, frames-denoiser" in spec["paths"]["/v2/models/{name}"]["get"]["summary"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "words"),
+    [
+        ("GET", "/nope", 404, "no route /nope; the routes are listed in /openapi.json"),
+        ("GET", "/jobs/uploads/..%2Fjob1", 404, "no route /jobs/uploads/../job1"),
+        ("GET", "/classify", 405, "GET is not allowed on /classify; it takes POST"),
+        ("PUT", "/jobs/uploads", 405, "PUT is not allowed on /jobs/uploads; it takes"),
+    ],
+)
+async def test_a_path_or_method_no_route_takes_is_a_json_error(http, method, path, status, words):
+    response = await http.request(method, path)
+    error = error_of(response, status, words)
+    assert error["type"] == ("not_found" if status == 404 else "method_not_allowed")
+    if status == 405:
+        assert "POST" in response.headers["allow"]
+
+
 async def test_page(http):
     response = await http.get("/")
     assert response.status_code == 200 and "chorus" in response.text

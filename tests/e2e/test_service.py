@@ -98,6 +98,12 @@ def test_classify_errors(client, kwargs, status, words):
         assert "MP3" in error["accepted_formats"]
 
 
+def test_a_path_or_method_no_route_takes_is_a_json_error_on_the_real_server(client):
+    """BentoML mounts the adapters at /: its own routes first, then every other path reaches ours."""
+    assert_error(client.get("/nope"), 404, "no route /nope")
+    assert_error(client.get("/classify"), 405, "it takes POST")
+
+
 def test_nan_samples_are_415(client):
     audio = np.zeros(16_000, np.float32)
     audio[5] = np.inf
