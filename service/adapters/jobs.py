@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, parse_json, plane_of
 from service.auth import check_bearer
-from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedMedia, as_service_error, error_body
+from service.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMedia, as_service_error, error_body
 from service.jobs.runner import count_jobs
 from service.jobs.store import FINISHED, JobBusyError, JobStore
 from service.jobs.submit import check_submission
@@ -203,6 +203,10 @@ class JobGate:
         if path == TASK:
             raise BadRequest(f"analysis jobs run as tasks: POST {TASK}/submit, then GET {TASK}/status?task_id=...")
         if path == TASK + "/submit":
+            if request.method != "POST":
+                error = MethodNotAllowed(f"{request.method} is not allowed on {path}; POST the submission, a JSON object")
+                error.headers["Allow"] = "POST"
+                raise error
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 # BentoML would read a form or text body as no fields at all: the gate's 200 would

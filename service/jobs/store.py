@@ -130,7 +130,14 @@ class JobStore:
         write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
 
     def jobs(self) -> list[str]:
-        return sorted(p.name for p in self.home.iterdir() if self.valid_id(p.name) and _is_job(p))
+        """Every job's id, oldest first (job.json is written once, when the job is made): the order
+        they are listed in and resumed in after a restart."""
+        found = []
+        for folder in self.home.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # deleted while listed
+                if self.valid_id(folder.name) and _is_job(folder):
+                    found.append(((folder / "job.json").stat().st_mtime_ns, folder.name))
+        return [job_id for _, job_id in sorted(found)]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

@@ -113,6 +113,20 @@ async def test_submissions_are_checked_before_bentoml_queues_them(gate, body, st
     assert response.status_code == status and words in response.json()["error"]["message"], response.text
 
 
+async def test_a_submission_is_posted(gate):
+    response = await gate.get("/analyze/submit", params={"path": "site1"})
+    assert response.status_code == 405 and response.headers["allow"] == "POST" and "POST the submission" in response.text
+
+
+def test_jobs_are_listed_and_resumed_oldest_first(store, root):
+    for job_id in ("zz_first", "aa_second", "mm_third"):
+        store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    os.utime(store.home / "zz_first" / "job.json", ns=(1, 1))  # filesystem times may tie within a test
+    os.utime(store.home / "aa_second" / "job.json", ns=(2, 2))
+    os.utime(store.home / "mm_third" / "job.json", ns=(3, 3))
+    assert store.jobs() == ["zz_first", "aa_second", "mm_third"]
+
+
 @pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
 async def test_a_submission_that_is_not_sent_as_json_is_refused_before_bentoml_reads_it_as_a_form(gate, content_type):
     headers = {} if content_type is None else {"content-type": content_type}
@@ -290,7 +304,7 @@ async def test_finished_jobs_and_unclaimed_uploads_expire_after_the_keep_time_an
         os.utime(path, (hour_ago, hour_ago))
     new_upload = (await http.post("/jobs/uploads", params={"name": "b.wav"}, content=wav)).json()["upload_id"]
     assert sorted(store.expire(time.time() - 1800)) == sorted(["old_done", "old_failed", old_upload])
-    assert store.jobs() == ["new_done", "old_queued"] and [p.name for p in (store.home / "uploads").iterdir()] == [new_upload]
+    assert sorted(store.jobs()) == ["new_done", "old_queued"] and [p.name for p in (store.home / "uploads").iterdir()] == [new_upload]
     assert store.expire(time.time() - 1800) == []
 
 
