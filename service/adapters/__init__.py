@@ -6,6 +6,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from service.adapters import jobs, kserve_http, rest
 from service.adapters.http import json_errors
@@ -30,10 +31,19 @@ async def no_route(request: Request) -> Response:
     raise NotFound(f"no route {request.url.path}; the routes are listed in /openapi.json, and the page at / uses them")
 
 
-def http_app() -> Starlette:
-    """The HTTP adapters as one app: every route, then one that takes every other path and method.
+BENTOML_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/schema.json", "/docs.json", "/static_content/", "/assets/")
+"""Paths BentoML answers itself, some from routes it adds after the app's: left to it."""
 
-    BentoML's own routes (/healthz, /metrics, the task routes) come before the app's, so the last
-    route does not hide them."""
+
+class _EveryOtherPath(Route):
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope.get("path", "").startswith(BENTOML_PATHS):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+def http_app() -> Starlette:
+    """The HTTP adapters as one app: every route, then one that takes every other path and method
+    but BentoML's own."""
     everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-    return Starlette(routes=[*HTTP_ROUTES, Route("/{path:path}", no_route, methods=everything)])
+    return Starlette(routes=[*HTTP_ROUTES, _EveryOtherPath("/{path:path}", no_route, methods=everything)])

@@ -11,8 +11,10 @@ disk within CHORUS_MAX_JOB_UPLOAD_BYTES), and show, cancel, delete and download 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,15 @@ def job_view(store: JobStore, job_id: str) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def deleted_is_404(job_id: str) -> Iterator[None]:
+    """A job deleted (by a client, or expired) between its check and its reading is not found, not a 500."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFound(f"no job {job_id!r} (deleted)") from None
+
+
 def store_of(request: Request) -> JobStore:
     return request.app.state.jobs
 
@@ -93,8 +104,11 @@ async def upload(request: Request) -> Response:
 @json_errors
 async def list_jobs(request: Request) -> Response:
     authorize(request)
-    store = store_of(request)
-    return JSONResponse({"jobs": [job_view(store, job_id) for job_id in store.jobs()]})
+    store, views = store_of(request), []
+    for job_id in store.jobs():
+        with contextlib.suppress(NotFound), deleted_is_404(job_id):
+            views.append(job_view(store, job_id))
+    return JSONResponse({"jobs": views})
 
 
 def _job_id(request: Request) -> str:
@@ -107,15 +121,18 @@ def _job_id(request: Request) -> str:
 @json_errors
 async def show_job(request: Request) -> Response:
     authorize(request)
-    return JSONResponse(job_view(store_of(request), _job_id(request)))
+    job_id = _job_id(request)
+    with deleted_is_404(job_id):
+        return JSONResponse(job_view(store_of(request), job_id))
 
 
 def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
     """The job after the cancel: "cancelled" at once when it was queued, still "running" until its
     next batch of windows when it was running."""
-    store.cancel(job_id)
-    count_jobs(store, metrics)
-    return JSONResponse(job_view(store, job_id))
+    with deleted_is_404(job_id):
+        store.cancel(job_id)
+        count_jobs(store, metrics)
+        return JSONResponse(job_view(store, job_id))
 
 
 @json_errors
@@ -130,7 +147,8 @@ async def delete_job(request: Request) -> Response:
     authorize(request)
     store, job_id = store_of(request), _job_id(request)
     try:
-        await asyncio.to_thread(store.delete, job_id)  # a job's tables may be many files
+        with deleted_is_404(job_id):  # two deletes at once: one 204, one 404
+            await asyncio.to_thread(store.delete, job_id)  # a job's tables may be many files
     except JobBusyError as exc:
         raise Conflict(f"{exc}; cancel it first (POST /jobs/{job_id}/cancel) and delete it once its state is cancelled") from None
     count_jobs(store, plane_of(request).metrics)
@@ -225,9 +243,11 @@ class JobGate:
         if not store.exists(job_id):
             raise NotFound(f"no job {job_id!r}")
         if path == TASK + "/status":
-            return JSONResponse(job_view(store, job_id))
+            with deleted_is_404(job_id):
+                return JSONResponse(job_view(store, job_id))
         if path == TASK + "/get":
-            view = job_view(store, job_id)
+            with deleted_is_404(job_id):
+                view = job_view(store, job_id)
             if view["state"] not in FINISHED:
                 raise BadRequest(
                     f"job {job_id} is not finished yet ({view['state']}); GET {TASK}/status?task_id={job_id} says how far it is"

@@ -9,6 +9,7 @@ lock first, from its journal: the files it finished are not analyzed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -77,11 +78,14 @@ async def expire_periodically(store: JobStore, keep_hours: float | None, metrics
         return
     keep_seconds = keep_hours * 3600
     while True:
-        # Off the event loop: it reads every job's state and may remove many files.
-        deleted = await asyncio.to_thread(store.expire, time.time() - keep_seconds)
-        if deleted:
-            log.info("deleted %d job(s) and upload(s) kept over %g h: %s", len(deleted), keep_hours, ", ".join(deleted))
-            count_jobs(store, metrics)
+        try:
+            # Off the event loop: it reads every job's state and may remove many files.
+            deleted = await asyncio.to_thread(store.expire, time.time() - keep_seconds)
+            if deleted:
+                log.info("deleted %d job(s) and upload(s) kept over %g h: %s", len(deleted), keep_hours, ", ".join(deleted))
+                count_jobs(store, metrics)
+        except Exception:  # one pass failing (a file system error) must not end the expiry for good
+            log.exception("expiring jobs and uploads failed; trying again later")
         await asyncio.sleep(min(600.0, keep_seconds / 20))
 
 
@@ -118,21 +122,28 @@ class JobRunner:
     def resume_all(self) -> None:
         """Start every job a restart left queued or running (the others' locks decide who runs it)."""
         for job_id in self.store.jobs():
-            if self.store.state(job_id).status not in FINISHED:
-                self.store.requeue_if_abandoned(job_id)
-                self.start(job_id)
+            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed (by a client, or expired)
+                if self.store.state(job_id).status not in FINISHED:
+                    self.store.requeue_if_abandoned(job_id)
+                    self.start(job_id)
         count_jobs(self.store, self.plane.metrics)
 
     async def run(self, job_id: str) -> JobState:
         async with self._one_at_a_time:
-            with self.store.running(job_id) as mine:
-                if not mine:  # another process runs it: follow its state on disk (no event crosses processes)
-                    while True:
-                        state = self.store.state(job_id)
-                        if state.status in FINISHED:
-                            return state
-                        await asyncio.sleep(1.0)
-                return await self._run(job_id)
+            try:
+                while True:
+                    with self.store.running(job_id) as mine:
+                        if mine:
+                            return await self._run(job_id)
+                    # Another process holds the job: it runs it (follow its state on disk: no event
+                    # crosses processes), or only looks at it a moment (a cancel, a delete, a restart's
+                    # check), so the lock is tried again each time.
+                    state = self.store.state(job_id)
+                    if state.status in FINISHED:
+                        return state
+                    await asyncio.sleep(1.0)
+            except FileNotFoundError:  # deleted by a client once it had finished elsewhere
+                return JobState(status="failed", error="the job was deleted")
 
     async def _run(self, job_id: str) -> JobState:
         state = self.store.state(job_id)
@@ -146,6 +157,8 @@ class JobRunner:
                 ready, _ = await self.plane.readiness()
                 if ready:
                     break
+                if self.store.cancel_asked(job_id):
+                    raise JobCancelled
                 await asyncio.sleep(1.0)
             model = await self.plane.classifier()
             root = self.plane.settings.analyze_root
@@ -155,7 +168,7 @@ class JobRunner:
             state.files_total = len(paths)
             state.audio_seconds_total = round(seconds, 3)
             self.store.save_state(job_id, state)
-            count_jobs(self.store, self.plane.metrics)
+            count_jobs(self.store, self.plane.metrics)  # never raises: counts() skips jobs deleted meanwhile
             config = RunConfig(
                 out_dir=self.store.folder(job_id) / "out",
                 model=model_info(model),

@@ -111,12 +111,17 @@ class JobStore:
         """A new job's folder; an upload's folder moves into it (so the job owns its input)."""
         folder = self.folder(job_id)
         (folder / "out").mkdir(parents=True, exist_ok=True)
+        state = JobState()
         if upload is not None:
-            upload.rename(folder / "input")
-            request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
+            try:
+                upload.rename(folder / "input")
+                request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
+            except FileNotFoundError:  # deleted or expired since the submission was checked
+                request = JobRequest(**{**asdict(request), "sources": []})
+                state = JobState(status="failed", error="its upload was deleted before the job started; upload the recording again")
         # The state first: job.json is what makes the folder a job, so a crash between the two
         # writes leaves a folder that is ignored rather than a job without a state.
-        self.save_state(job_id, JobState())
+        self.save_state(job_id, state)
         write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
 
     def request(self, job_id: str) -> JobRequest:
@@ -142,7 +147,8 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         for job_id in self.jobs():
-            counts[self.state(job_id).status] += 1
+            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
+                counts[self.state(job_id).status] += 1
         return counts
 
     def ask_cancel(self, job_id: str) -> None:
@@ -163,7 +169,9 @@ class JobStore:
 
     def _move_if_idle(self, job_id: str, from_states: tuple[str, ...], to_state: str) -> None:
         # Under the job's lock, so no process starts or finishes the job in between; a worker whose
-        # run tries the lock meanwhile follows the state on disk instead (JobRunner.run).
+        # run tries the lock meanwhile tries again a second later (JobRunner.run).
+        if self.state(job_id).status not in from_states:
+            return
         with self.running(job_id) as idle:
             state = self.state(job_id)
             if idle and state.status in from_states:
@@ -171,9 +179,15 @@ class JobStore:
                 self.save_state(job_id, state)
 
     def delete(self, job_id: str) -> None:
-        """Remove a finished job with its input and tables (JobBusyError while it is queued or running)."""
+        """Remove a finished job with its input and tables (JobBusyError while it is queued or running;
+        FileNotFoundError when it is gone already)."""
         trash = self.home / f".deleted-{job_id}-{uuid.uuid4().hex[:8]}"
+        status = self.state(job_id).status
+        if status not in FINISHED:  # refused without taking the lock, which a worker may be about to take
+            raise JobBusyError(f"job {job_id} is {status}")
         with self.running(job_id) as idle:
+            if not _is_job(self.folder(job_id)):  # another delete got there first (this lock may be its trash's)
+                raise FileNotFoundError(self.folder(job_id))
             status = self.state(job_id).status
             if not idle or status not in FINISHED:
                 raise JobBusyError(f"job {job_id} is {'running' if not idle else status}")
@@ -192,6 +206,8 @@ class JobStore:
                     self.delete(job_id)
                     deleted.append(job_id)
         for folder in (self.home / "uploads").iterdir():
+            if not folder.is_dir():  # not an upload (uploads are folders): not ours to delete
+                continue
             with contextlib.suppress(FileNotFoundError, KeyError):
                 # The newest of the folder and its file: an upload still streaming in is written now.
                 written = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])

@@ -18,6 +18,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
+from analyze.run import Progress
 from service.adapters.jobs import JobGate
 from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
@@ -319,3 +320,86 @@ async def test_the_server_expires_jobs_periodically_when_a_keep_time_is_set(plan
     task.cancel()
     assert store.jobs() == []
     assert await asyncio.wait_for(runner.expire_periodically(store, None, plane.metrics), 1) is None  # unset: nothing to do
+
+
+async def test_a_job_deleted_between_its_listing_and_its_reading_is_skipped_or_a_404_never_a_500(http, plane, store, root, monkeypatch):
+    """Another worker's delete or expiry may remove a job at any moment (found by review: 500s, and
+    a worker that failed its start-up in resume_all)."""
+    store.create("kept", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    listed = store.jobs
+    monkeypatch.setattr(store, "jobs", lambda: ["gone", *listed()])
+    monkeypatch.setattr(store, "exists", lambda job_id: True)
+    assert [view["task_id"] for view in (await http.get("/jobs")).json()["jobs"]] == ["kept"]
+    assert store.counts()["queued"] == 1
+    for method, path in (("GET", "/jobs/gone"), ("POST", "/jobs/gone/cancel"), ("DELETE", "/jobs/gone")):
+        response = await http.request(method, path)
+        assert response.status_code == 404 and "deleted" in response.json()["error"]["message"], (method, response.text)
+    store.save_state("kept", JobState(status="done"))
+    JobRunner(store, plane).resume_all()  # raised FileNotFoundError
+
+
+async def test_a_worker_that_finds_a_job_locked_for_a_moment_runs_it_once_the_lock_is_free(plane, store, root):
+    """A cancel, a 409'd delete or a restart's check holds a queued job's lock briefly; a worker
+    that tried it then followed the job's state for ever, which nobody changed (found by review)."""
+    plane.settings.analyze_root = str(root)
+    store.create("brief", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    with store.running("brief"):
+        task = asyncio.create_task(JobRunner(store, plane).run("brief"))
+        await asyncio.sleep(0.2)  # it tries the lock while it is held
+    assert (await asyncio.wait_for(task, 30)).status == "done"
+
+
+async def test_a_job_waiting_for_the_models_is_cancelled_within_a_second(plane, store, root, monkeypatch):
+    store.create("waiting", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+
+    async def loading() -> tuple[bool, str | None]:
+        return False, "loading"
+
+    monkeypatch.setattr(plane, "readiness", loading)
+    task = asyncio.create_task(JobRunner(store, plane).run("waiting"))
+    await asyncio.sleep(0.2)
+    store.ask_cancel("waiting")
+    assert (await asyncio.wait_for(task, 5)).status == "cancelled"
+
+
+def test_a_submission_whose_upload_was_deleted_meanwhile_is_a_failed_job_that_says_so(store, wav):
+    upload_id, folder = store.new_upload()
+    (folder / "a.wav").write_bytes(wav)
+    store.delete_upload(upload_id)  # after the gate checked the submission, before the task filed it
+    store.create("late", JobRequest(sources=[str(folder)], formats=["csv"]), folder)
+    state = store.state("late")
+    assert state.status == "failed" and "upload was deleted before the job started" in state.error
+
+
+async def test_expiry_leaves_what_is_not_an_upload_and_survives_a_failing_pass(plane, store, root, monkeypatch):
+    (store.home / "uploads" / "notes.txt").write_text("not an upload")
+    assert store.expire(time.time() + 3600) == [] and (store.home / "uploads" / "notes.txt").exists()
+    passes = []
+
+    def flaky(before: float) -> list[str]:
+        passes.append(before)
+        if len(passes) == 1:
+            raise OSError("the disk went away for a moment")
+        return []
+
+    monkeypatch.setattr(store, "expire", flaky)
+    task = asyncio.create_task(runner.expire_periodically(store, 0.0001, plane.metrics))  # a pass every ~20 ms
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if len(passes) >= 2:
+            break
+    task.cancel()
+    assert len(passes) >= 2
+
+
+def test_progress_counts_the_files_a_resumed_job_took_from_its_journal(plane, store):
+    state = JobState(status="running", files_total=10)
+    store.create("p1", JobRequest(sources=[], formats=["csv"]))
+    progress = JobRunner(store, plane)._progress("p1", state)
+    progress(Progress(finished=None, done=2, total=4, audio_s=0.0, wall_s=0.0))  # 6 came from the journal
+    assert state.files_done == 8 and store.state("p1").files_done == 8
+
+
+async def test_bentomls_own_paths_are_left_to_bentoml(http):
+    response = await http.post("/healthz")
+    assert response.status_code == 404 and response.headers["content-type"].startswith("text/plain")  # not the app's JSON
