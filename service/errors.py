@@ -101,6 +101,12 @@ class ShuttingDown(Overloaded):
     kind = "shutting_down"
 
 
+class JobsUnavailable(ServiceError):
+    """Analysis jobs are off on this server (its jobs folder cannot be used); inference is not affected."""
+
+    status, kind = 503, "jobs_unavailable"
+
+
 class ModelsFailed(ServiceError):
     """The models failed to load (missing, changed or broken files): no retry helps until they are exported again."""
 

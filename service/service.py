@@ -27,13 +27,13 @@ from service.adapters import http_app
 from service.adapters.connections import install_header_timeout
 from service.adapters.grpc.server import start_grpc_server
 from service.adapters.health import ServingGate
-from service.adapters.jobs import JobGate, job_view
+from service.adapters.jobs import JobGate, job_view, jobs_of
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine_service import Engine
 from service.heap import trim_periodically
 from service.jobs.runner import JobRunner, expire_periodically
-from service.jobs.store import JobStore, default_home
+from service.jobs.store import JobsFolderError, default_home, open_job_store
 from service.jobs.submit import check_submission
 from service.lifecycle import Drain, stop_with_the_server
 from service.metrics import Metrics
@@ -42,6 +42,7 @@ from service.settings import ServiceSettings
 # BentoML's server logging shows its own INFO lines and only WARNING from others: chorus' INFO
 # lines (engine ready, gRPC listening, drains) belong in the same log.
 logging.getLogger("chorus").setLevel(logging.INFO)
+log = logging.getLogger("chorus.service")
 settings = ServiceSettings()
 install_header_timeout(settings.header_timeout_seconds)
 # The engine listens on loopback TCP, not a unix socket: on shutdown BentoML deletes the sockets'
@@ -75,9 +76,15 @@ class Chorus:
         metrics = Metrics()
         self.plane = DataPlane(BentoEngineClient(self.engine, metrics, settings.retry_after_seconds), settings, metrics)
         app.state.plane = self.plane
-        self.jobs = JobStore(Path(settings.jobs_home) if settings.jobs_home else default_home())
-        self.runner = JobRunner(self.jobs, self.plane)
-        app.state.jobs = self.jobs
+        # Without a usable jobs folder (a container's read-only file system) the server still
+        # serves inference; the job routes answer 503 with the reason.
+        self.runner: JobRunner | None = None
+        try:
+            app.state.jobs = open_job_store(Path(settings.jobs_home) if settings.jobs_home else default_home())
+            self.runner = JobRunner(app.state.jobs, self.plane)
+        except JobsFolderError as exc:
+            app.state.jobs, app.state.jobs_off = None, str(exc)
+            log.error("analysis jobs are off: %s", exc)
         self._grpc: grpc.aio.Server | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._expiring: asyncio.Task[None] | None = None
@@ -86,11 +93,13 @@ class Chorus:
     async def _start(self) -> None:
         Drain("API worker", self._drained, settings.drain_seconds, on_start=self.plane.start_draining).install()
         self._trimming = asyncio.create_task(trim_periodically(settings.malloc_trim_seconds))
-        self._expiring = asyncio.create_task(expire_periodically(self.jobs, settings.jobs_keep_hours, self.plane.metrics))
+        if self.runner is not None:
+            self._expiring = asyncio.create_task(expire_periodically(self.runner.store, settings.jobs_keep_hours, self.plane.metrics))
         if settings.grpc_port:
             host = settings.grpc_host or http_listen_host() or "0.0.0.0"
             self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)
-        self.runner.resume_all()
+        if self.runner is not None:
+            self.runner.resume_all()
 
     @bentoml.task
     async def analyze(
@@ -109,6 +118,8 @@ class Chorus:
         """Analyze a long recording (upload_id from POST /jobs/uploads) or a file or folder under
         CHORUS_ANALYZE_ROOT (path) into the tables of `chorus analyze`; see docs/jobs.md."""
         job_id = ctx.request.state.task_id
+        store = jobs_of(app.state)  # JobGate answered 503 before BentoML queued it when jobs are off
+        assert self.runner is not None
         given = {
             "upload_id": upload_id,
             "path": path,
@@ -126,13 +137,13 @@ class Chorus:
         request, upload = await asyncio.to_thread(
             check_submission,
             {k: v for k, v in given.items() if v is not None or k == "top_k"},
-            self.jobs,
+            store,
             settings.analyze_root,
             model.labels,
         )  # off the event loop: it lists the folder (see JobGate)
-        self.jobs.create(job_id, request, upload)
+        store.create(job_id, request, upload)
         await self.runner.start(job_id)
-        return job_view(self.jobs, job_id)
+        return job_view(store, job_id)
 
     async def _drained(self) -> bool:
         """Nothing in flight any more; then tell the engine, which waits for every API worker."""

@@ -26,7 +26,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, parse_json, plane_of
 from service.auth import check_bearer
-from service.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMedia, as_service_error, error_body
+from service.errors import (
+    BadRequest,
+    Conflict,
+    JobsUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMedia,
+    as_service_error,
+    error_body,
+)
 from service.jobs.runner import count_jobs
 from service.jobs.store import FINISHED, JobBusyError, JobStore
 from service.jobs.submit import check_submission
@@ -67,8 +77,16 @@ def deleted_is_404(job_id: str) -> Iterator[None]:
         raise NotFound(f"no job {job_id!r} (deleted)") from None
 
 
+def jobs_of(state: State) -> JobStore:
+    """The server's job store; 503 when jobs are off (the server started without a usable jobs folder)."""
+    store: JobStore | None = getattr(state, "jobs", None)
+    if store is None:
+        raise JobsUnavailable(f"analysis jobs are off on this server: {getattr(state, 'jobs_off', 'it has no jobs folder')}")
+    return store
+
+
 def store_of(request: Request) -> JobStore:
-    return request.app.state.jobs
+    return jobs_of(request.app.state)
 
 
 def upload_name(raw: str | None) -> str:
@@ -217,7 +235,7 @@ class JobGate:
             await self.app(scope, _replay(answer), send)
 
     async def _answer(self, request: Request, path: str) -> Response | bytes:
-        store: JobStore = self.state.jobs
+        store = jobs_of(self.state)
         if path == TASK:
             raise BadRequest(f"analysis jobs run as tasks: POST {TASK}/submit, then GET {TASK}/status?task_id=...")
         if path == TASK + "/submit":

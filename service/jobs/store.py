@@ -19,6 +19,7 @@ import fcntl
 import json
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -252,6 +253,25 @@ class JobStore:
                 yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class JobsFolderError(Exception):
+    """The jobs folder cannot be made or written."""
+
+
+def open_job_store(home: Path) -> JobStore:
+    """The store in `home`, made if needed; JobsFolderError when it cannot be (a read-only file
+    system, as a container's usually is, or a path through a file)."""
+    try:
+        store = JobStore(home)
+        with tempfile.TemporaryFile(dir=home / "uploads"):  # an existing folder may still be read-only
+            pass
+        return store
+    except OSError as exc:
+        raise JobsFolderError(
+            f"its jobs folder {home} cannot be used ({exc.strerror or exc}); set CHORUS_JOBS_HOME to a writable folder "
+            "(on Kubernetes, a volume every pod mounts)"
+        ) from exc
 
 
 def default_home() -> Path:

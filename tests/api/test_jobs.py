@@ -19,10 +19,11 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from analyze.run import Progress
+from service import adapters
 from service.adapters.jobs import JobGate
 from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
-from service.jobs.store import JobRequest, JobState
+from service.jobs.store import JobRequest, JobsFolderError, JobState, open_job_store
 from tests.api.conftest import LABELS
 from tests.conftest import encode
 
@@ -64,6 +65,23 @@ async def gate(plane, store, root) -> httpx.AsyncClient:
         transport=httpx.ASGITransport(app=JobGate(bentoml_task, app.state)), base_url="http://chorus.test"
     ) as client:
         yield client
+
+
+async def test_without_a_usable_jobs_folder_the_job_routes_say_so_and_nothing_else_changes(plane, tmp_path, wav):
+    """A container's read-only file system: the server must still serve inference (found: the API
+    worker failed to start, taking /classify down with it)."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(JobsFolderError, match="set CHORUS_JOBS_HOME to a writable folder"):
+        open_job_store(tmp_path / "a-file" / "jobs")
+    app = adapters.http_app()
+    app.state.plane, app.state.jobs, app.state.jobs_off = plane, None, "its jobs folder /x cannot be used (Read-only file system)"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=JobGate(app, app.state)), base_url="http://chorus.test") as client:
+        for method, path in (("GET", "/jobs"), ("POST", "/jobs/uploads"), ("POST", "/analyze/submit"), ("GET", "/analyze/status")):
+            response = await client.request(method, path, json={"path": "x"} if path.endswith("submit") else None)
+            error = response.json()["error"]
+            assert response.status_code == 503 and error["type"] == "jobs_unavailable", (path, response.text)
+            assert "analysis jobs are off on this server: its jobs folder /x cannot be used" in error["message"]
+        assert (await client.post("/classify", content=wav)).status_code == 200
 
 
 async def test_an_upload_is_streamed_to_disk_under_its_own_name(http, store, wav):

@@ -26,7 +26,15 @@ pytestmark = pytest.mark.timeout(600)
 def served(tiny_exports, tmp_path_factory):
     home = isolated_bentoml_home(tmp_path_factory.mktemp("lifecycle") / "bentoml")
     log = tmp_path_factory.mktemp("lifecycle-log") / "server.log"
-    env = {"BENTOML_HOME": home, "CHORUS_HEADER_TIMEOUT_SECONDS": "1", "CHORUS_READ_TIMEOUT_SECONDS": "1", "CHORUS_DRAIN_SECONDS": "60"}
+    not_a_folder = tmp_path_factory.mktemp("lifecycle-jobs") / "a-file"
+    not_a_folder.write_text("")
+    env = {
+        "BENTOML_HOME": home,
+        "CHORUS_HEADER_TIMEOUT_SECONDS": "1",
+        "CHORUS_READ_TIMEOUT_SECONDS": "1",
+        "CHORUS_DRAIN_SECONDS": "60",
+        "CHORUS_JOBS_HOME": str(not_a_folder / "jobs"),  # a jobs folder that cannot be made, as on a read-only file system
+    }
     with serve_process("service.service:Chorus", log, **env) as server:
         yield server
 
@@ -51,6 +59,16 @@ def listening_addresses(port: int) -> set[str]:
 
 def test_grpc_listens_where_http_does(server_url):
     assert listening_addresses(server_grpc_port(server_url)) == {"127.0.0.1"}
+
+
+def test_a_server_whose_jobs_folder_cannot_be_made_serves_and_says_jobs_are_off(served, chirp):
+    assert httpx.get(f"{served.url}/readyz", timeout=30).status_code == 200
+    assert httpx.post(f"{served.url}/classify", content=encode(chirp, 16_000, "WAV", "PCM_16"), timeout=30).status_code == 200
+    listed = httpx.get(f"{served.url}/jobs", timeout=30)
+    submitted = httpx.post(f"{served.url}/analyze/submit", json={"path": "."}, timeout=30)
+    for response in (listed, submitted):
+        assert response.status_code == 503 and "set CHORUS_JOBS_HOME to a writable folder" in response.json()["error"]["message"]
+    assert "analysis jobs are off" in served.log.read_text()
 
 
 def test_a_request_head_that_does_not_come_is_cut_off(served):
