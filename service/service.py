@@ -91,7 +91,7 @@ class Chorus:
 
     @bentoml.on_startup
     async def _start(self) -> None:
-        Drain("API worker", self._drained, settings.drain_seconds, on_start=self.plane.start_draining).install()
+        Drain("API worker", self._drained, settings.drain_seconds, on_start=self._start_draining).install()
         self._trimming = asyncio.create_task(trim_periodically(settings.malloc_trim_seconds))
         if self.runner is not None:
             self._expiring = asyncio.create_task(expire_periodically(self.runner.store, settings.jobs_keep_hours, self.plane.metrics))
@@ -144,6 +144,11 @@ class Chorus:
         store.create(job_id, request, upload)
         await self.runner.start(job_id)
         return job_view(store, job_id)
+
+    def _start_draining(self) -> None:
+        self.plane.start_draining()
+        if self.runner is not None:
+            self.runner.stop()
 
     async def _drained(self) -> bool:
         """Nothing in flight any more; then tell the engine, which waits for every API worker."""

@@ -9,7 +9,9 @@ lock first, from its journal: the files it finished are not analyzed again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -23,7 +25,7 @@ import soundfile as sf
 from analyze.detections import DetectionSettings
 from analyze.pipeline import FrontEndSpec, LocalPipeline
 from analyze.records import ModelInfo
-from analyze.run import Progress, RunConfig, run
+from analyze.run import Progress, RunConfig, Summary, run
 from analyze.sources import expand_sources
 from service.dataplane import DataPlane
 from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
@@ -37,6 +39,10 @@ SAVE_EVERY_SECONDS = 1.0
 
 class JobCancelled(BaseException):
     """Raised inside a run when its cancel was asked: nothing catches it on the way out."""
+
+
+class ServerStopping(BaseException):
+    """Raised inside a run when the server stops: the job stays running on disk, for the next start."""
 
 
 def audio_seconds(paths: list[Path]) -> float:
@@ -99,6 +105,7 @@ class JobRunner:
         self.store = store
         self.plane = plane
         self._one_at_a_time = asyncio.Lock()
+        self._stopping = threading.Event()
         self._running: dict[str, asyncio.Task] = {}
 
     def detection(self, request: JobRequest, model: AudioClassifier) -> DetectionSettings:
@@ -112,6 +119,12 @@ class JobRunner:
         )
         settings.species_mask(model.labels)
         return settings
+
+    def stop(self) -> None:
+        """The server is stopping: each running job stops at its next batch of windows, before the
+        engine goes (it waits for the API workers to drain), and stays "running" on disk, so the
+        next start resumes it from its journal. Safe from a signal handler: it only sets a flag."""
+        self._stopping.set()
 
     def start(self, job_id: str) -> asyncio.Task:
         """The job's run, started once per process."""
@@ -183,10 +196,13 @@ class JobRunner:
                 batch_windows=model.max_batch,
                 background=True,  # decoding on idle CPU time only: interactive requests first
             )
-            summary = await asyncio.to_thread(run, paths, pipeline, config, progress=self._progress(job_id, state))
+            summary = await self._to_its_end(functools.partial(run, paths, pipeline, config, progress=self._progress(job_id, state)))
             state.status, state.summary = "done", summary.as_dict()
             state.audio_seconds_done, state.files_done = state.audio_seconds_total, state.files_total
             log.info("job %s done: %s", job_id, state.summary)
+        except ServerStopping:
+            log.info("job %s stopped with the server; the next start resumes it", job_id)
+            return state  # not saved: "running" on disk is what the next start requeues
         except JobCancelled:
             state.status = "cancelled"
             log.info("job %s cancelled", job_id)
@@ -197,6 +213,20 @@ class JobRunner:
         count_jobs(self.store, self.plane.metrics)
         return state
 
+    async def _to_its_end(self, work: Callable[[], Summary]) -> Summary:
+        """`work` (a job's run) in a thread. When this is cancelled (the server stops) the run goes
+        on in its thread: it is told to stop at its next batch and waited for, so that the job's
+        lock is held until nothing writes to the job's folder any more; otherwise another server on
+        the same jobs volume (a rolling update) would take the job and fail it on its journal."""
+        in_thread = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            return await asyncio.shield(in_thread)
+        except asyncio.CancelledError:
+            self._stopping.set()
+            with contextlib.suppress(BaseException):  # ServerStopping, or whatever the stop caused
+                await in_thread
+            raise
+
     def _scorer(
         self, job_id: str, model: AudioClassifier, state: JobState, loop: asyncio.AbstractEventLoop
     ) -> Callable[[np.ndarray], np.ndarray]:
@@ -206,9 +236,19 @@ class JobRunner:
         lock = threading.Lock()
 
         def score(windows: np.ndarray) -> np.ndarray:
+            if self._stopping.is_set():
+                raise ServerStopping
             if self.store.cancel_asked(job_id):
                 raise JobCancelled
-            scores = asyncio.run_coroutine_threadsafe(model.job_scores(windows), loop).result()
+            pending = asyncio.run_coroutine_threadsafe(model.job_scores(windows), loop)
+            while True:  # an engine that stopped first never answers: look up now and then
+                try:
+                    scores = pending.result(timeout=0.5)
+                    break
+                except concurrent.futures.TimeoutError:
+                    if self._stopping.is_set():
+                        pending.cancel()
+                        raise ServerStopping from None
             with lock:
                 state.audio_seconds_done = min(state.audio_seconds_total, state.audio_seconds_done + len(windows) * stride)
                 self.plane.metrics.job_audio_seconds.inc(len(windows) * stride)

@@ -5,6 +5,7 @@ fake engine, cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -421,3 +422,59 @@ def test_progress_counts_the_files_a_resumed_job_took_from_its_journal(plane, st
 async def test_bentomls_own_paths_are_left_to_bentoml(http):
     response = await http.post("/healthz")
     assert response.status_code == 404 and response.headers["content-type"].startswith("text/plain")  # not the app's JSON
+
+
+async def test_a_job_stopped_with_its_server_holds_its_lock_until_its_run_has_ended(plane, store, engine, root, monkeypatch):
+    """At shutdown the job's task is cancelled while its run goes on in a thread: the lock must stay
+    held until that run ends, or another server on the same jobs volume (a rolling update) takes the
+    job and fails it on the journal the first run still holds (found by review)."""
+    plane.settings.analyze_root = str(root)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        audio = (0.1 * rng.standard_normal(16_000 * 30)).astype(np.float32)
+        (root / "site1" / f"20240517_0{i}0000.wav").write_bytes(encode(audio, 16_000, "WAV", "PCM_16"))
+    store.create("roll", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    scored = asyncio.Event()
+    model = await plane.classifier()
+    score = model.job_scores
+
+    async def slow_scores(windows):
+        scored.set()
+        await asyncio.sleep(0.05)
+        return await score(windows)
+
+    monkeypatch.setattr(model, "job_scores", slow_scores)
+    first = asyncio.create_task(JobRunner(store, plane).run("roll"))
+    await asyncio.wait_for(scored.wait(), 30)
+    first.cancel()  # the server stops
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert store.state("roll").status == "running"  # left for the next start to requeue
+    state = await asyncio.wait_for(JobRunner(store, plane).run("roll"), 60)  # the next server
+    assert state.status == "done", state.error
+    assert state.summary["files_ok"] == 7
+
+
+async def test_a_job_stops_with_the_server_even_when_the_engine_is_gone_and_stays_running_for_the_next_start(
+    plane, store, root, monkeypatch
+):
+    """SIGTERM with a job running: the server never exited, the job's run waiting for ever on an
+    engine call that the stopped engine would not answer (BentoML waited for the task in turn)."""
+    plane.settings.analyze_root = str(root)
+    store.create("stopped", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    model = await plane.classifier()
+    asked = asyncio.Event()
+
+    async def never_answers(windows):
+        asked.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(model, "job_scores", never_answers)
+    jobs = JobRunner(store, plane)
+    task = asyncio.create_task(jobs.run("stopped"))
+    await asyncio.wait_for(asked.wait(), 30)
+    jobs.stop()  # what the API worker's drain does first
+    assert (await asyncio.wait_for(task, 10)).status == "running"
+    assert store.state("stopped").status == "running"
+    with store.running("stopped") as free:
+        assert free  # its lock is free for the next start

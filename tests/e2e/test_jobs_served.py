@@ -109,3 +109,10 @@ def test_a_job_killed_with_its_server_resumes_and_gives_the_same_tables(server_e
         assert httpx.delete(f"{second.url}/jobs/{reference_id}", timeout=30).status_code == 204
         assert httpx.get(f"{second.url}/analyze/status", params={"task_id": reference_id}, timeout=30).status_code == 404
         assert not (Path(server_env["CHORUS_HOME"]) / "jobs" / reference_id).exists()
+        # Stopped (SIGTERM) with a job running, the server exits, leaving the job for the next start.
+        stopped = submit(second)
+        wait_for(second, stopped, lambda s: s["progress"]["files_done"] >= 1)
+        second.process.send_signal(signal.SIGTERM)
+        second.process.wait(timeout=60)  # it never exited: the job's engine call outlived the engine
+    state = json.loads((Path(server_env["CHORUS_HOME"]) / "jobs" / stopped / "state.json").read_text())
+    assert state["status"] == "running" and 1 <= state["files_done"] < FILES
