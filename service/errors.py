@@ -60,6 +60,11 @@ class NotFound(ServiceError):
 class MethodNotAllowed(ServiceError):
     status, kind = 405, "method_not_allowed"
 
+    def __init__(self, message: str, allow: str):
+        """allow: the methods the path takes, for the Allow header."""
+        super().__init__(message)
+        self.headers["Allow"] = allow
+
 
 class Conflict(ServiceError):
     status, kind = 409, "conflict"

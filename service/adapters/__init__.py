@@ -25,9 +25,8 @@ async def no_route(request: Request) -> Response:
         {method for route in HTTP_ROUTES if route.matches(request.scope)[0] == Match.PARTIAL for method in route.methods or ()}
     )
     if allowed:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}")
-        error.headers["Allow"] = ", ".join(allowed)
-        raise error
+        allow = ", ".join(allowed)
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; it takes {allow}", allow)
     raise NotFound(f"no route {request.url.path}; the routes are listed in /openapi.json, and the page at / uses them")
 
 

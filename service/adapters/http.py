@@ -19,15 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.auth import check_bearer
 from service.dataplane import DataPlane
-from service.errors import (
-    BadRequest,
-    InvalidParameter,
-    PayloadTooLarge,
-    RequestTimeout,
-    ServiceError,
-    as_service_error,
-    error_body,
-)
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, RequestTimeout, ServiceError, as_service_error, error_body
 
 MAX_FORM_FIELDS = 20
 """Most fields of a multipart body besides its files."""

@@ -240,9 +240,7 @@ class JobGate:
             raise BadRequest(f"analysis jobs run as tasks: POST {TASK}/submit, then GET {TASK}/status?task_id=...")
         if path == TASK + "/submit":
             if request.method != "POST":
-                error = MethodNotAllowed(f"{request.method} is not allowed on {path}; POST the submission, a JSON object")
-                error.headers["Allow"] = "POST"
-                raise error
+                raise MethodNotAllowed(f"{request.method} is not allowed on {path}; POST the submission, a JSON object", "POST")
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 # BentoML would read a form or text body as no fields at all: the gate's 200 would

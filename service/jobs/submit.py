@@ -61,7 +61,7 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
         if not isinstance(body["upload_id"], str):
             raise InvalidParameter(f"upload_id must be the string POST /jobs/uploads answered, got {body['upload_id']!r}")
         try:
-            upload = store.upload_path(str(body["upload_id"]))
+            upload = store.upload_path(body["upload_id"])
         except KeyError:
             raise NotFound(f"no upload {body['upload_id']!r}; upload the recording with POST /jobs/uploads first") from None
         sources = [str(upload)]
