@@ -164,14 +164,12 @@ class JobRunner:
             return state
         request = self.store.request(job_id)
         try:
-            if self.store.cancel_asked(job_id):  # asked while another process held the job's lock
-                raise JobCancelled
             while True:  # a job resumed at start waits for the models
+                if self.store.cancel_asked(job_id):  # asked while it waited, or while another process held its lock
+                    raise JobCancelled
                 ready, _ = await self.plane.readiness()
                 if ready:
                     break
-                if self.store.cancel_asked(job_id):
-                    raise JobCancelled
                 await asyncio.sleep(1.0)
             model = await self.plane.classifier()
             root = self.plane.settings.analyze_root
@@ -222,7 +220,7 @@ class JobRunner:
         try:
             return await asyncio.shield(in_thread)
         except asyncio.CancelledError:
-            self._stopping.set()
+            self.stop()
             with contextlib.suppress(BaseException):  # ServerStopping, or whatever the stop caused
                 await in_thread
             raise
