@@ -41,10 +41,25 @@ def choose_providers(preference: str) -> list[str]:
     """CUDA first when asked for (or 'auto') and available; CPU always last, so a GPU-less host falls back."""
     available = ort.get_available_providers()
     if preference in ("auto", "cuda") and CUDA in available:
+        _load_cuda_libraries()
         return [CUDA, CPU]
     if preference == "cuda":
         log.warning("CUDA requested but onnxruntime has no CUDAExecutionProvider (%s): using CPU", available)
     return [CPU]
+
+
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages where the system has none on its search
+    path (onnxruntime-gpu installed next to a CUDA torch, say). Without this, ORT cannot open its
+    CUDA provider in a process that has not imported torch first, and quietly runs on the CPU.
+    Libraries already loaded or found on the system path are used as they are."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as error:  # a library it could not open: ORT's own search still runs after
+        log.warning("could not preload the CUDA libraries from the nvidia packages: %s", error)
 
 
 def cuda_available() -> bool:

@@ -87,6 +87,27 @@ def test_gpu_request_falls_back_to_cpu_without_cuda(monkeypatch):
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
 
 
+def test_choosing_cuda_loads_the_cuda_libraries_of_the_nvidia_packages(monkeypatch):
+    import service.engine.runtime
+
+    preloads: list[str] = []
+    warnings: list[str] = []
+    monkeypatch.setattr(service.engine.runtime.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(service.engine.runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(service.engine.runtime.ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    assert preloads == []
+    assert choose_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert preloads == ["cuda"]
+
+    def missing() -> None:
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(service.engine.runtime.ort, "preload_dlls", missing, raising=False)
+    assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert warnings and "libcudnn" in warnings[0]
+
+
 def test_coalescer_merges_calls_made_while_one_is_in_flight():
     from service.engine.coalesce import Coalescer
 
