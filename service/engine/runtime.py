@@ -75,13 +75,21 @@ def plan_lanes(lanes: int, threads: int, on_gpu: bool) -> tuple[int, int]:
     return lanes, threads or max(1, cores // lanes)
 
 
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+"""The CUDA provider's options. ORT's default search (EXHAUSTIVE) times every cuDNN convolution
+algorithm on the first run of each new input shape, and the engine's batches change size with the
+load: on an H200 each new batch size of the frames denoiser stalled it for about a second, and
+served /generate ran at 6 images/s against the raw engine's 128 (docs/benchmarks.md, "GPU")."""
+
+
 def make_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     # Spinning threads steal the cores numpy pre-processing needs (measured 4x lower throughput).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=providers)
+    with_options = [(name, CUDA_OPTIONS) if name == CUDA else name for name in providers]
+    return ort.InferenceSession(str(path), options, providers=with_options)
 
 
 @dataclass(frozen=True)

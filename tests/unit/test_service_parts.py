@@ -108,6 +108,20 @@ def test_choosing_cuda_loads_the_cuda_libraries_of_the_nvidia_packages(monkeypat
     assert warnings and "libcudnn" in warnings[0]
 
 
+def test_the_cuda_provider_picks_convolutions_by_heuristic_not_by_timing_each_new_batch_size(monkeypatch, tmp_path):
+    import service.engine.runtime
+    from service.engine.runtime import make_session
+
+    opened: list[list] = []
+    monkeypatch.setattr(service.engine.runtime.ort, "InferenceSession", lambda path, options, providers: opened.append(providers))
+    make_session(tmp_path / "model.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"], 1)
+    make_session(tmp_path / "model.onnx", ["CPUExecutionProvider"], 1)
+    assert opened == [
+        [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"],
+        ["CPUExecutionProvider"],
+    ]
+
+
 def test_coalescer_merges_calls_made_while_one_is_in_flight():
     from service.engine.coalesce import Coalescer
 
