@@ -64,6 +64,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Start:
+    """Handed to the start callback once, before the first file is analyzed."""
+
+    to_analyze: int
+    """Files to analyze in this run."""
+    from_journal: int
+    """Files finished in an earlier run (analyzed or failed there), taken from the journal."""
+    audio_s_from_journal: float
+    """Seconds of audio of those of them that were analyzed."""
+
+
+@dataclass(frozen=True)
 class Summary:
     """The run in numbers; the CLI prints it as the last stdout line."""
 
@@ -91,6 +103,7 @@ def run(
     config: RunConfig,
     *,
     progress: Callable[[Progress], None] | None = None,
+    on_start: Callable[[Start], None] | None = None,
 ) -> Summary:
     """Analyze `paths` (unique, in output order, as expand_sources returns them) into config.out_dir."""
     started = time.monotonic()
@@ -111,14 +124,20 @@ def run(
         keys: dict[Path, FileKey] = {}
         transient: dict[Path, FileFailure] = {}  # not journaled: the next run tries these again
         todo = []
+        audio_s_from_journal = 0.0
         for path in paths:
             try:
                 keys[path] = FileKey.of(path, config.model, settings)
             except OSError as error:
                 transient[path] = FileFailure(path, READ_STAGE, str(error))
                 continue
-            if not _finished(journal, keys[path], config.retry_failed):
+            taken = _from_journal(journal, keys[path], config.retry_failed)
+            if taken is None:
                 todo.append(path)
+            else:
+                audio_s_from_journal += taken
+        if on_start is not None:
+            on_start(Start(len(todo), len(keys) - len(todo), audio_s_from_journal))
 
         audio_s = 0.0
         for done, (path, outcome) in enumerate(execute(todo), start=1):
@@ -156,13 +175,16 @@ def run(
     )
 
 
-def _finished(journal: Journal, key: FileKey, retry_failed: bool) -> bool:
+def _from_journal(journal: Journal, key: FileKey, retry_failed: bool) -> float | None:
+    """Seconds of audio of a file an earlier run finished (0 for one that failed there), or None
+    when this run must analyze it."""
     entry = journal.entry(key)
     if entry is None:
-        return False
+        return None
     if entry.status == "failed":
-        return not retry_failed
-    return journal.load_result(key) is not None
+        return None if retry_failed else 0.0
+    result = journal.load_result(key)
+    return None if result is None else result.duration_s
 
 
 def _record(

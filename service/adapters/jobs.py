@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from service.metrics import Metrics
 log = logging.getLogger("chorus.jobs")
 TASK = "/analyze"
 MAX_SUBMISSION_BYTES = 64 * 1024
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+MAX_NAME_BYTES = 200
 BENTOML_STATUS = {"queued": "in_progress", "running": "in_progress", "done": "completed", "failed": "failed", "cancelled": "canceled"}
 
 
@@ -90,9 +90,17 @@ def store_of(request: Request) -> JobStore:
 
 
 def upload_name(raw: str | None) -> str:
-    """The uploaded file's name, kept (it can carry the recording's start time) but never a path."""
-    name = _SAFE_NAME.sub("_", Path(raw or "recording").name)[:200].lstrip(".")
-    return name or "recording"
+    """The uploaded file's name, kept (it can carry the recording's start time and a site's name,
+    accents and all) but never a path: letters and digits of any script, `._+-`, the rest `_`. At
+    most MAX_NAME_BYTES of UTF-8 (file systems allow 255 bytes), cut before the extension."""
+    name = unicodedata.normalize("NFC", Path(raw or "recording").name)
+    name = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name).lstrip(".")
+    stem, dot, extension = name.rpartition(".") if "." in name else (name, "", "")
+    if len(dot + extension) > 16:  # not an extension: a dot inside a long name
+        stem, dot, extension = name, "", ""
+    room = MAX_NAME_BYTES - len((dot + extension).encode())
+    stem = stem.encode()[:room].decode(errors="ignore")  # never half a character
+    return stem + dot + extension if stem else "recording" + dot + extension
 
 
 @json_errors

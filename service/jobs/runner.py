@@ -25,7 +25,7 @@ import soundfile as sf
 from analyze.detections import DetectionSettings
 from analyze.pipeline import FrontEndSpec, LocalPipeline
 from analyze.records import ModelInfo
-from analyze.run import Progress, RunConfig, Summary, run
+from analyze.run import Progress, RunConfig, Start, Summary, run
 from analyze.sources import expand_sources
 from service.dataplane import DataPlane
 from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
@@ -194,7 +194,8 @@ class JobRunner:
                 batch_windows=model.max_batch,
                 background=True,  # decoding on idle CPU time only: interactive requests first
             )
-            summary = await self._to_its_end(functools.partial(run, paths, pipeline, config, progress=self._progress(job_id, state)))
+            progress, started = self._progress(job_id, state), self._started(job_id, state)
+            summary = await self._to_its_end(functools.partial(run, paths, pipeline, config, progress=progress, on_start=started))
             state.status, state.summary = "done", summary.as_dict()
             state.audio_seconds_done, state.files_done = state.audio_seconds_total, state.files_total
             log.info("job %s done: %s", job_id, state.summary)
@@ -256,6 +257,15 @@ class JobRunner:
             return scores
 
         return score
+
+    def _started(self, job_id: str, state: JobState) -> Callable[[Start], None]:
+        def started(start: Start) -> None:
+            # A resumed job starts from what its journal holds, not from the progress its last run
+            # saved (which counted windows of files cut short, scored again now).
+            state.files_done, state.audio_seconds_done = start.from_journal, min(state.audio_seconds_total, start.audio_s_from_journal)
+            self.store.save_state(job_id, state)
+
+        return started
 
     def _progress(self, job_id: str, state: JobState) -> Callable[[Progress], None]:
         def progress(update: Progress) -> None:

@@ -19,9 +19,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from analyze.run import Progress
+from analyze.run import Progress, Start
 from service import adapters
-from service.adapters.jobs import JobGate
+from service.adapters.jobs import MAX_NAME_BYTES, JobGate, upload_name
 from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobRequest, JobsFolderError, JobState, open_job_store
@@ -91,6 +91,38 @@ async def test_an_upload_is_streamed_to_disk_under_its_own_name(http, store, wav
     body = response.json()
     assert body["name"] == "20240517_053000.WAV" and body["bytes"] == len(wav)
     assert (store.upload_path(body["upload_id"]) / "20240517_053000.WAV").read_bytes() == wav
+
+
+async def test_an_upload_keeps_a_site_name_in_any_script(http, store, wav):
+    response = await http.post("/jobs/uploads", params={"name": "Côte d'Ivoire/Forêt_Tanoé 20240517_053000.WAV"}, content=wav)
+    assert response.status_code == 201, response.text
+    name = response.json()["name"]
+    assert name == "Forêt_Tanoé_20240517_053000.WAV"
+    assert (store.upload_path(response.json()["upload_id"]) / name).read_bytes() == wav
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        (None, "recording"),
+        ("..", "recording"),
+        (".hidden.wav", "hidden.wav"),
+        ("a\\b:c*?.flac", "a_b_c__.flac"),
+        ("\u0441\u043e\u0432\u0430 2024.mp3", "\u0441\u043e\u0432\u0430_2024.mp3"),
+        ("e\u0301te\u0301.wav", "\u00e9t\u00e9.wav"),  # decomposed accents come out composed
+        ("nul\x00byte\n.wav", "nul_byte_.wav"),
+    ],
+)
+def test_upload_names_are_file_names_of_letters_digits_and_safe_marks(raw, kept):
+    assert upload_name(raw) == kept
+
+
+def test_a_long_upload_name_is_cut_to_whole_characters_and_keeps_its_extension():
+    name = upload_name("\u00e9" * 300 + ".WAV")
+    assert name.endswith(".WAV") and len(name.encode()) <= MAX_NAME_BYTES
+    assert name[:-4] == "\u00e9" * ((MAX_NAME_BYTES - 4) // 2)
+    dotted = upload_name("x" * 250 + ".not an extension at all")
+    assert len(dotted.encode()) == MAX_NAME_BYTES and dotted.startswith("x" * 200)
 
 
 async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_nothing(http, plane, store):
@@ -417,6 +449,15 @@ def test_progress_counts_the_files_a_resumed_job_took_from_its_journal(plane, st
     progress = JobRunner(store, plane)._progress("p1", state)
     progress(Progress(finished=None, done=2, total=4, audio_s=0.0, wall_s=0.0))  # 6 came from the journal
     assert state.files_done == 8 and store.state("p1").files_done == 8
+
+
+def test_a_resumed_job_counts_from_what_its_journal_holds_not_from_what_its_last_run_saved(plane, store):
+    # The last run saved 500 s, windows of a file it was cut short in among them; they are scored again now.
+    state = JobState(status="running", files_total=10, audio_seconds_total=600.0, audio_seconds_done=500.0, files_done=7)
+    store.create("p2", JobRequest(sources=[], formats=["csv"]))
+    JobRunner(store, plane)._started("p2", state)(Start(to_analyze=4, from_journal=6, audio_s_from_journal=360.0))
+    saved = store.state("p2")
+    assert (state.files_done, state.audio_seconds_done) == (saved.files_done, saved.audio_seconds_done) == (6, 360.0)
 
 
 async def test_bentomls_own_paths_are_left_to_bentoml(http):

@@ -19,7 +19,7 @@ from analyze.atomic import TMP_SUFFIX
 from analyze.detections import DetectionSettings, UnknownSpeciesError
 from analyze.journal import FOLDER
 from analyze.records import FileFailure, FileResult, ModelInfo
-from analyze.run import RunConfig, run
+from analyze.run import Progress, RunConfig, Start, run
 from analyze.sources import expand_sources
 from analyze.writers import FORMATS, tables
 from tests.unit.analyze.fakes import FakeAnalyzer, Killed, decode_error, write_recordings
@@ -182,17 +182,28 @@ def test_outputs_do_not_depend_on_the_order_files_finish_in(tmp_path, recordings
 
 def test_a_rerun_skips_finished_files_and_redoes_changed_ones(tmp_path, recordings, reference):
     out = tmp_path / "out"
-    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(out))
+    starts: list[Start] = []
+    seconds: dict[Path, float] = {}
+
+    def progress(update: Progress) -> None:
+        seconds[update.finished.path] = getattr(update.finished, "duration_s", 0.0)
+
+    first = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    run(recordings, in_order(first), config(out), progress=progress, on_start=starts.append)
     again = FakeAnalyzer(LABELS)
-    summary = run(recordings, in_order(again), config(out))
+    summary = run(recordings, in_order(again), config(out), on_start=starts.append)
     assert again.calls == [] and summary.files_skipped == len(recordings)
     assert outputs(out) == reference
+    audio_s = sum(seconds.values())  # the broken file has none
+    assert starts == [Start(len(recordings), 0, 0.0), Start(0, len(recordings), pytest.approx(audio_s))]
 
     changed = recordings[1]
+    changed_s = seconds[changed]
     changed.write_bytes(changed.read_bytes()[:-100])  # one second shorter
     again = FakeAnalyzer(LABELS)
-    run(recordings, in_order(again), config(out))
+    run(recordings, in_order(again), config(out), on_start=starts.append)
     assert again.calls == [changed]
+    assert starts[-1] == Start(1, len(recordings) - 1, pytest.approx(audio_s - changed_s))
     assert outputs(out) != reference
 
     # Another recording of the same size moved over it with the old modification time (cp -p, rsync -a).
