@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,33 @@ def test_a_job_from_the_page_shows_progress_and_its_tables(page, tmp_path):
     links = page.locator("#job-outputs a").all_inner_texts()
     assert "detections.csv" in links and "combined.selections.txt" in links
     assert "done" in page.inner_text("#job-status") and "0.7 of 0.7 min, 1/1 files" in page.inner_text("#job-progress")
+    assert page.is_hidden("#job-cancel")
+    task_id = page.inner_text("#job-status").split()[1]
+    page.click("#job-delete")
+    page.wait_for_selector("#job-delete", state="hidden")
+    assert "deleted" in page.inner_text("#job-status") and page.locator("#job-outputs a").count() == 0
+    assert page.request.get(f"{page.url.rstrip('/')}/jobs/{task_id}").status == 404
+
+
+def test_a_job_can_be_cancelled_from_the_page(page, tmp_path):
+    # Two hours at 8 kHz: far longer to analyze than the click takes.
+    audio = tmp_path / "20240517_060000.wav"
+    block = (3000 * np.random.default_rng(3).standard_normal(8_000 * 60)).astype("<i2").tobytes()
+    with wave.open(str(audio), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8_000)
+        for _ in range(120):
+            out.writeframes(block)
+    page.set_input_files("#job-file", str(audio))
+    page.click("#job-button")
+    page.wait_for_selector("#job-cancel:not([hidden])", timeout=120_000)
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-delete:not([hidden])", timeout=120_000)  # the job has ended
+    assert "cancelled" in page.inner_text("#job-status") and page.is_hidden("#job-cancel")
+    page.click("#job-delete")
+    page.wait_for_selector("#job-delete", state="hidden")
+    assert "deleted" in page.inner_text("#job-status")
 
 
 def test_generate_shows_images(page):
