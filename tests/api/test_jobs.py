@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from analyze.run import Progress, Start
 from service import adapters
-from service.adapters.jobs import MAX_NAME_BYTES, JobGate, upload_name
+from service.adapters.jobs import JobGate
 from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobRequest, JobsFolderError, JobState, open_job_store
@@ -99,30 +99,6 @@ async def test_an_upload_keeps_a_site_name_in_any_script(http, store, wav):
     name = response.json()["name"]
     assert name == "Forêt_Tanoé_20240517_053000.WAV"
     assert (store.upload_path(response.json()["upload_id"]) / name).read_bytes() == wav
-
-
-@pytest.mark.parametrize(
-    ("raw", "kept"),
-    [
-        (None, "recording"),
-        ("..", "recording"),
-        (".hidden.wav", "hidden.wav"),
-        ("a\\b:c*?.flac", "a_b_c__.flac"),
-        ("\u0441\u043e\u0432\u0430 2024.mp3", "\u0441\u043e\u0432\u0430_2024.mp3"),
-        ("e\u0301te\u0301.wav", "\u00e9t\u00e9.wav"),  # decomposed accents come out composed
-        ("nul\x00byte\n.wav", "nul_byte_.wav"),
-    ],
-)
-def test_upload_names_are_file_names_of_letters_digits_and_safe_marks(raw, kept):
-    assert upload_name(raw) == kept
-
-
-def test_a_long_upload_name_is_cut_to_whole_characters_and_keeps_its_extension():
-    name = upload_name("\u00e9" * 300 + ".WAV")
-    assert name.endswith(".WAV") and len(name.encode()) <= MAX_NAME_BYTES
-    assert name[:-4] == "\u00e9" * ((MAX_NAME_BYTES - 4) // 2)
-    dotted = upload_name("x" * 250 + ".not an extension at all")
-    assert len(dotted.encode()) == MAX_NAME_BYTES and dotted.startswith("x" * 200)
 
 
 async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_nothing(http, plane, store):
