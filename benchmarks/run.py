@@ -11,6 +11,7 @@ from pathlib import Path
 from benchmarks import birdcall, frames
 from benchmarks.hop_floor import hop_floor
 from layout.workspace import Workspace
+from service.settings import ServiceSettings
 from service.store import StoredModel
 
 LEVELS = (1, 2, 4, 8, 16)
@@ -30,6 +31,12 @@ def providers_for(device: str) -> list[str]:
             f"torch CUDA: {torch.cuda.is_available()})"
         )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def served_settings(device: str, api_workers: int = 0) -> dict[str, str]:
+    """The environment of the bench's servers: the engine on `device`; `api_workers` API processes
+    (0: the server's own default). On a GPU host the API workers' decoding is what feeds the engine."""
+    return {"CHORUS_PROVIDERS": device, **({"CHORUS_API_WORKERS": str(api_workers)} if api_workers else {})}
 
 
 def _table(rows: list[tuple[str, list[dict]]], unit: str) -> str:
@@ -70,6 +77,7 @@ def run_bench(
     seconds: float = 8.0,
     steps: int = 20,
     device: str = "cpu",
+    api_workers: int = 0,
     levels: tuple[int, ...] = LEVELS,
     frames_levels: tuple[int, ...] = FRAMES_LEVELS,
     overhead_rounds: int = 5,
@@ -78,7 +86,7 @@ def run_bench(
     baselines); `seconds` is the time per concurrency level and per in-process measurement."""
     out_dir.mkdir(parents=True, exist_ok=True)
     providers = providers_for(device)
-    served_env = {"CHORUS_PROVIDERS": device}
+    served_env = served_settings(device, api_workers)
     workspace = Workspace.from_env()
     bird_stored = StoredModel.resolve("birdcall:latest")
     frames_stored = StoredModel.resolve("frames:latest")
@@ -130,8 +138,11 @@ def run_bench(
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
-        "command": "uv run chorus bench" + (f" --device {device}" if device != "cpu" else ""),
+        "command": "uv run chorus bench"
+        + (f" --device {device}" if device != "cpu" else "")
+        + (f" --api-workers {api_workers}" if api_workers else ""),
         "device": device,
+        "api_workers": api_workers or ServiceSettings().api_workers,
         "engine_provider": engine.runner.provider,
         "seconds_per_level": seconds,
     }
@@ -139,7 +150,8 @@ def run_bench(
         [
             f"# chorus bench, {meta['date']} ({meta['machine']}; {meta['engine_provider']})",
             "",
-            f"`{meta['command']}`; {seconds:g} s per concurrency level, closed loop, client on the same machine.",
+            f"`{meta['command']}`; {seconds:g} s per concurrency level, closed loop, client on the same machine;"
+            f" {meta['api_workers']} API worker(s).",
             "",
             f"## birdcall (recordings/s; raw engine {raw['recordings_per_s']} rec/s, {raw['windows_per_s']} windows/s,"
             f" p50 {raw['p50_ms']} ms)",

@@ -153,7 +153,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     from benchmarks.run import run_bench
 
-    result = run_bench(out_dir, seconds=args.seconds, steps=args.steps, device=args.device)
+    result = run_bench(out_dir, seconds=args.seconds, steps=args.steps, device=args.device, api_workers=args.api_workers)
     _print_result({"ratios": {"birdcall": result["birdcall"]["ratios"], "frames": result["frames"]["ratios"]}, "reports": str(out_dir)})
     return 0
 
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=None, help="results folder; default artifacts/reports/bench")
     bench.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where the engine and the torch baselines run (cuda needs onnxruntime-gpu)"
+    )
+    bench.add_argument(
+        "--api-workers", type=int, default=0, help="serving: API worker processes of the servers (default: the server's own, 1)"
     )
     bench.set_defaults(handler=_bench)
     return parser

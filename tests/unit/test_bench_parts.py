@@ -1,0 +1,13 @@
+"""What `chorus bench` hands its servers (benchmarks.run)."""
+
+from __future__ import annotations
+
+from benchmarks.run import served_settings
+from chorus.cli import build_parser
+
+
+def test_the_bench_servers_run_on_the_device_with_the_api_workers_asked_for():
+    assert served_settings("cuda") == {"CHORUS_PROVIDERS": "cuda"}  # the server's own default of API workers
+    assert served_settings("cuda", 8) == {"CHORUS_PROVIDERS": "cuda", "CHORUS_API_WORKERS": "8"}
+    args = build_parser().parse_args(["bench", "--device", "cuda", "--api-workers", "8"])
+    assert (args.device, args.api_workers) == ("cuda", 8)
