@@ -11,7 +11,7 @@ import time
 import httpx
 import numpy as np
 
-from benchmarks.load import LevelResult, sweep
+from benchmarks.load import LevelResult, check_served_device, sweep
 from loadtests.recordings import recording_pool
 from service.engine.runtime import open_runner
 from service.local_server import ROOT, free_port, serve, wait_ready
@@ -139,6 +139,7 @@ def served(
     """The sweep, then with overhead_rounds > 0 the per-request overhead at concurrency 1."""
     requests = [("/classify?timeline=false", {"content": rec.data}) for rec in pool]
     with serve(**env) as url:
+        check_served_device(url, *requests[0], env.get("CHORUS_PROVIDERS"))
         results = sweep(url, requests, levels, seconds, _stage_times)
         if not overhead_rounds:
             return results, None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.load import LevelResult, sweep
+from benchmarks.load import LevelResult, check_served_device, sweep
 from service.engine.ddim import ddim_sample
 from service.engine.runtime import open_runner
 from service.local_server import serve
@@ -65,4 +65,5 @@ def torch_eager(workspace_checkpoint: Path, steps: int, device: str = "cpu", sec
 def served(steps: int, levels: tuple[int, ...], seconds: float, **env: str) -> list[LevelResult]:
     requests = [("/generate", {"json": {"steps": steps, "seed": s, "format": "json"}}) for s in range(16)]
     with serve(**env) as url:
+        check_served_device(url, *requests[0], env.get("CHORUS_PROVIDERS"))
         return sweep(url, requests, levels, seconds)

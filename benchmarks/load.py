@@ -11,6 +11,23 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+PROVIDER_OF = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def require_provider(answer: dict, device: str | None) -> None:
+    """Refuse a served answer whose model ran elsewhere than `device` (cpu or cuda; anything else:
+    no check): an engine that cannot open CUDA serves on the CPU with only a warning in its log."""
+    provider = answer["model"]["provider"]
+    if device in PROVIDER_OF and provider != PROVIDER_OF[device]:
+        raise RuntimeError(
+            f"the served model runs on {provider}, not on {device}: the engine could not open its provider (see the server's log)"
+        )
+
+
+def check_served_device(url: str, path: str, request: dict, device: str | None) -> None:
+    """One request to the server before it is measured, held to `device` (require_provider)."""
+    require_provider(httpx.post(url + path, timeout=120, **request).raise_for_status().json(), device)
+
 
 @dataclass
 class LevelResult:

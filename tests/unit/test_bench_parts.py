@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from benchmarks.load import require_provider
 from benchmarks.run import served_settings
 from chorus.cli import build_parser
 
@@ -11,3 +14,12 @@ def test_the_bench_servers_run_on_the_device_with_the_api_workers_asked_for():
     assert served_settings("cuda", 8) == {"CHORUS_PROVIDERS": "cuda", "CHORUS_API_WORKERS": "8"}
     args = build_parser().parse_args(["bench", "--device", "cuda", "--api-workers", "8"])
     assert (args.device, args.api_workers) == ("cuda", 8)
+
+
+def test_a_served_answer_from_another_provider_than_the_bench_device_stops_the_bench():
+    on_cpu = {"model": {"name": "birdcall", "provider": "CPUExecutionProvider"}}
+    require_provider(on_cpu, "cpu")
+    require_provider(on_cpu, None)  # the server's own choice (auto): nothing to hold it to
+    with pytest.raises(RuntimeError, match="runs on CPUExecutionProvider, not on cuda"):
+        require_provider(on_cpu, "cuda")
+    require_provider({"model": {"provider": "CUDAExecutionProvider"}}, "cuda")

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On the GPU host, from the repository root: install the bundle's wheels beside the host's torch,
+# check that the engine opens the CUDA provider in a process without torch, then run the serving
+# bench with the arguments given (e.g. --device cuda --api-workers 8). Results: $BENCH_OUT.
+set -uo pipefail
+bundle=$(cd "$(dirname "$0")" && pwd)
+site=${BUNDLE_SITE:-/tmp/chorus-site}
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$bundle"/wheels/*.whl || exit 1
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=true
+export BENTOML_HOME="$bundle/bentoml" CHORUS_HOME="$bundle/home"
+python3 - <<'PY' || exit 1
+from service.engine.runtime import choose_providers, make_session
+from service.store import StoredModel
+
+session = make_session(StoredModel.resolve("birdcall:latest").onnx_path("fp32"), choose_providers("cuda"), 1)
+print("the engine's providers:", session.get_providers())
+PY
+python3 -m chorus.cli bench "$@" --out "${BENCH_OUT:-$PWD/gpu-bench}"
