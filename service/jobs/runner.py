@@ -145,6 +145,8 @@ class JobRunner:
         async with self._one_at_a_time:
             try:
                 while True:
+                    if self._stopping.is_set():  # queued behind a job the stop ended: the next start runs it
+                        return self.store.state(job_id)
                     with self.store.running(job_id) as mine:
                         if mine:
                             return await self._run(job_id)
@@ -167,6 +169,8 @@ class JobRunner:
             while True:  # a job resumed at start waits for the models
                 if self.store.cancel_asked(job_id):  # asked while it waited, or while another process held its lock
                     raise JobCancelled
+                if self._stopping.is_set():  # the models will not come: an engine that stopped never gets ready
+                    raise ServerStopping
                 ready, _ = await self.plane.readiness()
                 if ready:
                     break
@@ -262,7 +266,9 @@ class JobRunner:
         def started(start: Start) -> None:
             # A resumed job starts from what its journal holds, not from the progress its last run
             # saved (which counted windows of files cut short, scored again now).
-            state.files_done, state.audio_seconds_done = start.from_journal, min(state.audio_seconds_total, start.audio_s_from_journal)
+            # Counted as _progress counts: a file this run does not analyze (from the journal, or unreadable) is done.
+            state.files_done = state.files_total - start.to_analyze
+            state.audio_seconds_done = min(state.audio_seconds_total, start.audio_s_from_journal)
             self.store.save_state(job_id, state)
 
         return started

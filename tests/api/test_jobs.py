@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx
@@ -213,8 +213,13 @@ async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store,
     assert all(method == "birdcall_job_windows" for method, _ in engine.calls)
     assert "2024-05-17T05:30:00" in store.output("job2", "detections.csv").read_text()  # the clock time from the name
     store.save_state("job2", JobState())  # as if a restart had cut it short after its file
+    saved: list[JobState] = []
+    save_state = store.save_state
+    store.save_state = lambda job_id, state: (saved.append(replace(state)), save_state(job_id, state))[1]
     resumed = await JobRunner(store, plane).run("job2")
     assert resumed.summary["files_skipped"] == 1 and resumed.files_done == resumed.files_total == 1
+    # Its progress started from the journal, before the run's end said so.
+    assert any(s.status == "running" and (s.files_done, s.audio_seconds_done) == (1, 12.0) for s in saved), saved
 
 
 @pytest.mark.timeout(60)  # a FIFO opened for its header would wait for a writer for ever
@@ -389,6 +394,27 @@ async def test_a_job_waiting_for_the_models_is_cancelled_within_a_second(plane, 
     assert (await asyncio.wait_for(task, 5)).status == "cancelled"
 
 
+async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queued(plane, store, root, monkeypatch):
+    """The engine stops with the API workers (a killed server's workers all get SIGTERM at once), so
+    it never gets ready again: jobs waiting for it, or queued behind the one the stop ended, must end
+    their tasks, or the API worker's shutdown waits on them for ever (found: a worker that outlived
+    its killed server by 15 minutes with three jobs submitted)."""
+    for job_id in ("first", "second"):
+        store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+
+    async def stopped() -> tuple[bool, str | None]:
+        return False, "the engine is not reachable"
+
+    monkeypatch.setattr(plane, "readiness", stopped)
+    runner = JobRunner(store, plane)
+    tasks = [runner.start("first"), runner.start("second")]
+    await asyncio.sleep(0.2)  # the first waits for the models; the second behind it
+    runner.stop()
+    ended = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [state.status for state in ended] == ["queued", "queued"]
+    assert store.state("first").status == store.state("second").status == "queued"  # the next start runs them
+
+
 def test_a_submission_whose_upload_was_deleted_meanwhile_is_a_failed_job_that_says_so(store, wav):
     upload_id, folder = store.new_upload()
     (folder / "a.wav").write_bytes(wav)
@@ -431,7 +457,7 @@ def test_a_resumed_job_counts_from_what_its_journal_holds_not_from_what_its_last
     # The last run saved 500 s, windows of a file it was cut short in among them; they are scored again now.
     state = JobState(status="running", files_total=10, audio_seconds_total=600.0, audio_seconds_done=500.0, files_done=7)
     store.create("p2", JobRequest(sources=[], formats=["csv"]))
-    JobRunner(store, plane)._started("p2", state)(Start(to_analyze=4, from_journal=6, audio_s_from_journal=360.0))
+    JobRunner(store, plane)._started("p2", state)(Start(to_analyze=4, from_journal=5, audio_s_from_journal=360.0))  # 1 unreadable
     saved = store.state("p2")
     assert (state.files_done, state.audio_seconds_done) == (saved.files_done, saved.audio_seconds_done) == (6, 360.0)
 

@@ -13,6 +13,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 
@@ -140,11 +141,22 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_with_503(served)
 
 def test_the_workers_stop_when_the_server_process_is_killed(tiny_exports, tmp_path):
     """BentoML starts each worker in a session of its own: a `kill -9` of `bentoml serve` (or the
-    OOM killer choosing it) left them serving on, holding the port, the models and any job's lock."""
-    env = {"BENTOML_HOME": isolated_bentoml_home(tmp_path / "bentoml"), "CHORUS_DRAIN_SECONDS": "5"}
+    OOM killer choosing it) left them serving on, holding the port, the models and any job's lock.
+    With jobs queued, the API worker waited for ever on the ones waiting for the engine, which had
+    stopped with it."""
+    env = {
+        "BENTOML_HOME": isolated_bentoml_home(tmp_path / "bentoml"),
+        "CHORUS_DRAIN_SECONDS": "5",
+        "CHORUS_JOBS_HOME": str(tmp_path / "jobs"),
+    }
+    recording = encode((0.1 * np.random.default_rng(4).standard_normal(16_000 * 300)).astype(np.float32), 16_000, "WAV", "PCM_16")
     with serve_process("service.service:Chorus", tmp_path / "server.log", **env) as server:
         workers = psutil.Process(server.process.pid).children(recursive=True)
         assert len(workers) >= 2  # the API worker and the engine
+        for _ in range(3):  # one running, two queued behind it
+            upload = httpx.post(f"{server.url}/jobs/uploads", params={"name": "a.wav"}, content=recording, timeout=60)
+            submitted = httpx.post(f"{server.url}/analyze/submit", json={"upload_id": upload.json()["upload_id"]}, timeout=60)
+            assert submitted.status_code == 200, submitted.text
         server.process.kill()
         server.process.wait(timeout=30)
         _, alive = psutil.wait_procs(workers, timeout=60)
