@@ -95,10 +95,18 @@ def serve(target: str = "service.service:Chorus", **env: str) -> Iterator[str]:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     # bentoml.serve runs the server's arbiter in this process, and every arbiter empties the
-    # metrics directory under BENTOML_HOME at start: give each server its own, so a second server
-    # does not blank the first one's /metrics. It goes when the server has stopped.
-    with tempfile.TemporaryDirectory(prefix="chorus-metrics-", ignore_cleanup_errors=True) as metrics_dir:
+    # metrics directory under BENTOML_HOME at start and deletes and re-creates the task store
+    # (task_result.db) there: give each server its own of both, or a second server blanks the first
+    # one's /metrics and swaps its task store for a new file under its open SQLite connections (the
+    # first one's next write, or the second's start, fails with "disk I/O error"). They go when the
+    # server has stopped.
+    with tempfile.TemporaryDirectory(prefix="chorus-server-", ignore_cleanup_errors=True) as own:
+        metrics_dir = os.path.join(own, "metrics")
+        os.mkdir(metrics_dir)
         BentoMLContainer.prometheus_multiproc_dir.set(metrics_dir)
+        task_store = os.path.join(own, "task_result.db")
+        BentoMLContainer.result_store_file.set(task_store)  # this process (the deployment hook)
+        env.setdefault("BENTOML_RESULT_STORE", task_store)  # the workers, which read it at their start
         port = free_port()
         env.setdefault("CHORUS_GRPC_PORT", str(free_port()))
         env = server_settings(**env)
