@@ -91,16 +91,18 @@ def store_of(request: Request) -> JobStore:
 
 def upload_name(raw: str | None) -> str:
     """The uploaded file's name, kept (it can carry the recording's start time and a site's name,
-    accents and all) but never a path: letters and digits of any script, `._+-`, the rest `_`. At
-    most MAX_NAME_BYTES of UTF-8 (file systems allow 255 bytes), cut before the extension."""
+    accents and all) but never a path: what follows the last `/`, in letters, marks and digits of
+    any script and `._+-`, anything else `_`. At most MAX_NAME_BYTES of UTF-8 (file systems allow
+    255), cut before an extension of up to 15 characters; a name that is only an extension gets the
+    stem `recording`, so that the job still finds its audio by the extension."""
     name = unicodedata.normalize("NFC", Path(raw or "recording").name)
-    name = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name).lstrip(".")
-    stem, dot, extension = name.rpartition(".") if "." in name else (name, "", "")
-    if len(dot + extension) > 16:  # not an extension: a dot inside a long name
+    name = "".join(c if unicodedata.category(c)[0] in "LMN" or c in "._+-" else "_" for c in name)
+    stem, dot, extension = name.rpartition(".")
+    if not (dot and extension) or len(extension) > 15:  # no extension, or a dot inside a long name
         stem, dot, extension = name, "", ""
     room = MAX_NAME_BYTES - len((dot + extension).encode())
-    stem = stem.encode()[:room].decode(errors="ignore")  # never half a character
-    return stem + dot + extension if stem else "recording" + dot + extension
+    stem = stem.lstrip(".").encode()[:room].decode(errors="ignore")  # never half a character
+    return (stem or "recording") + dot + extension
 
 
 @json_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import hypothesis
@@ -21,6 +22,10 @@ from service.adapters.jobs import MAX_NAME_BYTES, upload_name
         ("\u0441\u043e\u0432\u0430 2024.mp3", "\u0441\u043e\u0432\u0430_2024.mp3"),
         ("e\u0301te\u0301.wav", "\u00e9t\u00e9.wav"),  # decomposed accents come out composed
         ("nul\x00byte\n.wav", "nul_byte_.wav"),
+        ("\u0915\u093f\u0928\u093e\u0930\u093e.wav", "\u0915\u093f\u0928\u093e\u0930\u093e.wav"),  # marks with no composed form stay
+        (".wav", "recording.wav"),
+        ("..WAV", "recording.WAV"),
+        ("site/.flac", "recording.flac"),
     ],
 )
 def test_upload_names_are_file_names_of_letters_digits_and_safe_marks(raw, kept):
@@ -32,7 +37,7 @@ def test_upload_names_are_file_names_of_letters_digits_and_safe_marks(raw, kept)
 def test_any_upload_name_becomes_one_plain_file_name(raw):
     name = upload_name(raw)
     assert name and not name.startswith(".") and len(name.encode()) <= MAX_NAME_BYTES
-    assert all(c.isalnum() or c in "._+-" for c in name)  # no separator, NUL, space or control character
+    assert all(unicodedata.category(c)[0] in "LMN" or c in "._+-" for c in name)  # no separator, NUL, space or control
     assert Path(name).name == name and name not in (".", "..")
 
 
