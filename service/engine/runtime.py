@@ -49,17 +49,13 @@ def choose_providers(preference: str) -> list[str]:
 
 
 def _load_cuda_libraries() -> None:
-    """Load CUDA and cuDNN from pip's nvidia-* packages where the system has none on its search
-    path (onnxruntime-gpu installed next to a CUDA torch, say). Without this, ORT cannot open its
-    CUDA provider in a process that has not imported torch first, and quietly runs on the CPU.
-    Libraries already loaded or found on the system path are used as they are."""
+    """Load CUDA and cuDNN from pip's nvidia-* packages where they are installed (onnxruntime-gpu
+    next to a CUDA torch, say), then from the system's search path. Without this, ORT opens its CUDA
+    provider only in a process that imported torch first (torch loads them), and elsewhere quietly
+    runs on the CPU. A library it cannot find it reports on stdout; ORT's own search still follows."""
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
-    if preload is None:
-        return
-    try:
+    if preload is not None:
         preload()
-    except Exception as error:  # a library it could not open: ORT's own search still runs after
-        log.warning("could not preload the CUDA libraries from the nvidia packages: %s", error)
 
 
 def cuda_available() -> bool:

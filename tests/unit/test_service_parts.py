@@ -91,21 +91,14 @@ def test_choosing_cuda_loads_the_cuda_libraries_of_the_nvidia_packages(monkeypat
     import service.engine.runtime
 
     preloads: list[str] = []
-    warnings: list[str] = []
-    monkeypatch.setattr(service.engine.runtime.log, "warning", lambda msg, *args: warnings.append(msg % args))
     monkeypatch.setattr(service.engine.runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(service.engine.runtime.ort, "preload_dlls", lambda: preloads.append("cuda"), raising=False)
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
     assert preloads == []
     assert choose_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert preloads == ["cuda"]
-
-    def missing() -> None:
-        raise OSError("libcudnn.so.9: cannot open shared object file")
-
-    monkeypatch.setattr(service.engine.runtime.ort, "preload_dlls", missing, raising=False)
+    monkeypatch.delattr(service.engine.runtime.ort, "preload_dlls", raising=False)  # onnxruntime-gpu < 1.21
     assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert warnings and "libcudnn" in warnings[0]
 
 
 def test_the_cuda_provider_picks_convolutions_by_heuristic_not_by_timing_each_new_batch_size(monkeypatch, tmp_path):
