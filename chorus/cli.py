@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from layout.workspace import Workspace
@@ -158,6 +159,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than `lowest`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
@@ -237,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=("cpu", "cuda"), default="cpu", help="where the engine and the torch baselines run (cuda needs onnxruntime-gpu)"
     )
     bench.add_argument(
-        "--api-workers", type=int, default=0, help="serving: API worker processes of the servers (default: the server's own, 1)"
+        "--api-workers", type=_at_least(0), default=0, help="serving: API worker processes of the servers (default: the server's own, 1)"
     )
     bench.set_defaults(handler=_bench)
     return parser

@@ -13,22 +13,30 @@ out=${1:?usage: benchmarks/gpu/bundle.sh DIR [PYTHON_VERSION] [SKIP_FILE]}
 python_version=${2:-3.12}
 skip_file=${3:-/dev/null}
 ort_version=${ORT_GPU_VERSION:-1.31.1}
-mkdir -p "$out/wheels" "$out/bentoml/models" "$out/home"
+rm -rf "$out/wheels" && mkdir -p "$out/wheels" "$out/bentoml/models" "$out/home"
 out=$(cd "$out" && pwd)
 
-# The serving and training requirements as uv.lock pins them, less what the host brings.
-uv export --no-hashes --no-dev --group train --no-emit-project --quiet | python3 -c '
+# The serving and training requirements as uv.lock pins them, for Linux x86-64 and that Python,
+# less torch, CUDA, triton and CPU onnxruntime (the host's, or onnxruntime-gpu) and what the host has.
+uv export --frozen --no-hashes --no-dev --group train --no-emit-project --quiet \
+  | uv run --frozen python -c '
 import re, sys
+from packaging.markers import Marker
+version, skip_file = sys.argv[1], sys.argv[2]
+target = {"python_version": version, "python_full_version": version + ".0", "sys_platform": "linux", "platform_system": "Linux",
+          "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 norm = lambda name: re.sub(r"[-_.]+", "-", name.strip().lower())
-host = {norm(line) for line in open(sys.argv[1]) if line.strip()}
+host = {norm(line) for line in open(skip_file) if line.strip()}
 for line in sys.stdin:
-    pin = line.split(";")[0].strip()
-    if "==" not in pin or line.startswith((" ", "#")):
+    if line.startswith((" ", "#")) or "==" not in line:
         continue
+    pin, _, marker = line.strip().partition(";")
     name = norm(pin.split("==")[0])
+    if marker.strip() and not Marker(marker).evaluate(target):
+        continue
     if name not in host and not re.fullmatch(r"torch|torchaudio|torchvision|triton|onnxruntime|nvidia-.*|cuda-.*", name):
-        print(pin)
-' "$skip_file" > "$out/requirements.txt"
+        print(pin.strip())
+' "$python_version" "$skip_file" > "$out/requirements.txt"
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" --implementation cp "${platforms[@]}" \
   -d "$out/wheels" -r "$out/requirements.txt" "onnxruntime-gpu==$ort_version"

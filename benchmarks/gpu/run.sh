@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU host, from the repository root: install the bundle's wheels beside the host's torch,
-# check that the engine opens the CUDA provider in a process without torch, then run the serving
-# bench with the arguments given (e.g. --device cuda --api-workers 8). Results: $BENCH_OUT.
+# check that the engine opens the CUDA provider in a process without torch (as the servers run
+# it), then run the serving bench with the arguments given (e.g. --device cuda --api-workers 8).
+# Results: $BENCH_OUT.
 set -uo pipefail
 bundle=$(cd "$(dirname "$0")" && pwd)
 site=${BUNDLE_SITE:-/tmp/chorus-site}
@@ -14,5 +15,7 @@ from service.store import StoredModel
 
 session = make_session(StoredModel.resolve("birdcall:latest").onnx_path("fp32"), choose_providers("cuda"), 1)
 print("the engine's providers:", session.get_providers())
+if session.get_providers()[0] != "CUDAExecutionProvider":
+    raise SystemExit("the engine cannot open the CUDA provider without torch here (see ORT's messages above)")
 PY
 python3 -m chorus.cli bench "$@" --out "${BENCH_OUT:-$PWD/gpu-bench}"

@@ -14,6 +14,8 @@ def test_the_bench_servers_run_on_the_device_with_the_api_workers_asked_for():
     assert served_settings("cuda", 8) == {"CHORUS_PROVIDERS": "cuda", "CHORUS_API_WORKERS": "8"}
     args = build_parser().parse_args(["bench", "--device", "cuda", "--api-workers", "8"])
     assert (args.device, args.api_workers) == ("cuda", 8)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--api-workers", "-1"])
 
 
 def test_a_served_answer_from_another_provider_than_the_bench_device_stops_the_bench():
