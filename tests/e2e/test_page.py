@@ -110,8 +110,17 @@ def test_a_job_can_be_cancelled_from_the_page(page, tmp_path):
         for _ in range(120):
             out.writeframes(block)
     page.set_input_files("#job-file", str(audio))
+    page.evaluate(  # every text the progress bar shows, however briefly
+        """() => {
+            const label = document.querySelector("#job-progress em");
+            window.progressTexts = [];
+            new MutationObserver(() => window.progressTexts.push(label.textContent))
+                .observe(label, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
     page.click("#job-button")
     page.wait_for_selector("#job-cancel:not([hidden])", timeout=120_000)
+    assert "uploading: 115.2 of 115.2 MB" in page.evaluate("window.progressTexts")  # the upload's own progress
     page.click("#job-cancel")
     page.wait_for_selector("#job-delete:not([hidden])", timeout=120_000)  # the job has ended
     assert "cancelled" in page.inner_text("#job-status") and page.is_hidden("#job-cancel")
