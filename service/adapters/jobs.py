@@ -37,7 +37,7 @@ from service.errors import (
     as_service_error,
     error_body,
 )
-from service.jobs.runner import count_jobs
+from service.jobs.runner import recount_jobs
 from service.jobs.store import FINISHED, JobBusyError, JobStore
 from service.jobs.submit import check_submission
 from service.metrics import Metrics
@@ -154,19 +154,19 @@ async def show_job(request: Request) -> Response:
         return JSONResponse(job_view(store_of(request), job_id))
 
 
-def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
+async def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
     """The job after the cancel: "cancelled" at once when it was queued, still "running" until its
     next batch of windows when it was running."""
     with deleted_is_404(job_id):
         store.cancel(job_id)
-        count_jobs(store, metrics)
+        await recount_jobs(store, metrics)
         return JSONResponse(job_view(store, job_id))
 
 
 @json_errors
 async def cancel_job(request: Request) -> Response:
     authorize(request)
-    return cancel(store_of(request), _job_id(request), plane_of(request).metrics)
+    return await cancel(store_of(request), _job_id(request), plane_of(request).metrics)
 
 
 @json_errors
@@ -179,7 +179,7 @@ async def delete_job(request: Request) -> Response:
             await asyncio.to_thread(store.delete, job_id)  # a job's tables may be many files
     except JobBusyError as exc:
         raise Conflict(f"{exc}; cancel it first (POST /jobs/{job_id}/cancel) and delete it once its state is cancelled") from None
-    count_jobs(store, plane_of(request).metrics)
+    await recount_jobs(store, plane_of(request).metrics)
     return Response(status_code=204)
 
 
@@ -280,7 +280,7 @@ class JobGate:
                 )
             return JSONResponse(view)
         if path == TASK + "/cancel":
-            return cancel(store, job_id, self.state.plane.metrics)
+            return await cancel(store, job_id, self.state.plane.metrics)
         raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")
 
 

@@ -72,9 +72,15 @@ def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], floa
 
 
 def count_jobs(store: JobStore, metrics: Metrics) -> None:
-    """The jobs gauge, by state, from the folders on disk (any process may have changed them)."""
+    """The jobs gauge, by state, from the folders on disk (any process may have changed them). It
+    reads every job's state: from the event loop, run it in a thread (recount_jobs)."""
     for status, count in store.counts().items():
         metrics.jobs.labels(status).set(count)
+
+
+async def recount_jobs(store: JobStore, metrics: Metrics) -> None:
+    """count_jobs off the event loop, which serves interactive calls meanwhile."""
+    await asyncio.to_thread(count_jobs, store, metrics)
 
 
 async def expire_periodically(store: JobStore, keep_hours: float | None, metrics: Metrics) -> None:
@@ -89,7 +95,7 @@ async def expire_periodically(store: JobStore, keep_hours: float | None, metrics
             deleted = await asyncio.to_thread(store.expire, time.time() - keep_seconds)
             if deleted:
                 log.info("deleted %d job(s) and upload(s) kept over %g h: %s", len(deleted), keep_hours, ", ".join(deleted))
-                count_jobs(store, metrics)
+                await recount_jobs(store, metrics)
         except Exception:  # one pass failing (a file system error) must not end the expiry for good
             log.exception("expiring jobs and uploads failed; trying again later")
         await asyncio.sleep(min(600.0, keep_seconds / 20))
@@ -183,7 +189,7 @@ class JobRunner:
             state.files_total = len(paths)
             state.audio_seconds_total = round(seconds, 3)
             self.store.save_state(job_id, state)
-            count_jobs(self.store, self.plane.metrics)  # never raises: counts() skips jobs deleted meanwhile
+            await recount_jobs(self.store, self.plane.metrics)  # never raises: counts() skips jobs deleted meanwhile
             config = RunConfig(
                 out_dir=self.store.folder(job_id) / "out",
                 model=model_info(model),
@@ -213,7 +219,7 @@ class JobRunner:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
         self.store.save_state(job_id, state)
-        count_jobs(self.store, self.plane.metrics)
+        await recount_jobs(self.store, self.plane.metrics)
         return state
 
     async def _to_its_end(self, work: Callable[[], Summary]) -> Summary:
