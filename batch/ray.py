@@ -14,6 +14,7 @@ Kubernetes, see deploy/ray/); each actor checks its digests before it runs.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,9 @@ class RayPipeline:
         import ray
         import ray.data
 
+        # No usage reports to Anyscale unless the user opts in (as BentoML's DO_NOT_TRACK). With them
+        # on, Ray Data also leaves a thread in this process polling a Prometheus on :9090 for ever.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address=self.address, ignore_reinit_error=True, logging_level=logging.WARNING)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.gpus_per_actor else ["CPUExecutionProvider"]
         items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
