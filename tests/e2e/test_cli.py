@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.local_server import free_port, wait_ready
 from tests.conftest import isolated_bentoml_home
@@ -32,13 +34,22 @@ def test_terminating_chorus_serve_stops_the_server(tiny_exports, tmp_path):
     env = {**os.environ, "BENTOML_HOME": isolated_bentoml_home(tmp_path / "bentoml")}
     chorus = Path(sys.executable).with_name("chorus")
     command = [str(chorus), "serve", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        # Its own session, so that a server that does not stop is killed whole below.
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
         process.terminate()  # SIGTERM to the pid the user started
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            tree = subprocess.run(
+                ["ps", "-o", "pid,ppid,stat,etime,args", "--sid", str(process.pid)], capture_output=True, text=True
+            ).stdout
+            pytest.fail(f"chorus serve still running 60 s after SIGTERM\n{tree}\n{log_path.read_text(errors='replace')[-4000:]}")
         assert _refused(url, timeout=30), "the server outlived the chorus process"
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
