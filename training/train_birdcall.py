@@ -48,6 +48,10 @@ class BirdcallProfile:
     """Stop after this many epochs without a lower validation loss."""
     max_minutes: float
     """Wall-clock budget for the epoch loop; the learning-rate schedule runs on it (see _learning_rate)."""
+    command_minutes: float | None = None
+    """Wall-clock budget of the whole `chorus train birdcall` (start-up, data, training, report): the
+    epoch loop gets what the data left of it, less COMMAND_RESERVE_SECONDS, when that is less than
+    max_minutes. None: max_minutes alone. A slower host then runs fewer epochs, still annealed."""
     batch_size: int = 64
     lr: float = 2e-3
     """Peak learning rate (Adam)."""
@@ -75,7 +79,12 @@ class BirdcallProfile:
 
 PROFILES = {
     "default": BirdcallProfile(
-        "default", GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28), max_epochs=9, patience=4, max_minutes=6.0
+        "default",
+        GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28),
+        max_epochs=9,
+        patience=4,
+        max_minutes=6.0,
+        command_minutes=5.0,
     ),
     "full": BirdcallProfile(
         "full",
@@ -140,14 +149,30 @@ def _eval_tensors(windows: WindowSet, normalize: _Normalize) -> tuple[torch.Tens
     return x, torch.from_numpy(windows.targets), torch.from_numpy(windows.known.astype(np.float32))
 
 
+COMMAND_RESERVE_SECONDS = 30.0
+"""Of a command budget, what the epoch loop leaves to the rest: the imports before train_birdcall
+starts its clock (~5 s, ~15 s on a cold machine) and what follows the loop (calibration, test
+figures, report images: ~8 s), with some margin."""
+
+
+def epoch_loop_seconds(profile: BirdcallProfile, seconds_so_far: float) -> float:
+    """The epoch loop's wall-clock budget once data preparation has taken seconds_so_far."""
+    budget = profile.max_minutes * 60
+    if profile.command_minutes is not None:
+        budget = min(budget, profile.command_minutes * 60 - seconds_so_far - COMMAND_RESERVE_SECONDS)
+    return max(budget, 1.0)  # data that ate the whole budget still gets a (short, annealed) loop
+
+
 def _fit(
     model: nn.Module,
     train: WindowSet,
     val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     normalize: _Normalize,
     profile: BirdcallProfile,
+    budget: float,
 ) -> tuple[dict[str, list[float]], int]:
-    """The epoch loop; leaves the weights of the epoch with the lowest validation loss in model."""
+    """The epoch loop, in at most `budget` seconds; leaves the weights of the epoch with the lowest
+    validation loss in model."""
     x_train = torch.from_numpy(train.log_mels)
     y_train, k_train = torch.from_numpy(train.targets), torch.from_numpy(train.known.astype(np.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
@@ -155,7 +180,7 @@ def _fit(
     fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_f1": [], "schedule_lr": []}
     best_loss, best_state, best_epoch, stale = np.inf, copy.deepcopy(model.state_dict()), 0, 0
-    started, budget = time.perf_counter(), profile.max_minutes * 60
+    started = time.perf_counter()
     generator = torch.Generator().manual_seed(profile.seed)
     steps_per_epoch = -(-len(x_train) // profile.batch_size)
     progress = 0.0
@@ -236,7 +261,8 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     nn.init.constant_(model.head.bias, math.log(prior / (1 - prior)))
     # channels_last makes the conv blocks ~15% faster on CPU; the saved weights are the same.
     model = model.to(memory_format=torch.channels_last)
-    history, best_epoch = _fit(model, splits["train"], tensors["val"], normalize, profile)
+    loop_budget = epoch_loop_seconds(profile, seconds_data)
+    history, best_epoch = _fit(model, splits["train"], tensors["val"], normalize, profile, loop_budget)
     seconds_training = time.perf_counter() - started - seconds_data
 
     logits = {name: predict_logits(model, tensors[name][0]) for name in ("val", "test")}
@@ -284,6 +310,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         "data_hash": dataset_hash(data_csv),
         "data_csv": str(data_csv),
         "seconds_data": round(seconds_data, 1),
+        "epoch_loop_budget_seconds": round(loop_budget, 1),
         "seconds_training": round(seconds_training, 1),
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_threads": torch.get_num_threads(),

@@ -1,14 +1,16 @@
-"""Training augmentation keeps labels right; the loss weighs empty windows; the learning-rate schedule warms up and anneals."""
+"""Training augmentation keeps labels right; the loss weighs empty windows; the learning-rate schedule warms up and anneals
+within the command's time budget."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from itertools import pairwise
 
 import torch
 
 from training.birdcall_augment import mix_pairs, roll_time
-from training.train_birdcall import PROFILES, _learning_rate, masked_bce
+from training.train_birdcall import COMMAND_RESERVE_SECONDS, PROFILES, _learning_rate, epoch_loop_seconds, masked_bce
 
 
 def test_roll_moves_each_window_in_time_only():
@@ -46,6 +48,18 @@ def test_learning_rate_warms_up_then_anneals_to_zero():
     assert all(a <= b for a, b in pairwise(rates[: peak + 1]))
     assert all(a >= b for a, b in pairwise(rates[peak:]))
     assert rates[-1] < 1e-9
+
+
+def test_the_epoch_loop_leaves_the_command_its_five_minutes():
+    profile = PROFILES["default"]
+    assert profile.command_minutes == 5.0
+    # A fast host's data (47 s) leaves more than the loop needs; a slow one's (97 s) caps it.
+    assert epoch_loop_seconds(profile, 47.0) == 300 - 47 - COMMAND_RESERVE_SECONDS
+    assert epoch_loop_seconds(profile, 97.0) + 97.0 + COMMAND_RESERVE_SECONDS == 300
+    assert epoch_loop_seconds(profile, 400.0) == 1.0  # data past the budget: a short, annealed loop
+    unbounded = replace(profile, command_minutes=None)
+    assert epoch_loop_seconds(unbounded, 97.0) == profile.max_minutes * 60
+    assert epoch_loop_seconds(replace(profile, max_minutes=2.0), 47.0) == 120
 
 
 def test_loss_weighs_windows_known_to_be_empty():
