@@ -34,7 +34,6 @@ from service.engine_service import Engine
 from service.heap import trim_periodically
 from service.jobs.runner import JobRunner, expire_periodically
 from service.jobs.store import JobsFolderError, default_home, open_job_store
-from service.jobs.submit import check_submission
 from service.lifecycle import Drain, stop_with_the_server
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -116,32 +115,15 @@ class Chorus:
         channels: str = "mix",
     ) -> dict:
         """Analyze a long recording (upload_id from POST /jobs/uploads) or a file or folder under
-        CHORUS_ANALYZE_ROOT (path) into the tables of `chorus analyze`; see docs/jobs.md."""
+        CHORUS_ANALYZE_ROOT (path) into the tables of `chorus analyze`; see docs/jobs.md.
+
+        The parameters are the submission's schema. JobGate (service.adapters.jobs) checked the body
+        and made the job from it before BentoML queued this task, so the job's folder is what runs."""
         job_id = ctx.request.state.task_id
         store = jobs_of(app.state)  # JobGate answered 503 before BentoML queued it when jobs are off
+        if not store.exists(job_id):  # made before BentoML's answer went out; deleted since
+            raise RuntimeError(f"no job {job_id}: it was deleted before it started")
         assert self.runner is not None
-        given = {
-            "upload_id": upload_id,
-            "path": path,
-            "formats": formats,
-            "min_confidence": min_confidence,
-            "top_k": top_k,
-            "merge": merge,
-            "species": species,
-            "exclude": exclude,
-            "channels": channels,
-        }
-        model = await self.plane.classifier()
-        # None is "not given", except for top_k: its default (3) stands for a missing field, and an
-        # explicit null means no limit, as the gate that checked this body took it.
-        request, upload = await asyncio.to_thread(
-            check_submission,
-            {k: v for k, v in given.items() if v is not None or k == "top_k"},
-            store,
-            settings.analyze_root,
-            model.labels,
-        )  # off the event loop: it lists the folder (see JobGate)
-        store.create(job_id, request, upload)
         await self.runner.start(job_id)
         return job_view(store, job_id)
 

@@ -3,8 +3,10 @@
 Submitting goes through BentoML's task API (`POST /analyze/submit`, the task declared on the API
 service). BentoML keeps its task queue in memory and answers cancel with "not supported" on a
 local server, so `JobGate` stands in front of that API: it checks a submission before BentoML
-queues it (403, 404, 422), and answers `/analyze/status`, `/analyze/get` and `/analyze/cancel`
-from the job's folder, which survives a restart. The routes here upload a recording (streamed to
+queues it (403, 404, 422), makes the job's folder before the client learns its task id (BentoML
+runs the task only after its answer has gone, so a status asked at once would otherwise find no
+job), and answers `/analyze/status`, `/analyze/get` and `/analyze/cancel` from the job's folder,
+which survives a restart. The routes here upload a recording (streamed to
 disk within CHORUS_MAX_JOB_UPLOAD_BYTES), and show, cancel, delete and download a job's tables.
 """
 
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ from service.errors import (
     error_body,
 )
 from service.jobs.runner import recount_jobs
-from service.jobs.store import FINISHED, JobBusyError, JobStore
+from service.jobs.store import FINISHED, JobBusyError, JobRequest, JobStore
 from service.jobs.submit import check_submission
 from service.metrics import Metrics
 
@@ -217,6 +221,15 @@ ROUTES = [
 ]
 
 
+@dataclass(frozen=True)
+class CheckedSubmission:
+    """A submission the gate accepted: the body BentoML reads, and the job it becomes."""
+
+    body: bytes
+    request: JobRequest
+    upload: Path | None
+
+
 class JobGate:
     """ASGI middleware in front of BentoML's task routes for the analyze task (see the module's doc)."""
 
@@ -241,10 +254,22 @@ class JobGate:
             return
         if isinstance(answer, Response):
             await answer(scope, receive, send)
-        else:  # a checked submission: BentoML queues it, reading the body we already read
-            await self.app(scope, _replay(answer), send)
+            return
+        # A checked submission: BentoML queues it, reading the body we already read.
+        store, checked = jobs_of(self.state), answer
+        holding = _HeldAnswer(send, lambda task_id: asyncio.to_thread(store.create, task_id, checked.request, checked.upload))
+        try:
+            await self.app(scope, _replay(answer.body), holding.send)
+            if not holding.sent:
+                raise RuntimeError("BentoML did not answer the submission")
+        except Exception as exc:
+            if holding.sent:  # the job's own run, after the answer: as BentoML would have it
+                raise
+            error = as_service_error(exc, log, path)
+            plane.metrics.record_error("analyze", error.kind, error.status)
+            await JSONResponse(error_body(error), status_code=error.status, headers=error.headers)(scope, receive, send)
 
-    async def _answer(self, request: Request, path: str) -> Response | bytes:
+    async def _answer(self, request: Request, path: str) -> Response | CheckedSubmission:
         store = jobs_of(self.state)
         if path == TASK:
             raise BadRequest(f"analysis jobs run as tasks: POST {TASK}/submit, then GET {TASK}/status?task_id=...")
@@ -263,8 +288,8 @@ class JobGate:
             # In a thread: a path's check lists its folder and resolves every file in it (200,000
             # files took 8 s), which on the event loop would hold up every other request.
             submission = parse_json(body, "the submission")
-            await asyncio.to_thread(check_submission, submission, store, self.state.plane.settings.analyze_root, model.labels)
-            return body
+            job, upload = await asyncio.to_thread(check_submission, submission, store, self.state.plane.settings.analyze_root, model.labels)
+            return CheckedSubmission(body, job, upload)
         job_id = request.query_params.get("task_id", "")
         if not store.exists(job_id):
             raise NotFound(f"no job {job_id!r}")
@@ -282,6 +307,39 @@ class JobGate:
         if path == TASK + "/cancel":
             return await cancel(store, job_id, self.state.plane.metrics)
         raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")
+
+
+class _HeldAnswer:
+    """BentoML's answer to a submission, held back until the job it names exists.
+
+    BentoML sends its answer and only then, after the body's last message, runs the task: making
+    the job in between means the task finds it, and the client cannot ask about a task id before
+    the job exists."""
+
+    def __init__(self, send: Send, make_job: Callable[[str], Awaitable[None]]):
+        self._send = send
+        self._make_job = make_job
+        self._start: Message | None = None
+        self._body = b""
+        self.sent = False
+
+    async def send(self, message: Message) -> None:
+        if self.sent or message["type"] not in ("http.response.start", "http.response.body"):
+            await self._send(message)
+            return
+        if message["type"] == "http.response.start":
+            self._start = message
+            return
+        self._body += message.get("body", b"")
+        if message.get("more_body", False):
+            return
+        if self._start is None:
+            raise RuntimeError("BentoML sent a body before its answer's status")
+        if self._start["status"] == 200:
+            await self._make_job(str(json.loads(self._body)["task_id"]))
+        self.sent = True
+        await self._send(self._start)
+        await self._send({"type": "http.response.body", "body": self._body})
 
 
 async def _read_small(request: Request) -> bytes:

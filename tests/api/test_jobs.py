@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -46,24 +47,41 @@ def root(tmp_path) -> Path:
     return base
 
 
-@pytest.fixture
-async def gate(plane, store, root) -> httpx.AsyncClient:
-    """JobGate in front of a stand-in for BentoML's task routes, which echoes what reaches it."""
+class FakeBentoTasks:
+    """Stands in for BentoML's task routes: answers a submission with a new task id, then (as
+    BentoML does, once its answer has gone) starts the task, which notes whether its job exists."""
 
-    async def bentoml_task(scope, receive, send):
+    def __init__(self, store):
+        self.store = store
+        self.bodies: list[dict] = []
+        self.job_there_when_the_task_started: dict[str, bool] = {}
+
+    async def __call__(self, scope, receive, send):
         body = b""
         while True:
             message = await receive()
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        await JSONResponse({"reached_bentoml": json.loads(body)})(scope, receive, send)
+        self.bodies.append(json.loads(body))
+        task_id = uuid.uuid4().hex
+        await JSONResponse({"task_id": task_id, "status": "in_progress"})(scope, receive, send)
+        self.job_there_when_the_task_started[task_id] = self.store.exists(task_id)
 
+
+@pytest.fixture
+def bentoml_tasks(store) -> FakeBentoTasks:
+    return FakeBentoTasks(store)
+
+
+@pytest.fixture
+async def gate(plane, store, root, bentoml_tasks) -> httpx.AsyncClient:
+    """JobGate in front of a stand-in for BentoML's task routes."""
     app = Starlette()
     app.state.plane, app.state.jobs = plane, store
     plane.settings.analyze_root = str(root)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=JobGate(bentoml_task, app.state)), base_url="http://chorus.test"
+        transport=httpx.ASGITransport(app=JobGate(bentoml_tasks, app.state)), base_url="http://chorus.test"
     ) as client:
         yield client
 
@@ -180,10 +198,52 @@ async def test_a_large_folders_check_does_not_hold_up_other_requests(gate, monke
     assert (await pending).status_code == 200
 
 
-async def test_a_good_submission_reaches_bentoml_unchanged(gate):
+async def test_a_good_submission_reaches_bentoml_unchanged(gate, bentoml_tasks):
     body = {"path": "site1", "formats": ["csv", "raven"], "species": [LABELS[0]], "merge": True}
     response = await gate.post("/analyze/submit", json=body)
-    assert response.status_code == 200 and response.json() == {"reached_bentoml": body}
+    assert response.status_code == 200 and response.json()["status"] == "in_progress"
+    assert bentoml_tasks.bodies == [body]
+
+
+async def test_the_job_exists_before_its_task_id_is_answered_and_before_its_task_starts(plane, store, root, bentoml_tasks, wav):
+    """BentoML starts a task after its answer has gone: a client that asked for the status at once
+    got 404 for a job that then ran (the web page showed it as an error; found in a test run)."""
+    app = Starlette()
+    app.state.plane, app.state.jobs = plane, store
+    plane.settings.analyze_root = str(root)
+    upload_id, upload = store.new_upload()
+    (upload / "20240517_053000.wav").write_bytes(wav)
+    seen: list[tuple[int, bool]] = []
+
+    async def client_side(message):  # what the client receives, and whether the job is there by then
+        if message["type"] == "http.response.body":
+            seen.append((len(message["body"]), store.exists(json.loads(message["body"])["task_id"])))
+
+    submission = json.dumps({"upload_id": upload_id}).encode()
+    messages = iter([{"type": "http.request", "body": submission, "more_body": False}])
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/analyze/submit",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(submission)).encode())],
+        "query_string": b"",
+    }
+    await JobGate(bentoml_tasks, app.state)(scope, lambda: asyncio.sleep(0, next(messages)), client_side)
+    assert len(seen) == 1 and seen[0][1], "the client learnt the task id before its job existed"
+    [(task_id, there)] = bentoml_tasks.job_there_when_the_task_started.items()
+    assert there
+    assert store.state(task_id).status == "queued" and store.request(task_id).sources[0].startswith(str(store.folder(task_id)))
+    assert not upload.exists()  # the job owns its recording from the submission on
+
+
+async def test_a_job_that_cannot_be_made_is_an_error_and_its_task_never_starts(gate, store, bentoml_tasks, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "create", full_disk)
+    response = await gate.post("/analyze/submit", json={"path": "site1"})
+    assert response.status_code >= 500 and "error" in response.json()
+    assert bentoml_tasks.job_there_when_the_task_started == {}
 
 
 async def test_the_task_routes_need_the_token_and_answer_from_disk(gate, plane, store):

@@ -46,7 +46,11 @@ def server_env(tiny_exports, recordings, tmp_path_factory) -> dict[str, str]:
 def submit(server: ServedProcess) -> str:
     response = httpx.post(f"{server.url}/analyze/submit", json={"path": ".", "formats": ["csv", "raven", "raven-combined"]}, timeout=30)
     assert response.status_code == 200, response.text
-    return response.json()["task_id"]
+    task_id = response.json()["task_id"]
+    # Asked at once, before BentoML starts the task: the job is there already (it was a 404).
+    at_once = httpx.get(f"{server.url}/analyze/status", params={"task_id": task_id}, timeout=30)
+    assert at_once.status_code == 200 and at_once.json()["state"] in ("queued", "running"), at_once.text
+    return task_id
 
 
 def status(server: ServedProcess, task_id: str) -> dict:
