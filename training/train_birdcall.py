@@ -51,7 +51,9 @@ class BirdcallProfile:
     command_minutes: float | None = None
     """Wall-clock budget of the whole `chorus train birdcall` (start-up, data, training, report): the
     epoch loop gets what the data left of it, less COMMAND_RESERVE_SECONDS, when that is less than
-    max_minutes. None: max_minutes alone. A slower host then runs fewer epochs, still annealed."""
+    max_minutes. None: max_minutes alone. A slower host then runs fewer epochs, still annealed.
+    Only on the generated stand-in data: a user's own data (--data) may take longer to read, and its
+    training is not to be cut short for it."""
     batch_size: int = 64
     lr: float = 2e-3
     """Peak learning rate (Adam)."""
@@ -229,6 +231,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     started = time.perf_counter()
     torch.manual_seed(profile.seed)
     torch.set_num_threads(os.cpu_count() or 1)
+    generated = data_csv is None
     if data_csv is None:
         data_csv = ensure_dataset(workspace.data_dir("birdcall") / profile.name, profile.data)
     items = read_manifest(data_csv)
@@ -261,7 +264,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     nn.init.constant_(model.head.bias, math.log(prior / (1 - prior)))
     # channels_last makes the conv blocks ~15% faster on CPU; the saved weights are the same.
     model = model.to(memory_format=torch.channels_last)
-    loop_budget = epoch_loop_seconds(profile, seconds_data)
+    loop_budget = epoch_loop_seconds(profile if generated else replace(profile, command_minutes=None), seconds_data)
     history, best_epoch = _fit(model, splits["train"], tensors["val"], normalize, profile, loop_budget)
     seconds_training = time.perf_counter() - started - seconds_data
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from chorus.cli import main
 from features import FrontEnd, FrontEndConfig
+from layout.workspace import Workspace
 from training.birdcall_data import DataError, Item, featurize, read_manifest, species_of
 from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet, ClassAttention
@@ -18,6 +21,7 @@ from training.birdcall_synth import SPECIES, CallEvent, bird_track, synthesize_r
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_data import load_frames
 from training.frames_synth import render_frames
+from training.train_birdcall import PROFILES, epoch_loop_seconds, train_birdcall
 
 
 def test_at_least_twelve_species_with_distinct_spectra():
@@ -152,6 +156,15 @@ def test_tiny_birdcall_training_writes_a_complete_checkpoint(tiny_birdcall, tiny
         assert path.suffix in {".safetensors", ".json"}, path
         if path.suffix == ".json":
             json.loads(path.read_text())
+
+
+def test_a_users_own_data_is_not_held_to_the_stand_in_datas_time_budget(tiny_birdcall, tmp_path):
+    """The 5-minute budget of the default profile cuts the epoch loop to what the generated data
+    left; a user's recordings (--data) may take longer to read, and keep the loop's own cap."""
+    hurried = replace(PROFILES["tiny"], command_minutes=0.01)  # already spent before the loop
+    metrics = train_birdcall(hurried, Workspace(tmp_path), data_csv=Path(tiny_birdcall["data_csv"]))
+    assert metrics["epoch_loop_budget_seconds"] == hurried.max_minutes * 60
+    assert epoch_loop_seconds(hurried, metrics["seconds_data"]) == 1.0  # what generated data would get
 
 
 def test_rendered_keyboards_look_like_keyboards():
