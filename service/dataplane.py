@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,14 @@ class InferenceResult:
     model_version: str
     outputs: dict[str, np.ndarray]
     """The requested outputs (every output when none was named), in the requested order."""
+
+
+class Readiness(NamedTuple):
+    ready: bool
+    reason: str | None = None
+    """Why not, when not."""
+    for_good: bool = False
+    """Not ready, and no wait will change that: the models failed to load (export them again)."""
 
 
 class DataPlane:
@@ -93,15 +101,17 @@ class DataPlane:
         """From now on refuse new requests (503 + Retry-After); those in flight go on."""
         self.admission.closed = True
 
-    async def readiness(self) -> tuple[bool, str | None]:
-        """(ready, why not): what /readyz and the KServe health routes answer."""
+    async def readiness(self) -> Readiness:
+        """What /readyz and the KServe health routes answer."""
         if self.draining:
-            return False, "the server is shutting down"
+            return Readiness(False, "the server is shutting down")
         try:
             await self._load()
-        except (Overloaded, ModelsFailed) as exc:  # loading, failed, or the engine not reachable yet
-            return False, exc.message
-        return True, None
+        except ModelsFailed as exc:
+            return Readiness(False, exc.message, for_good=True)
+        except Overloaded as exc:  # loading, or the engine not reachable yet
+            return Readiness(False, exc.message)
+        return Readiness(True)
 
     def check_name(self, name: str) -> None:
         if name not in self._kinds:
@@ -133,7 +143,7 @@ class DataPlane:
     # Health and metadata
 
     async def ready(self) -> bool:
-        return (await self.readiness())[0]
+        return (await self.readiness()).ready
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
         self.check_name(name)

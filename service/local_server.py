@@ -73,18 +73,30 @@ def _first_ephemeral_port() -> int:
 
 def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz", process: subprocess.Popen | None = None) -> None:
     """Poll a readiness endpoint (a readiness check, not a sleep) until it answers 200; raise at
-    once if `process` (the server, when started here) has ended."""
+    once if `process` (the server, when started here) has ended, or if the server says it never
+    will be ready (its models failed to load)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server at {url} exited with status {process.returncode} before it was ready")
         try:
-            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
-                return
+            response = httpx.get(f"{url}{path}", timeout=5)
         except httpx.HTTPError:
-            pass
+            response = None
+        if response is not None and response.status_code == 200:
+            return
+        if response is not None and _for_good(response):
+            raise RuntimeError(f"the server at {url} will not become ready: {response.json().get('reason')}")
         time.sleep(0.2)
     raise TimeoutError(f"{url}{path} was not ready within {timeout} s")
+
+
+def _for_good(response: httpx.Response) -> bool:
+    """A not-ready answer that says no wait will help (service.adapters.http.readiness_body)."""
+    try:
+        return response.status_code == 503 and response.json().get("permanent") is True
+    except ValueError:  # not JSON: another server, or BentoML's own text while it starts
+        return False
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from starlette.datastructures import State
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.adapters.http import readiness_body
 from service.errors import ShuttingDown, error_body
 
 READYZ = "/readyz"
@@ -30,9 +31,9 @@ class ServingGate:
             await self.app(scope, receive, send)
             return
         if scope["path"] == READYZ:
-            ready, reason = await plane.readiness()
-            if not ready:
-                await JSONResponse({"ready": False, "reason": reason}, status_code=503)(scope, receive, send)
+            state = await plane.readiness()
+            if not state.ready:
+                await JSONResponse(readiness_body(state), status_code=503)(scope, receive, send)
                 return
         elif plane.draining:
             error = ShuttingDown("the server is shutting down; retry on another replica or later", plane.settings.retry_after_seconds)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.auth import check_bearer
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, Readiness
 from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, RequestTimeout, ServiceError, as_service_error, error_body
 
 MAX_FORM_FIELDS = 20
@@ -29,6 +29,12 @@ MAX_FIELD_BYTES = 64 * 1024
 log = logging.getLogger("chorus.http")
 Handler = Callable[[Request], Awaitable[Response]]
 N = TypeVar("N", int, float)
+
+
+def readiness_body(state: Readiness) -> dict[str, Any]:
+    """/readyz's and KServe's ready route's JSON. `permanent`: no wait will make it ready (the models
+    failed to load), so a client waiting for it can stop at once."""
+    return {"ready": True} if state.ready else {"ready": False, "reason": state.reason, "permanent": state.for_good}
 
 
 def plane_of(request: Request) -> DataPlane:

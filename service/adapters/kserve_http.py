@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.adapters.http import authorize, deadline_seconds, kserve_errors, plane_of, read_body
+from service.adapters.http import authorize, deadline_seconds, kserve_errors, plane_of, read_body, readiness_body
 from service.adapters.kserve_codec import HEADER_LENGTH, build_response, parse_request, requested_outputs
 
 
@@ -24,8 +24,8 @@ async def server_live(request: Request) -> Response:
 
 
 async def server_ready(request: Request) -> Response:
-    ready, reason = await plane_of(request).readiness()
-    return JSONResponse({"ready": True} if ready else {"ready": False, "reason": reason}, status_code=200 if ready else 503)
+    state = await plane_of(request).readiness()
+    return JSONResponse(readiness_body(state), status_code=200 if state.ready else 503)
 
 
 @kserve_errors

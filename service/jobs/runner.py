@@ -177,8 +177,7 @@ class JobRunner:
                     raise JobCancelled
                 if self._stopping.is_set():  # the models will not come: an engine that stopped never gets ready
                     raise ServerStopping
-                ready, _ = await self.plane.readiness()
-                if ready:
+                if (await self.plane.readiness()).ready:
                     break
                 await asyncio.sleep(1.0)
             model = await self.plane.classifier()

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from analyze.run import Progress, Start
 from service import adapters
 from service.adapters.jobs import JobGate
+from service.dataplane import Readiness
 from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobRequest, JobsFolderError, JobState, open_job_store
@@ -444,8 +445,8 @@ async def test_a_worker_that_finds_a_job_locked_for_a_moment_runs_it_once_the_lo
 async def test_a_job_waiting_for_the_models_is_cancelled_within_a_second(plane, store, root, monkeypatch):
     store.create("waiting", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
 
-    async def loading() -> tuple[bool, str | None]:
-        return False, "loading"
+    async def loading() -> Readiness:
+        return Readiness(False, "loading")
 
     monkeypatch.setattr(plane, "readiness", loading)
     task = asyncio.create_task(JobRunner(store, plane).run("waiting"))
@@ -462,8 +463,8 @@ async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queue
     for job_id in ("first", "second"):
         store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
 
-    async def stopped() -> tuple[bool, str | None]:
-        return False, "the engine is not reachable"
+    async def stopped() -> Readiness:
+        return Readiness(False, "the engine is not reachable")
 
     monkeypatch.setattr(plane, "readiness", stopped)
     runner = JobRunner(store, plane)

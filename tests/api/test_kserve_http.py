@@ -18,7 +18,7 @@ async def test_health_and_server_metadata(http, engine):
     engine.ready = False
     assert (await http.get("/v2/health/live")).json() == {"live": True}
     not_ready = await http.get("/v2/health/ready")
-    assert not_ready.status_code == 503 and not_ready.json() == {"ready": False, "reason": ANY}
+    assert not_ready.status_code == 503 and not_ready.json() == {"ready": False, "reason": ANY, "permanent": False}
     assert "still loading" in not_ready.json()["reason"]
     assert (await http.get("/v2/models/birdcall/ready")).status_code == 503
     engine.ready = True
@@ -102,6 +102,7 @@ async def test_models_that_failed_to_load_say_why_everywhere(http, engine):
     engine.load_error = "birdcall.fp32.onnx does not match its exported sha256 (changed after export)"
     ready = await http.get("/v2/health/ready")
     assert ready.status_code == 503 and "does not match its exported sha256" in ready.json()["reason"]
+    assert ready.json()["permanent"] is True  # no wait helps: a client waiting for readiness stops
     body = {"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [2], "data": [0, 0]}]}
     infer = await http.post("/v2/models/birdcall/infer", content=json.dumps(body))
     assert infer.status_code == 503 and infer.json()["type"] == "models_failed"
