@@ -248,9 +248,7 @@ class JobGate:
             check_bearer(request.headers.get("authorization"), plane.settings.api_token, "'Authorization: Bearer <token>'")
             answer = await self._answer(request, path)
         except Exception as exc:
-            error = as_service_error(exc, log, path)
-            plane.metrics.record_error("analyze", error.kind, error.status)
-            await JSONResponse(error_body(error), status_code=error.status, headers=error.headers)(scope, receive, send)
+            await self._refuse(exc, path, scope, receive, send)
             return
         if isinstance(answer, Response):
             await answer(scope, receive, send)
@@ -265,9 +263,13 @@ class JobGate:
         except Exception as exc:
             if holding.sent:  # the job's own run, after the answer: as BentoML would have it
                 raise
-            error = as_service_error(exc, log, path)
-            plane.metrics.record_error("analyze", error.kind, error.status)
-            await JSONResponse(error_body(error), status_code=error.status, headers=error.headers)(scope, receive, send)
+            await self._refuse(exc, path, scope, receive, send)
+
+    async def _refuse(self, exc: Exception, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The JSON error answer for what the gate refused or could not do, counted in the metrics."""
+        error = as_service_error(exc, log, path)
+        self.state.plane.metrics.record_error("analyze", error.kind, error.status)
+        await JSONResponse(error_body(error), status_code=error.status, headers=error.headers)(scope, receive, send)
 
     async def _answer(self, request: Request, path: str) -> Response | CheckedSubmission:
         store = jobs_of(self.state)
