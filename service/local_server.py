@@ -85,18 +85,21 @@ def wait_ready(url: str, timeout: float = 180.0, path: str = "/readyz", process:
             response = None
         if response is not None and response.status_code == 200:
             return
-        if response is not None and _for_good(response):
-            raise RuntimeError(f"the server at {url} will not become ready: {response.json().get('reason')}")
+        if response is not None and (reason := _never_ready(response)) is not None:
+            raise RuntimeError(f"the server at {url} will not become ready: {reason}")
         time.sleep(0.2)
     raise TimeoutError(f"{url}{path} was not ready within {timeout} s")
 
 
-def _for_good(response: httpx.Response) -> bool:
-    """A not-ready answer that says no wait will help (service.adapters.http.readiness_body)."""
+def _never_ready(response: httpx.Response) -> str | None:
+    """The reason of a not-ready answer that says no wait will help (service.adapters.http.readiness_body)."""
+    if response.status_code != 503:
+        return None
     try:
-        return response.status_code == 503 and response.json().get("permanent") is True
+        body = response.json()
     except ValueError:  # not JSON: another server, or BentoML's own text while it starts
-        return False
+        return None
+    return str(body.get("reason")) if isinstance(body, dict) and body.get("permanent") is True else None
 
 
 @contextlib.contextmanager
