@@ -35,6 +35,9 @@ BENTOML_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/schema.json", "/
 
 
 class _EveryOtherPath(Route):
+    takes_every_path = True
+    """Not a route of its own in the metrics' labels (service/adapters/route_labels.py)."""
+
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope.get("path", "").startswith(BENTOML_PATHS):
             return Match.NONE, {}

@@ -82,3 +82,14 @@ def test_rejections_and_timeouts_are_counted(client, chirp):
     after = scrape(client)
     assert value(after, "chorus_timeouts_total", route="generate") - value(before, "chorus_timeouts_total", route="generate") == 1
     assert value(after, "chorus_errors_total", status="504") - value(before, "chorus_errors_total", status="504") == 1
+
+
+def test_request_metrics_are_labelled_by_route_not_by_path(client):
+    """Random paths and per-job URLs must not each add series (they never go away: a client could
+    grow /metrics and the worker without bound)."""
+    for i in range(20):
+        assert client.get(f"/no/such/path/{i}").status_code == 404
+        assert client.get(f"/jobs/not-a-job-{i}").status_code == 404
+    endpoints = {dict(labels).get("endpoint") for name, labels in scrape(client) if name.startswith("bentoml_service_request_total")}
+    assert "unmatched" in endpoints and "/jobs/{job_id}" in endpoints, " ".join(sorted(map(str, endpoints)))
+    assert not [e for e in endpoints if e and ("/no/such" in e or "not-a-job" in e)], endpoints
