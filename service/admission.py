@@ -7,9 +7,9 @@ past its deadline it is cancelled (its engine work too) and answered 504.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from service.metrics import Metrics
@@ -61,12 +61,3 @@ class Admission:
                     f"the request did not finish within its deadline of {deadline_seconds:g} s",
                     deadline_seconds=deadline_seconds,
                 ) from None
-
-    async def run(self, work: Coroutine[Any, Any, T], deadline_seconds: float) -> T:
-        try:
-            self._refuse_if_full()
-        except Overloaded:
-            work.close()  # never started: close it so it is not reported as "never awaited"
-            raise
-        async with self.admitted(deadline_seconds):
-            return await work

@@ -9,7 +9,7 @@ what ran.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -170,10 +170,6 @@ class DataPlane:
         504 past its deadline. Adapters enter it before they read a body, so overload costs no upload."""
         return self.admission.admitted(deadline_seconds)
 
-    async def run(self, work: Coroutine[Any, Any, T], deadline_seconds: float) -> T:
-        """Some model work under admission (see admitted)."""
-        return await self.admission.run(work, deadline_seconds)
-
     async def infer(
         self,
         name: str,
@@ -181,17 +177,13 @@ class DataPlane:
         *,
         version: str | None = None,
         outputs: Sequence[str] = (),
-        deadline_seconds: float,
     ) -> InferenceResult:
-        """KServe v2 inference of a model; `outputs` names the outputs wanted (all when empty)."""
+        """KServe v2 inference of a model; `outputs` names the outputs wanted (all when empty).
+        Run it inside `admitted`, entered before the request was read and parsed."""
         self.check_name(name)
-
-        async def work() -> InferenceResult:
-            model = await self.get(name, version)
-            unknown = [o for o in outputs if o not in model.outputs]
-            if unknown:
-                raise InvalidParameter(f"unknown output(s) {unknown}; this model has {sorted(model.outputs)}")
-            produced = await model.infer(inputs)
-            return InferenceResult(model.name, model.version, {o: produced[o] for o in (outputs or model.outputs)})
-
-        return await self.run(work(), deadline_seconds)
+        model = await self.get(name, version)
+        unknown = [o for o in outputs if o not in model.outputs]
+        if unknown:
+            raise InvalidParameter(f"unknown output(s) {unknown}; this model has {sorted(model.outputs)}")
+        produced = await model.infer(inputs)
+        return InferenceResult(model.name, model.version, {o: produced[o] for o in (outputs or model.outputs)})

@@ -128,6 +128,13 @@ class DeadlineExceeded(ServiceError):
     status, kind = 504, "deadline_exceeded"
 
 
+class ClientClosedRequest(ServiceError):
+    """The client went away before its body arrived (nginx's 499): nobody reads the answer, and it
+    is no server error, so it must not count as one (the error-rate alert) nor log a traceback."""
+
+    status, kind = 499, "client_closed_request"
+
+
 _AUDIO_STATUS: list[tuple[type[AudioError], type[ServiceError]]] = [
     (EmptyAudioError, BadRequest),
     (AudioTooLongError, PayloadTooLarge),

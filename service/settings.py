@@ -76,6 +76,13 @@ class ServiceSettings(BaseSettings):
 
     # Requests
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest accepted request body, in bytes (413 past it).")
+    max_kserve_json_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Largest JSON part of a KServe v2 HTTP request, in bytes (413 past it). Tensor data as JSON numbers takes"
+        " ~15 times its size in memory while it is parsed; the binary tensor data extension (tritonclient's default) carries"
+        " tensors up to max_upload_bytes at their own size.",
+    )
     max_audio_seconds: float = Field(600.0, gt=0, description="Longest accepted recording, in seconds (413 past it).")
     max_audio_samples: int = Field(
         600 * 96_000 * 2,
@@ -146,6 +153,11 @@ class ServiceSettings(BaseSettings):
     # Connections and shutdown
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="Longest wait for a request's head (line and headers), in s; the connection is closed past it (408)."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Most bytes of a request's head (request line and headers); the connection is closed past it (431).",
     )
     read_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the next chunk of a request body, in s; 408 past it.")
     drain_seconds: float = Field(

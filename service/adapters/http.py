@@ -14,12 +14,21 @@ from typing import Any, TypeVar
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from service.auth import check_bearer
 from service.dataplane import DataPlane, Readiness
-from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, RequestTimeout, ServiceError, as_service_error, error_body
+from service.errors import (
+    BadRequest,
+    ClientClosedRequest,
+    InvalidParameter,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    as_service_error,
+    error_body,
+)
 
 MAX_FORM_FIELDS = 20
 """Most fields of a multipart body besides its files."""
@@ -93,18 +102,39 @@ def authorize(request: Request) -> None:
     check_bearer(request.headers.get("authorization"), token, "'Authorization: Bearer <token>'")
 
 
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lower case (media types are case-insensitive)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def has_body(request: Request) -> bool:
+    """Whether the request says a body follows (a non-zero Content-Length, or chunked)."""
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() not in ("", "0"))
+
+
+def check_known(params: Mapping[str, Any], known: tuple[str, ...], route: str) -> None:
+    """422 for a parameter the route does not take: a misspelt one would otherwise be ignored without a word."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise InvalidParameter(f"unknown parameter(s) {unknown}; {route} takes {list(known)}")
+
+
 def check_content_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
     if length is not None and length.isascii() and length.isdigit() and int(length) > limit:  # "²".isdigit() is True
         raise PayloadTooLarge(f"the request body has {int(length)} bytes; at most {limit} are accepted", max_bytes=limit)
 
 
-async def body_chunks(request: Request, limit: int, what: str = "the request body") -> AsyncIterator[bytes]:
+async def body_chunks(
+    request: Request, limit: int, what: str = "the request body", read_timeout: float | None = None
+) -> AsyncIterator[bytes]:
     """The body as it arrives: 413 as soon as it passes `limit` bytes (whatever Content-Length
-    said), 408 when no part of it arrives for the read timeout."""
+    said), 408 when no part of it arrives for the read timeout (the settings' unless given), 499
+    when the client goes away first."""
     check_content_length(request, limit)
     size = 0
-    timeout = plane_of(request).settings.read_timeout_seconds
+    timeout = plane_of(request).settings.read_timeout_seconds if read_timeout is None else read_timeout
     stream = request.stream()
     while True:
         try:
@@ -112,6 +142,8 @@ async def body_chunks(request: Request, limit: int, what: str = "the request bod
                 chunk = await anext(stream, None)
         except TimeoutError:
             raise RequestTimeout(f"no part of {what} arrived for {timeout:g} s; send it without pauses") from None
+        except ClientDisconnect:
+            raise ClientClosedRequest(f"the client closed the connection before {what} had arrived") from None
         if chunk is None:
             return
         size += len(chunk)
@@ -120,12 +152,15 @@ async def body_chunks(request: Request, limit: int, what: str = "the request bod
         yield chunk
 
 
-async def read_body(request: Request, limit: int, route: str) -> bytes:
-    """The raw body in memory, within `limit` bytes."""
+AUDIO_BODY = "the audio file as the body or as multipart field 'audio'"
+
+
+async def read_body(request: Request, limit: int, route: str, expected: str = AUDIO_BODY) -> bytes:
+    """The raw body in memory, within `limit` bytes; `expected` says what to send when it is empty."""
     chunks = [chunk async for chunk in body_chunks(request, limit)]
     body = b"".join(chunks)
     if not body:
-        raise BadRequest("the request body is empty; send the audio file as the body or as multipart field 'audio'")
+        raise BadRequest(f"the request body is empty; send {expected}")
     plane_of(request).metrics.body_bytes.labels(route).observe(len(body))
     return body
 
@@ -162,8 +197,8 @@ def parse_json(raw: bytes, what: str) -> Any:
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
 
 
-async def read_json(request: Request, limit: int, route: str) -> Any:
-    return parse_json(await read_body(request, limit, route), "the body")
+async def read_json(request: Request, limit: int, route: str, expected: str) -> Any:
+    return parse_json(await read_body(request, limit, route, expected), "the body")
 
 
 def deadline_seconds(request: Request) -> float:

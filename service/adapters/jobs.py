@@ -28,7 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, parse_json, plane_of
+from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, media_type, parse_json, plane_of
 from service.auth import check_bearer
 from service.errors import (
     BadRequest,
@@ -36,7 +36,6 @@ from service.errors import (
     JobsUnavailable,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     UnsupportedMedia,
     as_service_error,
     error_body,
@@ -278,14 +277,16 @@ class JobGate:
         if path == TASK + "/submit":
             if request.method != "POST":
                 raise MethodNotAllowed(f"{request.method} is not allowed on {path}; POST the submission, a JSON object", "POST")
-            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            media = media_type(request)
             if media != "application/json":
                 # BentoML would read a form or text body as no fields at all: the gate's 200 would
                 # become a task that fails on its own, with an id that never turns up.
                 raise UnsupportedMedia(
                     f"a submission is a JSON object; send it with 'Content-Type: application/json', not {media or 'none'!r}"
                 )
-            body = await _read_small(request)
+            what = f"a submission (a JSON object of at most {MAX_SUBMISSION_BYTES} bytes; upload recordings with POST /jobs/uploads)"
+            chunks = body_chunks(request, MAX_SUBMISSION_BYTES, what, self.state.plane.settings.read_timeout_seconds)
+            body = b"".join([chunk async for chunk in chunks])
             model = await self.state.plane.classifier()
             # In a thread: a path's check lists its folder and resolves every file in it (200,000
             # files took 8 s), which on the event loop would hold up every other request.
@@ -342,17 +343,6 @@ class _HeldAnswer:
         self.sent = True
         await self._send(self._start)
         await self._send({"type": "http.response.body", "body": self._body})
-
-
-async def _read_small(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_SUBMISSION_BYTES:
-            raise PayloadTooLarge(
-                f"a submission is a small JSON object (at most {MAX_SUBMISSION_BYTES} bytes); upload recordings with POST /jobs/uploads"
-            )
-    return body
 
 
 def _replay(body: bytes) -> Receive:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from service.adapters.http import parse_json
-from service.errors import BadRequest, InternalError
+from service.errors import BadRequest, InternalError, PayloadTooLarge
 from service.tensors import Tensor, check_datatype, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -31,21 +31,39 @@ def _binary_size(value: Any, name: str) -> int | None:
     return value
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Body -> (the JSON request, input tensors by name). Raises 400/422 with what is wrong.
+def json_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request's JSON passes {limit} bytes, the limit for JSON; send tensor data with the binary tensor data"
+        f" extension (Inference-Header-Content-Length, tritonclient's default), which takes whole bodies up to the upload limit",
+        max_bytes=limit,
+    )
 
-    Everything a client sends is checked here, before any model work: the JSON's shape, each
-    input's name, datatype, shape and data, the requested outputs and their parameters.
+
+def header_split(header_length: str | None) -> int | None:
+    """Inference-Header-Content-Length as a number (None without one): 400 unless it is an integer."""
+    if header_length is None:
+        return None
+    if not (header_length.isascii() and header_length.isdigit()):  # "²" is a digit to isdigit(), not to int()
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}")
+    return int(header_length)
+
+
+def parse_request(body: bytes, header_length: str | None, json_limit: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Body -> (the JSON request, input tensors by name). Raises 400/413/422 with what is wrong.
+
+    Everything a client sends is checked here, before any model work: the JSON's size (at most
+    `json_limit` bytes), its shape, each input's name, datatype, shape and data, the requested
+    outputs and their parameters.
     """
-    if header_length is not None:
-        if not (header_length.isascii() and header_length.isdigit()):  # "²" is a digit to isdigit(), not to int()
-            raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}")
-        split = int(header_length)
+    split = header_split(header_length)
+    if split is not None:
         if not 0 < split <= len(body):
             raise BadRequest(f"Inference-Header-Content-Length {split} does not fit the {len(body)}-byte body")
         head, binary = body[:split], body[split:]
     else:
         head, binary = body, b""
+    if len(head) > json_limit:
+        raise json_too_large(json_limit)
     request = parse_json(head, "the inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise BadRequest("an inference request is a JSON object with a non-empty 'inputs' list")

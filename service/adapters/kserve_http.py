@@ -12,7 +12,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.adapters.http import authorize, deadline_seconds, kserve_errors, plane_of, read_body, readiness_body
-from service.adapters.kserve_codec import HEADER_LENGTH, build_response, parse_request, requested_outputs
+from service.adapters.kserve_codec import HEADER_LENGTH, build_response, header_split, json_too_large, parse_request, requested_outputs
+from service.errors import PayloadTooLarge
+
+KSERVE_BODY = "a KServe v2 inference request: a JSON object with 'inputs', optionally followed by binary tensor data"
 
 
 async def server_metadata(request: Request) -> Response:
@@ -47,11 +50,19 @@ async def infer(request: Request) -> Response:
     authorize(request)
     name, version = request.path_params["name"], request.path_params.get("version")
     plane.check_name(name)
-    body = await read_body(request, plane.settings.max_upload_bytes, "kserve_infer")
-    kserve_request, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    result = await plane.infer(
-        name, tensors, version=version, outputs=requested_outputs(kserve_request), deadline_seconds=deadline_seconds(request)
-    )
+    settings, header_length = plane.settings, request.headers.get(HEADER_LENGTH)
+    # All-JSON bodies stop at the JSON limit while they stream in; with binary data, at the upload limit.
+    binary = header_split(header_length) is not None
+    async with plane.admitted(deadline_seconds(request)):  # before the body: overload costs no upload
+        if binary:
+            body = await read_body(request, settings.max_upload_bytes, "kserve_infer", KSERVE_BODY)
+        else:
+            try:
+                body = await read_body(request, settings.max_kserve_json_bytes, "kserve_infer", KSERVE_BODY)
+            except PayloadTooLarge:  # say how to send more
+                raise json_too_large(settings.max_kserve_json_bytes) from None
+        kserve_request, tensors = parse_request(body, header_length, settings.max_kserve_json_bytes)
+        result = await plane.infer(name, tensors, version=version, outputs=requested_outputs(kserve_request))
     content, headers = build_response(kserve_request, result.model_name, result.model_version, result.outputs)
     return Response(content, headers=headers)
 

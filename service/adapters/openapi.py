@@ -225,7 +225,7 @@ _REST_ERRORS = {
     "408": "the body stopped arriving (read timeout)",
     "409": "the job is queued or running: cancel it first",
     "413": "body or audio too long",
-    "415": "unsupported or corrupt audio (the body lists accepted_formats)",
+    "415": "unsupported or corrupt audio (the body lists accepted_formats), or a body of a media type the route does not take",
     "422": "invalid parameter",
     "503": "overloaded, shutting down or still loading (Retry-After header), or the models failed to load",
     "504": "past the request deadline (X-Request-Timeout header or the server's default)",
@@ -406,7 +406,7 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
         "content": {_JSON: {"schema": {"type": "object", "properties": generate_fields, "additionalProperties": False}}},
     }
     audio_errors = "400 408 413 415 422 503 504" + (" 401" if s.api_token else "")
-    generate_errors = "400 408 413 422 503 504" + (" 401" if s.api_token else "")
+    generate_errors = "400 408 413 415 422 503 504" + (" 401" if s.api_token else "")
     infer_errors = "400 408 413 422 503 504" + (" 401" if s.api_token else "")
     spec: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -17,8 +17,11 @@ from starlette.routing import Route
 
 from service.adapters.http import (
     authorize,
+    check_known,
     deadline_seconds,
+    has_body,
     json_errors,
+    media_type,
     parse_bool,
     parse_choice,
     parse_float,
@@ -30,7 +33,7 @@ from service.adapters.http import (
 )
 from service.adapters.openapi import openapi
 from service.concurrency import gather_or_cancel
-from service.errors import BadRequest, InvalidParameter, ServiceError
+from service.errors import BadRequest, InvalidParameter, ServiceError, UnsupportedMedia
 from service.models.tasks import AudioClassifier, ClassifyOptions, GenerateRequest
 from service.settings import ServiceSettings
 
@@ -38,10 +41,11 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_GENERATE_BODY_BYTES = 64 * 1024
 """A /generate body holds a few parameters: anything longer is refused (413) while it streams in."""
 GENERATE_PARAMETERS = ("count", "steps", "seed", "format")
+CLASSIFY_PARAMETERS = ("top_k", "timeline", "min_confidence", "embeddings", "spectrogram")
 
 
 def _is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").startswith("multipart/form-data")
+    return media_type(request) == "multipart/form-data"
 
 
 async def _upload_bytes(upload: Any, field: str) -> bytes:
@@ -57,7 +61,8 @@ def _text_fields(form: FormData) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _classify_options(model: AudioClassifier, params: Mapping[str, Any]) -> ClassifyOptions:
+def _classify_options(model: AudioClassifier, params: Mapping[str, Any], route: str) -> ClassifyOptions:
+    check_known(params, CLASSIFY_PARAMETERS, route)
     n_labels = len(model.labels)
     return ClassifyOptions(
         top_k=parse_int(params, "top_k", min(model.default_top_k, n_labels), 1, n_labels),
@@ -82,7 +87,7 @@ async def classify(request: Request) -> Response:
         else:
             data = await read_body(request, limit, "classify")
         model = await plane.classifier()
-        return JSONResponse(await model.classify(data, _classify_options(model, params)))
+        return JSONResponse(await model.classify(data, _classify_options(model, params, "/classify")))
 
 
 @json_errors
@@ -99,7 +104,7 @@ async def classify_batch(request: Request) -> Response:
             raise BadRequest(f"no file fields named 'audio'; send 1-{max_files} recordings")
         files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
         model = await plane.classifier()
-        options = _classify_options(model, {**request.query_params, **_text_fields(form)})
+        options = _classify_options(model, {**request.query_params, **_text_fields(form)}, "/classify/batch")
 
         async def one(name: str, data: bytes) -> dict[str, Any]:
             try:
@@ -115,13 +120,17 @@ async def classify_batch(request: Request) -> Response:
 async def _generate_params(request: Request) -> list[dict[str, Any]]:
     """The parameters' sources in order: the query, then a JSON object body when one is sent (it overrides)."""
     sources: list[dict[str, Any]] = [dict(request.query_params)]
-    if request.headers.get("content-type", "").startswith("application/json"):
-        body = await read_json(request, MAX_GENERATE_BODY_BYTES, "generate")
+    check_known(sources[0], GENERATE_PARAMETERS, "/generate")
+    media = media_type(request)
+    if media != "application/json" and has_body(request):
+        # A form or text body would be ignored without a word, its parameters with it.
+        sent = media or "a body without a type"
+        raise UnsupportedMedia(f"send the parameters as a JSON object (Content-Type: application/json) or in the query, not as {sent!r}")
+    if media == "application/json":
+        body = await read_json(request, MAX_GENERATE_BODY_BYTES, "generate", f"a JSON object of {list(GENERATE_PARAMETERS)}, or no body")
         if not isinstance(body, dict):
             raise BadRequest('the JSON body must be an object like {"count": 1, "steps": 50, "seed": 0}')
-        unknown = sorted(set(body) - set(GENERATE_PARAMETERS))
-        if unknown:  # a misspelt parameter would otherwise be ignored without a word
-            raise InvalidParameter(f"unknown parameter(s) {unknown}; /generate takes {list(GENERATE_PARAMETERS)}")
+        check_known(body, GENERATE_PARAMETERS, "/generate")
         for name in ("count", "steps", "seed"):  # numbers come as text in a query only: JSON has numbers
             if isinstance(body.get(name), str):
                 raise InvalidParameter(f"{name} must be an integer (a JSON number, not a string), got {body[name]!r}")

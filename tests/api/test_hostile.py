@@ -16,6 +16,7 @@ import pytest
 from features import FrontEndConfig
 from service.adapters.grpc.messages import SERVICE, message
 from service.adapters.grpc.server import start_grpc_server
+from service.adapters.jobs import JobGate
 from service.local_server import free_port
 from tests.conftest import encode
 from tests.fuzzing import HOSTILE_NUMBERS
@@ -279,3 +280,31 @@ async def test_grpc_shapes_of_more_dimensions_than_numpy_holds_are_invalid_argum
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await grpc_call(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dimensions" in info.value.details()
+
+
+@pytest.mark.parametrize("path", ["/classify", "/v2/models/birdcall/infer", "/jobs/uploads", "/analyze/submit"])
+async def test_a_client_that_leaves_mid_body_is_no_server_error(plane, store, metrics, caplog, path):
+    """A cancelled upload is the client's doing: counted as 499, never a 500 with a traceback
+    (the error-rate alert counts 5xx)."""
+    from tests.api.conftest import http_app
+
+    app = http_app(plane, store)
+    headers = [(b"content-type", b"application/json" if path == "/analyze/submit" else b"audio/wav"), (b"content-length", b"2000")]
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"", "headers": headers}
+    scope |= {"http_version": "1.1", "scheme": "http", "server": ("chorus.test", 80), "client": ("127.0.0.1", 5), "root_path": ""}
+    incoming = [{"type": "http.request", "body": b"x" * 100, "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    gate = JobGate(app, state=app.state) if path.startswith("/analyze") else app
+    with caplog.at_level("ERROR"):
+        await gate(scope, receive, send)
+    assert sent[0]["status"] == 499, sent
+    body = json.loads(sent[1]["body"])
+    assert (body["type"] if path.startswith("/v2") else body["error"]["type"]) == "client_closed_request"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from unittest.mock import ANY
 
+import anyio
 import numpy as np
 import pytest
 
@@ -107,3 +110,67 @@ async def test_models_that_failed_to_load_say_why_everywhere(http, engine):
     infer = await http.post("/v2/models/birdcall/infer", content=json.dumps(body))
     assert infer.status_code == 503 and infer.json()["type"] == "models_failed"
     assert "failed to load" in infer.json()["error"] and "retry-after" not in infer.headers
+
+
+async def test_inference_is_admitted_before_its_body_is_read(http, plane, monkeypatch):
+    """An in-flight request holds the slot while its body streams in, so a full worker refuses the
+    next one at once (503) instead of reading its upload, and the deadline covers the reading too."""
+    plane.admission.max_in_flight = 1
+    release, admitted = anyio.Event(), anyio.Event()
+    admit = plane.admission.admitted
+
+    @asynccontextmanager
+    async def observed(deadline: float) -> AsyncIterator[None]:
+        async with admit(deadline):
+            admitted.set()
+            yield
+
+    monkeypatch.setattr(plane.admission, "admitted", observed)
+    head = json.dumps({"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [4], "data": [0.0, 0.1, 0.2, 0.3]}]}).encode()
+
+    async def slow_body():
+        yield head[:10]
+        await release.wait()
+        yield head[10:]
+
+    async with anyio.create_task_group() as tasks:
+        first: list = []
+        tasks.start_soon(lambda: _post_into(http, slow_body(), first))
+        with anyio.fail_after(5, shield=True):  # the slot is taken before the body has arrived
+            await admitted.wait()
+        refused = await http.post("/v2/models/birdcall/infer", content=head)
+        release.set()
+    assert refused.status_code == 503 and refused.json()["type"] == "overloaded"
+    assert first[0].status_code == 200
+    plane.admission.max_in_flight = 256
+
+    async def stalled_body():
+        yield head[:10]
+        await anyio.sleep(5)
+
+    late = await http.post("/v2/models/birdcall/infer", content=stalled_body(), headers={"x-request-timeout": "0.1"})
+    assert late.status_code == 504 and late.json()["type"] == "deadline_exceeded"
+
+
+async def _post_into(http, body, into: list) -> None:
+    into.append(await http.post("/v2/models/birdcall/infer", content=body))
+
+
+async def test_json_past_its_limit_is_a_413_that_names_the_binary_extension(http, plane):
+    plane.settings.max_kserve_json_bytes = 1000
+    data = [0.1] * 400  # ~2 KB of JSON
+    body = json.dumps({"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [400], "data": data}]}).encode()
+
+    async def chunked():
+        yield body
+
+    for content in (body, chunked()):
+        response = await http.post("/v2/models/birdcall/infer", content=content)
+        assert response.status_code == 413 and "binary tensor data extension" in response.json()["error"]
+    # The same tensor as binary data fits: only its JSON head counts against the JSON limit.
+    head = json.dumps({"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [400], "parameters": {"binary_data_size": 1600}}]})
+    raw = head.encode() + np.full(400, 0.1, np.float32).tobytes()
+    binary = await http.post("/v2/models/birdcall/infer", content=raw, headers={HEADER_LENGTH: str(len(head))})
+    assert binary.status_code == 200
+    too_long_head = await http.post("/v2/models/birdcall/infer", content=raw, headers={HEADER_LENGTH: "1001"})
+    assert too_long_head.status_code == 413

@@ -167,3 +167,35 @@ async def test_the_spectrogram_is_the_grid_the_model_heard(http, wav):
     image = Image.open(io.BytesIO(base64.b64decode(picture["png_base64"])))
     assert image.size == (80 + 161, 64) and image.mode == "RGB"  # two windows, 80 hops apart
     assert picture["seconds_per_column"] == 500 / 16_000 and picture["frequency_scale"] == "mel"
+
+
+async def test_media_types_are_case_insensitive(http, wav):
+    """RFC 9110: 'Multipart/Form-Data' is multipart/form-data."""
+    request = http.build_request("POST", "/classify", files={"audio": ("tone.wav", wav)})
+    boundary = request.headers["content-type"].split("boundary=")[1]
+    headers = {"content-type": f"Multipart/Form-Data; boundary={boundary}"}
+    assert (await http.post("/classify", content=request.read(), headers=headers)).status_code == 200
+    assert (await http.post("/classify/batch", content=request.read(), headers=headers)).status_code == 200
+    generated = await http.post("/generate", content=b'{"format": "json", "steps": 5}', headers={"content-type": "Application/JSON"})
+    assert generated.status_code == 200 and generated.json()["steps"] == 5
+
+
+@pytest.mark.parametrize(
+    "path, params, words",
+    [
+        ("/classify", {"min_confidance": "0.9"}, "unknown parameter(s) ['min_confidance']"),
+        ("/classify/batch", {"bogus": "1"}, "unknown parameter(s) ['bogus']"),
+        ("/generate", {"stepz": "1000"}, "/generate takes"),
+    ],
+)
+async def test_a_misspelt_query_parameter_is_a_422(http, wav, path, params, words):
+    files = {"audio": ("tone.wav", wav)} if path != "/generate" else None
+    error_of(await http.post(path, params=params, files=files), 422, words)
+
+
+async def test_generate_refuses_parameters_in_a_body_it_would_ignore(http, engine):
+    # curl -d '{"seed": 7}' sends application/x-www-form-urlencoded: the seed would have been lost.
+    response = await http.post("/generate", content=b'{"seed": 7}', headers={"content-type": "application/x-www-form-urlencoded"})
+    error_of(response, 415, "application/json")
+    assert not engine.calls
+    assert (await http.post("/generate", params={"format": "json"})).status_code == 200  # no body at all is fine

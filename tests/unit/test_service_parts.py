@@ -34,7 +34,7 @@ def test_kserve_binary_round_trip():
     ).encode()
     strings = struct.pack("<I", 2) + b"hi" + struct.pack("<I", 3) + b"abc"
     body = head + np.arange(4, dtype=np.float32).tobytes() + strings
-    request, tensors = parse_request(body, str(len(head)))
+    request, tensors = parse_request(body, str(len(head)), 1 << 20)
     np.testing.assert_array_equal(tensors["a"].data, [[0, 1], [2, 3]])
     assert list(tensors["s"].data) == [b"hi", b"abc"]
     content, headers = build_response(request, "m", "1", {"y": np.ones((2,), np.float32), "z": np.array([b"x"], dtype=object)})
@@ -54,20 +54,25 @@ def test_kserve_binary_round_trip():
 )
 def test_kserve_bad_requests(body, header, error):
     with pytest.raises(error):
-        parse_request(body, header)
+        parse_request(body, header, 1 << 20)
 
 
 def test_admission_bounds_and_deadline():
     async def scenario() -> None:
         admission = Admission(max_in_flight=1, retry_after=2)
-        slow = asyncio.create_task(admission.run(asyncio.sleep(0.2), 5))
+
+        async def run(seconds: float, deadline: float) -> None:
+            async with admission.admitted(deadline):
+                await asyncio.sleep(seconds)
+
+        slow = asyncio.create_task(run(0.2, 5))
         await asyncio.sleep(0.01)
         with pytest.raises(Overloaded) as info:
-            await admission.run(asyncio.sleep(0), 5)
+            await run(0, 5)
         assert info.value.headers == {"Retry-After": "2"}
         await slow
         with pytest.raises(DeadlineExceeded):
-            await admission.run(asyncio.sleep(1), 0.05)
+            await run(1, 0.05)
         assert admission.in_flight == 0
 
     asyncio.run(scenario())

@@ -180,15 +180,11 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         self._authorize(context)
         self.plane.check_name(request.model_name)
-        tensors = input_tensors(request)
-        remaining = context.time_remaining()
-        result = await self.plane.infer(
-            request.model_name,
-            tensors,
-            version=request.model_version or None,
-            outputs=[o.name for o in request.outputs],
-            deadline_seconds=self.plane.deadline(remaining),
-        )
+        async with self.plane.admitted(self.plane.deadline(context.time_remaining())):
+            tensors = input_tensors(request)
+            result = await self.plane.infer(
+                request.model_name, tensors, version=request.model_version or None, outputs=[o.name for o in request.outputs]
+            )
         response = ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=request.id)
         for name, array in result.outputs.items():
             response.outputs.add(name=name, datatype=datatype_of(np.asarray(array)), shape=list(array.shape))
