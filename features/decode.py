@@ -199,7 +199,7 @@ def _too_large(samples: int, channels: int, max_samples: int, *, so_far: bool) -
     count = f"more than {samples:,} samples (decoding stopped there)" if so_far else f"{samples:,} samples"
     return AudioTooLargeError(
         f"the recording decodes to {count} over its {channels} channel(s); at most {max_samples:,} are accepted "
-        "(frames x channels): send fewer channels, a lower rate or a shorter recording"
+        "(frames x channels): fewer channels, a lower rate or a shorter recording would fit"
     )
 
 
@@ -235,7 +235,7 @@ class AudioReader:
             head = bytes(source[:_HEADER_BYTES])
             target = io.BytesIO(source)
         if not head:
-            raise EmptyAudioError(f"the audio is empty (0 bytes); send a recording in one of: {_ACCEPTED_TEXT}")
+            raise EmptyAudioError(f"the audio is empty (0 bytes); a recording is needed, in one of: {_ACCEPTED_TEXT}")
         self._sniffed = _sniff(head)
         data_size = _wav_data_size_at(head) if self._sniffed == "WAV" else None
         if data_size is not None and data_size[1] == 0:
@@ -244,6 +244,8 @@ class AudioReader:
         self.max_seconds = max_seconds
         self.max_samples = max_samples
         self._opened = target if isinstance(target, _DataToTheEnd) else None
+        self._declared_frames: int | None = None  # known once the header is read (below)
+        self.frames_decoded = 0
         try:
             self._file = sf.SoundFile(target)
         except _LIBSNDFILE_ERRORS as exc:
@@ -253,7 +255,6 @@ class AudioReader:
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.format = str(self._file.format)
-        self.frames_decoded = 0
         if not RATES[0] <= self.sample_rate <= RATES[1] or not 1 <= self.channels <= MAX_CHANNELS:
             self.close()
             raise UnsupportedFormatError(
@@ -284,8 +285,12 @@ class AudioReader:
             return UnsupportedFormatError(
                 f"unsupported audio format (the bytes are not a recognised audio file); accepted: {_ACCEPTED_TEXT}"
             )
+        if (truncated := self._truncation()) is not None:
+            return truncated  # a decoder losing its way at the cut (FLAC: "lost sync") says less
+        # libsndfile's own words, without soundfile's "Error opening <object at 0x...>" before them
+        reason = getattr(exc, "error_string", None) or str(exc)
         return CorruptAudioError(
-            f"the {self._sniffed} data could not be decoded ({exc}); send a complete, valid file in one of: {_ACCEPTED_TEXT}"
+            f"the {self._sniffed} data could not be decoded ({reason}); a complete, valid file is needed, in one of: {_ACCEPTED_TEXT}"
         )
 
     def blocks(self) -> Iterator[np.ndarray]:
@@ -311,24 +316,30 @@ class AudioReader:
             if self.max_samples is not None and self.frames_decoded * self.channels > self.max_samples:
                 raise _too_large(self.frames_decoded * self.channels, self.channels, self.max_samples, so_far=True)
             if raw is None and not np.isfinite(block).all():
-                raise InvalidSamplesError("the recording contains NaN or infinite samples; send finite PCM or float audio")
+                raise InvalidSamplesError("the recording contains NaN or infinite samples; only finite PCM or float audio can be analyzed")
             yield block
         if self.frames_decoded == 0:
-            raise EmptyAudioError("the recording holds no samples; send audio at least a few milliseconds long")
+            raise EmptyAudioError("the recording holds no samples; audio at least a few milliseconds long is needed")
         self._check_complete()
 
     def _check_complete(self) -> None:
         """Refuse a file whose data stops before its header's length (a recorder or a copy cut short):
         half a recording analyzed as if it were the whole would read as an hour without birds."""
+        truncated = self._truncation()
+        if truncated is not None:
+            raise truncated
+
+    def _truncation(self) -> CorruptAudioError | None:
         declared = self._declared_frames
         if declared is None:
-            return
+            return None
         slack = MP3_FRAME_SLACK + declared // 100 if self._sniffed == "MP3" else 0
-        if self.frames_decoded < declared - slack:
-            raise CorruptAudioError(
-                f"the {self._sniffed} file is truncated: its header declares {declared / self.sample_rate:.2f} s, "
-                f"its data holds {self.frames_decoded / self.sample_rate:.2f} s; send the complete file"
-            )
+        if self.frames_decoded >= declared - slack:
+            return None
+        return CorruptAudioError(
+            f"the {self._sniffed} file is truncated: its header declares {declared / self.sample_rate:.2f} s, "
+            f"its data holds {self.frames_decoded / self.sample_rate:.2f} s; the complete file is needed"
+        )
 
     def facts(self) -> AudioFacts:
         """The recording's facts; duration counts the frames decoded so far (all of them once blocks() is done)."""

@@ -119,13 +119,42 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: A
     if not isinstance(values, (list, tuple)):
         raise InvalidParameter(f"input {name!r}: data must be a list of values, got {type(values).__name__}")
     try:
-        dtype = object if datatype == "BYTES" else DTYPES[datatype]
-        array = np.asarray(values, dtype=dtype).reshape(-1)
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # Inferred first, converted after checks: numpy's own conversion would read "0.1" as a
+        # number, cut 1.5 to an INT8 1 and wrap 300 around.
+        inferred = np.asarray(values, dtype=object if datatype == "BYTES" else None).reshape(-1)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # ragged nesting among them
         raise InvalidParameter(f"input {name!r}: data does not fit {datatype}: {exc}") from None
-    if datatype == "BYTES" and not all(isinstance(v, (str, bytes)) for v in array):
-        raise InvalidParameter(f"input {name!r}: BYTES data must be strings")
-    return _fill(name, datatype, shape, array)
+    if datatype == "BYTES":
+        if not all(isinstance(v, (str, bytes)) for v in inferred):
+            raise InvalidParameter(f"input {name!r}: BYTES data must be strings")
+        return _fill(name, datatype, shape, inferred)
+    return _fill(name, datatype, shape, _checked_numbers(name, datatype, inferred))
+
+
+def _checked_numbers(name: str, datatype: str, inferred: np.ndarray) -> np.ndarray:
+    """Values numpy inferred -> the datatype's array, refused (422) where they are not its values."""
+    target = np.dtype(DTYPES[datatype])
+    if inferred.size == 0:
+        return inferred.astype(target)
+    kind = inferred.dtype.kind
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidParameter(f"input {name!r}: BOOL data must be true or false")
+        return inferred
+    if kind not in "biuf":  # strings, nulls, numbers too large for 64 bits
+        raise InvalidParameter(f"input {name!r}: {datatype} data must be numbers (not strings or nulls) within its range")
+    if target.kind in "iu":
+        if kind == "f" and not bool(np.all(np.mod(inferred, 1) == 0)):  # inf and NaN fail it too
+            raise InvalidParameter(f"input {name!r}: {datatype} data must be whole numbers")
+        info = np.iinfo(target)
+        if inferred.min() < info.min or inferred.max() > info.max:
+            raise InvalidParameter(f"input {name!r}: {datatype} data must lie within [{info.min}, {info.max}]")
+        return inferred.astype(target)
+    with np.errstate(over="ignore"):
+        converted = inferred.astype(target)
+    if bool(np.any(np.isinf(converted) & np.isfinite(inferred))):
+        raise InvalidParameter(f"input {name!r}: values beyond {datatype}'s range (largest {float(np.finfo(target).max):.4g})")
+    return converted
 
 
 def numeric(tensor: Tensor, what: str) -> np.ndarray:

@@ -317,7 +317,10 @@ class BirdcallModel(ServedModel, AudioClassifier):
 
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
         if set(inputs) == {"waveform"}:
-            outputs = await self.outputs_from_waveform(numeric(inputs["waveform"], "FP32 samples").reshape(-1))
+            waveform = inputs["waveform"]
+            if sum(d != 1 for d in waveform.shape) > 1:  # [n], or [1, n] from a client that batches
+                raise InvalidParameter(f"waveform is one mono recording, shape [n_samples]; got shape {waveform.shape}")
+            outputs = await self.outputs_from_waveform(numeric(waveform, "FP32 samples").reshape(-1))
         elif set(inputs) == {"log_mel"}:
             outputs = await self.outputs_from_features(numeric(inputs["log_mel"], "FP32 log-mel windows"))
         else:

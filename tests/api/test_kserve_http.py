@@ -174,3 +174,29 @@ async def test_json_past_its_limit_is_a_413_that_names_the_binary_extension(http
     assert binary.status_code == 200
     too_long_head = await http.post("/v2/models/birdcall/infer", content=raw, headers={HEADER_LENGTH: "1001"})
     assert too_long_head.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "datatype, shape, data, words",
+    [
+        ("FP32", [2], ["0.1", "nan"], "must be numbers"),
+        ("FP32", [1], [1e300], "beyond FP32's range"),
+        ("INT16", [2], [1.5, 2], "whole numbers"),
+        ("INT16", [1], [40000], "within [-32768, 32767]"),
+        ("FP32", [2, 2], [[0.1, 0.2], [0.3, 0.4]], "shape [n_samples]"),
+        ("FP32", [2], [[0.1], [0.2, 0.3]], "does not fit"),
+    ],
+)
+async def test_tensor_data_is_read_as_its_datatype_says_or_refused(http, engine, datatype, shape, data, words):
+    body = {"inputs": [{"name": "waveform", "datatype": datatype, "shape": shape, "data": data}]}
+    response = await http.post("/v2/models/birdcall/infer", json=body)
+    assert response.status_code == 422 and words in response.json()["error"], response.text
+    assert not engine.calls
+
+
+async def test_a_waveform_batched_as_one_row_is_one_recording(http):
+    samples = [0.1] * 800
+    one_row = {"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [1, 800], "data": [samples]}]}
+    flat = {"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [800], "data": samples}]}
+    answers = [(await http.post("/v2/models/birdcall/infer", json=body)).json() for body in (one_row, flat)]
+    assert answers[0]["outputs"] == answers[1]["outputs"]
