@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -216,6 +217,10 @@ def deadline_seconds(request: Request) -> float:
 
 
 _ABSENT = object()
+# What a query's numbers look like: ASCII digits only (int() and float() also take "1_0" and other
+# scripts' digits, which no client means to send).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def _given(params: Mapping[str, Any], name: str) -> Any:
@@ -233,16 +238,16 @@ def _as_int(raw: Any) -> int | None:
     if isinstance(raw, float):
         return int(raw) if raw.is_integer() else None  # is_integer() is False for inf and NaN
     if isinstance(raw, str):
-        try:
-            return int(raw.strip())
-        except ValueError:
-            return None
+        text = raw.strip()
+        return int(text) if _INTEGER.fullmatch(text) else None
     return None
 
 
 def _as_float(raw: Any) -> float | None:
     """A finite number from JSON or a query string; None for anything else."""
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        return None
+    if isinstance(raw, str) and not _DECIMAL.fullmatch(raw.strip()):
         return None
     try:
         value = float(raw)

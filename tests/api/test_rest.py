@@ -199,3 +199,14 @@ async def test_generate_refuses_parameters_in_a_body_it_would_ignore(http, engin
     error_of(response, 415, "application/json")
     assert not engine.calls
     assert (await http.post("/generate", params={"format": "json"})).status_code == 200  # no body at all is fine
+
+
+@pytest.mark.parametrize("params", [{"top_k": "1_0"}, {"top_k": "\u0663"}, {"min_confidence": "0_5"}, {"min_confidence": "1e"}])
+async def test_query_numbers_are_ascii_decimal_numbers(http, wav, params):
+    """int() and float() read "1_0" as 10 and Arabic-Indic digits as digits: no client means those."""
+    error_of(await http.post("/classify", content=wav, params=params), 422, "must be")
+
+
+@pytest.mark.parametrize("params", [{"top_k": " 2 "}, {"min_confidence": ".5"}, {"min_confidence": "5e-1"}, {"min_confidence": "+0.5"}])
+async def test_query_numbers_in_their_usual_forms_are_fine(http, wav, params):
+    assert (await http.post("/classify", content=wav, params=params)).status_code == 200
