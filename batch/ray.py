@@ -109,6 +109,10 @@ class _File:
     facts: tuple[float, int, int] | None = None
 
 
+class ClusterUnavailableError(RuntimeError):
+    """`--ray` names a cluster this machine cannot reach."""
+
+
 @dataclass(frozen=True)
 class RayPipeline:
     """An analyze Execute that runs on a Ray cluster."""
@@ -134,7 +138,12 @@ class RayPipeline:
         # No usage reports to Anyscale unless the user opts in (as BentoML's DO_NOT_TRACK). With them
         # on, Ray Data also leaves a thread in this process polling a Prometheus on :9090 for ever.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=self.address, ignore_reinit_error=True, logging_level=logging.WARNING)
+        try:
+            ray.init(address=self.address, ignore_reinit_error=True, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise ClusterUnavailableError(
+                f"no Ray cluster at {self.address!r} ({exc}); start one (`ray start --head`), name its address, or run without --ray"
+            ) from None
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.gpus_per_actor else ["CPUExecutionProvider"]
         items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
         spec = self.spec

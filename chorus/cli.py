@@ -90,17 +90,30 @@ def _loadtest(args: argparse.Namespace) -> int:
     return 0 if result["slo_held"] else 1
 
 
+def _named_folder(text: str) -> Path:
+    """A folder given by name: an empty one (an unset shell variable) would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty folder name; name the output folder (e.g. --out results)")
+    return Path(text)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     """Exit 0: every file analyzed; 1: some files failed (listed in errors.csv and the summary); 2: nothing ran."""
     from layout.machine import one_blas_thread
 
     one_blas_thread()  # before numpy loads, below
     from analyze.detections import UnknownSpeciesError
+    from analyze.journal import JournalBusyError
     from analyze.sources import SourceError
     from analyze.writers import OutputError
     from batch.command import AnalyzeOptions, analyze
+    from batch.ray import ClusterUnavailableError
     from features import FrontEndConfigError
     from layout.artifacts import ArtifactError
+    from service.store import ModelNotFoundError
+
+    refusals: tuple[type[Exception], ...] = (SourceError, UnknownSpeciesError, OutputError, FrontEndConfigError, ArtifactError, ValueError)
+    refusals += (JournalBusyError, ModelNotFoundError, ClusterUnavailableError)  # nothing ran: exit 2, as for the others
 
     try:
         options = AnalyzeOptions(
@@ -125,7 +138,7 @@ def _analyze(args: argparse.Namespace) -> int:
             ray_gpus_per_actor=args.ray_gpus_per_actor,
         )
         summary = analyze(options, fork_workers=True)  # a fresh process: no threads yet
-    except (SourceError, UnknownSpeciesError, OutputError, FrontEndConfigError, ArtifactError, ValueError) as error:
+    except refusals as error:
         print(f"chorus analyze: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -212,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze", help="analyze field recordings (files, folders, globs, CSV manifests) into Raven/Audacity/CSV/NDJSON/Parquet tables"
     )
     analyze.add_argument("paths", nargs="+", help="audio files, folders (searched recursively), globs or CSV manifests (a path column)")
-    analyze.add_argument("--out", type=Path, required=True, help="output folder (tables, errors.csv, the resume journal)")
+    analyze.add_argument("--out", type=_named_folder, required=True, help="output folder (tables, errors.csv, the resume journal)")
     analyze.add_argument("--model", default="birdcall:latest", help="model store tag (default birdcall:latest)")
     analyze.add_argument("--variant", default="fp32", choices=["fp32", "int8", "fp16"], help="ONNX variant (default fp32)")
     analyze.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime providers")

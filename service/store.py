@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml.exceptions import BentoMLException
 
 from layout import artifacts
 
 _PLAIN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+class ModelNotFoundError(LookupError):
+    """No model in the store has the tag asked for: says which ones it holds."""
+
+
 """A name or version BentoML would keep as it is (it lowercases the rest)."""
 
 
@@ -37,7 +44,14 @@ class StoredModel:
         store = Path(BentoMLContainer.model_store_dir.get())
         if found := cls._in_folders(store, tag):
             return found
-        model = BentoMLContainer.model_store.get().get(tag)
+        try:
+            model = BentoMLContainer.model_store.get().get(tag)
+        except BentoMLException as exc:  # NotFound, or a tag it cannot read
+            stored = sorted(f"{d.name}:latest" for d in store.iterdir() if (d / "latest").is_file()) if store.is_dir() else []
+            raise ModelNotFoundError(
+                f"no model {tag!r} in the model store {store} ({exc}); it holds {', '.join(stored) or 'none'}."
+                " `chorus export birdcall` (or `make up`) puts the default one there"
+            ) from None
         return cls(model.tag.name, model.tag.version or "", Path(model.path))
 
     @classmethod

@@ -48,6 +48,8 @@ def check_out_dir(out_dir: Path) -> None:
 
 def check_formats(formats: Collection[str]) -> frozenset[str]:
     """Validate the selected formats up front, so a long run cannot fail at its very end."""
+    if not formats:  # a run that writes no table would still delete the tables of other settings
+        raise OutputError(f"choose at least one output format: {', '.join(FORMATS)}")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise OutputError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")

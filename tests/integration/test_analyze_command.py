@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analyze.journal import Journal
 from batch.command import AnalyzeOptions, analyze
 from layout import artifacts
 from layout.artifacts import ArtifactError
@@ -102,6 +103,17 @@ def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_
     assert refused.returncode == 2 and "a_bird_nobody_knows" in refused.stderr
     refused = subprocess.run([*command, "--workers", "-1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "workers must be 0 (one per core) or more, got -1" in refused.stderr
+    # Nothing runs, and each says why in one line (no traceback), exit status 2.
+    for extra, words in [
+        (["--model", "nosuch:latest"], "no model 'nosuch:latest' in the model store"),
+        (["--formats", " , "], "choose at least one output format"),
+        (["--out", ""], "an empty folder name"),
+    ]:
+        refused = subprocess.run([*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and words in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    with Journal.open(tmp_path / "cli"):  # another run writing to the same folder
+        refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "another chorus analyze is writing to" in refused.stderr and "Traceback" not in refused.stderr
     failing = subprocess.run(
         [*command[:4], str(field / "site2"), "--out", str(tmp_path / "cli2")], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
