@@ -26,19 +26,19 @@ class SourceError(ValueError):
     """A PATH argument cannot be used; the message names it."""
 
 
-def expand_sources(arguments: Sequence[str | os.PathLike[str]], *, out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Audio files named by `arguments`: absolute, de-duplicated, sorted by path components.
+def expand_sources(arguments: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Audio files named by `arguments`: absolute, each file once, sorted by path components.
 
-    Folders and globs yield files with an audio extension, skipping hidden files and folders
-    and anything inside `out_dir`. A file named directly or listed in a manifest is taken as
+    Folders and globs yield files with an audio extension, skipping hidden files and folders.
+    The output folder is not skipped: chorus writes no audio there, and results kept next to the
+    recordings (`--out .`) are common. A file named directly or listed in a manifest is taken as
     given, whatever its extension: the user asked for it, and if it is not audio the run lists
     it in the errors table. A `.csv` file named directly is read as a manifest.
     """
-    skip = _absolute(out_dir) if out_dir is not None else None
     found: set[Path] = set()
     empty = []
     for argument in arguments:
-        files = list(_expand_one(os.fspath(argument), skip))
+        files = list(_expand_one(os.fspath(argument)))
         if not files:
             empty.append(os.fspath(argument))
         found.update(files)
@@ -47,38 +47,57 @@ def expand_sources(arguments: Sequence[str | os.PathLike[str]], *, out_dir: str 
         # among others, it would otherwise vanish from the results without a word.
         extensions = " ".join(sorted(AUDIO_EXTENSIONS))
         raise SourceError(f"no audio files ({extensions}, in any case) found in: {', '.join(empty)}")
-    return sorted(found, key=lambda p: p.parts)
+    return _each_recording_once(sorted(found, key=lambda p: p.parts))
 
 
-def _expand_one(argument: str, skip: Path | None) -> Iterable[Path]:
+def _each_recording_once(paths: list[Path]) -> list[Path]:
+    """One path per file: a folder named twice (directly and through a link, or inside another
+    argument) would double its detections. The first path in order is kept, so every run keeps the same."""
+    seen: set[tuple[int, int]] = set()
+    kept = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:  # a dangling link: kept, for the run to list with its reason
+            kept.append(path)
+            continue
+        if (status.st_dev, status.st_ino) not in seen:
+            seen.add((status.st_dev, status.st_ino))
+            kept.append(path)
+    return kept
+
+
+def _expand_one(argument: str) -> Iterable[Path]:
     path = Path(argument)
     if path.is_dir():
-        return _walk(_absolute(path), skip)
+        return _walk(_absolute(path))
     if path.is_file():
         return read_manifest(path) if path.suffix.lower() == MANIFEST_EXTENSION else [_absolute(path)]
-    if any(c in argument for c in "*?["):
+    if _has_magic(argument):
         matches = sorted(glob.glob(argument, recursive=True))
         if not matches:
             raise SourceError(f"{argument}: the pattern matches no file or folder")
-        return [f for m in matches for f in _from_match(_absolute(Path(m)), skip)]
+        return [f for m in matches for f in _from_match(_absolute(Path(m)))]
     if path.exists():
         raise SourceError(f"{argument}: not a regular file or folder (a FIFO, socket or device); name recordings stored as files")
     raise SourceError(f"{argument}: no such file or folder")
 
 
-def _from_match(path: Path, skip: Path | None) -> Iterable[Path]:
+def _from_match(path: Path) -> Iterable[Path]:
     """A glob match: folders are searched, files kept if they look like audio (a glob is a search, not a choice)."""
     if path.is_dir():
-        return _walk(path, skip)
-    return [path] if _is_audio(path) and not _inside(path, skip) else []
+        return _walk(path)
+    return [path] if _is_audio(path) else []
 
 
-def _walk(root: Path, skip: Path | None) -> Iterable[Path]:
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _walk(root: Path) -> Iterable[Path]:
     """Audio files under root. Symlinked folders are followed (a card's folder linked into a
     project), each real folder once, so a link loop ends; a folder that cannot be listed stops
     the command rather than leaving its recordings out unsaid."""
-    if _inside(root, skip):
-        return
     seen: set[tuple[int, int]] = set()
     for folder, dirs, files in os.walk(root, onerror=_unlistable, followlinks=True):
         base = Path(folder)
@@ -92,7 +111,7 @@ def _walk(root: Path, skip: Path | None) -> Iterable[Path]:
         seen.add((status.st_dev, status.st_ino))
         # Pruning `dirs` in place is how os.walk is told not to descend; sorted, so that of two
         # links to one folder the same one is taken every run.
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(base / d, skip))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if not name.startswith(".") and _is_audio(base / name):
                 yield base / name
@@ -141,7 +160,3 @@ def _is_audio(path: Path) -> bool:
 
 def _absolute(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(path))
-
-
-def _inside(path: Path, folder: Path | None) -> bool:
-    return folder is not None and path.is_relative_to(folder)

@@ -143,7 +143,7 @@ def _analyze(options: AnalyzeOptions, prestarted: DecodeWorkers | None) -> Summa
     model = load_analysis_model(options.model, options.variant, options.providers, options.stride_seconds, open_now=False)
     detection = detection_settings(options, model)
     formats = check_formats(options.formats)
-    paths = expand_sources(options.sources, out_dir=options.out)
+    paths = expand_sources(options.sources)
     check_out_dir(options.out)
     config = RunConfig(
         out_dir=options.out,

@@ -27,13 +27,12 @@ def test_folder_is_searched_recursively_for_audio_extensions_in_any_case(tmp_pat
     assert expand_sources([tmp_path]) == sorted([a, b, c, d, e], key=lambda p: p.parts)
 
 
-def test_hidden_files_and_folders_and_the_output_folder_are_skipped(tmp_path):
+def test_hidden_files_and_folders_are_skipped(tmp_path):
     keep = touch(tmp_path / "rec" / "a.wav")
     touch(tmp_path / "rec" / ".a.wav")  # macOS AppleDouble files look exactly like this
     touch(tmp_path / "rec" / ".Trash" / "b.wav")
-    touch(tmp_path / "rec" / "results" / "c.wav")
-    assert expand_sources([tmp_path / "rec"], out_dir=tmp_path / "rec" / "results") == [keep]
-    assert expand_sources([str(tmp_path / "rec" / "**" / "*.wav")], out_dir=tmp_path / "rec" / "results") == [keep]
+    assert expand_sources([tmp_path / "rec"]) == [keep]
+    assert expand_sources([str(tmp_path / "rec" / "**" / "*.wav")]) == [keep]
 
 
 def test_glob_patterns_search_folders_and_keep_only_audio(tmp_path):
@@ -198,3 +197,13 @@ class TestManifest:
         manifest.write_text("path,x\n,1\n")
         with pytest.raises(SourceError, match="line 2: empty 'path'"):
             expand_sources([manifest])
+
+
+
+
+def test_a_folder_named_twice_through_a_link_is_analyzed_once(tmp_path):
+    a = touch(tmp_path / "in" / "moth1" / "a.wav")
+    (tmp_path / "alias").symlink_to(tmp_path / "in" / "moth1")
+    (tmp_path / "in" / "b-link.wav").symlink_to(a)
+    assert expand_sources([tmp_path / "in" / "moth1", tmp_path / "alias"]) == [tmp_path / "alias" / "a.wav"]
+    assert expand_sources([tmp_path / "in"]) == [tmp_path / "in" / "b-link.wav"]
