@@ -379,6 +379,10 @@ class LocalPipeline:
     """Worker processes; 0: one per core (the consumer's model runs share them)."""
     batch_windows: int = 64
     """Most windows of one model run; smaller when nothing else is waiting."""
+    run_windows: int = 1
+    """While workers decode, windows are scored in whole multiples of this (the model's run size,
+    batch.model.RUN_WINDOWS) and the rest wait for more: what shares a call then depends on timing,
+    but not the size of the runs that make a window's scores. The last windows go at the end."""
     queue_windows: int = 256
     """Windows decoded and waiting for the consumer at most, all workers together (~41 KB each for
     birdcall). Several batches' worth, so the workers go on decoding while the model scores a
@@ -395,6 +399,11 @@ class LocalPipeline:
     prepare: Callable[[], object] | None = None
     """Called once the workers have their files, before their first window is read: opening the model
     there overlaps the first files' decoding. What it raises ends the run before any outcome."""
+
+    @property
+    def _batch(self) -> int:
+        """batch_windows, at least one run."""
+        return max(self.batch_windows, self.run_windows)
 
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
@@ -423,7 +432,7 @@ class LocalPipeline:
 
         while running or waiting:
             try:
-                message = workers.results.get(block=queued < self.batch_windows, timeout=0.02)
+                message = workers.results.get(block=queued < self._batch, timeout=0.02)
             except queue.Empty:
                 message = None
             if message is not None:
@@ -459,20 +468,28 @@ class LocalPipeline:
                         failed = files.pop(index)
                         yield failed.path, AnalysisFailed(*payload[0]) if kind == "failed" else RuntimeError(payload[0])
                         continue
-            if waiting and (message is None or queued >= self.batch_windows or not running):
+            if waiting and (message is None or queued >= self._batch or not running):
                 score = self.tail_score if self.tail_score is not None and workers.released else self.score
-                waiting = self._score_some(files, waiting, score)
+                waiting = self._score_some(files, waiting, score, whole_runs=running > 0)
                 queued = sum(len(w) for _, w in waiting)
             for index in [i for i, f in files.items() if f.facts is not None and f.unscored == 0]:
                 yield self._finished(files.pop(index))
         for file in files.values():  # its worker died before saying it had started it: the next run tries again
             yield file.path, RuntimeError("its decoding process ended without a result")
 
-    def _score_some(self, files: dict[int, _File], waiting: list[tuple[int, np.ndarray]], score: Score) -> list[tuple[int, np.ndarray]]:
-        """Run the model on up to batch_windows of the oldest waiting windows; returns what is left waiting."""
+    def _score_some(
+        self, files: dict[int, _File], waiting: list[tuple[int, np.ndarray]], score: Score, whole_runs: bool
+    ) -> list[tuple[int, np.ndarray]]:
+        """Run the model on up to batch_windows of the oldest waiting windows (whole runs of
+        run_windows only, when asked); returns what is left waiting."""
+        take = min(self._batch, sum(len(w) for _, w in waiting))
+        if whole_runs:
+            take -= take % self.run_windows
+        if take == 0:
+            return waiting
         taken, rest, count = [], [], 0
         for index, windows in waiting:
-            room = self.batch_windows - count
+            room = take - count
             if room <= 0:
                 rest.append((index, windows))
                 continue

@@ -51,18 +51,21 @@ def expand_sources(arguments: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _each_recording_once(paths: list[Path]) -> list[Path]:
-    """One path per file: a folder named twice (directly and through a link, or inside another
-    argument) would double its detections. The first path in order is kept, so every run keeps the same."""
-    seen: set[tuple[int, int]] = set()
+    """One path per file of a folder: a folder named twice (directly and through a link, or inside
+    another argument) would double its detections. A file is its real folder and its name, so
+    links with names of their own (which may carry the recording time) stay apart. The first path
+    in order is kept, so every run keeps the same."""
+    seen: set[tuple[int, int, str]] = set()
     kept = []
     for path in paths:
         try:
-            status = os.stat(path)
-        except OSError:  # a dangling link: kept, for the run to list with its reason
+            folder = os.stat(path.parent)
+        except OSError:  # kept, for the run to list with its reason
             kept.append(path)
             continue
-        if (status.st_dev, status.st_ino) not in seen:
-            seen.add((status.st_dev, status.st_ino))
+        key = (folder.st_dev, folder.st_ino, path.name)
+        if key not in seen:
+            seen.add(key)
             kept.append(path)
     return kept
 

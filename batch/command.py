@@ -17,7 +17,7 @@ from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline, StartMe
 from analyze.run import Progress, RunConfig, Summary, run
 from analyze.sources import expand_sources
 from analyze.writers import DEFAULT_FORMATS, check_formats, check_out_dir
-from batch.model import AnalysisModel, load_analysis_model
+from batch.model import RUN_WINDOWS, AnalysisModel, load_analysis_model
 from features import Channels
 
 
@@ -97,6 +97,7 @@ def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWo
         spec,
         workers=options.workers,
         batch_windows=options.batch_windows,
+        run_windows=RUN_WINDOWS,
         prestarted=prestarted,
         tail_score=model.score_on_every_core,
         prepare=model.open,

@@ -19,6 +19,11 @@ from service.store import StoredModel
 
 SCORES = "scores"
 """The exported model's output of independent calibrated per-species scores."""
+RUN_WINDOWS = 8
+"""Windows per runtime run, always: a window's scores differ in their last bits with the size of
+the run it rides in (1e-7: the kernels' blocking), and which windows share a run depends on timing
+(the queue, the tail's lanes). Runs of one size make a resumed run's tables equal an uninterrupted
+one's, byte for byte; the last run of a call is padded. Where a window sits in its run does not matter."""
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -50,7 +55,7 @@ class AnalysisModel:
                 required=BirdcallModel.stored_files,
                 threads=1,
                 lanes=usable_cores(),
-                max_run_items=8,
+                max_run_items=RUN_WINDOWS,
             )
             if SCORES not in loaded.output_names:
                 name = f"{self.stored.name}:{self.stored.version}"
@@ -59,7 +64,7 @@ class AnalysisModel:
         return self._loaded
 
     def score(self, windows: np.ndarray) -> np.ndarray:
-        """Normalized log-mel windows -> [n, n_labels] scores, in runs of 8 windows one at a time."""
+        """Normalized log-mel windows -> [n, n_labels] scores, in runs of RUN_WINDOWS one at a time."""
         return self._score(windows, lanes=1)
 
     def score_on_every_core(self, windows: np.ndarray) -> np.ndarray:
@@ -68,7 +73,15 @@ class AnalysisModel:
 
     def _score(self, windows: np.ndarray, lanes: int | None) -> np.ndarray:
         loaded = self.open()
-        return loaded.run({"features": windows}, lanes)[loaded.output_names.index(SCORES)]
+        n = len(windows)
+        if n == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        padding = -n % RUN_WINDOWS
+        if padding:
+            windows = np.concatenate([windows, np.zeros((padding, *windows.shape[1:]), windows.dtype)])
+        # At most a lane per whole run: the runner would otherwise split a batch into smaller runs.
+        lanes = min(lanes or usable_cores(), len(windows) // RUN_WINDOWS)
+        return loaded.run({"features": windows}, lanes)[loaded.output_names.index(SCORES)][:n]
 
     def info(self) -> ModelInfo:
         config = self.frontend.config

@@ -5,6 +5,7 @@ two nodes, resumed from its journal, gives the same rows."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -190,3 +191,20 @@ def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(tiny_exports, field, t
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and summary["files_ok"] == 150 and summary["files_skipped"] >= 5
     assert (out / "detections.csv").exists() and (out / "detections.ndjson").exists()
+
+
+def test_a_windows_scores_do_not_depend_on_the_windows_scored_with_it(tiny_exports):
+    """Which windows share a call depends on timing (the queue, the tail's lanes); their scores must
+    not, or a resumed run's tables would differ from an uninterrupted run's in the last bits."""
+    from batch.model import load_analysis_model
+
+    model = load_analysis_model()
+    config = model.frontend.config
+    windows = np.random.default_rng(0).standard_normal((24, 1, config.n_mels, config.n_frames)).astype(np.float32)
+    whole = model.score(windows)
+    for sizes in ([1, 2, 3, 18], [7, 17], [5, 19], [24]):
+        for score in (model.score, model.score_on_every_core):
+            bounds = np.cumsum([0, *sizes])
+            pieces = np.concatenate([score(windows[a:b]) for a, b in itertools.pairwise(bounds)])
+            assert np.array_equal(pieces, whole), (sizes, score.__name__, float(np.abs(pieces - whole).max()))
+    assert model.score(windows[:0]).shape == (0, len(model.labels))

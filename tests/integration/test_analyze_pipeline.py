@@ -74,6 +74,23 @@ def test_each_file_gets_the_scores_of_its_own_windows(recordings, batch_windows)
         assert isinstance(found[name], AnalysisFailed) and found[name].stage == "decode", found[name]
 
 
+@pytest.mark.parametrize("batch_windows", [5, 64])
+def test_while_workers_decode_windows_are_scored_in_whole_runs(recordings, batch_windows):
+    """Only the run's last call may hold a part of a run (batch.model pads it): which windows share
+    a call depends on timing, the size of the runs that make their scores must not."""
+    calls: list[int] = []
+
+    def counting_score(windows: np.ndarray) -> np.ndarray:
+        calls.append(len(windows))
+        return fake_score(windows)
+
+    frontend = FrontEnd()
+    pipeline = LocalPipeline(counting_score, FrontEndSpec.of(frontend), workers=2, batch_windows=batch_windows, run_windows=8)
+    found = outcomes(pipeline, list(recordings.values()))
+    assert all(n % 8 == 0 for n in calls[:-1]) and max(calls) <= max(batch_windows, 8), calls
+    np.testing.assert_array_equal(found["long.flac"].scores, fake_score(frontend.analyze(recordings["long.flac"]).windows.features))
+
+
 class ListChannel:
     """A worker's line to the run, for a worker run in this process."""
 

@@ -199,11 +199,12 @@ class TestManifest:
             expand_sources([manifest])
 
 
-
-
 def test_a_folder_named_twice_through_a_link_is_analyzed_once(tmp_path):
     a = touch(tmp_path / "in" / "moth1" / "a.wav")
     (tmp_path / "alias").symlink_to(tmp_path / "in" / "moth1")
-    (tmp_path / "in" / "b-link.wav").symlink_to(a)
     assert expand_sources([tmp_path / "in" / "moth1", tmp_path / "alias"]) == [tmp_path / "alias" / "a.wav"]
-    assert expand_sources([tmp_path / "in"]) == [tmp_path / "in" / "b-link.wav"]
+    assert expand_sources([a, tmp_path / "in"]) == [a]
+    # Links with names of their own are recordings of their own names (clock times): kept.
+    (tmp_path / "in" / "20240501_053000.wav").symlink_to(a)
+    os.link(a, tmp_path / "in" / "moth1" / "20240501_060000.wav")
+    assert len(expand_sources([tmp_path / "in"])) == 3
