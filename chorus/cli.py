@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -88,6 +89,22 @@ def _loadtest(args: argparse.Namespace) -> int:
     result = {**summary, **verdict(summary, SLO(args.p99_ms, args.max_error_ratio)), "reports": str(out_dir)}
     _print_result(result)
     return 0 if result["slo_held"] else 1
+
+
+def _number(kind: type[int] | type[float], low: float, high: float = math.inf, note: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number of `kind` within [low, high], refused in the flag's own terms."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not low <= value <= high:  # NaN fails this too
+            bound = f"from {low:g} to {high:g}" if high < math.inf else f"{low:g}{note} or more"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
 def _named_folder(text: str) -> Path:
@@ -229,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--model", default="birdcall:latest", help="model store tag (default birdcall:latest)")
     analyze.add_argument("--variant", default="fp32", choices=["fp32", "int8", "fp16"], help="ONNX variant (default fp32)")
     analyze.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime providers")
-    analyze.add_argument("--min-confidence", type=float, default=None, help="score threshold (default: the model's calibrated one)")
-    analyze.add_argument("--top-k", type=int, default=3, help="most species per window (default 3)")
-    analyze.add_argument("--stride", type=float, default=None, help="seconds between window starts (default: the model's, 2.5)")
+    analyze.add_argument(
+        "--min-confidence", type=_number(float, 0, 1), default=None, help="score threshold (default: the model's calibrated one)"
+    )
+    analyze.add_argument("--top-k", type=_number(int, 1), default=3, help="most species per window (default 3)")
+    analyze.add_argument(
+        "--stride", type=_number(float, 1e-3), default=None, help="seconds between window starts (default: the model's, 2.5)"
+    )
     analyze.add_argument("--species", type=Path, default=None, help="file of species to keep, one per line")
     analyze.add_argument("--exclude", type=Path, default=None, help="file of species to leave out, one per line")
     analyze.add_argument("--merge", action="store_true", help="merge consecutive windows of a species into one detection")
@@ -240,11 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats", default="raven,raven-combined,csv", help="comma-separated: raven, raven-combined, audacity, csv, ndjson, parquet"
     )
     analyze.add_argument("--retry-failed", action="store_true", help="analyze again files an earlier run could not read")
-    analyze.add_argument("--workers", type=int, default=0, help="decode processes (default: one per core)")
-    analyze.add_argument("--batch-windows", type=int, default=64, help="most windows per model run (default 64)")
+    analyze.add_argument(
+        "--workers", type=_number(int, 0, note=" (one per core)"), default=0, help="decode processes (default: one per core)"
+    )
+    analyze.add_argument("--batch-windows", type=_number(int, 1), default=64, help="most windows per model run (default 64)")
     analyze.add_argument("--ray", default=None, metavar="ADDRESS", help="run on a Ray cluster: auto, or its address (ray://host:10001)")
-    analyze.add_argument("--ray-actors", type=int, default=1, help="with --ray: model actors (default 1)")
-    analyze.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="with --ray: GPUs per model actor (default 0: CPU)")
+    analyze.add_argument("--ray-actors", type=_number(int, 1), default=1, help="with --ray: model actors (default 1)")
+    analyze.add_argument(
+        "--ray-gpus-per-actor", type=_number(float, 0), default=0.0, help="with --ray: GPUs per model actor (default 0: CPU)"
+    )
     analyze.set_defaults(handler=_analyze)
     bench = sub.add_parser("bench", help="benchmarks: serving (default), memory; tables, plots, ratios")
     bench.add_argument(

@@ -103,12 +103,15 @@ def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_
     refused = subprocess.run([*command, "--species", str(species)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "a_bird_nobody_knows" in refused.stderr
     refused = subprocess.run([*command, "--workers", "-1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "workers must be 0 (one per core) or more, got -1" in refused.stderr
+    assert refused.returncode == 2 and "argument --workers: must be 0 (one per core) or more, got -1" in refused.stderr
     # Nothing runs, and each says why in one line (no traceback), exit status 2.
     for extra, words in [
         (["--model", "nosuch:latest"], "no model 'nosuch:latest' in the model store"),
         (["--formats", " , "], "choose at least one output format"),
         (["--out", ""], "an empty folder name"),
+        (["--top-k", "0"], "argument --top-k: must be 1 or more, got 0"),
+        (["--min-confidence", "1.5"], "argument --min-confidence: must be from 0 to 1, got 1.5"),
+        (["--stride", "nan"], "argument --stride: must be 0.001 or more, got nan"),
     ]:
         refused = subprocess.run([*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and words in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
