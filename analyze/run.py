@@ -89,6 +89,9 @@ class Summary:
     audio_hours: float
     """Audio in the outputs."""
     detections: int
+    files_band_limited: int
+    """Files in the outputs recorded below twice the model's top frequency: nothing in its top bands,
+    so their detections are unreliable (features.FrontEndConfig.band_limited)."""
     wall_s: float
     realtime_factor: float
     """Seconds of audio analyzed in this run per wall-clock second."""
@@ -153,12 +156,13 @@ def run(
         ok_keys, failures = _rebuild_lists(paths, keys, transient, journal)
         results = _StoredResults(journal, ok_keys)
         fresh = set(todo)
-        audio_total, detections = 0.0, 0
+        audio_total, detections, band_limited = 0.0, 0, 0
         for result in results:
             if result.path not in fresh:  # finished in an earlier run: its files may be missing or of other formats
                 write_file_outputs(config.out_dir, result, root, config.model, formats)
             audio_total += result.duration_s
             detections += len(result.detections)
+            band_limited += result.sample_rate < 2 * config.model.high_hz
         write_combined_outputs(config.out_dir, results, failures, config.model, formats)
         journal.record_outputs_written_with(written_with)
 
@@ -170,6 +174,7 @@ def run(
         files_skipped=len(keys) - len(todo),
         audio_hours=audio_total / 3600,
         detections=detections,
+        files_band_limited=band_limited,
         wall_s=wall_s,
         realtime_factor=audio_s / wall_s if wall_s > 0 else 0.0,
     )

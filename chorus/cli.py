@@ -161,6 +161,12 @@ def _analyze(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("chorus analyze: stopped; the same command again resumes (finished files are kept)", file=sys.stderr)
         return 130  # 128 + SIGINT, as shells report it
+    if summary.files_band_limited:
+        print(
+            f"chorus analyze: warning: {summary.files_band_limited} file(s) recorded below twice the model's top frequency hold"
+            " nothing in its top bands; their detections are unreliable, false ones included (files_band_limited)",
+            file=sys.stderr,
+        )
     _print_result(summary.as_dict())
     return 1 if summary.files_failed else 0
 

@@ -54,6 +54,20 @@ class FrontEndConfig:
                 " `chorus train birdcall` (then `chorus export birdcall`)."
             )
 
+    def band_limited(self, sample_rate: int) -> str | None:
+        """Why a recording at `sample_rate` is analyzed out of the model's reach, or None when it is not.
+
+        Below twice f_max the recording holds nothing in the model's top bands, which no training
+        recording lacked: the scores of such audio are not what they say (on the default model,
+        8 kHz noise scored species at 0.98 in every window)."""
+        if sample_rate >= 2 * self.f_max:
+            return None
+        return (
+            f"recorded at {sample_rate} Hz, so it holds nothing above {sample_rate / 2:g} Hz, while the model listens up to"
+            f" {self.f_max:g} Hz and was trained on recordings that reach it: its detections here are unreliable,"
+            f" false ones included; record at {2 * self.f_max:g} Hz or more"
+        )
+
     @property
     def clip_samples(self) -> int:
         return round(self.clip_seconds * self.sample_rate)

@@ -93,6 +93,12 @@ _SCHEMAS: dict[str, Any] = {
                 },
             },
             "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "the min_confidence used"},
+            "warnings": {
+                "type": "array",
+                "items": _STRING,
+                "description": "present when the result is less than it seems: a recording below 16 kHz holds nothing in the"
+                " model's top bands, and its detections are unreliable",
+            },
             "summary": {
                 "type": "array",
                 "items": _ref("SpeciesSummary"),

@@ -270,6 +270,8 @@ class BirdcallModel(ServedModel, AudioClassifier):
             "threshold": threshold,
             "summary": summarize(spans, outputs.scores, detected, self.labels),
         }
+        if warning := self.frontend.config.band_limited(audio.sample_rate):
+            result["warnings"] = [warning]
         if options.timeline:
             result["windows"] = [
                 {"start": round(span.start, 3), "end": round(span.end, 3), "detections": self._window_detections(s, d, options.top_k)}

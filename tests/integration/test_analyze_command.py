@@ -211,3 +211,15 @@ def test_a_windows_scores_do_not_depend_on_the_windows_scored_with_it(tiny_expor
             pieces = np.concatenate([score(windows[a:b]) for a, b in itertools.pairwise(bounds)])
             assert np.array_equal(pieces, whole), (sizes, score.__name__, float(np.abs(pieces - whole).max()))
     assert model.score(windows[:0]).shape == (0, len(model.labels))
+
+
+def test_files_below_the_models_band_are_counted_and_named_a_risk(tiny_exports, field, tmp_path):
+    low = tmp_path / "low"
+    low.mkdir()
+    (low / "phone.wav").write_bytes(encode((0.05 * np.random.default_rng(0).standard_normal(8_000 * 12)).astype(np.float32), 8_000, "WAV"))
+    summary = analyze(AnalyzeOptions(sources=[str(low), str(field / "site1")], out=tmp_path / "out"))
+    assert summary.files_ok == 3 and summary.files_band_limited == 1
+    command = [sys.executable, "-m", "chorus.cli", "analyze", str(low), "--out", str(tmp_path / "cli")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 file(s) recorded below twice the model's top frequency" in done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["files_band_limited"] == 1

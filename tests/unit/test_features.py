@@ -296,3 +296,9 @@ def test_the_grid_rebuilt_from_windows_holds_every_window():
     for i, window in enumerate(features):
         start = i * config.stride_hops
         np.testing.assert_array_equal(grid[:, start : start + config.n_frames], window[0])
+
+
+def test_a_rate_below_twice_the_top_band_is_named_band_limited():
+    config = FrontEndConfig()
+    assert config.band_limited(16_000) is None and config.band_limited(48_000) is None
+    assert "holds nothing above 5512.5 Hz" in (config.band_limited(11_025) or "")
