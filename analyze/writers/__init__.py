@@ -18,6 +18,7 @@ the same names, and `a.wav` next to `a.flac` must not share one table.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -65,7 +66,7 @@ def common_root(paths: Sequence[Path]) -> Path:
 
 def _per_file_path(out_dir: Path, path: Path, root: Path, format_name: str) -> Path:
     relative = path.relative_to(root)
-    folder, suffix = {"raven": ("raven", "selections"), "audacity": ("audacity", "labels")}[format_name]
+    folder, suffix = _PER_FILE[format_name]
     return out_dir / folder / relative.parent / f"{relative.name}.{suffix}.txt"
 
 
@@ -85,6 +86,26 @@ _COMBINED = {
     "ndjson": ("detections.ndjson",),
     "parquet": ("detections.parquet",),
 }
+
+
+_PER_FILE = {"raven": ("raven", "selections"), "audacity": ("audacity", "labels")}
+"""Per-file formats: their folder under the output folder and their tables' suffix."""
+
+
+def remove_stale_tables(out_dir: Path, paths: Collection[Path], root: Path) -> None:
+    """Delete every per-file table but those of `paths` (the files in this run's outputs) at this
+    run's places: an earlier run's over other recordings, over the same ones from another common
+    folder (their tables sit elsewhere then), or over a file that fails now, would stand next to
+    this run's as if they were among its results."""
+    for name, (folder, suffix) in _PER_FILE.items():
+        expected = {_per_file_path(out_dir, path, root, name) for path in paths}
+        base = out_dir / folder
+        for table in base.rglob(f"*.{suffix}.txt") if base.is_dir() else ():
+            if table not in expected:
+                table.unlink(missing_ok=True)
+        for directory in sorted((d for d in base.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty: something of the user's, or this run's
+                directory.rmdir()
 
 
 def remove_outputs(out_dir: Path, paths: Iterable[Path], root: Path, formats: Collection[str]) -> None:

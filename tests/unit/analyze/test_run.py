@@ -364,3 +364,21 @@ def test_outputs_follow_the_order_of_the_paths_given(tmp_path, recordings):
     run(recordings[::-1], in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(tmp_path / "out"))
     listed = (tmp_path / "out" / "combined.list.txt").read_text().splitlines()
     assert listed == [str(p) for p in recordings[::-1] if p.name != "broken.wav"]
+
+
+def test_only_the_files_of_this_run_have_per_file_tables_at_their_places(tmp_path, recordings):
+    """A run over moth1 alone, then over in/ (another common folder: the tables move one level down),
+    then a file that breaks: no table may stand for a file, or at a place, that this run did not give."""
+    out = tmp_path / "out"
+    moth1 = [p for p in recordings if p.parent.name == "moth1"]
+    run(moth1, in_order(FakeAnalyzer(LABELS)), config(out))
+    assert {t.parent.name for t in (out / "raven").rglob("*.selections.txt")} == {"raven"}
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(out))
+    tables_now = sorted(t.relative_to(out / "raven") for t in (out / "raven").rglob("*.selections.txt"))
+    assert len(tables_now) == 8 and all(t.parts[0] in ("moth1", "moth2") for t in tables_now), tables_now
+    assert sorted(d.name for d in (out / "raven").iterdir()) == ["moth1", "moth2"]
+    gone = moth1[0]
+    gone.write_bytes(b"not audio any more")
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error(), gone.name: decode_error()})), config(out))
+    assert not (out / "raven" / "moth1" / f"{gone.name}.selections.txt").exists()
+    assert len(list((out / "audacity").rglob("*.labels.txt"))) == 7
