@@ -50,7 +50,7 @@ class StoredModel:
             stored = sorted(f"{d.name}:latest" for d in store.iterdir() if (d / "latest").is_file()) if store.is_dir() else []
             raise ModelNotFoundError(
                 f"no model {tag!r} in the model store {store} ({exc}); it holds {', '.join(stored) or 'none'}."
-                " `chorus export birdcall` (or `make up`) puts the default one there"
+                " `chorus export NAME` (or `make up`) puts one there"
             ) from None
         return cls(model.tag.name, model.tag.version or "", Path(model.path))
 
