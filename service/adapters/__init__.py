@@ -47,5 +47,5 @@ class _EveryOtherPath(Route):
 def http_app() -> Starlette:
     """The HTTP adapters as one app: every route, then one that takes every other path and method
     but BentoML's own."""
-    everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+    everything = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
     return Starlette(routes=[*HTTP_ROUTES, _EveryOtherPath("/{path:path}", no_route, methods=everything)])

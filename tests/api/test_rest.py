@@ -144,6 +144,8 @@ async def test_openapi_lists_every_route_with_limits_from_settings(plane, http):
         ("GET", "/jobs/uploads/..%2Fjob1", 404, "no route /jobs/uploads/../job1"),
         ("GET", "/classify", 405, "GET is not allowed on /classify; it takes POST"),
         ("PUT", "/jobs/uploads", 405, "PUT is not allowed on /jobs/uploads; it takes"),
+        ("TRACE", "/classify", 405, "TRACE is not allowed on /classify; it takes POST"),
+        ("TRACE", "/nope", 404, "no route /nope"),
     ],
 )
 async def test_a_path_or_method_no_route_takes_is_a_json_error(http, method, path, status, words):
