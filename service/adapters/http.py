@@ -166,6 +166,10 @@ async def read_body(request: Request, limit: int, route: str, expected: str = AU
     return body
 
 
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
+"""A multipart Content-Type's boundary parameter, quoted or not."""
+
+
 async def read_form(request: Request, limit: int, max_files: int, route: str) -> FormData:
     """A multipart body, read within `limit` bytes as it streams in (chunked bodies too), then parsed.
 
@@ -173,6 +177,11 @@ async def read_form(request: Request, limit: int, max_files: int, route: str) ->
     here the limit holds on the bytes received and a malformed body is a 400 that says why.
     """
     body = await read_body(request, limit, route)
+    found = _BOUNDARY.search(request.headers.get("content-type", ""))
+    boundary = (found.group(1) or found.group(2)).encode("latin-1") if found else None
+    if boundary and not body.rstrip(b"\r\n").endswith(b"--" + boundary + b"--"):
+        # python-multipart parses a cut body without a word: its file field would be "missing".
+        raise BadRequest("malformed multipart body: it ends before its closing boundary (cut short?)", max_files=max_files)
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body

@@ -312,3 +312,11 @@ async def test_a_client_that_leaves_mid_body_is_no_server_error(plane, store, me
     body = json.loads(sent[1]["body"])
     assert (body["type"] if path.startswith("/v2") else body["error"]["type"]) == "client_closed_request"
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_multipart_body_cut_short_says_so(http, wav):
+    request = http.build_request("POST", "/classify", files={"audio": ("tone.wav", wav)})
+    body = request.read()
+    response = await http.post("/classify", content=body[: len(body) // 2], headers={"content-type": request.headers["content-type"]})
+    status_of(response, 400, "ends before its closing boundary")
+    assert (await http.post("/classify", content=body, headers={"content-type": request.headers["content-type"]})).status_code == 200
