@@ -14,13 +14,11 @@ from bentoml.exceptions import BentoMLException
 from layout import artifacts
 
 _PLAIN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+"""A name or version BentoML would keep as it is (it lowercases the rest)."""
 
 
 class ModelNotFoundError(LookupError):
     """No model in the store has the tag asked for: says which ones it holds."""
-
-
-"""A name or version BentoML would keep as it is (it lowercases the rest)."""
 
 
 @dataclass(frozen=True)
