@@ -48,14 +48,14 @@ def header_split(header_length: str | None) -> int | None:
     return int(header_length)
 
 
-def parse_request(body: bytes, header_length: str | None, json_limit: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def parse_request(body: bytes, split: int | None, json_limit: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Body -> (the JSON request, input tensors by name). Raises 400/413/422 with what is wrong.
 
-    Everything a client sends is checked here, before any model work: the JSON's size (at most
-    `json_limit` bytes), its shape, each input's name, datatype, shape and data, the requested
-    outputs and their parameters.
+    `split` is the JSON's length when binary data follows it (header_split of the request's
+    Inference-Header-Content-Length), None when the whole body is JSON. Everything a client sends
+    is checked here, before any model work: the JSON's size (at most `json_limit` bytes), its
+    shape, each input's name, datatype, shape and data, the requested outputs and their parameters.
     """
-    split = header_split(header_length)
     if split is not None:
         if not 0 < split <= len(body):
             raise BadRequest(f"Inference-Header-Content-Length {split} does not fit the {len(body)}-byte body")

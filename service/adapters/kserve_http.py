@@ -50,18 +50,17 @@ async def infer(request: Request) -> Response:
     authorize(request)
     name, version = request.path_params["name"], request.path_params.get("version")
     plane.check_name(name)
-    settings, header_length = plane.settings, request.headers.get(HEADER_LENGTH)
+    settings, split = plane.settings, header_split(request.headers.get(HEADER_LENGTH))
     # All-JSON bodies stop at the JSON limit while they stream in; with binary data, at the upload limit.
-    binary = header_split(header_length) is not None
+    limit = settings.max_kserve_json_bytes if split is None else settings.max_upload_bytes
     async with plane.admitted(deadline_seconds(request)):  # before the body: overload costs no upload
-        if binary:
-            body = await read_body(request, settings.max_upload_bytes, "kserve_infer", KSERVE_BODY)
-        else:
-            try:
-                body = await read_body(request, settings.max_kserve_json_bytes, "kserve_infer", KSERVE_BODY)
-            except PayloadTooLarge:  # say how to send more
-                raise json_too_large(settings.max_kserve_json_bytes) from None
-        kserve_request, tensors = parse_request(body, header_length, settings.max_kserve_json_bytes)
+        try:
+            body = await read_body(request, limit, "kserve_infer", KSERVE_BODY)
+        except PayloadTooLarge:
+            if split is not None:
+                raise
+            raise json_too_large(limit) from None  # saying how to send more
+        kserve_request, tensors = parse_request(body, split, settings.max_kserve_json_bytes)
         result = await plane.infer(name, tensors, version=version, outputs=requested_outputs(kserve_request))
     content, headers = build_response(kserve_request, result.model_name, result.model_version, result.outputs)
     return Response(content, headers=headers)

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.adapters.kserve_codec import HEADER_LENGTH, build_response, parse_request
+from service.adapters.kserve_codec import HEADER_LENGTH, build_response, header_split, parse_request
 from service.admission import Admission
 from service.engine.ddim import time_pairs
 from service.engine.runtime import choose_providers
@@ -34,7 +34,7 @@ def test_kserve_binary_round_trip():
     ).encode()
     strings = struct.pack("<I", 2) + b"hi" + struct.pack("<I", 3) + b"abc"
     body = head + np.arange(4, dtype=np.float32).tobytes() + strings
-    request, tensors = parse_request(body, str(len(head)), 1 << 20)
+    request, tensors = parse_request(body, len(head), 1 << 20)
     np.testing.assert_array_equal(tensors["a"].data, [[0, 1], [2, 3]])
     assert list(tensors["s"].data) == [b"hi", b"abc"]
     content, headers = build_response(request, "m", "1", {"y": np.ones((2,), np.float32), "z": np.array([b"x"], dtype=object)})
@@ -54,7 +54,7 @@ def test_kserve_binary_round_trip():
 )
 def test_kserve_bad_requests(body, header, error):
     with pytest.raises(error):
-        parse_request(body, header, 1 << 20)
+        parse_request(body, header_split(header), 1 << 20)
 
 
 def test_admission_bounds_and_deadline():
