@@ -157,15 +157,14 @@ def run(
         ok_keys, failures = _rebuild_lists(paths, keys, transient, journal)
         results = _StoredResults(journal, ok_keys)
         fresh = set(todo)
-        audio_total, detections, band_limited, tabled = 0.0, 0, 0, []
+        audio_total, detections, band_limited = 0.0, 0, 0
         for result in results:
-            tabled.append(result.path)
             if result.path not in fresh:  # finished in an earlier run: its files may be missing or of other formats
                 write_file_outputs(config.out_dir, result, root, config.model, formats)
             audio_total += result.duration_s
             detections += len(result.detections)
             band_limited += result.sample_rate < 2 * config.model.high_hz
-        remove_stale_tables(config.out_dir, tabled, root)
+        remove_stale_tables(config.out_dir, [Path(key.path) for key in ok_keys], root)
         write_combined_outputs(config.out_dir, results, failures, config.model, formats)
         journal.record_outputs_written_with(written_with)
 
