@@ -8,10 +8,12 @@ proportions), never window by window, so no recording leaks across splits.
 
 Window labels: when an events CSV sits beside the labels CSV (`labels.events.csv` for
 `labels.csv`, columns `path,label,start,end` in seconds, one row per call, as a Raven selection
-table holds them; an optional `snr_db` column is kept for the figures), a window is labelled with
+table holds them; an optional `snr_db` column gives each call's level), a window is labelled with
 a species when it holds at least MIN_CALL_SECONDS of its calls or most of one whole call, and not
 labelled when it holds none (less than NO_CALL_SECONDS). A call cut by the window's edge in between is neither: that (window, species)
 pair is left out of the loss and the figures, like the collar of event-based sound-event metrics.
+So is a window whose calls of the species are all under the noise (snr_db below AUDIBLE_DB): there
+is a call, but none the audio shows.
 Recordings without events rows get their CSV labels on every window (weak labels).
 Generated data and a user's real recordings take exactly the same path.
 """
@@ -42,6 +44,9 @@ WHOLE_CALL_SHARE = 0.8
 """... as is one holding this share of any one call (short calls)."""
 NO_CALL_SECONDS = 0.02
 """A window holding less than this of a species' calls is labelled without it."""
+AUDIBLE_DB = 0.0
+"""A call whose events row gives a level (`snr_db`) below this is under the noise: it makes no window
+present, and a window holding only such calls is neither (left out, like a cut call)."""
 
 
 class DataError(ValueError):
@@ -201,7 +206,7 @@ def dataset_hash(csv_path: Path) -> str:
 
 
 def window_targets(item: Item, spans: Sequence[WindowSpan], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[n, classes] 0/1 targets, known mask and the loudest call's SNR (NaN: unknown) of one recording's windows."""
+    """[n, classes] 0/1 targets, known mask and the loudest heard call's level (NaN: unknown) of one recording's windows."""
     targets = np.zeros((len(spans), len(index)), np.float32)
     known = np.ones_like(targets, dtype=bool)
     snr = np.full_like(targets, np.nan)
@@ -218,16 +223,17 @@ def window_targets(item: Item, spans: Sequence[WindowSpan], index: dict[str, int
             continue
         call_start = np.array([e.start for e in calls])[None, :]
         call_end = np.array([e.end for e in calls])[None, :]
-        overlap = np.clip(np.minimum(ends, call_end) - np.maximum(starts, call_start), 0, None)  # [windows, calls]
-        held = overlap.sum(axis=1)
-        whole = (overlap >= WHOLE_CALL_SHARE * (call_end - call_start)).any(axis=1)
-        present = (held >= MIN_CALL_SECONDS) | whole
-        targets[:, index[name]] = present
-        known[:, index[name]] = present | (held < NO_CALL_SECONDS)
         levels = np.array([np.nan if e.snr_db is None else e.snr_db for e in calls])[None, :]
+        audible = ~(levels < AUDIBLE_DB)  # a call without a level counts as heard
+        overlap = np.clip(np.minimum(ends, call_end) - np.maximum(starts, call_start), 0, None)  # [windows, calls]
+        heard = np.where(audible, overlap, 0.0)
+        whole = (heard >= WHOLE_CALL_SHARE * (call_end - call_start)).any(axis=1)
+        present = (heard.sum(axis=1) >= MIN_CALL_SECONDS) | whole
+        targets[:, index[name]] = present
+        known[:, index[name]] = present | (overlap.sum(axis=1) < NO_CALL_SECONDS)
         if np.isfinite(levels).any():
-            heard = np.where(overlap > 0, levels, -np.inf).max(axis=1)
-            snr[:, index[name]] = np.where(present & np.isfinite(heard), heard, np.nan)
+            loudest = np.where(heard > 0, levels, -np.inf).max(axis=1)
+            snr[:, index[name]] = np.where(present & np.isfinite(loudest), loudest, np.nan)
     return targets, known, snr
 
 

@@ -12,8 +12,8 @@ from training import detection_metrics as dm
 from training.birdcall_data import Item, WindowSet
 from training.plots import plot_detections
 
-SNR_BINS = (4.0, 8.0, 12.0, 16.0, 22.0, 30.01)
-"""Call-level bins (dB over the background, generated data) for recall by level."""
+SNR_BINS = (0.0, 3.0, 6.0, 10.0, 15.0, 20.0, 30.0, 60.0)
+"""Call-level bins (dB over everything else in the model's mel cells, generated data) for recall by level."""
 
 
 def recording_targets(items: Sequence[Item], labels: Sequence[str]) -> np.ndarray:
@@ -126,7 +126,7 @@ def markdown_report(metrics: dict[str, Any]) -> str:
     counts = ("windows", "background_windows", "two_species_windows", "three_species_windows", "recordings_with_species", "excluded_pairs")
     lines += ["", "Counts (test): " + ", ".join(f"{key} {metrics['test'][key]}" for key in counts) + ".", ""]
     if metrics["test"]["recall_by_snr"]:
-        lines += ["| call level (SNR) | " + " | ".join(metrics["test"]["recall_by_snr"]) + " |"]
+        lines += ["| call level (dB over the rest, mel cells) | " + " | ".join(metrics["test"]["recall_by_snr"]) + " |"]
         lines += ["|---|" + "---|" * len(metrics["test"]["recall_by_snr"])]
         lines += [
             "| test recall (pairs) | "

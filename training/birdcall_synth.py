@@ -5,7 +5,8 @@ calls, buzzes, warbles, ...). A recording is a scene: zero to three species, eac
 random gaps, at a random level relative to non-bird sound under them (background_synth), with
 pitch, tempo, overall loudness and band varied (part is low-passed the way 16 kHz MP3 cuts the
 top band) and some scenes clipped. Every call placed is recorded as an event (species, start,
-end), so labels can follow the audio window by window. Deterministic for a seed.
+end, and how far it stands out of the rest where the model looks), so labels can follow the audio
+window by window. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+import scipy.fft
 import scipy.signal
 import soundfile as sf
+import soxr
 
+from features import FrontEndConfig
+from features.mel import mel_filterbank
 from training.background_synth import BACKGROUNDS, clip, colored_noise
 
 Rng = np.random.Generator
@@ -181,7 +186,9 @@ class CallEvent:
     start: float
     end: float
     snr_db: float | None = None
-    """Call level over the background (see SNR_DB), when known; None over silence or in real data."""
+    """How far the call stands out where the model looks, when known (None over silence or in real
+    data): its power over everything else's (background and other species) in the front end's mel
+    cells it fills, in dB (see call_levels). Below 0 dB it is under the noise there."""
 
 
 @dataclass(frozen=True)
@@ -211,10 +218,11 @@ class SceneSpec:
     clipped: bool = False
 
 
-# Call level: local SNR, the call's power over the background's in the spectrogram cells the call
-# fills (within 20 dB of its loudest). A broadband ratio would say little: a 450 Hz hoot at 0 dB
-# broadband vanishes under wind, while a 6 kHz call at -6 dB stands far out of pink noise. At
-# 4 dB local SNR a call is faint but visible in the spectrogram; below 0 dB it is gone.
+# A species' level is drawn as a local SNR: the call's power over the background's in the spectrogram
+# cells the call fills (within 20 dB of its loudest). A broadband ratio would say little: a 450 Hz
+# hoot at 0 dB broadband vanishes under wind, while a 6 kHz call at -6 dB stands far out of pink
+# noise. These are cells of a 32 ms STFT, finer than the model's mel bands, where calls read ~4 dB
+# lower; the events carry the level measured there, call by call (call_levels).
 SNR_DB = (4.0, 30.0)
 _SNR_CELL_RANGE_DB = 20.0
 _ACTIVE_FRAME_SECONDS = 0.005
@@ -277,8 +285,46 @@ def local_snr_gain(track: np.ndarray, background_cells: np.ndarray, sr: int, snr
     return float(np.sqrt(10 ** (snr_db / 10) / max(ratio, 1e-30)))
 
 
+_FRONT_END = FrontEndConfig()
+_MEL_BANDS = mel_filterbank(_FRONT_END)
+_HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_FRONT_END.n_fft) / _FRONT_END.n_fft)).astype(np.float32)
+
+
+def _mel_power(x: np.ndarray, sr: int, gain: np.ndarray | None = None) -> np.ndarray:
+    """[frames, mels] power of x in the front end's own cells: resampled as it does, its STFT frames
+    (centred, periodic Hann) and mel bands; gain: a power gain per FFT bin applied first (a filter's)."""
+    cfg = _FRONT_END
+    x = soxr.resample(x.astype(np.float32), sr, cfg.sample_rate, quality="HQ")
+    half = cfg.n_fft // 2
+    padded = np.pad(x, (half, half))
+    n_frames = 1 + (len(padded) - cfg.n_fft) // cfg.hop_length
+    frames = padded[np.arange(cfg.n_fft)[None, :] + cfg.hop_length * np.arange(n_frames)[:, None]]
+    power = np.abs(scipy.fft.rfft(frames * _HANN, axis=1)) ** 2
+    return (power if gain is None else power * gain) @ _MEL_BANDS
+
+
+def call_levels(call: np.ndarray, masker: np.ndarray, events: list[CallEvent]) -> list[float]:
+    """Each event's level where the model looks: the call's power over the masker's (background and
+    other species), in dB, over the mel cells the call fills within its event (frames centred inside
+    it, bands within 20 dB of its loudest cell there). call and masker: _mel_power of each."""
+    frame_seconds = _FRONT_END.hop_length / _FRONT_END.sample_rate
+    levels = []
+    for event in events:
+        first = min(int(np.ceil(event.start / frame_seconds)), len(call) - 1)
+        last = max(first, min(int(np.floor(event.end / frame_seconds)), len(call) - 1))
+        cells, under = call[first : last + 1], masker[first : last + 1]
+        loud = cells >= cells.max() * 10 ** (-_SNR_CELL_RANGE_DB / 10)
+        levels.append(round(float(10 * np.log10(max(cells[loud].sum(), 1e-30) / max(under[loud].sum(), 1e-30))), 1))
+    return levels
+
+
 def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> Recording:
-    """One field recording: the scene's backgrounds, its species' bouts at random SNRs, level and band varied."""
+    """One field recording: the scene's backgrounds, its species' bouts at random SNRs, level and band varied.
+
+    Every call's event carries its level where the model looks (call_levels), measured on the parts
+    before they are summed, with the band limit's response applied: a call the background or a
+    louder species covers is written down as such, so that labels, like an annotator's selections,
+    hold only what the audio shows."""
     n = int(scene.seconds * sample_rate)
     loud = [kind for kind in scene.backgrounds if kind != "silence"]
     if loud:
@@ -290,26 +336,36 @@ def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_proba
     else:
         # Silence keeps its absolute level (digital zero or self-noise), and calls get one too.
         background = BACKGROUNDS["silence"](rng, n, sample_rate)
-    signal = background
     background_cells = _cell_power(background, sample_rate) if loud and scene.species else None
-    events: list[CallEvent] = []
+    tracks: list[tuple[np.ndarray, list[CallEvent]]] = []
     for species in scene.species:
         track, track_events = bird_track(species, n, sample_rate, rng, scene.sparse)
         if background_cells is not None:
-            snr_db = rng.uniform(*SNR_DB)
-            signal = signal + track * local_snr_gain(track, background_cells, sample_rate, snr_db)
-            events += [replace(e, snr_db=round(snr_db, 2)) for e in track_events]
+            track = track * local_snr_gain(track, background_cells, sample_rate, rng.uniform(*SNR_DB))
         else:  # over silence: an absolute level (dBFS of the call's active RMS)
-            signal = signal + track * 10 ** (rng.uniform(-45, -12) / 20)
-            events += track_events
-    cutoff = None
+            track = track * 10 ** (rng.uniform(-45, -12) / 20)
+        tracks.append((track, track_events))
+    signal = background + sum((track for track, _ in tracks), np.zeros(n))
+    cutoff, band_gain = None, None
     if rng.random() < lowpass_probability:
         # 6.5-7.8 kHz: about where 16 kHz MP3 at low bitrates cuts the top band (7.2 kHz at 32 kbps).
         cutoff = float(rng.uniform(6500, 7800))
         if cutoff < sample_rate / 2 - 100:
-            signal = scipy.signal.sosfilt(scipy.signal.butter(8, cutoff, "lowpass", fs=sample_rate, output="sos"), signal)
+            sos = scipy.signal.butter(8, cutoff, "lowpass", fs=sample_rate, output="sos")
+            signal = scipy.signal.sosfilt(sos, signal)
+            bins_hz = np.fft.rfftfreq(_FRONT_END.n_fft, 1 / _FRONT_END.sample_rate)
+            band_gain = np.abs(scipy.signal.sosfreqz(sos, worN=bins_hz, fs=sample_rate)[1]) ** 2
         else:
             cutoff = None
+    events: list[CallEvent] = []
+    if background_cells is not None:
+        powers = [_mel_power(track, sample_rate, band_gain) for track, _ in tracks]
+        everything = _mel_power(background, sample_rate, band_gain) + sum(powers)
+        for (_, track_events), power in zip(tracks, powers, strict=True):
+            levels = call_levels(power, everything - power, track_events)
+            events += [replace(e, snr_db=level) for e, level in zip(track_events, levels, strict=True)]
+    else:
+        events = [e for _, track_events in tracks for e in track_events]
     if scene.clipped:
         signal = clip(signal, rng)
     elif loud:

@@ -105,9 +105,11 @@ def degraded_manifest(csv_path: Path, condition: str, out_dir: Path) -> Path:
         writer.writerows((str(sources[item.path]), ";".join(item.labels) or "background", "test") for item in items)
     with events_path(manifest).open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "start", "end"])
+        writer.writerow(["path", "label", "start", "end", "snr_db"])
         for item in items:
-            writer.writerows((str(sources[item.path]), e.label, e.start, e.end) for e in item.events or ())
+            # The clean audio's levels: the same calls count in every condition, so conditions compare.
+            rows = ((str(sources[item.path]), e.label, e.start, e.end, "" if e.snr_db is None else e.snr_db) for e in item.events or ())
+            writer.writerows(rows)
     return manifest
 
 

@@ -17,7 +17,15 @@ from training.birdcall_data import (
     species_of,
     window_targets,
 )
-from training.birdcall_synth import CallEvent, SceneSpec, _active_segments, bird_track, synthesize_scene
+from training.birdcall_synth import (
+    CallEvent,
+    SceneSpec,
+    _active_segments,
+    _mel_power,
+    bird_track,
+    call_levels,
+    synthesize_scene,
+)
 
 
 def test_labels_split_on_semicolons_and_background_means_none():
@@ -79,6 +87,48 @@ def test_window_targets_follow_the_calls():
     # Without events, the recording's labels hold for every window.
     weak, weak_known, _ = window_targets(Item(None, ("crow",), "train"), spans, index)  # type: ignore[arg-type]
     assert weak[:, 2].all() and not weak[:, :2].any() and weak_known.all()
+
+
+def test_calls_under_the_noise_make_no_window_present():
+    spans = [WindowSpan(0.0, 5.0), WindowSpan(2.5, 7.5), WindowSpan(5.0, 10.0)]
+    item = Item(
+        path=None,  # type: ignore[arg-type]
+        labels=("owl",),
+        split="train",
+        events=(
+            CallEvent("owl", 1.0, 2.0, snr_db=-3.0),  # under the noise: window 0 holds nothing heard
+            CallEvent("owl", 6.0, 6.5, snr_db=-1.0),  # under the noise too ...
+            CallEvent("owl", 6.5, 7.0, snr_db=4.0),  # ... beside a heard one: windows 1 and 2 hold it
+        ),
+    )
+    targets, known, level = window_targets(item, spans, {"owl": 0})
+    np.testing.assert_array_equal(targets[:, 0], [0, 1, 1])
+    np.testing.assert_array_equal(known[:, 0], [False, True, True])  # a call, but none the audio shows: left out
+    np.testing.assert_array_equal(level[:, 0], [np.nan, 4.0, 4.0])  # the heard call's level, not the louder-looking sum
+
+
+def test_call_levels_measure_the_call_over_the_rest_in_the_model_cells():
+    rate = 16_000
+    t = np.arange(2 * rate) / rate
+    tone = np.sin(2 * np.pi * 3000 * t) * (t >= 0.5) * (t < 1.5)
+    noise = np.random.default_rng(0).standard_normal(len(t))
+    event = [CallEvent("x", 0.5, 1.5)]
+    call, masker = _mel_power(tone, rate), _mel_power(noise, rate)
+    loud = call_levels(call, masker, event)[0]
+    # 12 dB quieter call, 12 dB lower level; the same call under 10x the noise, 10 dB lower.
+    assert call_levels(_mel_power(tone / 4, rate), masker, event)[0] == pytest.approx(loud - 12.04, abs=0.2)
+    assert call_levels(call, _mel_power(noise * np.sqrt(10), rate), event)[0] == pytest.approx(loud - 10, abs=0.2)
+    assert loud > 10  # a pure tone stands far out of white noise in its own band
+
+
+def test_scene_events_carry_their_level_over_sound_and_none_over_silence():
+    rate = 16_000
+    scene = SceneSpec(("hooting_owl", "fast_trill_wren"), ("rain",), 8.0)
+    rec = synthesize_scene(scene, rate, np.random.default_rng(3), lowpass_probability=0.0)
+    assert rec.events and all(e.snr_db is not None and np.isfinite(e.snr_db) for e in rec.events)
+    # Over silence the calls keep an absolute level: none is written down.
+    quiet = synthesize_scene(SceneSpec(("hooting_owl",), ("silence",), 4.0), rate, np.random.default_rng(3))
+    assert quiet.events and all(e.snr_db is None for e in quiet.events)
 
 
 @pytest.mark.parametrize("kind", list(BACKGROUNDS))
