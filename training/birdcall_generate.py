@@ -58,8 +58,13 @@ class GenerateSpec:
 
 
 @dataclass(frozen=True)
-class _Job:
+class PlannedRecording:
+    """One recording a spec asks for, with all that makes its bytes."""
+
     path: Path
+    """Relative to the dataset folder."""
+    label: str
+    split: str
     scene: SceneSpec
     rate: int
     format_index: int
@@ -125,15 +130,16 @@ def plan_scenes(spec: GenerateSpec) -> list[tuple[str, SceneSpec, str]]:
     return plan
 
 
-def _write_one(job: _Job) -> list[CallEvent]:
-    recording = synthesize_scene(job.scene, job.rate, np.random.default_rng(job.seed))
-    fmt, subtype, _, _ = _FORMATS[job.format_index]
-    write_audio(job.path, recording.audio, job.rate, fmt, subtype, job.compression_level)
+def _write_one(job: tuple[Path, PlannedRecording]) -> list[CallEvent]:
+    out_dir, planned = job
+    recording = synthesize_scene(planned.scene, planned.rate, np.random.default_rng(planned.seed))
+    fmt, subtype, _, _ = _FORMATS[planned.format_index]
+    write_audio(out_dir / planned.path, recording.audio, planned.rate, fmt, subtype, planned.compression_level)
     return list(recording.events)
 
 
 def _fingerprint(spec: GenerateSpec) -> str:
-    """The spec and the generator's source: equal fingerprints make equal bytes."""
+    """The spec and the generator's source: equal fingerprints make equal audio."""
     digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
     for module in ("background_synth.py", "birdcall_synth.py", "birdcall_generate.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
@@ -154,35 +160,42 @@ def ensure_dataset(out_dir: Path, spec: GenerateSpec, workers: int | None = None
     return csv_path
 
 
-def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers: int | None = None) -> Path:
-    """Write audio files, labels.csv and its events file under out_dir; returns the labels CSV path."""
-    audio_dir = out_dir / "audio"
-    audio_dir.mkdir(parents=True, exist_ok=True)
+def plan_recordings(spec: GenerateSpec) -> list[PlannedRecording]:
+    """Every recording of the dataset: scene, split, format, rate and seed. Same spec, same plan."""
     rng = np.random.default_rng(spec.seed + 1)
     shares = np.array([f[3] for f in _FORMATS])
-    jobs, rows = [], []
+    planned = []
     for stem, scene, split in plan_scenes(spec):
         fmt_index = int(rng.choice(len(_FORMATS), p=shares / shares.sum()))
         rel = Path("audio") / f"{stem}.{_FORMATS[fmt_index][2]}"
         rate, seed = int(rng.choice(_RATES)), int(rng.integers(2**31))
-        if _FORMATS[fmt_index][0] == "MP3":
-            jobs.append(_Job(out_dir / rel, scene, _MP3_RATE, fmt_index, seed, float(rng.uniform(*_MP3_COMPRESSION))))
-        else:
-            jobs.append(_Job(out_dir / rel, scene, rate, fmt_index, seed))
         label = LABEL_SEPARATOR.join(sorted(scene.species)) or BACKGROUND_LABEL
-        rows.append((rel.as_posix(), label, split))
+        if _FORMATS[fmt_index][0] == "MP3":
+            compression = float(rng.uniform(*_MP3_COMPRESSION))
+            planned.append(PlannedRecording(rel, label, split, scene, _MP3_RATE, fmt_index, seed, compression))
+        else:
+            planned.append(PlannedRecording(rel, label, split, scene, rate, fmt_index, seed))
+    return planned
+
+
+def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers: int | None = None) -> Path:
+    """Write audio files, labels.csv and its events file under out_dir; returns the labels CSV path."""
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
+    planned = plan_recordings(spec)
+    jobs = [(out_dir, p) for p in planned]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         events = list(tqdm(pool.map(_write_one, jobs, chunksize=4), total=len(jobs), desc="generate birdcall", unit="rec"))
     csv_path = out_dir / "labels.csv"
     with events_path(csv_path).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "start", "end", "snr_db"])
-        for (path, _, _), recording_events in zip(rows, events, strict=True):
+        for recording, recording_events in zip(planned, events, strict=True):
             for e in recording_events:
-                writer.writerow((path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", "" if e.snr_db is None else e.snr_db))
+                level = "" if e.snr_db is None else e.snr_db
+                writer.writerow((recording.path.as_posix(), e.label, f"{e.start:.3f}", f"{e.end:.3f}", level))
     # The labels CSV last: its presence means the folder is complete.
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
-        writer.writerows(rows)
+        writer.writerows((p.path.as_posix(), p.label, p.split) for p in planned)
     return csv_path

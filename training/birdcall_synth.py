@@ -290,7 +290,7 @@ _MEL_BANDS = mel_filterbank(_FRONT_END)
 _HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_FRONT_END.n_fft) / _FRONT_END.n_fft)).astype(np.float32)
 
 
-def _mel_power(x: np.ndarray, sr: int, gain: np.ndarray | None = None) -> np.ndarray:
+def mel_power(x: np.ndarray, sr: int, gain: np.ndarray | None = None) -> np.ndarray:
     """[frames, mels] power of x in the front end's own cells: resampled as it does, its STFT frames
     (centred, periodic Hann) and mel bands; gain: a power gain per FFT bin applied first (a filter's)."""
     cfg = _FRONT_END
@@ -306,7 +306,7 @@ def _mel_power(x: np.ndarray, sr: int, gain: np.ndarray | None = None) -> np.nda
 def call_levels(call: np.ndarray, masker: np.ndarray, events: list[CallEvent]) -> list[float]:
     """Each event's level where the model looks: the call's power over the masker's (background and
     other species), in dB, over the mel cells the call fills within its event (frames centred inside
-    it, bands within 20 dB of its loudest cell there). call and masker: _mel_power of each."""
+    it, bands within 20 dB of its loudest cell there). call and masker: mel_power of each."""
     frame_seconds = _FRONT_END.hop_length / _FRONT_END.sample_rate
     levels = []
     for event in events:
@@ -318,13 +318,54 @@ def call_levels(call: np.ndarray, masker: np.ndarray, events: list[CallEvent]) -
     return levels
 
 
-def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> Recording:
-    """One field recording: the scene's backgrounds, its species' bouts at random SNRs, level and band varied.
+@dataclass
+class SceneParts:
+    """A scene before its parts are summed: what the recording is made of, and where the model can hear it."""
 
-    Every call's event carries its level where the model looks (call_levels), measured on the parts
-    before they are summed, with the band limit's response applied: a call the background or a
-    louder species covers is written down as such, so that labels, like an annotator's selections,
-    hold only what the audio shows."""
+    background: np.ndarray
+    """Non-bird sound, float64."""
+    tracks: list[tuple[np.ndarray, list[CallEvent]]]
+    """Each species' calls at their level, with their events (levels not yet measured)."""
+    sample_rate: int
+    measured: bool
+    """Whether calls sit over sound whose level they are measured against (not over silence)."""
+    lowpass: np.ndarray | None
+    """The band limit's second-order sections, or None."""
+    cutoff: float | None
+    """Its cut-off in Hz."""
+
+    def band_gain(self) -> np.ndarray | None:
+        """The band limit's power gain at the front end's FFT bins (None: no band limit)."""
+        if self.lowpass is None:
+            return None
+        bins_hz = np.fft.rfftfreq(_FRONT_END.n_fft, 1 / _FRONT_END.sample_rate)
+        return np.abs(scipy.signal.sosfreqz(self.lowpass, worN=bins_hz, fs=self.sample_rate)[1]) ** 2
+
+    def signal(self) -> np.ndarray:
+        """The parts summed, band-limited."""
+        summed = self.background + sum((track for track, _ in self.tracks), np.zeros(len(self.background)))
+        return summed if self.lowpass is None else scipy.signal.sosfilt(self.lowpass, summed)
+
+    def mel_powers(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """mel_power of the background and of each track, band limit applied."""
+        gain = self.band_gain()
+        return mel_power(self.background, self.sample_rate, gain), [mel_power(t, self.sample_rate, gain) for t, _ in self.tracks]
+
+    def events(self) -> list[CallEvent]:
+        """Every call's event, with its level measured over everything else when the scene has sound under the calls."""
+        if not self.measured:
+            return sorted((e for _, track_events in self.tracks for e in track_events), key=lambda e: e.start)
+        background, powers = self.mel_powers()
+        everything = background + sum(powers)
+        events = []
+        for (_, track_events), power in zip(self.tracks, powers, strict=True):
+            levels = call_levels(power, everything - power, track_events)
+            events += [replace(e, snr_db=level) for e, level in zip(track_events, levels, strict=True)]
+        return sorted(events, key=lambda e: e.start)
+
+
+def scene_parts(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> SceneParts:
+    """The scene's backgrounds, its species' bouts at random levels, and a band limit now and then."""
     n = int(scene.seconds * sample_rate)
     loud = [kind for kind in scene.backgrounds if kind != "silence"]
     if loud:
@@ -345,33 +386,32 @@ def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_proba
         else:  # over silence: an absolute level (dBFS of the call's active RMS)
             track = track * 10 ** (rng.uniform(-45, -12) / 20)
         tracks.append((track, track_events))
-    signal = background + sum((track for track, _ in tracks), np.zeros(n))
-    cutoff, band_gain = None, None
+    sos, cutoff = None, None
     if rng.random() < lowpass_probability:
         # 6.5-7.8 kHz: about where 16 kHz MP3 at low bitrates cuts the top band (7.2 kHz at 32 kbps).
         cutoff = float(rng.uniform(6500, 7800))
         if cutoff < sample_rate / 2 - 100:
             sos = scipy.signal.butter(8, cutoff, "lowpass", fs=sample_rate, output="sos")
-            signal = scipy.signal.sosfilt(sos, signal)
-            bins_hz = np.fft.rfftfreq(_FRONT_END.n_fft, 1 / _FRONT_END.sample_rate)
-            band_gain = np.abs(scipy.signal.sosfreqz(sos, worN=bins_hz, fs=sample_rate)[1]) ** 2
         else:
             cutoff = None
-    events: list[CallEvent] = []
-    if background_cells is not None:
-        powers = [_mel_power(track, sample_rate, band_gain) for track, _ in tracks]
-        everything = _mel_power(background, sample_rate, band_gain) + sum(powers)
-        for (_, track_events), power in zip(tracks, powers, strict=True):
-            levels = call_levels(power, everything - power, track_events)
-            events += [replace(e, snr_db=level) for e, level in zip(track_events, levels, strict=True)]
-    else:
-        events = [e for _, track_events in tracks for e in track_events]
+    return SceneParts(background, tracks, sample_rate, background_cells is not None, sos, cutoff)
+
+
+def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> Recording:
+    """One field recording: the scene's parts summed, level varied, clipped when asked.
+
+    Every call's event carries its level where the model looks (call_levels), measured on the parts
+    before they are summed, with the band limit's response applied: a call the background or a
+    louder species covers is written down as such, so that labels, like an annotator's selections,
+    hold only what the audio shows."""
+    parts = scene_parts(scene, sample_rate, rng, lowpass_probability)
+    signal = parts.signal()
     if scene.clipped:
         signal = clip(signal, rng)
-    elif loud:
+    elif any(kind != "silence" for kind in scene.backgrounds):
         signal = signal * rng.uniform(0.03, 0.9) / (np.abs(signal).max() + 1e-12)
-    events.sort(key=lambda e: e.start)
-    return Recording(np.clip(signal, -1, 1).astype(np.float32), sample_rate, cutoff, tuple(events), scene.backgrounds, scene.clipped)
+    audio = np.clip(signal, -1, 1).astype(np.float32)
+    return Recording(audio, sample_rate, parts.cutoff, tuple(parts.events()), scene.backgrounds, scene.clipped)
 
 
 def synthesize_recording(

@@ -21,7 +21,7 @@ from training.birdcall_synth import (
     CallEvent,
     SceneSpec,
     _active_segments,
-    _mel_power,
+    mel_power,
     bird_track,
     call_levels,
     synthesize_scene,
@@ -113,11 +113,11 @@ def test_call_levels_measure_the_call_over_the_rest_in_the_model_cells():
     tone = np.sin(2 * np.pi * 3000 * t) * (t >= 0.5) * (t < 1.5)
     noise = np.random.default_rng(0).standard_normal(len(t))
     event = [CallEvent("x", 0.5, 1.5)]
-    call, masker = _mel_power(tone, rate), _mel_power(noise, rate)
+    call, masker = mel_power(tone, rate), mel_power(noise, rate)
     loud = call_levels(call, masker, event)[0]
     # 12 dB quieter call, 12 dB lower level; the same call under 10x the noise, 10 dB lower.
-    assert call_levels(_mel_power(tone / 4, rate), masker, event)[0] == pytest.approx(loud - 12.04, abs=0.2)
-    assert call_levels(call, _mel_power(noise * np.sqrt(10), rate), event)[0] == pytest.approx(loud - 10, abs=0.2)
+    assert call_levels(mel_power(tone / 4, rate), masker, event)[0] == pytest.approx(loud - 12.04, abs=0.2)
+    assert call_levels(call, mel_power(noise * np.sqrt(10), rate), event)[0] == pytest.approx(loud - 10, abs=0.2)
     assert loud > 10  # a pure tone stands far out of white noise in its own band
 
 
