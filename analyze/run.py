@@ -92,7 +92,7 @@ class Summary:
     detections: int
     files_band_limited: int
     """Files in the outputs recorded below twice the model's top frequency: nothing in its top bands,
-    so their detections are unreliable (features.FrontEndConfig.band_limited)."""
+    where no species can then be found (features.FrontEndConfig.band_limited)."""
     wall_s: float
     realtime_factor: float
     """Seconds of audio analyzed in this run per wall-clock second."""

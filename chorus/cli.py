@@ -164,7 +164,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if summary.files_band_limited:
         print(
             f"chorus analyze: warning: {summary.files_band_limited} file(s) recorded below twice the model's top frequency hold"
-            " nothing in its top bands; their detections are unreliable, false ones included (files_band_limited)",
+            " nothing in its top bands: species calling there cannot be detected in them (files_band_limited)",
             file=sys.stderr,
         )
     _print_result(summary.as_dict())

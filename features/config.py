@@ -57,15 +57,17 @@ class FrontEndConfig:
     def band_limited(self, sample_rate: int) -> str | None:
         """Why a recording at `sample_rate` is analyzed out of the model's reach, or None when it is not.
 
-        Below twice f_max the recording holds nothing in the model's top bands, which no training
-        recording lacked: the scores of such audio are not what they say (on the default model,
-        8 kHz noise scored species at 0.98 in every window)."""
+        Below twice f_max the recording holds nothing in the model's top bands: no species calling
+        there can be found, and a model that never heard such audio scores it wildly (before the
+        default birdcall model trained on 8 kHz recordings, 8 kHz noise scored species at 0.98 in
+        every window)."""
         if sample_rate >= 2 * self.f_max:
             return None
+        top = sample_rate / 2
         return (
-            f"recorded at {sample_rate} Hz, so it holds nothing above {sample_rate / 2:g} Hz, while the model listens up to"
-            f" {self.f_max:g} Hz and was trained on recordings that reach it: its detections here are unreliable,"
-            f" false ones included; record at {2 * self.f_max:g} Hz or more"
+            f"recorded at {sample_rate} Hz, so it holds nothing above {top:g} Hz, while the model listens up to"
+            f" {self.f_max:g} Hz: species calling above {top:g} Hz cannot be detected in it, and a model trained"
+            f" without such recordings may report false ones; record at {2 * self.f_max:g} Hz or more"
         )
 
     @property

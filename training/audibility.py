@@ -37,7 +37,7 @@ def loudest_calls(planned: PlannedRecording, index: int) -> tuple[float, float]:
     noise = colored_noise(np.random.default_rng(index), len(signal), 1.0) * np.sqrt(np.mean(signal**2)) / 10 ** (SNR_DB / 20)
     background, powers = parts.mel_powers()
     everything = background + sum(powers)
-    noise_power = mel_power(noise, planned.rate)  # added to the file: no band limit on it
+    noise_power = mel_power(noise, planned.rate, parts.file_band_gain())  # added to the file: only its band limits the noise
     clean, noisy = [], []
     for (_, events), power in zip(parts.tracks, powers, strict=True):
         clean += call_levels(power, everything - power, events)

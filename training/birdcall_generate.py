@@ -32,6 +32,7 @@ _FORMATS = [
     ("MP3", "MPEG_LAYER_III", "mp3", 0.15),
 ]
 _RATES = (16_000, 22_050, 24_000)  # synthesis cost grows with the rate; these still exercise the resampler
+NARROWBAND_RATE = 8_000
 # MP3s are what a phone upload or a low-bitrate archive holds: 16 kHz, 24-41 kbps constant bitrate
 # (libsndfile compression level 0.8-0.9), the band above ~7 kHz gone and coding artifacts in.
 _MP3_RATE, _MP3_COMPRESSION = 16_000, (0.8, 0.9)
@@ -55,6 +56,9 @@ class GenerateSpec:
     val_share: float = 0.15
     test_share: float = 0.15
     seed: int = 0
+    narrowband_share: float = 0.1
+    """Share of recordings written at NARROWBAND_RATE (old recorders, phone lines: nothing above 4 kHz),
+    MP3s excepted; calls above the band read as under the noise (birdcall_synth.call_levels)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class PlannedRecording:
     format_index: int
     seed: int
     compression_level: float | None = None
+    file_rate: int | None = None
+    """Written at this rate, below the one it is synthesized at (a narrowband recording); None: the same."""
 
 
 def _split_for(index: int, n: int, spec: GenerateSpec) -> str:
@@ -132,9 +138,9 @@ def plan_scenes(spec: GenerateSpec) -> list[tuple[str, SceneSpec, str]]:
 
 def _write_one(job: tuple[Path, PlannedRecording]) -> list[CallEvent]:
     out_dir, planned = job
-    recording = synthesize_scene(planned.scene, planned.rate, np.random.default_rng(planned.seed))
+    recording = synthesize_scene(planned.scene, planned.rate, np.random.default_rng(planned.seed), file_rate=planned.file_rate)
     fmt, subtype, _, _ = _FORMATS[planned.format_index]
-    write_audio(out_dir / planned.path, recording.audio, planned.rate, fmt, subtype, planned.compression_level)
+    write_audio(out_dir / planned.path, recording.audio, recording.sample_rate, fmt, subtype, planned.compression_level)
     return list(recording.events)
 
 
@@ -163,6 +169,7 @@ def ensure_dataset(out_dir: Path, spec: GenerateSpec, workers: int | None = None
 def plan_recordings(spec: GenerateSpec) -> list[PlannedRecording]:
     """Every recording of the dataset: scene, split, format, rate and seed. Same spec, same plan."""
     rng = np.random.default_rng(spec.seed + 1)
+    narrow = np.random.default_rng(spec.seed + 2)  # a stream of its own: the other draws stay as they were
     shares = np.array([f[3] for f in _FORMATS])
     planned = []
     for stem, scene, split in plan_scenes(spec):
@@ -170,11 +177,13 @@ def plan_recordings(spec: GenerateSpec) -> list[PlannedRecording]:
         rel = Path("audio") / f"{stem}.{_FORMATS[fmt_index][2]}"
         rate, seed = int(rng.choice(_RATES)), int(rng.integers(2**31))
         label = LABEL_SEPARATOR.join(sorted(scene.species)) or BACKGROUND_LABEL
+        narrowband = narrow.random() < spec.narrowband_share
         if _FORMATS[fmt_index][0] == "MP3":
             compression = float(rng.uniform(*_MP3_COMPRESSION))
             planned.append(PlannedRecording(rel, label, split, scene, _MP3_RATE, fmt_index, seed, compression))
         else:
-            planned.append(PlannedRecording(rel, label, split, scene, rate, fmt_index, seed))
+            file_rate = NARROWBAND_RATE if narrowband else None
+            planned.append(PlannedRecording(rel, label, split, scene, rate, fmt_index, seed, file_rate=file_rate))
     return planned
 
 

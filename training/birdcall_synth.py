@@ -186,9 +186,9 @@ class CallEvent:
     start: float
     end: float
     snr_db: float | None = None
-    """How far the call stands out where the model looks, when known (None over silence or in real
-    data): its power over everything else's (background and other species) in the front end's mel
-    cells it fills, in dB (see call_levels). Below 0 dB it is under the noise there."""
+    """How far the call stands out where the model looks, when known (None in real data without it):
+    its power over everything else's (background, other species, the front end's floor) in the front
+    end's mel cells it fills, in dB (see call_levels). Below 0 dB it is under the noise there."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class Recording:
     """float32 mono samples in [-1, 1]."""
     sample_rate: int
     lowpassed_hz: float | None
-    """Cut-off of the simulated low-pass, or None."""
+    """Top of the band: the simulated low-pass's cut-off, or half a narrowband file's rate; None: the full band."""
     events: tuple[CallEvent, ...] = ()
     """Every call placed in the recording (the ground truth that window labels come from)."""
     backgrounds: tuple[str, ...] = ()
@@ -287,6 +287,7 @@ def local_snr_gain(track: np.ndarray, background_cells: np.ndarray, sr: int, snr
 
 _FRONT_END = FrontEndConfig()
 _MEL_BANDS = mel_filterbank(_FRONT_END)
+_FFT_BINS_HZ = np.fft.rfftfreq(_FRONT_END.n_fft, 1 / _FRONT_END.sample_rate)
 _HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_FRONT_END.n_fft) / _FRONT_END.n_fft)).astype(np.float32)
 
 
@@ -306,15 +307,17 @@ def mel_power(x: np.ndarray, sr: int, gain: np.ndarray | None = None) -> np.ndar
 def call_levels(call: np.ndarray, masker: np.ndarray, events: list[CallEvent]) -> list[float]:
     """Each event's level where the model looks: the call's power over the masker's (background and
     other species), in dB, over the mel cells the call fills within its event (frames centred inside
-    it, bands within 20 dB of its loudest cell there). call and masker: mel_power of each."""
+    it, bands within 20 dB of its loudest cell there). call and masker: mel_power of each. The front
+    end's floor (log_eps, under every cell of its ln-mel) counts with the masker: over digital
+    silence it is all there is."""
     frame_seconds = _FRONT_END.hop_length / _FRONT_END.sample_rate
     levels = []
     for event in events:
         first = min(int(np.ceil(event.start / frame_seconds)), len(call) - 1)
         last = max(first, min(int(np.floor(event.end / frame_seconds)), len(call) - 1))
-        cells, under = call[first : last + 1], masker[first : last + 1]
+        cells, under = call[first : last + 1], masker[first : last + 1] + _FRONT_END.log_eps
         loud = cells >= cells.max() * 10 ** (-_SNR_CELL_RANGE_DB / 10)
-        levels.append(round(float(10 * np.log10(max(cells[loud].sum(), 1e-30) / max(under[loud].sum(), 1e-30))), 1))
+        levels.append(round(float(10 * np.log10(max(cells[loud].sum(), 1e-30) / under[loud].sum())), 1))
     return levels
 
 
@@ -327,19 +330,27 @@ class SceneParts:
     tracks: list[tuple[np.ndarray, list[CallEvent]]]
     """Each species' calls at their level, with their events (levels not yet measured)."""
     sample_rate: int
-    measured: bool
-    """Whether calls sit over sound whose level they are measured against (not over silence)."""
     lowpass: np.ndarray | None
     """The band limit's second-order sections, or None."""
     cutoff: float | None
     """Its cut-off in Hz."""
+    file_rate: int | None = None
+    """The rate the recording is written at, when below sample_rate (a narrowband recorder)."""
+
+    def file_band_gain(self) -> np.ndarray | None:
+        """A narrowband file's power gain at the front end's FFT bins: what anything written into it keeps."""
+        if self.file_rate is None:
+            return None
+        # The resampler's stop band: nothing of the top survives it.
+        return np.where(self.file_rate / 2 > _FFT_BINS_HZ, 1.0, 0.0)
 
     def band_gain(self) -> np.ndarray | None:
-        """The band limit's power gain at the front end's FFT bins (None: no band limit)."""
-        if self.lowpass is None:
-            return None
-        bins_hz = np.fft.rfftfreq(_FRONT_END.n_fft, 1 / _FRONT_END.sample_rate)
-        return np.abs(scipy.signal.sosfreqz(self.lowpass, worN=bins_hz, fs=self.sample_rate)[1]) ** 2
+        """The band limits' power gain at the front end's FFT bins (None: none)."""
+        gain = self.file_band_gain()
+        if self.lowpass is not None:
+            response = np.abs(scipy.signal.sosfreqz(self.lowpass, worN=_FFT_BINS_HZ, fs=self.sample_rate)[1]) ** 2
+            gain = response if gain is None else gain * response
+        return gain
 
     def signal(self) -> np.ndarray:
         """The parts summed, band-limited."""
@@ -352,9 +363,7 @@ class SceneParts:
         return mel_power(self.background, self.sample_rate, gain), [mel_power(t, self.sample_rate, gain) for t, _ in self.tracks]
 
     def events(self) -> list[CallEvent]:
-        """Every call's event, with its level measured over everything else when the scene has sound under the calls."""
-        if not self.measured:
-            return sorted((e for _, track_events in self.tracks for e in track_events), key=lambda e: e.start)
+        """Every call's event, with its level measured over everything else."""
         background, powers = self.mel_powers()
         everything = background + sum(powers)
         events = []
@@ -364,8 +373,9 @@ class SceneParts:
         return sorted(events, key=lambda e: e.start)
 
 
-def scene_parts(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> SceneParts:
-    """The scene's backgrounds, its species' bouts at random levels, and a band limit now and then."""
+def scene_parts(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3, file_rate: int | None = None) -> SceneParts:
+    """The scene's backgrounds, its species' bouts at random levels, and a band limit now and then
+    (file_rate: written at this lower rate, see SceneParts)."""
     n = int(scene.seconds * sample_rate)
     loud = [kind for kind in scene.backgrounds if kind != "silence"]
     if loud:
@@ -394,24 +404,34 @@ def scene_parts(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probabilit
             sos = scipy.signal.butter(8, cutoff, "lowpass", fs=sample_rate, output="sos")
         else:
             cutoff = None
-    return SceneParts(background, tracks, sample_rate, background_cells is not None, sos, cutoff)
+    narrow = file_rate if file_rate is not None and file_rate < sample_rate else None
+    return SceneParts(background, tracks, sample_rate, sos, cutoff, narrow)
 
 
-def synthesize_scene(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3) -> Recording:
-    """One field recording: the scene's parts summed, level varied, clipped when asked.
+def synthesize_scene(
+    scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probability: float = 0.3, file_rate: int | None = None
+) -> Recording:
+    """One field recording: the scene's parts summed, level varied, clipped when asked; synthesized at
+    sample_rate and, when file_rate is lower, resampled to it (a narrowband recorder: nothing above
+    file_rate / 2).
 
     Every call's event carries its level where the model looks (call_levels), measured on the parts
-    before they are summed, with the band limit's response applied: a call the background or a
-    louder species covers is written down as such, so that labels, like an annotator's selections,
-    hold only what the audio shows."""
-    parts = scene_parts(scene, sample_rate, rng, lowpass_probability)
+    before they are summed, with the band limits' response applied: a call the background or a
+    louder species covers, or one above a narrowband recording's top, is written down as such, so
+    that labels, like an annotator's selections, hold only what the audio shows."""
+    parts = scene_parts(scene, sample_rate, rng, lowpass_probability, file_rate)
     signal = parts.signal()
     if scene.clipped:
         signal = clip(signal, rng)
     elif any(kind != "silence" for kind in scene.backgrounds):
         signal = signal * rng.uniform(0.03, 0.9) / (np.abs(signal).max() + 1e-12)
     audio = np.clip(signal, -1, 1).astype(np.float32)
-    return Recording(audio, sample_rate, parts.cutoff, tuple(parts.events()), scene.backgrounds, scene.clipped)
+    rate, top = sample_rate, parts.cutoff
+    if parts.file_rate is not None:
+        rate = parts.file_rate
+        audio = np.clip(soxr.resample(audio, sample_rate, rate, quality="HQ"), -1, 1).astype(np.float32)
+        top = min(top or np.inf, rate / 2)
+    return Recording(audio, rate, top, tuple(parts.events()), scene.backgrounds, scene.clipped)
 
 
 def synthesize_recording(

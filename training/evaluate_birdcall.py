@@ -5,6 +5,9 @@ Conditions (each a copy of the test recordings, labels and events unchanged):
 - `mp3_16k_32kbps`: decoded, resampled to 16 kHz and re-encoded as 32 kbps MP3 (ffmpeg/LAME),
   what a phone upload or a low-bitrate archive does (the top band above ~7.2 kHz is gone).
 - `pink_0db`: mixed with pink noise at 0 dB SNR (noise RMS = the recording's RMS).
+- `narrowband_8k`: resampled to 8 kHz (an old recorder, a phone line): nothing above 4 kHz. Labels
+  stay those of the full band, so calls above 4 kHz count as misses; its false detections on
+  background-only windows are the figure to read (a model that never heard such audio fires there).
 
 The copies go through the same loader and front end as training, and the figures are the
 training report's (training.birdcall_report.split_figures) at the calibrated threshold.
@@ -46,6 +49,7 @@ from training.train_birdcall import predict_logits
 
 SNR_DB = 0.0
 MP3_RATE, MP3_BITRATE = 16_000, "32k"
+NARROWBAND_RATE = 8_000
 
 
 def _read_mono(source: Path) -> tuple[np.ndarray, int]:
@@ -75,7 +79,20 @@ def _pink(source: Path, target_dir: Path, index: int) -> Path:
     return target
 
 
-CONDITIONS: dict[str, Callable[[Path, Path, int], Path] | None] = {"clean": None, "mp3_16k_32kbps": _mp3, "pink_0db": _pink}
+def _narrowband(source: Path, target_dir: Path, index: int) -> Path:
+    audio, rate = _read_mono(source)
+    audio = soxr.resample(audio, rate, NARROWBAND_RATE, quality="HQ").astype(np.float32)
+    target = target_dir / f"{source.stem}.flac"
+    sf.write(target, np.clip(audio, -1, 1), NARROWBAND_RATE, subtype="PCM_16")
+    return target
+
+
+CONDITIONS: dict[str, Callable[[Path, Path, int], Path] | None] = {
+    "clean": None,
+    "mp3_16k_32kbps": _mp3,
+    "pink_0db": _pink,
+    "narrowband_8k": _narrowband,
+}
 
 
 def _degrade(args: tuple[str, Path, Path, int]) -> Path:

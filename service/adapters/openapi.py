@@ -97,7 +97,7 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": _STRING,
                 "description": "present when the result is less than it seems: a recording below 16 kHz holds nothing in the"
-                " model's top bands, and its detections are unreliable",
+                " model's top bands, where no species can then be found",
             },
             "summary": {
                 "type": "array",

@@ -21,9 +21,9 @@ from training.birdcall_synth import (
     CallEvent,
     SceneSpec,
     _active_segments,
-    mel_power,
     bird_track,
     call_levels,
+    mel_power,
     synthesize_scene,
 )
 
@@ -121,14 +121,20 @@ def test_call_levels_measure_the_call_over_the_rest_in_the_model_cells():
     assert loud > 10  # a pure tone stands far out of white noise in its own band
 
 
-def test_scene_events_carry_their_level_over_sound_and_none_over_silence():
+def test_scene_events_carry_their_level_over_sound_silence_and_a_narrow_band():
     rate = 16_000
     scene = SceneSpec(("hooting_owl", "fast_trill_wren"), ("rain",), 8.0)
     rec = synthesize_scene(scene, rate, np.random.default_rng(3), lowpass_probability=0.0)
     assert rec.events and all(e.snr_db is not None and np.isfinite(e.snr_db) for e in rec.events)
-    # Over silence the calls keep an absolute level: none is written down.
-    quiet = synthesize_scene(SceneSpec(("hooting_owl",), ("silence",), 4.0), rate, np.random.default_rng(3))
-    assert quiet.events and all(e.snr_db is None for e in quiet.events)
+    # Over silence the calls stand far out of the self-noise and the front end's floor ...
+    scene = SceneSpec(("hooting_owl", "pulsing_nightjar"), ("silence",), 6.0)
+    quiet = synthesize_scene(scene, rate, np.random.default_rng(3))
+    assert quiet.events and all(e.snr_db is not None and e.snr_db > 20 for e in quiet.events)
+    # ... unless written at 8 kHz: the pulses at 6.5 kHz are gone, the owl's hoots at 450 Hz are not.
+    narrow = synthesize_scene(scene, rate, np.random.default_rng(3), file_rate=8_000)
+    assert narrow.sample_rate == 8_000 and len(narrow.audio) == 6 * 8_000 and narrow.lowpassed_hz == 4_000
+    levels = {e.label: e.snr_db for e in narrow.events}
+    assert levels["hooting_owl"] > 20 and levels["pulsing_nightjar"] < 0
 
 
 @pytest.mark.parametrize("kind", list(BACKGROUNDS))
