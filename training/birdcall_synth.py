@@ -364,6 +364,8 @@ class SceneParts:
 
     def events(self) -> list[CallEvent]:
         """Every call's event, with its level measured over everything else."""
+        if not self.tracks:
+            return []
         background, powers = self.mel_powers()
         everything = background + sum(powers)
         events = []
