@@ -109,6 +109,16 @@ def _seconds(path: Path, line: int, column: str, value: str) -> float:
         raise DataError(f"{path} line {line}: {column} {value!r} is not a number of seconds (e.g. 12.5)") from None
 
 
+def _decibels(path: Path, line: int, value: str) -> float:
+    try:
+        level = float(value)
+    except ValueError:
+        level = float("nan")
+    if not np.isfinite(level):
+        raise DataError(f"{path} line {line}: snr_db {value!r} is not a number of dB (e.g. 6.5, or -3 for a call under the noise)")
+    return level
+
+
 def _hash_split(path: str) -> str:
     bucket = int(hashlib.sha1(path.encode()).hexdigest()[:8], 16) % 10
     return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
@@ -125,7 +135,7 @@ def _read_events(csv_path: Path) -> dict[str, list[CallEvent]]:
         if not 0 <= start < end:
             raise DataError(f"{path} line {line}: event {row['label']} of {row['path']} has start {start} and end {end}")
         level = row.get("snr_db", "").strip()  # optional: generated data records each call's level
-        snr = _seconds(path, line, "snr_db", level) if level else None
+        snr = _decibels(path, line, level) if level else None
         events.setdefault(row["path"], []).append(CallEvent(row["label"].strip(), start, end, snr))
     return events
 

@@ -219,7 +219,8 @@ def test_a_manifest_that_is_not_utf8_or_not_there_is_a_data_error(tmp_path):
     ("events", "match"),
     [
         ("path,label,start,end\nx.wav,owl,0:01.0,2\n", r"labels.events.csv line 2: start '0:01.0' is not a number of seconds"),
-        ("path,label,start,end,snr_db\nx.wav,owl,1,2,loud\n", r"line 2: snr_db 'loud' is not a number"),
+        ("path,label,start,end,snr_db\nx.wav,owl,1,2,loud\n", r"line 2: snr_db 'loud' is not a number of dB"),
+        ("path,label,start,end,snr_db\nx.wav,owl,1,2,nan\n", r"line 2: snr_db 'nan' is not a number of dB"),
         ("path,label,start,end\nx.wav,wren,1,2\n", r"events of x.wav name \['wren'\], which its label 'owl' does not"),
     ],
 )
