@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ NO_CALL_SECONDS = 0.02
 AUDIBLE_DB = 0.0
 """A call whose events row gives a level (`snr_db`) below this is under the noise: it makes no window
 present, and a window holding only such calls is neither (left out, like a cut call)."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters but tab and line ends (which csv quoting may carry inside a field)."""
 
 
 class DataError(ValueError):
@@ -84,21 +89,28 @@ def _csv_rows(path: Path, required: set[str], expected: str) -> list[tuple[int, 
         raise DataError(f"{path} is not UTF-8 text; save it as CSV UTF-8") from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip().lower() for name in next(reader, [])]
-    missing = required - set(header)
-    if missing:
-        found = ",".join(header) if header else "nothing (the file is empty)"
-        raise DataError(f"{path} lacks column(s) {sorted(missing)}: its header has {found}; expected {expected}")
-    rows = []
-    for fields in reader:
-        if not any(field.strip() for field in fields):
-            continue
-        line = reader.line_num
-        if len(fields) != len(header):
-            hint = f"; separate several species with {LABEL_SEPARATOR!r} (owl{LABEL_SEPARATOR}wren)" if len(fields) > len(header) else ""
-            raise DataError(f"{path} line {line}: {len(fields)} fields where the header has {len(header)} ({expected}){hint}")
-        rows.append((line, dict(zip(header, fields, strict=True))))
+    # strict: a quote left open or text after a closing quote is an error, not a field swallowing the rest.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = [name.strip().lower() for name in next(reader, [])]
+        missing = required - set(header)
+        if missing:
+            found = ",".join(header) if header else "nothing (the file is empty)"
+            raise DataError(f"{path} lacks column(s) {sorted(missing)}: its header has {found}; expected {expected}")
+        rows = []
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue
+            line = reader.line_num
+            if len(fields) != len(header):
+                many = len(fields) > len(header)
+                hint = f"; separate several species with {LABEL_SEPARATOR!r} (owl{LABEL_SEPARATOR}wren)" if many else ""
+                raise DataError(f"{path} line {line}: {len(fields)} fields where the header has {len(header)} ({expected}){hint}")
+            if any(_CONTROL.search(field) for field in fields):
+                raise DataError(f"{path} line {line}: a field holds a control character (a NUL, an escape...); only text is taken")
+            rows.append((line, dict(zip(header, fields, strict=True))))
+    except csv.Error as error:  # a quote left open, a field past the csv module's 128 KiB
+        raise DataError(f"{path} line {reader.line_num}: not CSV as {expected} ({error}); check its quotes") from None
     return rows
 
 

@@ -201,6 +201,10 @@ def test_a_spreadsheets_csv_reads_bom_padded_header_crlf_and_blank_rows(tmp_path
         ("", r"lacks column\(s\) \['label', 'path'\]: its header has nothing \(the file is empty\)"),
         ("file,species\nx.wav,owl\n", r"its header has file,species; expected path,label\[,split\]"),
         ("path,label,split\nx.wav,owl,validation\n", r"line 2: split 'validation' for x.wav"),
+        ('path,label\nx.wav,"owl\ny.wav,wren\n', r"line 3: not CSV as path,label\[,split\] \(unexpected end of data\); check its quotes"),
+        ('path,label\nx.wav,"owl"wren\n', r"line 2: not CSV .*check its quotes"),
+        ("path,label\nx.wav," + "o" * 200_000 + "\n", r"line 2: not CSV .*field larger than field limit"),
+        ("path,label\nx.wav,owl\x00\n", r"line 2: a field holds a control character"),
     ],
 )
 def test_manifest_problems_name_the_file_line_and_what_is_accepted(tmp_path, text, match):
