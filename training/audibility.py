@@ -4,9 +4,9 @@ pink noise: the ceiling on recording accuracy for a model that reports only what
 A recording is heard at a level when at least one call of one of its species stands at or above it:
 dB over everything else in the front end's own mel cells, the measure the events file carries
 (training.birdcall_synth.call_levels). Under pink noise at 0 dB SNR (training.evaluate_birdcall's
-condition, the noise's RMS the recording's) the noise joins everything else. Over silence, where the
-events carry no level, the calls stand far out clean and the noise alone is what covers them. Scenes
-are rebuilt from the generator's plan, before clipping (4% of bird recordings) and coding.
+condition, the noise's RMS the recording's) the noise joins everything else; over silence it is all
+that covers the calls. Scenes are rebuilt from the generator's plan, before clipping (4% of bird
+recordings) and coding.
 
     uv run python -m training.audibility              # default profile; JSON as the last stdout line
 """

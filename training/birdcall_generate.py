@@ -145,10 +145,13 @@ def _write_one(job: tuple[Path, PlannedRecording]) -> list[CallEvent]:
 
 
 def _fingerprint(spec: GenerateSpec) -> str:
-    """The spec and the generator's source: equal fingerprints make equal audio."""
+    """The spec and the generator's source: equal fingerprints make equal audio and events. The front
+    end's config and mel bands count too: the events' levels are measured in its cells."""
     digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
-    for module in ("background_synth.py", "birdcall_synth.py", "birdcall_generate.py"):
-        digest.update((Path(__file__).parent / module).read_bytes())
+    here = Path(__file__).parent
+    sources = [here / name for name in ("background_synth.py", "birdcall_synth.py", "birdcall_generate.py")]
+    for source in (*sources, here.parent / "features" / "config.py", here.parent / "features" / "mel.py"):
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
