@@ -25,7 +25,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +134,16 @@ def _decibels(path: Path, line: int, value: str) -> float:
 def _hash_split(path: str) -> str:
     bucket = int(hashlib.sha1(path.encode()).hexdigest()[:8], 16) % 10
     return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+
+
+def write_events(csv_path: Path, rows: Iterable[tuple[str, CallEvent]]) -> None:
+    """The events file beside csv_path (what _read_events reads): one (recording path as the CSV lists
+    it, call) per row, times in ms, the level when there is one."""
+    with events_path(csv_path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "start", "end", "snr_db"])
+        for path, e in rows:
+            writer.writerow((path, e.label, f"{e.start:.3f}", f"{e.end:.3f}", "" if e.snr_db is None else e.snr_db))
 
 
 def _read_events(csv_path: Path) -> dict[str, list[CallEvent]]:

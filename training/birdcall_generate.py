@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.background_synth import BACKGROUNDS
-from training.birdcall_data import BACKGROUND_LABEL, LABEL_SEPARATOR, events_path
+from training.birdcall_data import BACKGROUND_LABEL, LABEL_SEPARATOR, write_events
 from training.birdcall_synth import SPECIES, CallEvent, SceneSpec, synthesize_scene, write_audio
 
 # Container, libsndfile subtype and file suffix, with their share of generated recordings.
@@ -198,13 +198,7 @@ def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         events = list(tqdm(pool.map(_write_one, jobs, chunksize=4), total=len(jobs), desc="generate birdcall", unit="rec"))
     csv_path = out_dir / "labels.csv"
-    with events_path(csv_path).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "start", "end", "snr_db"])
-        for recording, recording_events in zip(planned, events, strict=True):
-            for e in recording_events:
-                level = "" if e.snr_db is None else e.snr_db
-                writer.writerow((recording.path.as_posix(), e.label, f"{e.start:.3f}", f"{e.end:.3f}", level))
+    write_events(csv_path, ((p.path.as_posix(), e) for p, calls in zip(planned, events, strict=True) for e in calls))
     # The labels CSV last: its presence means the folder is complete.
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -40,7 +40,8 @@ from features import FrontEndConfig, NormStats
 from layout import artifacts
 from layout.workspace import Workspace
 from training.background_synth import colored_noise
-from training.birdcall_data import events_path, featurize, read_manifest
+from training.birdcall_data import featurize, read_manifest, write_events
+from training.birdcall_generate import NARROWBAND_RATE
 from training.birdcall_model import BirdCallArch, BirdCallNet
 from training.birdcall_report import recording_targets, split_figures
 from training.calibration import sigmoid
@@ -49,7 +50,6 @@ from training.train_birdcall import predict_logits
 
 SNR_DB = 0.0
 MP3_RATE, MP3_BITRATE = 16_000, "32k"
-NARROWBAND_RATE = 8_000
 
 
 def _read_mono(source: Path) -> tuple[np.ndarray, int]:
@@ -120,13 +120,8 @@ def degraded_manifest(csv_path: Path, condition: str, out_dir: Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
         writer.writerows((str(sources[item.path]), ";".join(item.labels) or "background", "test") for item in items)
-    with events_path(manifest).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "start", "end", "snr_db"])
-        for item in items:
-            # The clean audio's levels: the same calls count in every condition, so conditions compare.
-            rows = ((str(sources[item.path]), e.label, e.start, e.end, "" if e.snr_db is None else e.snr_db) for e in item.events or ())
-            writer.writerows(rows)
+    # The clean audio's levels: the same calls count in every condition, so conditions compare.
+    write_events(manifest, ((str(sources[item.path]), e) for item in items for e in item.events or ()))
     return manifest
 
 
