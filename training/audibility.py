@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from training.background_synth import colored_noise
 from training.birdcall_generate import PlannedRecording, plan_recordings
-from training.birdcall_synth import call_levels, mel_power, scene_parts
+from training.birdcall_synth import mel_power, scene_parts
 from training.evaluate_birdcall import SNR_DB
 from training.train_birdcall import PROFILES
 
@@ -35,14 +35,9 @@ def loudest_calls(planned: PlannedRecording, index: int) -> tuple[float, float]:
     parts = scene_parts(planned.scene, planned.rate, np.random.default_rng(planned.seed))
     signal = parts.signal()
     noise = colored_noise(np.random.default_rng(index), len(signal), 1.0) * np.sqrt(np.mean(signal**2)) / 10 ** (SNR_DB / 20)
-    background, powers = parts.mel_powers()
-    everything = background + sum(powers)
     noise_power = mel_power(noise, planned.rate, parts.file_band_gain())  # added to the file: only its band limits the noise
-    clean, noisy = [], []
-    for (_, events), power in zip(parts.tracks, powers, strict=True):
-        clean += call_levels(power, everything - power, events)
-        noisy += call_levels(power, everything - power + noise_power, events)
-    return max(clean), max(noisy)
+    clean, noisy = parts.track_levels(), parts.track_levels(noise_power)
+    return max(level for levels in clean for level in levels), max(level for levels in noisy for level in levels)
 
 
 def _loudest(job: tuple[PlannedRecording, int]) -> tuple[float, float]:

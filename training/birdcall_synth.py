@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import scipy.fft
@@ -357,20 +358,24 @@ class SceneParts:
         summed = self.background + sum((track for track, _ in self.tracks), np.zeros(len(self.background)))
         return summed if self.lowpass is None else scipy.signal.sosfilt(self.lowpass, summed)
 
+    @cached_property
     def mel_powers(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """mel_power of the background and of each track, band limit applied."""
         gain = self.band_gain()
         return mel_power(self.background, self.sample_rate, gain), [mel_power(t, self.sample_rate, gain) for t, _ in self.tracks]
 
+    def track_levels(self, noise_power: np.ndarray | None = None) -> list[list[float]]:
+        """Each track's call_levels over everything else, plus noise_power (a mel_power) when given."""
+        background, powers = self.mel_powers
+        everything = background + sum(powers) + (0.0 if noise_power is None else noise_power)
+        return [call_levels(power, everything - power, events) for (_, events), power in zip(self.tracks, powers, strict=True)]
+
     def events(self) -> list[CallEvent]:
         """Every call's event, with its level measured over everything else."""
         if not self.tracks:
             return []
-        background, powers = self.mel_powers()
-        everything = background + sum(powers)
         events = []
-        for (_, track_events), power in zip(self.tracks, powers, strict=True):
-            levels = call_levels(power, everything - power, track_events)
+        for (_, track_events), levels in zip(self.tracks, self.track_levels(), strict=True):
             events += [replace(e, snr_db=level) for e, level in zip(track_events, levels, strict=True)]
         return sorted(events, key=lambda e: e.start)
 
