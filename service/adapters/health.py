@@ -1,20 +1,23 @@
 """What the API service answers before any route: while it drains before stopping, 503 +
-Retry-After to everything but the liveness probe and the metrics; and a /readyz that says why it
+Retry-After to everything but the liveness probe and the metrics; a /readyz that says why it
 is not ready (BentoML's own answers 503 with a fixed text, which leaves an operator looking for
-the one log line that names a missing or changed model file)."""
+the one log line that names a missing or changed model file); and a JSON 404 where BentoML's own
+file routes answer a plain-text one."""
 
 from __future__ import annotations
 
 from starlette.datastructures import State
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.adapters.http import readiness_body
-from service.errors import ShuttingDown, error_body
+from service.errors import NotFound, ShuttingDown, error_body
 
 READYZ = "/readyz"
 ALWAYS_OPEN = ("/livez", "/metrics")
 """Answered while draining too: the process is alive, and its last metrics are worth a scrape."""
+BENTOML_FILES = ("/static_content/", "/assets/")
+"""BentoML's own file routes (its docs page's assets), whose missing files it answers in plain text."""
 
 
 class ServingGate:
@@ -42,4 +45,24 @@ class ServingGate:
             body = {"error": error.message, "type": error.kind} if kserve else error_body(error)
             await JSONResponse(body, status_code=error.status, headers=headers)(scope, receive, send)
             return
+        elif scope["path"].startswith(BENTOML_FILES):
+            await self.app(scope, receive, _json_not_found(scope, receive, send))
+            return
         await self.app(scope, receive, send)
+
+
+def _json_not_found(scope: Scope, receive: Receive, send: Send) -> Send:
+    """`send`, but a 404 becomes chorus' JSON error: its start and body are held back, then replaced."""
+    replaced = False
+
+    async def relay(message: Message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] == 404:
+            replaced = True
+        elif not replaced:
+            await send(message)
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            error = NotFound(f"no file {scope['path']}; the routes are listed in /openapi.json, and the page at / uses them")
+            await JSONResponse(error_body(error), status_code=error.status)(scope, receive, send)
+
+    return relay

@@ -104,6 +104,13 @@ def test_a_path_or_method_no_route_takes_is_a_json_error_on_the_real_server(clie
     assert_error(client.get("/classify"), 405, "it takes POST")
 
 
+def test_bentoml_file_routes_answer_a_missing_file_in_json_and_serve_the_rest(client):
+    assert_error(client.get("/static_content/nope.js"), 404, "no file /static_content/nope.js")
+    assert_error(client.get("/assets/nope.png"), 404, "no file /assets/nope.png")
+    css = client.get("/static_content/swagger-ui.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css") and len(css.content) > 1000
+
+
 def test_nan_samples_are_415(client):
     audio = np.zeros(16_000, np.float32)
     audio[5] = np.inf
