@@ -149,5 +149,5 @@ class FramesModel(ServedModel, ImageGenerator):
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
         if set(inputs) != {"x_t", "t"}:
             raise InvalidParameter(f"send inputs 'x_t' and 't'; got {sorted(inputs)}")
-        x_t, t = numeric(inputs["x_t"], "FP32 images"), numeric(inputs["t"], "FP32 timesteps").reshape(-1)
+        x_t, t = numeric(inputs["x_t"], "FP32 images"), numeric(inputs["t"], "FP32 timesteps")
         return {"v": await self.denoise(x_t, t)}

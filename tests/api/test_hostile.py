@@ -139,6 +139,14 @@ async def test_denoiser_timesteps_outside_the_schedule_are_a_422(http):
     status_of(await http.post("/v2/models/frames-denoiser/infer", content=kserve([x_t, t])), 422, "timesteps from 0 to 999")
 
 
+@pytest.mark.parametrize("shape", [[1, 1], [1, 1, 1]])
+async def test_denoiser_timesteps_of_another_shape_than_the_metadata_states_are_a_422(http, shape):
+    """The metadata says t is [-1], one per image: a [1, 1] t is refused, not flattened."""
+    x_t = {"name": "x_t", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}
+    t = {"name": "t", "datatype": "FP32", "shape": shape, "data": [10.0]}
+    status_of(await http.post("/v2/models/frames-denoiser/infer", content=kserve([x_t, t])), 422, f"and {shape}")
+
+
 @pytest.fixture
 async def grpc_call(plane):
     port = free_port()
