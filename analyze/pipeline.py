@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import multiprocessing
 import os
 import queue
@@ -29,10 +30,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from analyze.analyzer import READ_STAGE, AnalysisFailed, FileScores, Outcome
+from analyze.chatter import StderrCapture
 from analyze.detections import Span
 from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
 from layout.machine import die_with_parent, usable_cores
 
+_log = logging.getLogger(__name__)
 StartMethod = Literal["spawn", "fork"]
 Score = Callable[[np.ndarray], np.ndarray]
 """Normalized log-mel windows [n, 1, n_mels, n_frames] -> scores [n, n_labels]."""
@@ -119,9 +122,10 @@ class Channel(Protocol):
         """Send a message about the file in hand (or the worker's exit) to the run."""
 
 
-def featurize_files(channel: Channel, background: bool = False) -> None:
+def featurize_files(channel: Channel, background: bool = False, take_output: Callable[[], str] | None = None) -> None:
     """A worker: its front end's spec in, then files one by one; for each, its windows, then done or
-    failed, out; exit when no file is left."""
+    failed, out; exit when no file is left. take_output: what the decoders printed since it was last
+    called (StderrCapture.take), sent as ("said", index, text) before each file's done or failed."""
     if background:
         _yield_the_cores()
     else:
@@ -145,13 +149,16 @@ def featurize_files(channel: Channel, background: bool = False) -> None:
                     outbox.add(batch.features, [(s.start, s.end, s.channel) for s in batch.spans])
                 facts = stream.facts()
             outbox.flush()
-            channel.put(("done", index, (facts.duration_seconds, facts.sample_rate, facts.channels)))
+            result: tuple[Any, ...] = ("done", index, (facts.duration_seconds, facts.sample_rate, facts.channels))
         except AudioError as error:
-            channel.put(("failed", index, ("decode", str(error))))
+            result = ("failed", index, ("decode", str(error)))
         except OSError as error:
-            channel.put(("failed", index, (READ_STAGE, str(error))))
+            result = ("failed", index, (READ_STAGE, str(error)))
         except Exception as error:  # a fault of ours, not the file's: reported for this file, retried next run
-            channel.put(("error", index, f"{type(error).__name__}: {error}"))
+            result = ("error", index, f"{type(error).__name__}: {error}")
+        if take_output is not None and (said := take_output()):
+            channel.put(("said", index, said))
+        channel.put(result)
     channel.put(("exit", None, None))
 
 
@@ -189,7 +196,8 @@ def _decode_worker(connection: Connection, background: bool, parent: int) -> Non
     # An orphan would decode on into a queue nobody reads, then wait on it for ever. The thread
     # that starts a worker is the one that closes it (DecodeWorkers).
     die_with_parent(signal.SIGKILL, parent)
-    featurize_files(_PipeChannel(connection), background)
+    with StderrCapture() as capture:
+        featurize_files(_PipeChannel(connection), background, capture.take)
 
 
 class DecodeWorkers:
@@ -360,6 +368,10 @@ def _death(exit_code: int | None) -> Exception:
     return RuntimeError(f"its decoding process ended on it (exit status {exit_code})")
 
 
+def _log_output(path: Path, text: str) -> None:
+    _log.warning("the decoder said, reading %s: %s", path, text.strip())
+
+
 @dataclass
 class _File:
     path: Path
@@ -399,6 +411,9 @@ class LocalPipeline:
     prepare: Callable[[], object] | None = None
     """Called once the workers have their files, before their first window is read: opening the model
     there overlaps the first files' decoding. What it raises ends the run before any outcome."""
+    on_output: Callable[[Path, str], object] | None = None
+    """Given what the decoders printed while reading a file (mpg123's notes on damaged MP3 frames,
+    say), with the file's path (analyze.chatter). None: logged as a warning naming the file."""
 
     @property
     def _batch(self) -> int:
@@ -451,6 +466,8 @@ class LocalPipeline:
                     continue
                 elif kind == "started":
                     decoding[payload[0]] = index
+                elif kind == "said":
+                    (self.on_output or _log_output)(Path(paths[index]), payload[0])
                 elif kind == "broken":
                     raise RuntimeError(f"reading the decode workers failed: {payload[0]}")
                 elif kind == "windows":

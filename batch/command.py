@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from analyze.analyzer import Execute
+from analyze.chatter import DecoderLog
 from analyze.detections import DetectionSettings, read_species_list
 from analyze.pipeline import DecodeWorkers, FrontEndSpec, LocalPipeline, StartMethod, worker_count
 from analyze.run import Progress, RunConfig, Summary, run
@@ -75,7 +77,9 @@ def detection_settings(options: AnalyzeOptions, model: AnalysisModel) -> Detecti
     )
 
 
-def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWorkers | None = None) -> Execute:
+def executor(
+    options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWorkers | None = None, on_output: DecoderLog | None = None
+) -> Execute:
     spec = FrontEndSpec.of(model.frontend, channels=options.channels)
     if options.ray is not None:
         from batch.ray import RayPipeline
@@ -101,6 +105,7 @@ def executor(options: AnalyzeOptions, model: AnalysisModel, prestarted: DecodeWo
         prestarted=prestarted,
         tail_score=model.score_on_every_core,
         prepare=model.open,
+        on_output=on_output,
     )
 
 
@@ -159,7 +164,12 @@ def _analyze(options: AnalyzeOptions, prestarted: DecodeWorkers | None) -> Summa
         retry_failed=options.retry_failed,
     )
     update, close = progress_bar()
+    said = DecoderLog(options.out)
     try:
-        return run(paths, executor(options, model, prestarted), config, progress=update)
+        return run(paths, executor(options, model, prestarted, said), config, progress=update)
     finally:
         close()
+        said.close()
+        if said.files:
+            notes = f"the audio decoders printed notes on {said.files} file(s) (damaged frames, most often)"
+            print(f"chorus analyze: {notes}: {said.path}", file=sys.stderr)

@@ -223,3 +223,17 @@ def test_files_below_the_models_band_are_counted_and_named_a_risk(tiny_exports, 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "1 file(s) recorded below twice the model's top frequency" in done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["files_band_limited"] == 1
+
+
+def test_what_the_decoders_print_goes_to_the_log_with_each_files_path_not_between_the_bars_lines(tiny_exports, field, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    mp3 = next((field / "site1").glob("*.mp3")).read_bytes()
+    middle = len(mp3) // 3
+    (damaged / "resynced.mp3").write_bytes(mp3[:middle] + np.random.default_rng(1).bytes(3000) + mp3[middle + 3000 :])
+    command = [sys.executable, "-m", "chorus.cli", "analyze", str(damaged), str(field / "site1"), "--out", str(tmp_path / "cli")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "Note: " not in done.stderr and "the audio decoders printed notes on 1 file(s)" in done.stderr, done.stderr
+    log = (tmp_path / "cli" / "decoders.log").read_text().splitlines()
+    assert log[0].startswith("# chorus analyze, ") and len(log) > 1
+    assert all(line.startswith(f"{damaged / 'resynced.mp3'}: ") for line in log[1:]), log

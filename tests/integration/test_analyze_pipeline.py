@@ -138,6 +138,22 @@ def test_channels_each_are_analyzed_on_their_own(recordings):
     np.testing.assert_array_equal(np.sort(result.scores, axis=0), np.sort(fake_score(expected.windows.features), axis=0))
 
 
+def test_what_a_decoder_prints_about_a_damaged_file_reaches_the_run_with_that_files_path(tmp_path, recordings):
+    """mpg123 prints notes on damaged frames to stderr: in a worker they are kept per file, not
+    written between the progress bar's redraws."""
+    mp3 = recordings["mid.mp3"].read_bytes()
+    middle = len(mp3) // 3
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(mp3[:middle] + np.random.default_rng(1).bytes(3000) + mp3[middle + 3000 :])
+    said: list[tuple[str, str]] = []
+    spec = FrontEndSpec.of(FrontEnd())
+    pipeline = LocalPipeline(fake_score, spec, workers=2, on_output=lambda path, text: said.append((path.name, text)))
+    found = outcomes(pipeline, [recordings["mid.mp3"], damaged, recordings["short.wav"]])
+    assert isinstance(found["mid.mp3"], FileScores) and isinstance(found["short.wav"], FileScores)
+    assert [name for name, _ in said] == ["damaged.mp3"]
+    assert "resync" in said[0][1].lower() or "illegal" in said[0][1].lower(), said
+
+
 def test_a_missing_file_is_a_read_failure(tmp_path):
     pipeline = LocalPipeline(fake_score, FrontEndSpec.of(FrontEnd()), workers=1)
     ((_, outcome),) = list(pipeline([tmp_path / "gone.wav"]))
