@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from features import FrontEnd, FrontEndConfig
-from features.mel import mel_filterbank
+from features.mel import mel_filterbank, periodic_hann
 from features.windows import window_count
 
 RATE, SECONDS = 44_100, 60.0
@@ -44,8 +44,7 @@ class OldFrontEnd:
     def __init__(self, config: FrontEndConfig):
         self.config = config
         self.filterbank = mel_filterbank(config)
-        n = config.n_fft
-        self.window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+        self.window = periodic_hann(config.n_fft)
 
     def windows(self, waveform: np.ndarray) -> np.ndarray:
         cfg = self.config

@@ -21,6 +21,11 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+def periodic_hann(n: int) -> np.ndarray:
+    """[n] float32 periodic Hann window, as torch.hann_window(n) makes it: the STFT's."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
 def mel_filterbank(config: FrontEndConfig) -> np.ndarray:
     """[n_fft // 2 + 1, n_mels] triangular HTK filters, unnormalized (torchaudio's defaults)."""
     n_freqs = config.n_fft // 2 + 1
@@ -41,9 +46,7 @@ class LogMel:
         self.config = config
         self.fft_workers = fft_workers
         self._filterbank = mel_filterbank(config)
-        # Periodic Hann, as torch.hann_window(n_fft) makes it.
-        n = config.n_fft
-        self._window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+        self._window = periodic_hann(config.n_fft)
         self._mean = stats.mean.astype(np.float32)
         self._inv_std = (1.0 / stats.std).astype(np.float32)
 

@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 
 from features import FrontEndConfig
-from features.mel import mel_filterbank
+from features.mel import mel_filterbank, periodic_hann
 from training.background_synth import BACKGROUNDS, clip, colored_noise
 
 Rng = np.random.Generator
@@ -289,7 +289,7 @@ def local_snr_gain(track: np.ndarray, background_cells: np.ndarray, sr: int, snr
 _FRONT_END = FrontEndConfig()
 _MEL_BANDS = mel_filterbank(_FRONT_END)
 _FFT_BINS_HZ = np.fft.rfftfreq(_FRONT_END.n_fft, 1 / _FRONT_END.sample_rate)
-_HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_FRONT_END.n_fft) / _FRONT_END.n_fft)).astype(np.float32)
+_HANN = periodic_hann(_FRONT_END.n_fft)
 
 
 def mel_power(x: np.ndarray, sr: int, gain: np.ndarray | None = None) -> np.ndarray:
