@@ -218,6 +218,11 @@ class SceneSpec:
     """Bouts far apart (gaps up to 8 s), so some windows of the recording hold no call."""
     clipped: bool = False
 
+    @property
+    def loud_backgrounds(self) -> list[str]:
+        """The background kinds but silence, which keeps its absolute level."""
+        return [kind for kind in self.backgrounds if kind != "silence"]
+
 
 # A species' level is drawn as a local SNR: the call's power over the background's in the spectrogram
 # cells the call fills (within 20 dB of its loudest). A broadband ratio would say little: a 450 Hz
@@ -384,7 +389,7 @@ def scene_parts(scene: SceneSpec, sample_rate: int, rng: Rng, lowpass_probabilit
     """The scene's backgrounds, its species' bouts at random levels, and a band limit now and then
     (file_rate: written at this lower rate, see SceneParts)."""
     n = int(scene.seconds * sample_rate)
-    loud = [kind for kind in scene.backgrounds if kind != "silence"]
+    loud = scene.loud_backgrounds
     if loud:
         # A faint ambient floor under everything, then the named kinds at random relative levels.
         background = 10 ** (rng.uniform(-30, -15) / 20) * colored_noise(rng, n, rng.uniform(0.5, 1.5))
@@ -430,7 +435,7 @@ def synthesize_scene(
     signal = parts.signal()
     if scene.clipped:
         signal = clip(signal, rng)
-    elif any(kind != "silence" for kind in scene.backgrounds):
+    elif scene.loud_backgrounds:
         signal = signal * rng.uniform(0.03, 0.9) / (np.abs(signal).max() + 1e-12)
     audio = np.clip(signal, -1, 1).astype(np.float32)
     rate, top = sample_rate, parts.cutoff
