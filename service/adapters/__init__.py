@@ -9,7 +9,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from service.adapters import jobs, kserve_http, rest
-from service.adapters.http import json_errors
+from service.adapters.http import WHERE_THE_ROUTES_ARE, json_errors
 from service.errors import MethodNotAllowed, NotFound
 
 HTTP_ROUTES = [*rest.ROUTES, *kserve_http.ROUTES, *jobs.ROUTES]
@@ -27,7 +27,7 @@ async def no_route(request: Request) -> Response:
     if allowed:
         allow = ", ".join(allowed)
         raise MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; it takes {allow}", allow)
-    raise NotFound(f"no route {request.url.path}; the routes are listed in /openapi.json, and the page at / uses them")
+    raise NotFound(f"no route {request.url.path}; {WHERE_THE_ROUTES_ARE}")
 
 
 BENTOML_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/schema.json", "/docs.json", "/static_content/", "/assets/")

@@ -10,7 +10,7 @@ from starlette.datastructures import State
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.adapters.http import readiness_body
+from service.adapters.http import WHERE_THE_ROUTES_ARE, readiness_body
 from service.errors import NotFound, ShuttingDown, error_body
 
 READYZ = "/readyz"
@@ -62,7 +62,7 @@ def _json_not_found(scope: Scope, receive: Receive, send: Send) -> Send:
         elif not replaced:
             await send(message)
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            error = NotFound(f"no file {scope['path']}; the routes are listed in /openapi.json, and the page at / uses them")
+            error = NotFound(f"no file {scope['path']}; {WHERE_THE_ROUTES_ARE}")
             await JSONResponse(error_body(error), status_code=error.status)(scope, receive, send)
 
     return relay

@@ -36,6 +36,9 @@ MAX_FORM_FIELDS = 20
 MAX_FIELD_BYTES = 64 * 1024
 """Largest text field of a multipart body (the options are short)."""
 
+WHERE_THE_ROUTES_ARE = "the routes are listed in /openapi.json, and the page at / uses them"
+"""Said by every 404 for a path: chorus' own, and BentoML's file routes' (adapters.health)."""
+
 log = logging.getLogger("chorus.http")
 Handler = Callable[[Request], Awaitable[Response]]
 N = TypeVar("N", int, float)
