@@ -67,6 +67,13 @@ def _mp3(source: Path, target_dir: Path, index: int) -> Path:
     return target
 
 
+def _flac_copy(source: Path, target_dir: Path, audio: np.ndarray, rate: int) -> Path:
+    """source's degraded copy in target_dir: 16-bit FLAC, named after it."""
+    target = target_dir / f"{source.stem}.flac"
+    sf.write(target, audio, rate, subtype="PCM_16")
+    return target
+
+
 def _pink(source: Path, target_dir: Path, index: int) -> Path:
     audio, rate = _read_mono(source)
     audio = audio.astype(np.float64)
@@ -74,17 +81,13 @@ def _pink(source: Path, target_dir: Path, index: int) -> Path:
     noise = colored_noise(np.random.default_rng(index), len(audio), 1.0) * rms / 10 ** (SNR_DB / 20)
     mixed = audio + noise
     mixed /= max(1.0, np.abs(mixed).max() / 0.99)  # scale both together: the SNR stays
-    target = target_dir / f"{source.stem}.flac"
-    sf.write(target, mixed.astype(np.float32), rate, subtype="PCM_16")
-    return target
+    return _flac_copy(source, target_dir, mixed.astype(np.float32), rate)
 
 
 def _narrowband(source: Path, target_dir: Path, index: int) -> Path:
     audio, rate = _read_mono(source)
     audio = soxr.resample(audio, rate, NARROWBAND_RATE, quality="HQ").astype(np.float32)
-    target = target_dir / f"{source.stem}.flac"
-    sf.write(target, np.clip(audio, -1, 1), NARROWBAND_RATE, subtype="PCM_16")
-    return target
+    return _flac_copy(source, target_dir, np.clip(audio, -1, 1), NARROWBAND_RATE)
 
 
 CONDITIONS: dict[str, Callable[[Path, Path, int], Path] | None] = {
