@@ -43,18 +43,28 @@ class BirdCallArch:
     """Add to each species' logit a pooling over time of its own: per-step species logits weighted by
     a per-species softmax over time, so that a second, quieter species is not averaged away by the
     one attention pool that the embedding (and the seed's head) share."""
+    first_time_pool: int = 2
+    """How much the first conv block pools time (the second pools it by 2): 2 on the seed's 500-sample
+    hop, 4 on a 250-sample one, so the encoder sees 40 steps of a 5 s window either way."""
+    pool_first: bool = False
+    """Conv blocks as conv -> max-pool -> BatchNorm -> ReLU instead of the seed's conv -> BatchNorm ->
+    ReLU -> max-pool: the normalization and the activation run on a quarter of the cells."""
 
     @property
     def seq_len(self) -> int:
-        """Time steps after two 2x poolings: 161 -> 80 -> 40 for the default front end."""
-        return self.n_frames // 2 // 2
+        """Time steps after the two conv blocks: 321 -> 80 -> 40 for the default front end."""
+        return self.n_frames // self.first_time_pool // 2
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+def _conv_block(c_in: int, c_out: int, pool_first: bool, time_pool: int = 2) -> nn.Sequential:
+    """3x3 conv, BatchNorm, ReLU, and a max-pool halving frequency and dividing time by time_pool."""
+    pool = nn.MaxPool2d((2, time_pool))
+    if pool_first:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), pool, nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), pool)
 
 
 class AttentionPool(nn.Module):
@@ -86,7 +96,7 @@ class BirdCallNet(nn.Module):
     def __init__(self, arch: BirdCallArch):
         super().__init__()
         self.arch = arch
-        self.features = nn.Sequential(_conv_block(1, 32), _conv_block(32, 64))
+        self.features = nn.Sequential(_conv_block(1, 32, arch.pool_first, arch.first_time_pool), _conv_block(32, 64, arch.pool_first))
         bands = arch.n_mels // 2 // 2 if arch.frequency_pooling == "flatten" else 1
         self.project = nn.Linear(64 * bands, arch.d_model)
         self.position = nn.Parameter(torch.zeros(1, arch.seq_len, arch.d_model))
