@@ -1,6 +1,6 @@
 """The floor under chorus' API -> engine hop: BentoML's own service-to-service call, no model.
 
-`Caller` sends `Echo` the same [n, 1, 64, 161] float32 array chorus sends its engine and gets an
+`Caller` sends `Echo` the same [n, 1, 64, 321] float32 array chorus sends its engine and gets an
 [n, 11] answer back, through a batchable method (as the engine's birdcall_logits) and a plain one,
 with the engine's settings (no access log or tracing on the callee, long-lived connections). What
 chorus' hop costs above this is its own.
@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 from bentoml.validators import ContentType
 
+from features import FrontEndConfig
 from service.local_server import serve
 
 Answer = Annotated[np.ndarray, ContentType("application/json")]
@@ -45,7 +46,7 @@ class Caller:
     @bentoml.api
     async def round_trips(self, windows: int, calls: int, method: str) -> list[float]:
         """Seconds per call, one call at a time with a pause between, as at concurrency 1."""
-        x = np.zeros((windows, 1, 64, 161), np.float32)
+        x = np.zeros((windows, *FrontEndConfig().feature_shape), np.float32)
         call = getattr(self.echo.to_async, method)
         seconds = []
         for _ in range(calls):

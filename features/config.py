@@ -10,7 +10,9 @@ from features.errors import FrontEndConfigError
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """How audio becomes model input. Defaults: the birdcall seed's preprocessing on a 500-sample hop grid.
+    """How audio becomes model input. Defaults: the birdcall seed's log-mel bands on a finer grid (a
+    250-sample hop and a 512-sample STFT instead of the seed's 500 and 1024, docs/training.md: trills
+    and pulses at 25-30 Hz are a steady tone at the seed's 16 Hz frame rate).
 
     Frames sit on one grid per recording (frame j centred at sample j * hop_length), and a window is
     a slice of that grid, so stride and clip must be whole numbers of hops: checked on construction.
@@ -19,13 +21,13 @@ class FrontEndConfig:
     sample_rate: int = 16_000
     """Rate every recording is resampled to, in Hz."""
     clip_seconds: float = 5.0
-    """Length of one classified window, in seconds (160 hops at the defaults)."""
+    """Length of one classified window, in seconds (320 hops at the defaults)."""
     stride_seconds: float = 2.5
-    """Distance between window starts, in seconds (80 hops; windows overlap by half)."""
-    n_fft: int = 1024
+    """Distance between window starts, in seconds (160 hops; windows overlap by half)."""
+    n_fft: int = 512
     """STFT size in samples (periodic Hann window of the same length, frames centred, zeros outside the recording)."""
-    hop_length: int = 500
-    """STFT hop in samples (31.25 ms at 16 kHz)."""
+    hop_length: int = 250
+    """STFT hop in samples (15.625 ms at 16 kHz)."""
     n_mels: int = 64
     """Number of mel bands (HTK scale, no filter normalization, as torchaudio's default)."""
     f_min: float = 20.0
@@ -49,7 +51,7 @@ class FrontEndConfig:
         if problems:
             raise FrontEndConfigError(
                 "front-end config: " + "; ".join(problems) + ". Windows are slices of one frame grid, so clip and stride must"
-                " be whole numbers of hops (the defaults: hop 500 at 16 kHz, stride 80 hops, clip 160 hops). A model whose"
+                " be whole numbers of hops (the defaults: hop 250 at 16 kHz, stride 160 hops, clip 320 hops). A model whose"
                 " stored config fails this check was trained with the older per-window front end: retrain it with"
                 " `chorus train birdcall` (then `chorus export birdcall`)."
             )
@@ -88,7 +90,7 @@ class FrontEndConfig:
 
     @property
     def n_frames(self) -> int:
-        """Frames per window: both ends of the clip are frame centres, so 161 for the defaults."""
+        """Frames per window: both ends of the clip are frame centres, so 321 for the defaults."""
         return self.clip_hops + 1
 
     @property

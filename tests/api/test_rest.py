@@ -169,8 +169,8 @@ async def test_the_spectrogram_is_the_grid_the_model_heard(http, wav):
     body = (await http.post("/classify", content=wav, params={"spectrogram": "true"})).json()
     picture = body["spectrogram"]
     image = Image.open(io.BytesIO(base64.b64decode(picture["png_base64"])))
-    assert image.size == (80 + 161, 64) and image.mode == "RGB"  # two windows, 80 hops apart
-    assert picture["seconds_per_column"] == 500 / 16_000 and picture["frequency_scale"] == "mel"
+    assert image.size == (160 + 321, 64) and image.mode == "RGB"  # two windows, 160 hops apart
+    assert picture["seconds_per_column"] == 250 / 16_000 and picture["frequency_scale"] == "mel"
 
 
 async def test_media_types_are_case_insensitive(http, wav):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch import nn
 
 from chorus.cli import main
 from features import FrontEnd, FrontEndConfig
@@ -88,12 +89,19 @@ def test_manifest_errors_are_clear(tmp_path):
 
 @pytest.mark.parametrize("pooling", ["mean", "flatten"])
 @pytest.mark.parametrize("class_attention", [False, True])
-def test_birdcall_net_shapes(pooling, class_attention):
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_birdcall_net_shapes(pooling, class_attention, pool_first):
     config = FrontEndConfig()
     arch = BirdCallArch(
-        n_classes=15, n_mels=config.n_mels, n_frames=config.n_frames, frequency_pooling=pooling, class_attention=class_attention
+        n_classes=15,
+        n_mels=config.n_mels,
+        n_frames=config.n_frames,
+        first_time_pool=4,
+        frequency_pooling=pooling,
+        class_attention=class_attention,
+        pool_first=pool_first,
     )
-    assert arch.seq_len == 40  # 161 frames -> 80 -> 40
+    assert arch.seq_len == 40  # 321 frames -> 80 -> 40
     model = BirdCallNet(arch).eval()
     x = torch.randn(3, *config.feature_shape)
     assert model(x).shape == (3, 15)
@@ -222,3 +230,14 @@ def test_chorus_train_on_bad_data_exits_2_with_the_reason(tmp_path, monkeypatch,
     assert main(["train", "birdcall", "--profile", "tiny", "--data", str(csv_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("chorus train:") and "line 2: 3 fields" in err
+
+
+def test_a_model_stored_before_the_finer_grid_builds_as_it_was_trained():
+    # config.json of a model trained on the seed's 500-sample hop: no first_time_pool, no pool_first.
+    stored = {"n_classes": 15, "n_mels": 64, "n_frames": 161, "d_model": 64, "n_heads": 2, "ff_dim": 2048, "dropout": 0.1}
+    model = BirdCallNet(BirdCallArch(**stored, frequency_pooling="flatten", class_attention=True))
+    assert model.arch.seq_len == 40
+    first = model.features[0]
+    assert [type(layer) for layer in first] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert first[3].kernel_size == (2, 2)
+    assert model(torch.randn(2, 1, 64, 161)).shape == (2, 15)
