@@ -59,6 +59,12 @@ class BirdCallArch:
         return asdict(self)
 
 
+def first_time_pool_for(n_frames: int) -> int:
+    """BirdCallArch.first_time_pool that gives the encoder ~40 steps of a window: 161 frames (the
+    seed's 500-sample hop) pool by 2, 321 (a 250-sample hop) by 4."""
+    return max(2, n_frames // 80)
+
+
 def _conv_block(c_in: int, c_out: int, pool_first: bool, time_pool: int = 2) -> nn.Sequential:
     """3x3 conv, BatchNorm, ReLU, and a max-pool halving frequency and dividing time by time_pool."""
     pool = nn.MaxPool2d((2, time_pool))

@@ -30,7 +30,7 @@ from layout.workspace import Workspace
 from training.birdcall_augment import mix_pairs, roll_time
 from training.birdcall_data import WindowSet, check_trainable, dataset_hash, featurize, read_manifest, species_of
 from training.birdcall_generate import GenerateSpec, ensure_dataset
-from training.birdcall_model import BirdCallArch, BirdCallNet
+from training.birdcall_model import BirdCallArch, BirdCallNet, first_time_pool_for
 from training.birdcall_report import markdown_report, plot_split, recording_targets, split_figures
 from training.calibration import calibrate, sigmoid
 from training.checkpoint import save_checkpoint
@@ -264,8 +264,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         frequency_pooling=profile.frequency_pooling,
         class_attention=profile.class_attention,
         pool_first=profile.pool_first,
-        # ~40 encoder steps a window whatever the hop: 161 frames pool by 2, 321 by 4.
-        first_time_pool=max(2, frontend_config.n_frames // 80),
+        first_time_pool=first_time_pool_for(frontend_config.n_frames),
     )
     model = BirdCallNet(arch)
     # Start every species at its prior (~7% of windows) rather than at 50%: the first epoch then

@@ -17,7 +17,7 @@ from features import FrontEnd, FrontEndConfig
 from layout.workspace import Workspace
 from training.birdcall_data import DataError, Item, featurize, read_manifest, species_of
 from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
-from training.birdcall_model import BirdCallArch, BirdCallNet, ClassAttention
+from training.birdcall_model import BirdCallArch, BirdCallNet, ClassAttention, first_time_pool_for
 from training.birdcall_synth import SPECIES, CallEvent, bird_track, synthesize_recording
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_data import load_frames
@@ -96,7 +96,7 @@ def test_birdcall_net_shapes(pooling, class_attention, pool_first):
         n_classes=15,
         n_mels=config.n_mels,
         n_frames=config.n_frames,
-        first_time_pool=4,
+        first_time_pool=first_time_pool_for(config.n_frames),
         frequency_pooling=pooling,
         class_attention=class_attention,
         pool_first=pool_first,
@@ -237,6 +237,7 @@ def test_a_model_stored_before_the_finer_grid_builds_as_it_was_trained():
     stored = {"n_classes": 15, "n_mels": 64, "n_frames": 161, "d_model": 64, "n_heads": 2, "ff_dim": 2048, "dropout": 0.1}
     model = BirdCallNet(BirdCallArch(**stored, frequency_pooling="flatten", class_attention=True))
     assert model.arch.seq_len == 40
+    assert first_time_pool_for(161) == model.arch.first_time_pool  # retraining on that grid builds the same
     first = model.features[0]
     assert [type(layer) for layer in first] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
     assert first[3].kernel_size == (2, 2)
