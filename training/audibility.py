@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
+from layout.machine import worker_pool
 from training.background_synth import colored_noise
 from training.birdcall_generate import PlannedRecording, plan_recordings
 from training.birdcall_synth import mel_power, scene_parts
@@ -48,7 +47,7 @@ def audibility(profile: str = "default", levels: tuple[float, ...] = LEVELS_DB) 
     """Per level: test recordings with a species, and the share heard clean and under pink noise."""
     planned = [p for p in plan_recordings(PROFILES[profile].data) if p.split == "test" and p.scene.species]
     jobs = [(p, i) for i, p in enumerate(planned)]
-    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+    with worker_pool() as pool:
         loudest = np.array(list(tqdm(pool.map(_loudest, jobs, chunksize=4), total=len(jobs), desc="audibility", unit="rec")))
     return {
         "profile": profile,

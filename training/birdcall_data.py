@@ -23,10 +23,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from features import AudioError, FrontEnd, FrontEndConfig, WindowSpan
+from layout.machine import worker_pool
 from training.birdcall_synth import CallEvent
 
 SPLITS = ("train", "val", "test")
@@ -323,7 +322,7 @@ def featurize(
     index = {name: i for i, name in enumerate(labels)}
     jobs = [(item.path, config.to_dict()) for item in items]
     mels, targets, known, rec, snr = [], [], [], [], []
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+    with worker_pool(workers) as pool:
         results = pool.map(_featurize_one, jobs, chunksize=4)
         for i, (item, (m, spans, duration)) in enumerate(tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")):
             _check_events_inside(item, duration)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from layout.machine import worker_pool
 from training.background_synth import BACKGROUNDS
 from training.birdcall_data import BACKGROUND_LABEL, LABEL_SEPARATOR, write_events
 from training.birdcall_synth import SPECIES, CallEvent, SceneSpec, synthesize_scene, write_audio
@@ -195,7 +194,7 @@ def generate_dataset(out_dir: Path, spec: GenerateSpec = GenerateSpec(), workers
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     planned = plan_recordings(spec)
     jobs = [(out_dir, p) for p in planned]
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+    with worker_pool(workers) as pool:
         events = list(tqdm(pool.map(_write_one, jobs, chunksize=4), total=len(jobs), desc="generate birdcall", unit="rec"))
     csv_path = out_dir / "labels.csv"
     write_events(csv_path, ((p.path.as_posix(), e) for p, calls in zip(planned, events, strict=True) for e in calls))

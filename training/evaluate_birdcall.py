@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from features import FrontEndConfig, NormStats
 from layout import artifacts
+from layout.machine import worker_pool
 from layout.workspace import Workspace
 from training.background_synth import colored_noise
 from training.birdcall_data import featurize, read_manifest, write_events
@@ -115,7 +115,7 @@ def degraded_manifest(csv_path: Path, condition: str, out_dir: Path) -> Path:
         audio_dir = out_dir / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
         jobs = [(condition, item.path, audio_dir, i) for i, item in enumerate(items)]
-        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        with worker_pool() as pool:
             made = list(tqdm(pool.map(_degrade, jobs, chunksize=2), total=len(jobs), desc=condition, unit="rec"))
         sources = {item.path: path for item, path in zip(items, made, strict=True)}
     manifest = out_dir / "labels.csv"

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
-from layout.machine import one_blas_thread, usable_cores
+from threadpoolctl import threadpool_info
+
+from layout.machine import one_blas_thread, usable_cores, worker_pool
 
 
 def test_usable_cores_are_this_process_affinity():
@@ -36,4 +38,17 @@ def test_numpy_and_scipy_load_with_one_blas_thread_after_it():
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     threads = json.loads(done.stdout)
+    assert threads and set(threads) == {1}
+
+
+def _blas_threads() -> list[int]:
+    import numpy  # noqa: F401  (loads OpenBLAS if the worker has not yet)
+
+    return [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"]
+
+
+def test_worker_pool_workers_run_one_blas_thread():
+    """The data work's pools: one worker per core, so each worker's BLAS must not start its own per core."""
+    with worker_pool(2) as pool:
+        threads = pool.submit(_blas_threads).result()
     assert threads and set(threads) == {1}
