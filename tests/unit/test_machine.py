@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from layout.machine import one_blas_thread, usable_cores, worker_pool
 
@@ -48,7 +48,9 @@ def _blas_threads() -> list[int]:
 
 
 def test_worker_pool_workers_run_one_blas_thread():
-    """The data work's pools: one worker per core, so each worker's BLAS must not start its own per core."""
-    with worker_pool(2) as pool:
+    """The data work's pools: one worker per core, so each worker's BLAS must not start its own per core.
+    The parent runs two BLAS threads here, which forked workers would otherwise inherit (on any host,
+    whatever OPENBLAS_NUM_THREADS says)."""
+    with threadpool_limits(2), worker_pool(2) as pool:
         threads = pool.submit(_blas_threads).result()
     assert threads and set(threads) == {1}
