@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from analyze.analyzer import READ_STAGE, AnalysisFailed, FileScores, Outcome
 from analyze.chatter import StderrCapture
 from analyze.detections import Span
 from features import DEFAULT_BLOCK_SAMPLES, AudioError, AudioStream, Channels, FrontEnd, FrontEndConfig, NormStats
-from layout.machine import die_with_parent, usable_cores
+from layout.machine import die_with_parent, hold_blas_to_one_thread, usable_cores
 
 _log = logging.getLogger(__name__)
 StartMethod = Literal["spawn", "fork"]
@@ -133,9 +132,7 @@ def featurize_files(channel: Channel, background: bool = False, take_output: Cal
         # scheduler shared the cores equally and the model got ~70% of one; behind it, the workers
         # take what it leaves (6 paired runs on a 2-hour folder: 5.97 s at nice 0, 5.83 at 8, 5.77 at 19).
         os.nice(WORKER_NICENESS)
-    # One worker per core already: BLAS's own pool of a thread per core in every worker made them
-    # spin against each other (the same 2-hour folder: 352x real time with it, ~800x without).
-    threadpool_limits(1)
+    hold_blas_to_one_thread()
     spec = channel.spec()
     if spec is None:
         return
