@@ -66,7 +66,8 @@ def first_time_pool_for(n_frames: int) -> int:
 
 
 def _conv_block(c_in: int, c_out: int, pool_first: bool, time_pool: int = 2) -> nn.Sequential:
-    """3x3 conv, BatchNorm, ReLU, and a max-pool halving frequency and dividing time by time_pool."""
+    """3x3 conv, BatchNorm, ReLU, and a max-pool halving frequency and dividing time by time_pool
+    (last, as the seed had it; right after the conv with pool_first)."""
     pool = nn.MaxPool2d((2, time_pool))
     if pool_first:
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), pool, nn.BatchNorm2d(c_out), nn.ReLU())
