@@ -69,7 +69,7 @@ class BirdcallProfile:
     mix_share: float = 1.0
     """Share of each batch mixed with another window (training.birdcall_augment). Every window: on
     two seeds both of two species were found in 91.9% and 91.9% of test windows against 88.3/89.3%
-    at 0.75 and 89.3/86.3% at 0.5 (docs/training.md)."""
+    at 0.75 and 89.3/86.3% at 0.5, for a little precision (docs/training.md has all the runs)."""
     empty_window_weight: float = 6.0
     """Loss weight of a window known to hold no species (background recordings, pauses between
     calls), against 1 for the others: field recordings are mostly such windows, far more than the
