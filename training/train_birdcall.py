@@ -91,7 +91,7 @@ PROFILES = {
     "default": BirdcallProfile(
         "default",
         GenerateSpec(recordings_per_species=24, val_share=0.12, test_share=0.28),
-        # The clock ends the loop (12-17 epochs on 2 cores); 40 only bounds a fast machine.
+        # The clock ends the loop (14-18 epochs on 2 cores at batch 32); 40 only bounds a fast machine.
         max_epochs=40,
         patience=6,
         max_minutes=6.0,
