@@ -120,12 +120,17 @@ def run_bench(
     bird["ratios"]["batching_gain_share"] = round(bird["ratios"]["served_batching_gain"] / bird["ratios"]["engine_batching_gain"], 3)
 
     frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds, **served_env)]
+    frames_rows = [("chorus /generate", frames_served)]
+    if device == "cuda":  # the engine pads denoiser batches on a GPU (CHORUS_FRAMES_PAD_BATCHES auto): the same without
+        unpadded = frames.served(steps, frames_levels, seconds, **served_env, CHORUS_FRAMES_PAD_BATCHES="off")
+        frames_rows.append(("chorus /generate, batches not padded", [r.row() for r in unpadded]))
     frames_raw = frames.raw_engine(frames_stored, steps, providers, seconds)
     frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps, device, seconds)
     frame = {
         "steps": steps,
         "raw_engine": frames_raw,
         "served": frames_served,
+        **({"served_not_padded": frames_rows[1][1]} if len(frames_rows) > 1 else {}),
         "torch_eager_sequential": frames_eager,
         "ratios": {
             "served_over_eager": round(best(frames_served)["throughput"] / frames_eager["images_per_s"], 3),
@@ -134,7 +139,7 @@ def run_bench(
     }
     bird_rows = [("chorus, batching on", on), ("chorus, batching off", off), ("FastAPI + torch eager", base)]
     _plot(bird_rows, out_dir / "birdcall_latency_throughput.png", "birdcall: recordings of 10-60 s, WAV + MP3", "recordings")
-    _plot([("chorus /generate", frames_served)], out_dir / "frames_latency_throughput.png", f"frames: {steps} DDIM steps", "images")
+    _plot(frames_rows, out_dir / "frames_latency_throughput.png", f"frames: {steps} DDIM steps", "images")
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
@@ -183,7 +188,7 @@ def run_bench(
             "",
             f"## frames ({steps} DDIM steps, images/s)",
             "",
-            _table([("chorus /generate", frames_served)], "images"),
+            _table(frames_rows, "images"),
             "",
             f"raw engine (ORT + numpy DDIM in-process): {frames_raw}; torch eager sequential: {frames_eager}",
             "",

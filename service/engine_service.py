@@ -39,7 +39,7 @@ from service.engine.background import BackgroundWindows
 from service.engine.contracts import StepPlanes, TimedRows
 from service.engine.ddim import to_uint8_images
 from service.engine.loaded import LoadedModel, load_model
-from service.engine.runtime import choose_providers
+from service.engine.runtime import CUDA, choose_providers, padded_sizes
 from service.engine.step_batching import StepBatcher
 from service.lifecycle import Activity, Drain, stop_with_the_server
 from service.metrics import NO_DETECTION, Metrics
@@ -104,7 +104,13 @@ class Engine:
             self.birdcall = opened(
                 settings.birdcall_model, settings.birdcall_variant, required=BirdcallModel.stored_files, outputs=BirdcallModel.model_outputs
             )
-            self.frames = opened(settings.frames_model, settings.frames_variant, required=FramesModel.stored_files)
+            pads = settings.frames_pad_batches == "on" or (settings.frames_pad_batches == "auto" and providers[0] == CUDA)
+            self.frames = opened(
+                settings.frames_model,
+                settings.frames_variant,
+                required=FramesModel.stored_files,
+                pad_limit=settings.frames_max_batch_size if pads else 0,
+            )
             self._warm_up()
             self.background = BackgroundWindows(self._birdcall_rows, settings.job_windows_per_batch, on_batch=self._record_birdcall_batch)
             self.sampler = StepBatcher(
@@ -134,8 +140,10 @@ class Engine:
     def _warm_up(self) -> None:
         """Run each batch size once, so first requests see neither lazy init nor a bad latency fit."""
         for model, limit in ((self.birdcall, settings.birdcall_max_batch_size), (self.frames, settings.frames_max_batch_size)):
-            for n in settings.warmup_batch_sizes:
-                model.run({spec.name: spec.example(min(n, limit)) for spec in model.runner.inputs})
+            # A padded model runs only its padded sizes: warm each of them.
+            sizes = padded_sizes(model.runner.pad_limit) if model.runner.pad_limit else {min(n, limit) for n in settings.warmup_batch_sizes}
+            for n in sizes:
+                model.run({spec.name: spec.example(n) for spec in model.runner.inputs})
 
     @bentoml.on_startup
     async def _install_drain(self) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything `chorus bench --device cuda` needs on a GPU host that cannot download: the project's
-# Python wheels (for the host's Python), onnxruntime-gpu, the served models and the checkpoints the
-# torch baselines load. Run from the repository root, after `make up` (or train + export):
+# Python wheels (for the host's Python), onnxruntime-gpu, the served models, the checkpoints the
+# torch baselines load and the parity gates' held-out inputs (benchmarks/gpu/parity.py). Run from
+# the repository root, after `make up` (or train + export):
 #
 #   benchmarks/gpu/bundle.sh DIR [PYTHON_VERSION] [SKIP_FILE]
 #
@@ -50,5 +51,6 @@ for model in birdcall frames; do
   cp "$store/$model/latest" "$out/bentoml/models/$model/"
 done
 cp -r "${CHORUS_HOME:-artifacts}/checkpoints" "$out/home/"
+uv run python -m benchmarks.gpu.parity save "$out/parity.npz"  # the parity gates' held-out inputs
 cp "$(dirname "$0")/run.sh" "$out/"
 du -sh "$out"

@@ -70,17 +70,18 @@ def open_model(
     threads: int = 0,
     lanes: int = 0,
     max_run_items: int = 0,
+    pad_limit: int = 0,
 ) -> LoadedModel:
     """Check a stored model's files against the export's digests, then open the variant.
 
     `required` names the artifact files the model's readers need besides the ONNX file, `outputs`
     the outputs they read (a missing one fails here, not at the first request). threads, lanes and max_run_items as the
-    ServiceSettings ort_* fields (see runtime.open_runner). Raises ArtifactError on a missing, changed
+    ServiceSettings ort_* fields, pad_limit as runtime.Runner's. Raises ArtifactError on a missing, changed
     or truncated file, or a model that computes non-finite outputs.
     """
     stored.verify((*required, onnx_file(stored.name, variant)))
     try:
-        runner = open_runner(stored.onnx_path(variant), providers, threads, lanes, max_run_items)
+        runner = open_runner(stored.onnx_path(variant), providers, threads, lanes, max_run_items, pad_limit)
     except Exception as exc:  # ONNX Runtime's own errors: a file that passed its digest but does not load
         raise ArtifactError(f"{stored.name}:{stored.version} {variant} does not load in ONNX Runtime: {exc}") from exc
     model = LoadedModel(stored, variant, runner)

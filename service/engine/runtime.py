@@ -107,21 +107,38 @@ def _specs(args: list[ort.NodeArg]) -> tuple[TensorSpec, ...]:
     )
 
 
+def padded_sizes(limit: int) -> tuple[int, ...]:
+    """The batch sizes a padded runner runs: the powers of two below `limit`, then `limit`."""
+    sizes = [1 << i for i in range(limit.bit_length()) if 1 << i < limit]
+    return (*sizes, limit)
+
+
+def padded_size(n: int, limit: int) -> int:
+    """The smallest padded size that holds n items; n itself past `limit`."""
+    return next((size for size in padded_sizes(limit) if size >= n), n)
+
+
 class Runner:
     """A session run the way the engine runs it: every output, each batch split across lanes, in
-    runs of at most `max_run_items` items.
+    runs of at most `max_run_items` items, padded to one of a few sizes where `pad_limit` is set.
 
     ONNX Runtime's CPU arena keeps the peak of the activations it ever held, and a run's
     activations grow with its batch (a 64-window batch of the classifier holds ~85 MB per conv layer):
     bounding the run, not the batch, bounds the engine's memory, while BentoML still batches
     as many items per call as it is allowed to.
+
+    A GPU runs a small network in the same time at batch 1 or 16 (kernel launches, not arithmetic),
+    but each new input shape costs it a cuDNN plan, so a batch whose size changes with the load is
+    padded with zero rows to the next of `padded_sizes(pad_limit)` and the padding dropped from
+    the outputs. Only for models whose rows are independent (no batch statistics), as both here are.
     """
 
-    def __init__(self, session: ort.InferenceSession, lanes: int, max_run_items: int = 0):
-        """max_run_items 0: no bound (one run per lane)."""
+    def __init__(self, session: ort.InferenceSession, lanes: int, max_run_items: int = 0, pad_limit: int = 0):
+        """max_run_items 0: no bound (one run per lane). pad_limit 0: no padding."""
         self.session = session
         self.lanes = max(1, lanes)
         self.max_run_items = max_run_items
+        self.pad_limit = pad_limit
         self.inputs = _specs(session.get_inputs())
         self.outputs = _specs(session.get_outputs())
         self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="chorus-lane") if self.lanes > 1 else None
@@ -137,6 +154,13 @@ class Runner:
         """Every output for the whole batch, in the model's output order; every input's first axis is the batch axis.
 
         lanes: run on at most this many lanes at once (None: all of them)."""
+        n = len(next(iter(feeds.values())))
+        if self.pad_limit and (size := padded_size(n, self.pad_limit)) > n:
+            padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in feeds.items()}
+            return [out[:n] for out in self._run_whole(padded, lanes)]
+        return self._run_whole(feeds, lanes)
+
+    def _run_whole(self, feeds: dict[str, np.ndarray], lanes: int | None) -> list[np.ndarray]:
         n = len(next(iter(feeds.values())))
         lanes = self.lanes if lanes is None else max(1, min(lanes, self.lanes))
         size = math.ceil(n / lanes)  # one run per lane when it is small enough
@@ -168,9 +192,9 @@ class Runner:
         return results
 
 
-def open_runner(path: Path, providers: list[str], threads: int = 0, lanes: int = 0, max_run_items: int = 0) -> Runner:
+def open_runner(path: Path, providers: list[str], threads: int = 0, lanes: int = 0, max_run_items: int = 0, pad_limit: int = 0) -> Runner:
     """A model file ready to run; threads and lanes 0 mean automatic (see plan_lanes). max_run_items
-    bounds a run on CPU only: a GPU wants its batches whole."""
+    bounds a run on CPU only: a GPU wants its batches whole. pad_limit: see Runner."""
     on_gpu = providers[0] != CPU
     lanes, threads = plan_lanes(lanes, threads, on_gpu=on_gpu)
-    return Runner(make_session(path, providers, threads), lanes, 0 if on_gpu else max_run_items)
+    return Runner(make_session(path, providers, threads), lanes, 0 if on_gpu else max_run_items, pad_limit)

@@ -74,3 +74,32 @@ def test_memory_bench_reports_bombs_and_a_soak(tiny_exports, tmp_path):
     assert soak["requests"] > 0 and set(soak["growth_after_warmup_percent"]) == {"api", "engine"}
     assert (tmp_path / "memory" / "soak_rss.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "memory" / "memory.json").read_text())["soak"]["minutes"] == 0.3
+
+
+def test_gpu_parity_checks_every_variant_and_names_a_failure(tiny_exports, tiny_workspace, tmp_path, monkeypatch):
+    """benchmarks/gpu/parity.py, with the CPU standing in for the GPU: the held-out inputs it carries,
+    one row per model, variant and output, and a failed gate reported (exit 1) after every check ran."""
+    from benchmarks.gpu import parity
+    from export.parity import Tolerance
+
+    monkeypatch.setenv("CHORUS_HOME", str(tiny_workspace.home))
+    inputs = tmp_path / "parity.npz"
+    parity.save_inputs(inputs)
+    with pytest.raises(SystemExit, match="did not open on the CUDA provider"):  # no quiet CPU fallback
+        parity.check_on_gpu(inputs)
+
+    monkeypatch.setattr(parity, "CUDA", "CPUExecutionProvider")
+    monkeypatch.setattr(
+        parity, "GPU_TOLERANCES", {"birdcall": Tolerance(min_decision_agreement=0.0), "frames": Tolerance(max_abs_diff=0.0)}
+    )
+    out = tmp_path / "gpu_parity.json"
+    assert parity.main(["check", str(inputs), str(out)]) == 1
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["variant"], r["output"]) for r in rows] == [
+        *(("birdcall", v, o) for v in ("fp32", "int8", "fp16") for o in ("scores", "embedding")),
+        ("frames", "fp32", "v"),
+        ("frames", "fp16", "v"),
+    ]
+    failed = [r for r in rows if not r["passed"]]
+    assert [(r["model"], r["variant"]) for r in failed] == [("frames", "fp16")]  # fp32 on the same device is exact
+    assert "max |difference|" in failed[0]["failure"]

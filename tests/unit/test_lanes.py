@@ -1,4 +1,5 @@
-"""Lanes: a batch split across cores gives the same answer as one run, and knows when not to split."""
+"""Lanes and padding: a batch split across cores, or padded to a fixed size, gives the same answer as
+one run, and knows when not to split or pad."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service.engine.runtime import Runner, make_session, plan_lanes
+from service.engine.runtime import Runner, make_session, padded_size, padded_sizes, plan_lanes
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,22 @@ def test_lane_plan():
     assert plan_lanes(0, 0, on_gpu=True) == (1, 1)
     assert plan_lanes(2, 0, on_gpu=False)[0] == 2 and plan_lanes(2, 0, on_gpu=False)[1] >= 1
     assert plan_lanes(1, 3, on_gpu=False) == (1, 3)
+
+
+def test_padded_sizes():
+    assert padded_sizes(32) == (1, 2, 4, 8, 16, 32)
+    assert padded_sizes(24) == (1, 2, 4, 8, 16, 24)
+    assert padded_sizes(1) == (1,)
+    assert [padded_size(n, 24) for n in (1, 3, 5, 16, 17, 24, 30)] == [1, 4, 8, 16, 24, 24, 30]
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 17, 32, 40])
+def test_padded_batches_run_few_shapes_and_keep_the_answer(row_sum_session, n):
+    runner = Runner(row_sum_session, lanes=1, pad_limit=32)
+    sizes: list[int] = []
+    real = runner._run
+    runner._run = lambda feeds: (sizes.append(len(feeds["x"])), real(feeds))[1]  # type: ignore[method-assign]
+    x = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+    out = runner.run({"x": x})[0]
+    np.testing.assert_array_equal(out, row_sum_session.run(None, {"x": x})[0])
+    assert sizes == [padded_size(n, 32)]
