@@ -128,9 +128,11 @@ class Runner:
     as many items per call as it is allowed to.
 
     A GPU runs a small network in the same time at batch 1 or 16 (kernel launches, not arithmetic),
-    but each new input shape costs it a cuDNN plan, so a batch whose size changes with the load is
-    padded with zero rows to the next of `padded_sizes(pad_limit)` and the padding dropped from
-    the outputs. Only for models whose rows are independent (no batch statistics), as both here are.
+    and ONNX Runtime's CUDA provider pays per new input shape (allocations, cuDNN's choices): served
+    on an H200, the denoiser's step batches of changing size gave 27 images/s, padded 48
+    (docs/benchmarks.md, "GPU"). So a padded runner fills each batch with zero rows up to the next of
+    `padded_sizes(pad_limit)` and drops them from the outputs. Only for models whose rows are
+    independent (no batch statistics), as both here are.
     """
 
     def __init__(self, session: ort.InferenceSession, lanes: int, max_run_items: int = 0, pad_limit: int = 0):
