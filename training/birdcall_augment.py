@@ -32,15 +32,21 @@ def mix_pairs(
     share: float,
     generator: torch.Generator,
     max_drop_db: float = 6.0,
+    empty_with_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mix a `share` of the batch's windows with another window of the batch; returns (log_mels, targets, known).
 
     A mixed pair is present where either window holds the species, known-absent where both are
-    known-absent, unknown otherwise.
+    known-absent, unknown otherwise. empty_with_empty: a window holding no species takes its
+    partner among such windows, so the batch keeps its share of empty windows.
     """
     n = log_mels.shape[0]
     chosen = (torch.rand(n, generator=generator) < share).reshape(-1, 1)
     partner = torch.randperm(n, generator=generator)
+    if empty_with_empty:
+        empty = torch.nonzero(~(targets * known).bool().any(dim=1)).flatten()
+        if len(empty):
+            partner[empty] = empty[torch.randint(len(empty), (len(empty),), generator=generator)]
     flat = log_mels.flatten(1)
     # ln of each window's summed power, so the gain sets the partner's power relative to the window's.
     gap = torch.logsumexp(flat, dim=1) - torch.logsumexp(flat[partner], dim=1)

@@ -40,6 +40,21 @@ def test_mixing_sums_power_and_unites_labels():
     assert torch.equal(untouched[0], log_mels) and torch.equal(untouched[1], targets) and torch.equal(untouched[2], known)
 
 
+def test_empty_windows_can_keep_to_empty_partners():
+    """With empty_with_empty, a window holding no species is mixed with another such window: it
+    stays empty, so the batch keeps its share of empty windows; the others still take any partner."""
+    g = torch.Generator().manual_seed(3)
+    log_mels = torch.log(torch.rand(48, 1, 4, 6, generator=g) + 1e-3)
+    targets = torch.zeros(48, 3)
+    targets[:16, 0] = 1.0
+    known = torch.ones(48, 3)
+    mixed, t, k = mix_pairs(log_mels, targets, known, 1.0, torch.Generator().manual_seed(4), empty_with_empty=True)
+    assert (t[16:] == 0).all() and (k[16:] == 1).all()
+    assert (t[:16, 0] == 1).all() and not torch.equal(mixed[16:], log_mels[16:])
+    _, anyone, _ = mix_pairs(log_mels, targets, known, 1.0, torch.Generator().manual_seed(4))
+    assert anyone[16:].sum() > 0  # without it, empty windows pick up species from their partners
+
+
 def test_learning_rate_warms_up_then_anneals_to_zero():
     profile = PROFILES["default"]
     rates = [_learning_rate(profile, p / 100) for p in range(101)]
