@@ -19,43 +19,35 @@ from pathlib import Path
 
 import numpy as np
 
+from export import birdcall as birdcall_export
+from export import frames as frames_export
 from export.onnx_tools import run_batched
-from export.parity import OutputKind, ParityError, Tolerance, check_parity
+from export.parity import ParityError, check_parity
+from layout import artifacts
+from layout.workspace import Workspace
 from service.engine.runtime import CPU, CUDA, choose_providers, make_session
 from service.models.birdcall import stored_threshold
 from service.store import StoredModel
+from training.checkpoint import load_checkpoint
+from training.train_frames import FramesArch
 
-# Every variant on the GPU is held to CPU fp32 by what serving needs: birdcall's detections at the
-# calibrated threshold and its embeddings (the int8/fp16 export gates), the denoiser's outputs
-# within fp16's export tolerance.
-GPU_TOLERANCES = {
-    "birdcall": Tolerance(min_decision_agreement=0.995, min_cosine=0.99),
-    "frames": Tolerance(max_abs_diff=5e-2),
-}
-OUTPUT_KINDS = {
-    "birdcall": {"scores": OutputKind.SCORES, "embedding": OutputKind.EMBEDDING},
-    "frames": {"v": OutputKind.TENSOR},
-}
-VARIANTS = {"birdcall": ("fp32", "int8", "fp16"), "frames": ("fp32", "fp16")}
+EXPORTS = {"birdcall": birdcall_export, "frames": frames_export}
+# Every variant on the GPU is held to CPU fp32 by what serving needs: the gate each model's fp16
+# variant passed at export (birdcall's detections at the calibrated threshold and its embeddings,
+# the denoiser's outputs within 0.05).
+GPU_TOLERANCES = {name: export.TOLERANCES["fp16"] for name, export in EXPORTS.items()}
 BIRDCALL_WINDOWS = 512
 """Test-split windows carried to the GPU host (stored as float16 to travel light; both sides read the same values)."""
 
 
 def save_inputs(path: Path) -> None:
     """The export gates' held-out inputs of the checkpoints in CHORUS_HOME, spread over the test split."""
-    from export.birdcall import held_out_inputs as birdcall_inputs
-    from export.frames import held_out_inputs as frames_inputs
-    from layout import artifacts
-    from layout.workspace import Workspace
-    from training.checkpoint import load_checkpoint
-    from training.train_frames import FramesArch
-
     workspace = Workspace.from_env()
-    windows = birdcall_inputs(load_checkpoint(workspace.checkpoint_dir("birdcall")))
+    windows = birdcall_export.held_out_inputs(load_checkpoint(workspace.checkpoint_dir("birdcall")))
     picked = np.linspace(0, len(windows) - 1, min(BIRDCALL_WINDOWS, len(windows))).astype(int)
     frames = load_checkpoint(workspace.checkpoint_dir("frames"))
     arch = FramesArch(**frames.config[artifacts.ARCH])
-    denoiser = frames_inputs(arch, np.asarray(frames.config[artifacts.ALPHAS_CUMPROD]))
+    denoiser = frames_export.held_out_inputs(arch, np.asarray(frames.config[artifacts.ALPHAS_CUMPROD]))
     np.savez(path, features=windows[picked].astype(np.float16), x_t=denoiser["x_t"], t=denoiser["t"])
 
 
@@ -72,12 +64,12 @@ def check_on_gpu(inputs_path: Path) -> list[dict]:
         stored = StoredModel.resolve(f"{name}:latest")
         threshold = stored_threshold(stored) if name == "birdcall" else None
         reference = run_batched(make_session(stored.onnx_path("fp32"), [CPU], 0), inputs)
-        for variant in VARIANTS[name]:
+        for variant in EXPORTS[name].VARIANTS:
             session = make_session(stored.onnx_path(variant), providers, 1)
             if session.get_providers()[0] != CUDA:
                 raise SystemExit(f"{name} {variant} did not open on the CUDA provider ({session.get_providers()})")
             outputs = run_batched(session, inputs)
-            for (output, kind), ref, out in zip(OUTPUT_KINDS[name].items(), reference, outputs, strict=True):
+            for (output, kind), ref, out in zip(EXPORTS[name].OUTPUTS.items(), reference, outputs, strict=True):
                 try:
                     result, failure = check_parity(variant, output, ref, out, GPU_TOLERANCES[name], kind, threshold).to_dict(), None
                 except ParityError as exc:
