@@ -72,8 +72,8 @@ class ServiceSettings(BaseSettings):
     frames_pad_batches: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Pad each denoiser batch with zero images to the next power of two (at most frames_max_batch_size) "
-        "and warm each such size at load: a GPU runs this Unet in the same time at batch 1 or 16 but plans each new "
-        "shape anew. auto: on where the denoiser runs on CUDA (on a CPU the padding is work).",
+        "and warm each such size at load: a GPU runs this Unet in the same time at batch 1 or 16, while ONNX Runtime's "
+        "CUDA provider pays for each new shape. auto: on where the denoiser runs on CUDA (on a CPU the padding is work).",
     )
     frames_max_latency_ms: int = Field(
         10_000, ge=1, description="Batch latency budget of one bare denoiser call (KServe frames-denoiser), in ms."
