@@ -148,7 +148,7 @@ def _fingerprint(spec: GenerateSpec) -> str:
     end's config and mel bands count too: the events' levels are measured in its cells."""
     digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
     here = Path(__file__).parent
-    sources = [here / name for name in ("background_synth.py", "birdcall_synth.py", "birdcall_generate.py")]
+    sources = [here / name for name in ("background_synth.py", "birdcall_synth.py", "birdcall_generate.py", "ogg_pages.py")]
     for source in (*sources, here.parent / "features" / "config.py", here.parent / "features" / "mel.py"):
         digest.update(source.read_bytes())
     return digest.hexdigest()

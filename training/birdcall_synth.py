@@ -11,9 +11,11 @@ window by window. Deterministic for a seed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import scipy.fft
@@ -24,6 +26,7 @@ import soxr
 from features import FrontEndConfig
 from features.mel import mel_filterbank, periodic_hann
 from training.background_synth import BACKGROUNDS, clip, colored_noise
+from training.ogg_pages import with_serial
 
 Rng = np.random.Generator
 # (rng, sample_rate, pitch factor, tempo factor) -> one call (or phrase), float64, peak ~1
@@ -464,8 +467,16 @@ def write_audio(target, audio: np.ndarray, rate: int, container: str, subtype: s
 
     In chunks: libsndfile's Vorbis encoder crashed on one 50 s write at 44.1/48 kHz.
     compression_level: libsndfile's 0 (best) .. 1 (smallest), for lossy formats; None: its default.
+    Ogg gets a fixed stream serial (training.ogg_pages), so the same audio always makes the same bytes.
     """
     channels = 1 if audio.ndim == 1 else audio.shape[1]
-    with sf.SoundFile(target, "w", rate, channels, format=container, subtype=subtype, compression_level=compression_level) as f:
+    encoded = io.BytesIO() if container == "OGG" else target
+    with sf.SoundFile(encoded, "w", rate, channels, format=container, subtype=subtype, compression_level=compression_level) as f:
         for start in range(0, len(audio), 1 << 15):
             f.write(audio[start : start + (1 << 15)])
+    if isinstance(encoded, io.BytesIO):
+        data = with_serial(encoded.getvalue())
+        if hasattr(target, "write"):
+            target.write(data)
+        else:
+            Path(target).write_bytes(data)
