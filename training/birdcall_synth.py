@@ -470,11 +470,12 @@ def write_audio(target, audio: np.ndarray, rate: int, container: str, subtype: s
     Ogg gets a fixed stream serial (training.ogg_pages), so the same audio always makes the same bytes.
     """
     channels = 1 if audio.ndim == 1 else audio.shape[1]
-    encoded = io.BytesIO() if container == "OGG" else target
+    ogg = container.upper() == "OGG"
+    encoded = io.BytesIO() if ogg else target
     with sf.SoundFile(encoded, "w", rate, channels, format=container, subtype=subtype, compression_level=compression_level) as f:
         for start in range(0, len(audio), 1 << 15):
             f.write(audio[start : start + (1 << 15)])
-    if isinstance(encoded, io.BytesIO):
+    if ogg:
         data = with_serial(encoded.getvalue())
         if hasattr(target, "write"):
             target.write(data)

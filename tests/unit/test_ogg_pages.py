@@ -45,3 +45,12 @@ def test_a_new_serial_keeps_the_audio_and_valid_page_checksums():
 def test_only_ogg_is_rewritten():
     with pytest.raises(ValueError, match="not an Ogg page at byte 0"):
         with_serial(b"RIFF" + bytes(40))
+
+
+@pytest.mark.parametrize("container, subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16")])
+def test_other_containers_go_to_a_file_object_untouched(container, subtype):
+    audio = np.random.default_rng(2).uniform(-0.3, 0.3, 8_000).astype(np.float32)
+    buffer = io.BytesIO()
+    write_audio(buffer, audio, 16_000, container, subtype)
+    decoded, rate = sf.read(io.BytesIO(buffer.getvalue()), dtype="float32")
+    assert rate == 16_000 and len(decoded) == len(audio)
