@@ -26,14 +26,20 @@ def _train(args: argparse.Namespace) -> int:
         from training import train_birdcall as birdcall
         from training.birdcall_data import DataError
 
+        profile = birdcall.PROFILES[args.profile]
+        if args.epochs is not None:
+            profile = birdcall.with_epochs(profile, args.epochs)
         try:
-            result = birdcall.train_birdcall(birdcall.PROFILES[args.profile], workspace, data_csv=args.data)
+            result = birdcall.train_birdcall(profile, workspace, data_csv=args.data)
         except DataError as error:
             print(f"chorus train: {error}", file=sys.stderr)
             return 2
     else:
         from training import train_frames as frames
 
+        if args.epochs is not None:
+            print("chorus train: --epochs is for birdcall; frames trains its profile's steps within its time budget", file=sys.stderr)
+            return 2
         result = frames.train_frames(frames.PROFILES[args.profile], workspace, data_dir=args.data)
     _print_result(result)
     return 0
@@ -213,6 +219,16 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=3001, help="KServe v2 gRPC port (default 3001; 0 disables)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="real data: birdcall takes a labels CSV (path,label[,split]); frames takes a folder of images",
+    )
+    train.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="birdcall: train this many epochs (fewer if validation loss stops improving), with no time budget:"
+        " the same data and seed then give the same weights. Default: the profile's time budget ends the loop",
     )
     train.set_defaults(handler=_train)
     export = sub.add_parser("export", help="export a trained model to ONNX variants, gate parity, register in BentoML")

@@ -89,6 +89,10 @@ class BirdcallProfile:
     on CPU, and the mixing augmentation regularizes (at 30 epochs training loss stays above validation)."""
     pool_first: bool = True
     """training.birdcall_model.BirdCallArch.pool_first."""
+    clock_budget: bool = True
+    """Whether the wall-clock budgets (max_minutes, command_minutes) end the loop and drive the
+    learning-rate schedule. False (`chorus train birdcall --epochs N`): max_epochs alone, so the
+    same data and seed make the same weights, bit for bit, on one machine, however loaded it is."""
     seed: int = 0
 
 
@@ -136,12 +140,21 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
+def with_epochs(profile: BirdcallProfile, epochs: int) -> BirdcallProfile:
+    """profile run for `epochs` epochs (fewer only when validation loss stops improving for `patience`),
+    the schedule over them, without the clock: reproducible, and as long as the host needs."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    return replace(profile, max_epochs=epochs, clock_budget=False)
+
+
 def _learning_rate(profile: BirdcallProfile, progress: float) -> float:
     """Linear warm-up, then cosine decay to zero, over progress in [0, 1].
 
     Progress is the larger of the share of the wall-clock budget used and the share of
     max_epochs done, so a slow machine still anneals before its budget runs out (it runs fewer
-    epochs; a faster one runs more, up to max_epochs).
+    epochs; a faster one runs more, up to max_epochs). Without the clock (clock_budget False) it is
+    the share of max_epochs done.
     """
     if progress < profile.warmup:
         return profile.lr * max(progress / profile.warmup, 0.02)
@@ -171,8 +184,10 @@ starts its clock (~5 s, ~15 s on a cold machine) and what follows the loop (cali
 figures, report images: ~8 s), with some margin."""
 
 
-def epoch_loop_seconds(profile: BirdcallProfile, seconds_so_far: float) -> float:
-    """The epoch loop's wall-clock budget once data preparation has taken seconds_so_far."""
+def epoch_loop_seconds(profile: BirdcallProfile, seconds_so_far: float) -> float | None:
+    """The epoch loop's wall-clock budget once data preparation has taken seconds_so_far (None: no clock)."""
+    if not profile.clock_budget:
+        return None
     budget = profile.max_minutes * 60
     if profile.command_minutes is not None:
         budget = min(budget, profile.command_minutes * 60 - seconds_so_far - COMMAND_RESERVE_SECONDS)
@@ -185,9 +200,9 @@ def _fit(
     val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     normalize: _Normalize,
     profile: BirdcallProfile,
-    budget: float,
+    budget: float | None,
 ) -> tuple[dict[str, list[float]], int]:
-    """The epoch loop, in at most `budget` seconds; leaves the weights of the epoch with the lowest
+    """The epoch loop, in at most `budget` seconds (None: max_epochs); leaves the weights of the epoch with the lowest
     validation loss in model."""
     x_train = torch.from_numpy(train.log_mels)
     y_train, k_train = torch.from_numpy(train.targets), torch.from_numpy(train.known.astype(np.float32))
@@ -206,7 +221,7 @@ def _fit(
         total, seen = 0.0, 0
         for step, i in enumerate(tqdm(range(0, len(order), profile.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)):
             done = ((epoch - 1) * steps_per_epoch + step) / (profile.max_epochs * steps_per_epoch)
-            progress = max((time.perf_counter() - started) / budget, done)
+            progress = done if budget is None else max((time.perf_counter() - started) / budget, done)
             if progress >= 1.0:
                 break
             for group in optimizer.param_groups:
@@ -338,7 +353,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         "data_hash": dataset_hash(data_csv),
         "data_csv": str(data_csv),
         "seconds_data": round(seconds_data, 1),
-        "epoch_loop_budget_seconds": round(loop_budget, 1),
+        "epoch_loop_budget_seconds": None if loop_budget is None else round(loop_budget, 1),
         "seconds_training": round(seconds_training, 1),
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ from training.birdcall_synth import SPECIES, CallEvent, bird_track, synthesize_r
 from training.checkpoint import load_checkpoint, load_weights
 from training.frames_data import load_frames
 from training.frames_synth import render_frames
-from training.train_birdcall import PROFILES, epoch_loop_seconds, train_birdcall
+from training.train_birdcall import PROFILES, epoch_loop_seconds, train_birdcall, with_epochs
 
 
 def test_at_least_twelve_species_with_distinct_spectra():
@@ -173,6 +173,26 @@ def test_a_users_own_data_is_not_held_to_the_stand_in_datas_time_budget(tiny_bir
     metrics = train_birdcall(hurried, Workspace(tmp_path), data_csv=Path(tiny_birdcall["data_csv"]))
     assert metrics["epoch_loop_budget_seconds"] == hurried.max_minutes * 60
     assert epoch_loop_seconds(hurried, metrics["seconds_data"]) == 1.0  # what generated data would get
+
+
+def test_fixed_epochs_ignore_the_clock_and_repeat_bit_for_bit(tiny_birdcall, tmp_path):
+    """`chorus train birdcall --epochs N`: N epochs however short the time budget, and the same
+    weights from the same data and seed (the clock-driven default varies with the host's load)."""
+    hurried = with_epochs(replace(PROFILES["tiny"], max_minutes=1e-6, patience=10), 3)
+    data = Path(tiny_birdcall["data_csv"])
+    runs = [train_birdcall(hurried, Workspace(tmp_path / name), data_csv=data) for name in ("a", "b")]
+    assert [run["epochs_run"] for run in runs] == [3, 3]
+    assert runs[0]["epoch_loop_budget_seconds"] is None
+    weights = [(tmp_path / name / "checkpoints" / "birdcall" / "model.safetensors").read_bytes() for name in ("a", "b")]
+    assert weights[0] == weights[1]
+    with pytest.raises(ValueError, match="at least 1"):
+        with_epochs(PROFILES["tiny"], 0)
+
+
+def test_epochs_are_refused_for_frames_with_the_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CHORUS_HOME", str(tmp_path / "home"))
+    assert main(["train", "frames", "--profile", "tiny", "--epochs", "2"]) == 2
+    assert "--epochs is for birdcall" in capsys.readouterr().err
 
 
 def test_rendered_keyboards_look_like_keyboards():
