@@ -80,8 +80,8 @@ def _up(args: argparse.Namespace) -> int:
     for model in ("birdcall", "frames"):
         if not (workspace.checkpoint_dir(model) / "model.safetensors").exists():
             print(f"chorus up: no {model} checkpoint in {workspace.home}; training the default profile", flush=True)
-            _train(argparse.Namespace(model=model, profile="default", data=None))
-        _export(argparse.Namespace(model=model))
+            _train(build_parser().parse_args(["train", model]))  # the parser's defaults, whatever options train gains
+        _export(build_parser().parse_args(["export", model]))
     return _serve(args)
 
 

@@ -195,6 +195,26 @@ def test_epochs_are_refused_for_frames_with_the_reason(tmp_path, monkeypatch, ca
     assert "--epochs is for birdcall" in capsys.readouterr().err
 
 
+def test_chorus_up_trains_what_is_missing_with_the_default_options(tmp_path, monkeypatch):
+    """`chorus up` on an empty home trains both models as `chorus train MODEL` would (the default
+    profile, the clock-bound loop), then exports and serves."""
+    import chorus.cli as cli
+    from training import train_birdcall as birdcall_training
+    from training import train_frames as frames_training
+
+    monkeypatch.setenv("CHORUS_HOME", str(tmp_path / "home"))
+    trained, steps = {}, []
+    monkeypatch.setattr(birdcall_training, "train_birdcall", lambda profile, workspace, data_csv: trained.setdefault("birdcall", profile))
+    monkeypatch.setattr(frames_training, "train_frames", lambda profile, workspace, data_dir: trained.setdefault("frames", profile))
+    monkeypatch.setattr(cli, "_print_result", lambda result: None)
+    monkeypatch.setattr(cli, "_export", lambda args: steps.append(("export", args.model)) or 0)
+    monkeypatch.setattr(cli, "_serve", lambda args: steps.append(("serve", args.port)) or 0)
+    assert main(["up"]) == 0
+    assert trained["birdcall"] == PROFILES["default"] and trained["birdcall"].clock_budget
+    assert trained["frames"].name == "default"
+    assert steps == [("export", "birdcall"), ("export", "frames"), ("serve", 3000)]
+
+
 def test_rendered_keyboards_look_like_keyboards():
     frames = render_frames(8, 32, seed=0)
     assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
