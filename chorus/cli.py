@@ -219,16 +219,6 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=3001, help="KServe v2 gRPC port (default 3001; 0 disables)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=_number(int, 1),
         default=None,
         help="birdcall: train this many epochs (fewer if validation loss stops improving), with no time budget:"
         " the same data and seed then give the same weights. Default: the profile's time budget ends the loop",
