@@ -77,11 +77,21 @@ class DataPlane:
             return self._models
         async with self._loading:
             if not self._models:
-                if not await self.engine.is_ready():
-                    raise await self._why_not_ready()
-                info = await self.engine.models()
+                info = await self._engine_models()
                 self._models = {name: self._build(kind, info[kind.store_name]) for name, kind in self._kinds.items()}
         return self._models
+
+    async def _engine_models(self) -> dict[str, dict[str, str]]:
+        """What the engine loaded, once it is ready; each question bounded by engine_check_seconds."""
+        wait = self.settings.engine_check_seconds
+        try:
+            async with asyncio.timeout(wait):
+                if not await self.engine.is_ready():
+                    raise await self._why_not_ready()
+                return await self.engine.models()
+        except TimeoutError:
+            message = f"the inference engine did not answer within {wait:g} s; retry shortly"
+            raise NotReady(message, self.settings.retry_after_seconds) from None
 
     def _build(self, kind: type[ServedModel], info: dict[str, str]) -> ServedModel:
         stored = self._open_stored(f"{info['name']}:{info['version']}")

@@ -166,6 +166,12 @@ class ServiceSettings(BaseSettings):
         description="Most bytes of a request's head (request line and headers); the connection is closed past it (431).",
     )
     read_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for the next chunk of a request body, in s; 408 past it.")
+    engine_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for the engine's readiness, status and model list, in s; past it /readyz says not ready and a"
+        " route 503 + Retry-After, so an engine that does not answer cannot hold probes (or a shutdown) for the request timeout.",
+    )
     drain_seconds: float = Field(
         30.0, gt=0, description="On SIGTERM, longest wait for requests in flight to finish, in s; new ones get 503 + Retry-After meanwhile."
     )

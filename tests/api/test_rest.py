@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +116,28 @@ async def test_not_ready_is_a_503_with_retry_after(http, engine, wav):
     response = await http.post("/classify", content=wav)
     error_of(response, 503, "still loading")
     assert response.headers["retry-after"] == "1"
+
+
+async def test_an_engine_that_does_not_answer_is_not_ready_within_the_check_bound(plane, http, engine, wav):
+    """A wedged engine (a readiness question that never returns) makes a 503 after engine_check_seconds,
+    not a request held for the 300 s request timeout; once it answers, requests are served."""
+    plane.settings.engine_check_seconds = 0.2
+    answering = asyncio.Event()
+
+    async def wedged() -> bool:
+        await answering.wait()
+        return True
+
+    engine.is_ready = wedged  # type: ignore[method-assign]
+    started = time.perf_counter()
+    async with asyncio.timeout(10):  # without the bound this request would wait for ever
+        response = await http.post("/classify", content=wav)
+    error_of(response, 503, "the inference engine did not answer within 0.2 s")
+    assert response.headers["retry-after"] == "1" and time.perf_counter() - started < 5
+    readiness = await plane.readiness()
+    assert not readiness.ready and not readiness.for_good and "did not answer" in (readiness.reason or "")
+    answering.set()
+    assert (await http.post("/classify", content=wav)).status_code == 200
 
 
 async def test_an_unexpected_engine_error_is_a_logged_counted_500(http, engine, wav, caplog):
