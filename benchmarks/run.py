@@ -120,13 +120,11 @@ def run_bench(
     bird["ratios"]["batching_gain_share"] = round(bird["ratios"]["served_batching_gain"] / bird["ratios"]["engine_batching_gain"], 3)
 
     frames_served = [r.row() for r in frames.served(steps, frames_levels, seconds, **served_env)]
-    # The engine pads denoiser batches on a GPU (CHORUS_FRAMES_PAD_BATCHES auto): there, the same without.
-    unpadded = (
-        [r.row() for r in frames.served(steps, frames_levels, seconds, **served_env, CHORUS_FRAMES_PAD_BATCHES="off")]
-        if device == "cuda"
-        else []
-    )
-    frames_rows = [("chorus /generate", frames_served)] + ([("chorus /generate, batches not padded", unpadded)] if unpadded else [])
+    frames_rows = [("chorus /generate", frames_served)]
+    unpadded = []
+    if device == "cuda":  # the engine pads denoiser batches on a GPU (CHORUS_FRAMES_PAD_BATCHES auto): the same without
+        unpadded = [r.row() for r in frames.served(steps, frames_levels, seconds, **served_env, CHORUS_FRAMES_PAD_BATCHES="off")]
+        frames_rows.append(("chorus /generate, batches not padded", unpadded))
     frames_raw = frames.raw_engine(frames_stored, steps, providers, seconds)
     frames_eager = frames.torch_eager(workspace.checkpoint_dir("frames"), steps, device, seconds)
     frame = {
