@@ -15,6 +15,8 @@ SERIAL = 0x63686F72
 
 _HEADER = struct.Struct("<4sBBqIIIB")
 """capture pattern, version, header type, granule position, serial, page sequence, CRC, segment count."""
+_CRC_OFFSET = struct.calcsize("<4sBBqII")
+"""Where the CRC field starts: after the capture pattern .. page sequence."""
 
 
 def _crc_table() -> list[int]:
@@ -50,6 +52,6 @@ def with_serial(data: bytes, serial: int = SERIAL) -> bytes:
         table_end = position + _HEADER.size + segments
         end = table_end + sum(out[position + _HEADER.size : table_end])
         _HEADER.pack_into(out, position, capture, version, kind, granule, serial, sequence, 0, segments)
-        struct.pack_into("<I", out, position + 22, ogg_crc(bytes(out[position:end])))
+        struct.pack_into("<I", out, position + _CRC_OFFSET, ogg_crc(bytes(out[position:end])))
         position = end
     return bytes(out)
