@@ -82,7 +82,7 @@ class DataPlane:
         return self._models
 
     async def _engine_models(self) -> dict[str, dict[str, str]]:
-        """What the engine loaded, once it is ready; each question bounded by engine_check_seconds."""
+        """What the engine loaded, once it is ready; its readiness, status and model list asked within engine_check_seconds in all."""
         wait = self.settings.engine_check_seconds
         try:
             async with asyncio.timeout(wait):

@@ -169,7 +169,7 @@ class ServiceSettings(BaseSettings):
     engine_check_seconds: float = Field(
         5.0,
         gt=0,
-        description="Longest wait for the engine's readiness, status and model list, in s; past it /readyz says not ready and a"
+        description="Longest wait for the engine's readiness, status and model list, together, in s; past it /readyz says not ready and a"
         " route 503 + Retry-After, so an engine that does not answer cannot hold probes (or a shutdown) for the request timeout.",
     )
     drain_seconds: float = Field(
