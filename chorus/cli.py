@@ -77,11 +77,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     """Train what has no checkpoint yet, export what is not in the model store yet, then serve."""
     workspace = Workspace.from_env()
+    parser = build_parser()  # `chorus train MODEL` and `chorus export MODEL` as typed: every option at its default
     for model in ("birdcall", "frames"):
         if not (workspace.checkpoint_dir(model) / "model.safetensors").exists():
             print(f"chorus up: no {model} checkpoint in {workspace.home}; training the default profile", flush=True)
-            _train(build_parser().parse_args(["train", model]))  # the parser's defaults, whatever options train gains
-        _export(build_parser().parse_args(["export", model]))
+            _train(parser.parse_args(["train", model]))
+        _export(parser.parse_args(["export", model]))
     return _serve(args)
 
 
