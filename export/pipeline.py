@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bentoml
 import numpy as np
 import torch
 
 from export.onnx_tools import OPSET, convert_fp16, cpu_session, export_onnx, quantize_int8, run_batched, time_session
 from export.parity import OutputKind, Tolerance, check_parity
-from export.registry import content_hash, find_registered, git_sha, register
+from export.registry import content_hash, git_sha, register, reuse_registered
 from export.report import write_report
 from layout.artifacts import onnx_file
 from training.checkpoint import Checkpoint
@@ -54,12 +55,13 @@ def export_digest(checkpoint: Checkpoint, files: tuple[str, ...], variants: tupl
 
 
 def already_registered(name: str, digest: str, reports_dir: Path) -> dict[str, Any] | None:
-    """The stored report when this exact export is in the model store already."""
-    existing = find_registered(name, digest)
-    if existing is None:
+    """The stored report when this exact export is in the model store already (registry.reuse_registered)."""
+    reused = reuse_registered(name, digest)
+    if reused is None:
         return None
-    stored: dict[str, Any] = existing.info.metadata["report"]  # type: ignore[assignment]
-    report = {**stored, "tag": str(existing.tag), "created": False}
+    tag, created = reused
+    stored: dict[str, Any] = bentoml.models.get(tag).info.metadata["report"]  # type: ignore[assignment]
+    report = {**stored, "tag": tag, "created": created}
     write_report(report, reports_dir)
     return report
 

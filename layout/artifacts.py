@@ -79,9 +79,9 @@ def write_manifest(directory: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> None:
+def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> list[str]:
     """Raise ArtifactError unless every file the manifest records is there with its digest, and
-    every `required` file is among them (a file added later is not trusted either)."""
+    every `required` file is among them (a file added later is not trusted either); returns their names."""
     manifest = directory / MANIFEST
     if not manifest.exists():
         raise ArtifactError(
@@ -102,3 +102,4 @@ def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> None:
             problems.append(f"{name} does not match its exported sha256 (changed after export)")
     if problems:
         raise ArtifactError(f"{directory}: " + "; ".join(problems))
+    return sorted(files)
