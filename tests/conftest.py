@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,11 +33,13 @@ LAYERS = ("unit", "api", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test with the layer its folder names, so `-m unit` and the like select by layer."""
+    """Mark every test with the layer its top folder under tests/ names (tests/unit/analyze is unit),
+    so `-m unit` and the like select by layer."""
+    tests = Path(__file__).parent
     for item in items:
-        layer = item.path.parent.name
-        if layer in LAYERS:
-            item.add_marker(getattr(pytest.mark, layer))
+        parts = item.path.relative_to(tests).parts
+        if len(parts) > 1 and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
