@@ -70,7 +70,10 @@ def _fill(name: str, datatype: str, shape: Sequence[int], array: np.ndarray) -> 
     # Python integers: a hostile shape such as [2**32, 2**32] must not wrap around to a small product.
     if array.size != math.prod(shape):
         raise InvalidParameter(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
-    return Tensor(name, datatype, list(shape), array.reshape(shape))
+    try:
+        return Tensor(name, datatype, list(shape), array.reshape(shape))
+    except ValueError:  # no values, but a dimension past what numpy can index: [0, 2**63]
+        raise InvalidParameter(f"input {name!r}: shape {list(shape)} has a dimension too large for any tensor") from None
 
 
 def decode_bytes_tensor(name: str, raw: bytes) -> np.ndarray:
@@ -128,10 +131,16 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: A
         if not all(isinstance(v, (str, bytes)) for v in inferred):
             raise InvalidParameter(f"input {name!r}: BYTES data must be strings")
         return _fill(name, datatype, shape, inferred)
-    return _fill(name, datatype, shape, _checked_numbers(name, datatype, inferred))
+    return _fill(name, datatype, shape, _checked_numbers(name, datatype, inferred, values))
 
 
-def _checked_numbers(name: str, datatype: str, inferred: np.ndarray) -> np.ndarray:
+def _holds_bool(values: Any) -> bool:
+    """Whether (nested) lists of values hold a boolean: numpy reads [true, 0.5] as [1.0, 0.5]."""
+    kinds = set(map(type, values))
+    return bool in kinds or (list in kinds and any(_holds_bool(v) for v in values if type(v) is list))
+
+
+def _checked_numbers(name: str, datatype: str, inferred: np.ndarray, values: Any) -> np.ndarray:
     """Values numpy inferred -> the datatype's array, refused (422) where they are not its values."""
     target = np.dtype(DTYPES[datatype])
     if inferred.size == 0:
@@ -141,8 +150,8 @@ def _checked_numbers(name: str, datatype: str, inferred: np.ndarray) -> np.ndarr
         if kind != "b":
             raise InvalidParameter(f"input {name!r}: BOOL data must be true or false")
         return inferred
-    if kind not in "biuf":  # strings, nulls, numbers too large for 64 bits
-        raise InvalidParameter(f"input {name!r}: {datatype} data must be numbers (not strings or nulls) within its range")
+    if kind not in "iuf" or _holds_bool(values):  # strings, nulls, booleans, numbers too large for 64 bits
+        raise InvalidParameter(f"input {name!r}: {datatype} data must be numbers (not strings, booleans or nulls) within its range")
     if target.kind in "iu":
         if kind == "f" and not bool(np.all(np.mod(inferred, 1) == 0)):  # inf and NaN fail it too
             raise InvalidParameter(f"input {name!r}: {datatype} data must be whole numbers")

@@ -126,8 +126,9 @@ def check_known(params: Mapping[str, Any], known: tuple[str, ...], route: str) -
 
 def check_content_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
-    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:  # "²".isdigit() is True
-        raise PayloadTooLarge(f"the request body has {int(length)} bytes; at most {limit} are accepted", max_bytes=limit)
+    # "²".isdigit() is True; past 4300 digits int() refuses (and any 20 digits pass every limit).
+    if length is not None and length.isascii() and length.isdigit() and (len(length) > 20 or int(length) > limit):
+        raise PayloadTooLarge(f"the request body has {length[:24]} bytes; at most {limit} are accepted", max_bytes=limit)
 
 
 async def body_chunks(
@@ -169,8 +170,8 @@ async def read_body(request: Request, limit: int, route: str, expected: str = AU
     return body
 
 
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
-"""A multipart Content-Type's boundary parameter, quoted or not."""
+_BOUNDARY = re.compile(r'(?:^|;)\s*boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
+"""A multipart Content-Type's boundary parameter, quoted or not (not another parameter ending in "boundary")."""
 
 
 async def read_form(request: Request, limit: int, max_files: int, route: str) -> FormData:
@@ -182,8 +183,9 @@ async def read_form(request: Request, limit: int, max_files: int, route: str) ->
     body = await read_body(request, limit, route)
     found = _BOUNDARY.search(request.headers.get("content-type", ""))
     boundary = (found.group(1) or found.group(2)).encode("latin-1") if found else None
-    if boundary and not body.rstrip(b"\r\n").endswith(b"--" + boundary + b"--"):
-        # python-multipart parses a cut body without a word: its file field would be "missing".
+    if boundary and b"--" + boundary + b"--" not in body:
+        # python-multipart parses a cut body without a word: its file field would be "missing". The
+        # close delimiter need not end the body: padding and an epilogue may follow (RFC 2046 5.1.1).
         raise BadRequest("malformed multipart body: it ends before its closing boundary (cut short?)", max_files=max_files)
 
     async def stream() -> AsyncGenerator[bytes, None]:
@@ -210,10 +212,6 @@ def parse_json(raw: bytes, what: str) -> Any:
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
 
 
-async def read_json(request: Request, limit: int, route: str, expected: str) -> Any:
-    return parse_json(await read_body(request, limit, route, expected), "the body")
-
-
 def deadline_seconds(request: Request) -> float:
     """X-Request-Timeout (seconds) can shorten, never lengthen, the server's default deadline."""
     raw = request.headers.get("x-request-timeout")
@@ -230,8 +228,9 @@ def deadline_seconds(request: Request) -> float:
 
 _ABSENT = object()
 # What a query's numbers look like: ASCII digits only (int() and float() also take "1_0" and other
-# scripts' digits, which no client means to send).
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+# scripts' digits, which no client means to send), and no more of them than a 64-bit integer has
+# (int() refuses a string of over 4,300 digits with its own error).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 

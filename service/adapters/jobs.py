@@ -293,7 +293,14 @@ class JobGate:
             submission = parse_json(body, "the submission")
             job, upload = await asyncio.to_thread(check_submission, submission, store, self.state.plane.settings.analyze_root, model.labels)
             return CheckedSubmission(body, job, upload)
+        methods = _TASK_METHODS.get(path.removeprefix(TASK))
+        if methods is None:
+            raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")
+        if request.method not in methods:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {path}; use {' or '.join(methods)}", ", ".join(methods))
         job_id = request.query_params.get("task_id", "")
+        if not job_id:
+            raise BadRequest(f"{path} needs ?task_id=, the id that {TASK}/submit answered")
         if not store.exists(job_id):
             raise NotFound(f"no job {job_id!r}")
         if path == TASK + "/status":
@@ -307,9 +314,11 @@ class JobGate:
                     f"job {job_id} is not finished yet ({view['state']}); GET {TASK}/status?task_id={job_id} says how far it is"
                 )
             return JSONResponse(view)
-        if path == TASK + "/cancel":
-            return await cancel(store, job_id, self.state.plane.metrics)
-        raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")
+        return await cancel(store, job_id, self.state.plane.metrics)  # /cancel: the last of _TASK_METHODS
+
+
+_TASK_METHODS = {"/status": ("GET", "HEAD"), "/get": ("GET", "HEAD"), "/cancel": ("PUT", "POST")}
+"""The methods of the task's routes after /submit (POST): BentoML's (cancel is its PUT), and POST for cancel too."""
 
 
 class _HeldAnswer:

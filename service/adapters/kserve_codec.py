@@ -43,8 +43,9 @@ def header_split(header_length: str | None) -> int | None:
     """Inference-Header-Content-Length as a number (None without one): 400 unless it is an integer."""
     if header_length is None:
         return None
-    if not (header_length.isascii() and header_length.isdigit()):  # "²" is a digit to isdigit(), not to int()
-        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}")
+    # "²" is a digit to isdigit(), not to int(); past 4300 digits int() refuses, and 20 exceed any body.
+    if not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 20):
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer of at most 20 digits, got {header_length[:40]!r}")
     return int(header_length)
 
 

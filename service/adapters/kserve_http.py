@@ -7,6 +7,8 @@ open; inference needs the API token when one is set.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -60,7 +62,8 @@ async def infer(request: Request) -> Response:
             if split is not None:
                 raise
             raise json_too_large(limit) from None  # saying how to send more
-        kserve_request, tensors = parse_request(body, split, settings.max_kserve_json_bytes)
+        # Off the event loop: parsing JSON or BYTES items up to the limits takes seconds.
+        kserve_request, tensors = await asyncio.to_thread(parse_request, body, split, settings.max_kserve_json_bytes)
         result = await plane.infer(name, tensors, version=version, outputs=requested_outputs(kserve_request))
     content, headers = build_response(kserve_request, result.model_name, result.model_version, result.outputs)
     return Response(content, headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from service.adapters.http import (
     authorize,
+    body_chunks,
     check_known,
     deadline_seconds,
     has_body,
@@ -26,10 +28,10 @@ from service.adapters.http import (
     parse_choice,
     parse_float,
     parse_int,
+    parse_json,
     plane_of,
     read_body,
     read_form,
-    read_json,
 )
 from service.adapters.openapi import openapi
 from service.concurrency import gather_or_cancel
@@ -57,8 +59,20 @@ async def _upload_bytes(upload: Any, field: str) -> bytes:
     return data
 
 
-def _text_fields(form: FormData) -> dict[str, str]:
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+def _parameters(request: Request, form: FormData | None = None) -> dict[str, Any]:
+    """The query's parameters and a form's text fields, each name given once (a second value of a
+    name, or a query value the form would override, would otherwise win or lose without a word)."""
+    pairs: list[tuple[str, Any]] = list(request.query_params.multi_items())
+    if form is not None:
+        strays = sorted({name for name, value in form.multi_items() if not isinstance(value, str) and name != "audio"})
+        if strays:
+            raise BadRequest(f"file field(s) {strays} are not read; send each recording in a file field named 'audio'")
+        pairs += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+    counts = Counter(name for name, _ in pairs)
+    repeated = sorted(name for name, n in counts.items() if n > 1)
+    if repeated:
+        raise InvalidParameter(f"parameter(s) {repeated} given more than once (in the query or the form fields); send each once")
+    return dict(pairs)
 
 
 def _classify_options(model: AudioClassifier, params: Mapping[str, Any], route: str) -> ClassifyOptions:
@@ -79,12 +93,12 @@ async def classify(request: Request) -> Response:
     authorize(request)
     limit = plane.settings.max_upload_bytes
     async with plane.admitted(deadline_seconds(request)):
-        params: dict[str, Any] = dict(request.query_params)
         if _is_multipart(request):
             form = await read_form(request, limit, 1, "classify")
+            params = _parameters(request, form)
             data = await _upload_bytes(form.get("audio"), "audio")
-            params.update(_text_fields(form))
         else:
+            params = _parameters(request)
             data = await read_body(request, limit, "classify")
         model = await plane.classifier()
         return JSONResponse(await model.classify(data, _classify_options(model, params, "/classify")))
@@ -99,12 +113,13 @@ async def classify_batch(request: Request) -> Response:
     max_files = plane.settings.max_batch_files
     async with plane.admitted(deadline_seconds(request)):
         form = await read_form(request, plane.settings.max_upload_bytes, max_files, "classify_batch")
+        params = _parameters(request, form)
         uploads = form.getlist("audio")
         if not uploads:
             raise BadRequest(f"no file fields named 'audio'; send 1-{max_files} recordings")
         files = [(getattr(u, "filename", None) or f"audio[{i}]", await _upload_bytes(u, "audio")) for i, u in enumerate(uploads)]
         model = await plane.classifier()
-        options = _classify_options(model, {**request.query_params, **_text_fields(form)}, "/classify/batch")
+        options = _classify_options(model, params, "/classify/batch")
 
         async def one(name: str, data: bytes) -> dict[str, Any]:
             try:
@@ -119,15 +134,16 @@ async def classify_batch(request: Request) -> Response:
 
 async def _generate_params(request: Request) -> list[dict[str, Any]]:
     """The parameters' sources in order: the query, then a JSON object body when one is sent (it overrides)."""
-    sources: list[dict[str, Any]] = [dict(request.query_params)]
+    sources: list[dict[str, Any]] = [_parameters(request)]
     check_known(sources[0], GENERATE_PARAMETERS, "/generate")
     media = media_type(request)
     if media != "application/json" and has_body(request):
         # A form or text body would be ignored without a word, its parameters with it.
         sent = media or "a body without a type"
         raise UnsupportedMedia(f"send the parameters as a JSON object (Content-Type: application/json) or in the query, not as {sent!r}")
-    if media == "application/json":
-        body = await read_json(request, MAX_GENERATE_BODY_BYTES, "generate", f"a JSON object of {list(GENERATE_PARAMETERS)}, or no body")
+    raw = b"".join([chunk async for chunk in body_chunks(request, MAX_GENERATE_BODY_BYTES)]) if media == "application/json" else b""
+    if raw.strip():  # many clients send 'Content-Type: application/json' with no body: no parameters
+        body = parse_json(raw, "the body")
         if not isinstance(body, dict):
             raise BadRequest('the JSON body must be an object like {"count": 1, "steps": 50, "seed": 0}')
         check_known(body, GENERATE_PARAMETERS, "/generate")

@@ -32,11 +32,15 @@ def server_path(root: str | None, path: Any) -> Path:
     base = Path(root).resolve()
     if Path(path).is_absolute():
         raise Forbidden(f"path {path!r} is absolute; name a file or folder relative to the analyze root")
-    target = (base / path).resolve()
-    if not target.is_relative_to(base):
-        raise Forbidden(f"path {path!r} leads outside the analyze root")
-    if not target.exists():
-        raise NotFound(f"no file or folder {path!r} under the analyze root")
+    try:
+        target = (base / path).resolve()
+        if not target.is_relative_to(base):
+            raise Forbidden(f"path {path[:300]!r} leads outside the analyze root")
+        found = target.exists()
+    except (OSError, ValueError) as exc:  # a name over 255 bytes, a lone surrogate the file system cannot encode
+        raise InvalidParameter(f"path {path[:300]!r} is no path this server's file system can hold: {type(exc).__name__}") from None
+    if not found:
+        raise NotFound(f"no file or folder {path[:300]!r} under the analyze root")
     return target
 
 

@@ -6,8 +6,11 @@ the rest of each class.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import struct
+import time
 
 import grpc
 import numpy as np
@@ -104,7 +107,7 @@ WAVE = {"name": "waveform", "datatype": "FP32", "shape": [4], "data": [0, 0, 0, 
         (
             kserve([{**WAVE, "datatype": "INT64", "data": [2**70, 0, 0, 0]}]),
             422,
-            "INT64 data must be numbers (not strings or nulls) within its range",
+            "INT64 data must be numbers (not strings, booleans or nulls) within its range",
         ),
         (kserve([WAVE], outputs=["probabilities"]), 400, 'string "name"'),
         (kserve([WAVE], outputs=[{"name": "labels", "parameters": {"binary_data": "yes"}}]), 400, "binary_data"),
@@ -112,6 +115,11 @@ WAVE = {"name": "waveform", "datatype": "FP32", "shape": [4], "data": [0, 0, 0, 
         (kserve([42]), 400, "each input must be a JSON object"),
         (kserve([{**WAVE, "parameters": {"binary_data_size": -4}}]), 400, "binary_data_size"),
         (DEEP.encode(), 400, "nests too deeply"),
+        (kserve([{**WAVE, "shape": [0, 2**63], "data": []}]), 422, "dimension too large"),  # 0 values fill it
+        (kserve([{**WAVE, "shape": [0, 2**40, 2**40], "data": []}]), 422, "dimension too large"),
+        (kserve([{**WAVE, "data": [True] * 4}]), 422, "not strings, booleans or nulls"),
+        (kserve([{**WAVE, "data": [True, 0.5, 0.5, 0.5]}]), 422, "not strings, booleans or nulls"),  # numpy: [1.0, 0.5, ...]
+        (kserve([{**WAVE, "shape": [2, 2], "data": [[0.5, 0.5], [False, 0.5]]}]), 422, "booleans"),
     ],
 )
 async def test_kserve_refuses_hostile_requests_before_inference(http, engine, body, status, words):
@@ -176,6 +184,7 @@ def infer_request(**inputs) -> object:
         (lambda: infer_request(waveform=("FP32", [2**32, 2**32])), "do not fill shape"),
         (lambda: infer_request(waveform=("FP16", [1])), "needs raw_input_contents"),
         (lambda: infer_request(waveform=("COMPLEX", [1])), "needs raw_input_contents or is unknown"),
+        (lambda: infer_request(waveform=("FP32", [0, 2**40, 2**40])), "dimension too large"),
     ],
 )
 async def test_grpc_client_mistakes_are_invalid_argument_never_unknown(grpc_call, request_of, words):
@@ -328,3 +337,121 @@ async def test_a_multipart_body_cut_short_says_so(http, wav):
     response = await http.post("/classify", content=body[: len(body) // 2], headers={"content-type": request.headers["content-type"]})
     status_of(response, 400, "ends before its closing boundary")
     assert (await http.post("/classify", content=body, headers={"content-type": request.headers["content-type"]})).status_code == 200
+
+
+# Found by a review (2026-11-30): one case of each.
+
+
+async def test_kserve_binary_zero_values_in_a_huge_shape_are_a_422(http):
+    head = kserve([{"name": "waveform", "datatype": "FP32", "shape": [0, 2**63], "parameters": {"binary_data_size": 0}}])
+    response = await http.post("/v2/models/birdcall/infer", content=head, headers={"inference-header-content-length": str(len(head))})
+    status_of(response, 422, "dimension too large")
+
+
+async def test_a_header_length_of_thousands_of_digits_is_a_400(http):
+    """int() refuses a string of over 4,300 digits with its own ValueError: it must not be reached."""
+    response = await http.post("/v2/models/birdcall/infer", content=kserve([WAVE]), headers={"inference-header-content-length": "9" * 5000})
+    status_of(response, 400, "Inference-Header-Content-Length must be an integer")
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("/classify", {"params": {"top_k": "9" * 5000}}),
+        ("/classify", {"files": {"audio": ("a.wav", b"")}, "data": {"top_k": "9" * 5000}}),
+        ("/generate", {"params": {"count": "9" * 5000}}),
+    ],
+)
+async def test_query_and_form_integers_of_thousands_of_digits_are_a_422(http, wav, path, kwargs):
+    if "files" in kwargs:
+        kwargs = {**kwargs, "files": {"audio": ("a.wav", wav)}}
+    response = await http.post(path, content=wav if "params" in kwargs and path == "/classify" else None, **kwargs)
+    status_of(response, 422, "must be an integer")
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("/classify?top_k=banana&top_k=2", {}),
+        ("/generate?steps=-5&steps=10&format=json", {}),
+        # A form field that would override the query's value: which one was meant?
+        ("/classify?top_k=banana", {"data": {"top_k": "1"}}),
+        ("/classify/batch?min_confidence=nan", {"data": {"min_confidence": "0.5"}}),
+    ],
+)
+async def test_a_parameter_given_twice_is_a_422_not_the_last_one_silently(http, engine, wav, path, kwargs):
+    files = {"files": {"audio": ("a.wav", wav)}} if "data" in kwargs else {"content": wav}
+    status_of(await http.post(path, **kwargs, **files), 422, "given more than once")
+    assert engine.calls == []
+
+
+async def test_batch_file_fields_not_named_audio_are_a_400_not_skipped(http, engine, wav):
+    files = [("audio", ("a.wav", wav)), ("audios", ("b.wav", wav)), ("top_k", ("c.wav", b"\0"))]
+    status_of(await http.post("/classify/batch", files=files), 400, "file field(s) ['audios', 'top_k'] are not read")
+    assert engine.calls == []
+
+
+def _multipart(wav: bytes, tail: bytes) -> bytes:
+    return b'--x\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n' + wav + b"\r\n--x--" + tail
+
+
+@pytest.mark.parametrize(
+    ("tail", "content_type"),
+    [
+        (b"\r\nan epilogue\r\n", "multipart/form-data; boundary=x"),  # RFC 2046 5.1.1 allows both
+        (b"  \r\n", "multipart/form-data; boundary=x"),
+        (b"\r\n", 'multipart/form-data; x-boundary="y"; boundary=x'),  # boundary is the parameter of that name
+    ],
+    ids=["epilogue", "transport-padding", "another-parameter-ending-in-boundary"],
+)
+async def test_complete_multipart_bodies_are_read_whatever_follows_the_close_delimiter(http, wav, tail, content_type):
+    response = await http.post("/classify", content=_multipart(wav, tail), headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
+
+
+async def test_generate_takes_a_json_content_type_with_no_body(http):
+    """What many clients send by default: no parameters, not an error telling them to send no body."""
+    response = await http.post("/generate", params={"format": "json"}, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+async def test_a_grpc_input_given_twice_or_both_raw_and_typed_is_invalid_argument(grpc_call, engine):
+    twice = infer_request(waveform=("FP32", [2]))
+    twice.inputs[0].contents.fp32_contents.extend([math.nan, 0.0])  # refused on its own: must not be dropped unseen
+    second = twice.inputs.add(name="waveform", datatype="FP32", shape=[4])
+    second.contents.fp32_contents.extend([0.1] * 4)
+    both = infer_request(waveform=("FP32", [4]))
+    both.inputs[0].contents.fp32_contents.extend([math.nan] * 4)
+    both.raw_input_contents.append(np.full(4, 0.1, np.float32).tobytes())
+    for request, words in ((twice, "given twice"), (both, "beside raw_input_contents")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await grpc_call(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in info.value.details()
+    assert engine.calls == []
+
+
+async def test_a_large_bytes_tensor_is_decoded_off_the_event_loop(http, plane):
+    """Millions of one-byte BYTES items take seconds to decode: other requests (health probes
+    among them) must not wait for that. The loop's longest stall is measured, not the time."""
+    count = 2_000_000
+    blob = (struct.pack("<I", 1) + b"a") * count
+    head = kserve([{"name": "waveform", "datatype": "BYTES", "shape": [count], "parameters": {"binary_data_size": len(blob)}}])
+    longest, done = 0.0, asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)  # the watcher has taken its first time before the request starts
+    response = await http.post(
+        "/v2/models/birdcall/infer", content=head + blob, headers={"inference-header-content-length": str(len(head))}
+    )
+    done.set()
+    await watcher
+    status_of(response, 422, "must be FP32 samples")
+    assert longest < 0.5, f"the event loop stalled {longest:.2f} s at once"

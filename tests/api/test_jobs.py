@@ -165,6 +165,39 @@ async def test_a_submission_is_posted(gate):
     assert response.status_code == 405 and response.headers["allow"] == "POST" and "POST the submission" in response.text
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"path": "site1/\\ud800.wav"}',  # a lone surrogate: valid JSON, no file name
+        b'{"path": "' + b"a" * 300 + b'"}',  # one name past the file system's 255 bytes
+        b'{"path": "' + b"a/" * 3000 + b'x"}',  # past PATH_MAX
+    ],
+    ids=["lone-surrogate", "name-too-long", "path-too-long"],
+)
+async def test_a_path_the_file_system_cannot_hold_is_a_422(gate, bentoml_tasks, body):
+    response = await gate.post("/analyze/submit", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "no path this server's file system can hold" in response.text, response.text
+    assert bentoml_tasks.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/analyze/cancel", "PUT, POST"), ("DELETE", "/analyze/status", "GET, HEAD"), ("POST", "/analyze/get", "GET, HEAD")],
+)
+async def test_the_task_routes_take_their_methods_only(gate, store, method, path, allow):
+    """A GET (a link prefetch, a crawler) must not cancel a job."""
+    store.create("job1", JobRequest(sources=["x"], formats=["csv"]))
+    response = await gate.request(method, path, params={"task_id": "job1"})
+    assert response.status_code == 405 and response.headers["allow"] == allow, response.text
+    assert store.state("job1").status == "queued" and not store.cancel_asked("job1")
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/analyze/status"), ("GET", "/analyze/get"), ("PUT", "/analyze/cancel")])
+async def test_a_task_route_without_a_task_id_says_it_needs_one(gate, method, path):
+    response = await gate.request(method, path)
+    assert response.status_code == 400 and "needs ?task_id=" in response.json()["error"]["message"], response.text
+
+
 def test_jobs_are_listed_and_resumed_oldest_first(store, root):
     for job_id in ("zz_first", "aa_second", "mm_third"):
         store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))

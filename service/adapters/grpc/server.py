@@ -8,6 +8,7 @@ INTERNAL with a fixed message, logged with its traceback and counted.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -73,8 +74,12 @@ def input_tensors(request: Any) -> dict[str, Tensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidParameter(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
-    tensors = {}
+    tensors: dict[str, Tensor] = {}
     for i, spec in enumerate(request.inputs):
+        if spec.name in tensors:
+            raise InvalidParameter(f"input {spec.name!r} is given twice; send each input once")
+        if raw and spec.HasField("contents"):
+            raise InvalidParameter(f"input {spec.name!r} has typed contents beside raw_input_contents; send its data one way")
         shape = list(spec.shape)
         if raw:
             tensors[spec.name] = tensor_from_raw(spec.name, spec.datatype, shape, raw[i])
@@ -181,7 +186,8 @@ class InferenceServicer:
         self._authorize(context)
         self.plane.check_name(request.model_name)
         async with self.plane.admitted(self.plane.deadline(context.time_remaining())):
-            tensors = input_tensors(request)
+            # Off the event loop: decoding up to the upload limit of values takes seconds (BYTES items one by one).
+            tensors = await asyncio.to_thread(input_tensors, request)
             result = await self.plane.infer(
                 request.model_name, tensors, version=request.model_version or None, outputs=[o.name for o in request.outputs]
             )
