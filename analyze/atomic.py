@@ -18,8 +18,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path next to `path`; when the block ends without error it is fsynced and renamed onto `path`.
 
     For writers that want a file name (pyarrow). The temporary name starts with a dot, so a
-    kill leaves at most a hidden `.name.*.chorus-tmp` file, which source expansion skips and
-    remove_leftovers deletes.
+    kill leaves at most a hidden `.*.chorus-tmp` file, which source expansion skips and
+    remove_leftovers deletes. It does not repeat `path`'s name: a name near the file system's 255
+    bytes would pass it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(path)
@@ -38,7 +39,7 @@ def _create_temporary(path: Path) -> Path:
     """A new empty file next to `path`, with the permissions the umask gives any new file (mkstemp's
     0600 would survive the rename: tables that colleagues on a shared server cannot open)."""
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        tmp = path.parent / f".{secrets.token_hex(8)}{TMP_SUFFIX}"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -68,7 +69,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_leftovers(folder: Path) -> None:
-    """Delete the temporaries that a kill -9 in the middle of a write left under `folder`."""
-    for leftover in folder.rglob(f".*{TMP_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
+def remove_leftovers(folder: Path, fenced: str | None = None) -> None:
+    """Delete the temporaries that a kill -9 in the middle of a write left under `folder`, but not
+    in a subfolder holding an entry named `fenced` (another run's journal: it may be writing there)."""
+    for directory, subfolders, files in os.walk(folder):
+        if fenced is not None:
+            subfolders[:] = [name for name in subfolders if not os.path.lexists(os.path.join(directory, name, fenced))]
+        for name in files:
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                Path(directory, name).unlink(missing_ok=True)

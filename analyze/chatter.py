@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from analyze.writers.text import path_text
+
 MAX_BYTES_PER_FILE = 4096
 """What is kept of one recording's output; a decoder may print a line per damaged frame."""
 
@@ -79,9 +81,11 @@ class DecoderLog:
 
     def __call__(self, recording: Path, text: str) -> None:
         if self._log is None:
-            self._log = self.path.open("a", encoding="utf-8")
+            # A decoder's bytes in a line it printed must not stop the run either.
+            self._log = self.path.open("a", encoding="utf-8", errors="backslashreplace")
             self._log.write(f"# chorus analyze, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
-        self._log.writelines(f"{recording}: {line.strip()}\n" for line in text.splitlines() if line.strip())
+        # path_text: a name in another encoding than UTF-8 (Latin-1 from an old recorder) is printable, not an error.
+        self._log.writelines(f"{path_text(recording)}: {line.strip()}\n" for line in text.splitlines() if line.strip())
         self._log.flush()
         self.files += 1
 

@@ -7,6 +7,9 @@ Layout, in a hidden folder `OUT/.chorus-analyze/`:
   digest of the analysis settings) and its status, `ok` or `failed` with the stage and reason.
 - `parts/<digest of the key>.json`: the detections and audio facts of each `ok` file, written
   atomically *before* its journal line, so a line never points to a missing part.
+- `outputs.json`: the model, settings and formats the last finished run wrote its outputs with.
+- `tables.json`: every per-file table chorus may have written here (recorded before it writes
+  one), so that cleaning up stale tables never touches a file of the user's.
 
 A kill at any moment leaves at worst a torn last line (dropped on the next open) or a part
 without a line (deleted on the next open, and the file redone). Opening also compacts: only the
@@ -20,7 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -125,6 +128,19 @@ class Journal:
 
     def record_outputs_written_with(self, state: dict[str, Any]) -> None:
         write_text(self.folder / "outputs.json", json.dumps(state, sort_keys=True))
+
+    def recorded_tables(self) -> set[Path]:
+        """The per-file tables under the output folder that runs here wrote or were about to write."""
+        try:
+            names = json.loads((self.folder / "tables.json").read_text(encoding="utf-8"))
+            return {self.folder.parent / name for name in names}
+        except (OSError, ValueError, TypeError):
+            return set()
+
+    def record_tables(self, tables: Iterable[Path]) -> None:
+        """Record these tables (paths under the output folder) as chorus's, replacing the record."""
+        names = sorted(os.fspath(table.relative_to(self.folder.parent)) for table in tables)
+        write_text(self.folder / "tables.json", json.dumps(names))  # ASCII: odd names are escaped
 
     def entry(self, key: FileKey) -> Entry | None:
         """The journal's entry for this exact key, or None when the file is new or changed since."""

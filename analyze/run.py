@@ -13,6 +13,7 @@ next. BaseException (Ctrl-C, SystemExit) stops the run; the journal keeps what w
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,13 +24,14 @@ from analyze.analyzer import READ_STAGE, AnalysisFailed, Execute, FileScores
 from analyze.atomic import remove_leftovers
 from analyze.clock import recording_start
 from analyze.detections import DetectionSettings, detect
-from analyze.journal import FileKey, Journal, settings_digest
+from analyze.journal import FOLDER, FileKey, Journal, settings_digest
 from analyze.records import FileFailure, FileResult, ModelInfo
 from analyze.writers import (
     DEFAULT_FORMATS,
     FORMATS,
     check_formats,
     common_root,
+    per_file_tables,
     remove_outputs,
     remove_stale_tables,
     write_combined_outputs,
@@ -119,12 +121,19 @@ def run(
     settings = settings_digest({"detection": asdict(config.detection), "analyzer": dict(config.analyzer_settings)})
     root = common_root(paths)
 
-    with Journal.open(config.out_dir) as journal:
-        remove_leftovers(config.out_dir)  # under the journal's lock: no other run is writing here
+    with Journal.open(config.out_dir) as journal, _stopped_part_way(config.out_dir):
+        remove_leftovers(config.out_dir, fenced=FOLDER)  # under the journal's lock: no other run writes here, but in its own folder
         written_with = {"model": [config.model.name, config.model.version], "settings": settings}
-        if journal.outputs_written_with() not in (None, written_with):
+        last = journal.outputs_written_with()
+        if last is not None and {name: last.get(name) for name in written_with} != written_with:
             # Tables of the formats not asked now were made with other settings or another model.
             remove_outputs(config.out_dir, paths, root, frozenset(FORMATS) - formats)
+        elif last is not None:
+            # The formats earlier runs wrote here are kept current too: left as they were, they would
+            # still hold files deleted or changed since, contradicting this run's tables.
+            formats |= frozenset(last.get("formats", ())) & frozenset(FORMATS)
+        recorded = journal.recorded_tables() | per_file_tables(config.out_dir, paths, root, formats)
+        journal.record_tables(recorded)  # before any is written: a kill leaves none unrecorded
         keys: dict[Path, FileKey] = {}
         transient: dict[Path, FileFailure] = {}  # not journaled: the next run tries these again
         todo = []
@@ -164,9 +173,11 @@ def run(
             audio_total += result.duration_s
             detections += len(result.detections)
             band_limited += result.sample_rate < 2 * config.model.high_hz
-        remove_stale_tables(config.out_dir, [Path(key.path) for key in ok_keys], root)
+        kept = per_file_tables(config.out_dir, [Path(key.path) for key in ok_keys], root, formats)
+        remove_stale_tables(config.out_dir, recorded, kept)
+        journal.record_tables(kept)
         write_combined_outputs(config.out_dir, results, failures, config.model, formats)
-        journal.record_outputs_written_with(written_with)
+        journal.record_outputs_written_with({**written_with, "formats": sorted(formats)})
 
     wall_s = time.monotonic() - started
     return Summary(
@@ -180,6 +191,22 @@ def run(
         wall_s=wall_s,
         realtime_factor=audio_s / wall_s if wall_s > 0 else 0.0,
     )
+
+
+class RunStoppedError(Exception):
+    """A run stopped part-way by what no file's failure explains (the output disk full or gone, a
+    name the output folder cannot hold): what finished is in the journal, the outputs are not written."""
+
+
+@contextlib.contextmanager
+def _stopped_part_way(out_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise RunStoppedError(
+            f"the run stopped part-way ({type(error).__name__}: {error}); the files finished so far are kept in"
+            f" {out_dir / FOLDER}, and the same command resumes from them once the cause is fixed"
+        ) from error
 
 
 def _from_journal(journal: Journal, key: FileKey, retry_failed: bool) -> float | None:

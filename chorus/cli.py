@@ -122,12 +122,14 @@ def _named_folder(text: str) -> Path:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    """Exit 0: every file analyzed; 1: some files failed (listed in errors.csv and the summary); 2: nothing ran."""
+    """Exit 0: every file analyzed; 1: some files failed (listed in errors.csv and the summary); 2: nothing ran;
+    3: the run stopped part-way (what finished is kept; the same command resumes)."""
     from layout.machine import one_blas_thread
 
     one_blas_thread()  # before numpy loads, below
     from analyze.detections import UnknownSpeciesError
     from analyze.journal import JournalBusyError
+    from analyze.run import RunStoppedError
     from analyze.sources import SourceError
     from analyze.writers import OutputError
     from batch.command import AnalyzeOptions, analyze
@@ -162,6 +164,9 @@ def _analyze(args: argparse.Namespace) -> int:
             ray_gpus_per_actor=args.ray_gpus_per_actor,
         )
         summary = analyze(options, fork_workers=True)  # a fresh process: no threads yet
+    except RunStoppedError as error:
+        print(f"chorus analyze: {error}", file=sys.stderr)
+        return 3
     except refusals as error:
         print(f"chorus analyze: {error}", file=sys.stderr)
         return 2

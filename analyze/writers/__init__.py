@@ -18,7 +18,7 @@ the same names, and `a.wav` next to `a.flac` must not share one table.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import importlib.util
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -64,10 +64,30 @@ def common_root(paths: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([p.parent for p in paths]))
 
 
+NAME_MAX = 255
+"""Bytes in one file name, on Linux's file systems and most others."""
+
+
 def _per_file_path(out_dir: Path, path: Path, root: Path, format_name: str) -> Path:
     relative = path.relative_to(root)
     folder, suffix = _PER_FILE[format_name]
-    return out_dir / folder / relative.parent / f"{relative.name}.{suffix}.txt"
+    return out_dir / folder / relative.parent / table_name(relative.name, suffix)
+
+
+def table_name(recording: str, suffix: str) -> str:
+    """`<recording>.<suffix>.txt`, or, where that passes NAME_MAX bytes (a recording's own name may
+    be 255 bytes: ~80 characters of Chinese), the name cut short with a digest of the whole so
+    that two long names sharing their start still get two tables."""
+    full = f"{recording}.{suffix}.txt"
+    if len(os.fsencode(full)) <= NAME_MAX:
+        return full
+    tail = f"~{hashlib.sha256(os.fsencode(recording)).hexdigest()[:12]}.{suffix}.txt"
+    room, head = NAME_MAX - len(tail), ""
+    for character in recording:  # whole characters: a cut inside one would make bytes no name decodes to
+        if len(os.fsencode(head + character)) > room:
+            break
+        head += character
+    return head + tail
 
 
 def write_file_outputs(out_dir: Path, result: FileResult, root: Path, model: ModelInfo, formats: Collection[str]) -> list[Path]:
@@ -92,20 +112,26 @@ _PER_FILE = {"raven": ("raven", "selections"), "audacity": ("audacity", "labels"
 """Per-file formats: their folder under the output folder and their tables' suffix."""
 
 
-def remove_stale_tables(out_dir: Path, paths: Collection[Path], root: Path) -> None:
-    """Delete every per-file table but those of `paths` (the files in this run's outputs) at this
-    run's places: an earlier run's over other recordings, over the same ones from another common
-    folder (their tables sit elsewhere then), or over a file that fails now, would stand next to
-    this run's as if they were among its results."""
-    for name, (folder, suffix) in _PER_FILE.items():
-        expected = {_per_file_path(out_dir, path, root, name) for path in paths}
-        base = out_dir / folder
-        for table in base.rglob(f"*.{suffix}.txt") if base.is_dir() else ():
-            if table not in expected:
-                table.unlink(missing_ok=True)
-        for directory in sorted((d for d in base.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
-            with contextlib.suppress(OSError):  # not empty: something of the user's, or this run's
-                directory.rmdir()
+def per_file_tables(out_dir: Path, paths: Iterable[Path], root: Path, formats: Collection[str]) -> set[Path]:
+    """The per-file tables of `formats` for these files, at their places under `out_dir`."""
+    return {_per_file_path(out_dir, path, root, name) for path in paths for name in _PER_FILE if name in formats}
+
+
+def remove_stale_tables(out_dir: Path, recorded: Iterable[Path], keep: Collection[Path]) -> None:
+    """Delete the tables chorus wrote here (`recorded`) but those of this run's outputs (`keep`): an
+    earlier run's over other recordings, over the same ones from another common folder (their
+    tables sit elsewhere then), or over a file that fails now, would stand next to this run's as if
+    they were among its results. Files of the user's under raven/ and audacity/ are never touched,
+    nor folders but those the deletions empty."""
+    for table in set(recorded) - set(keep):
+        table.unlink(missing_ok=True)
+        folder = table.parent
+        while folder != out_dir and folder.is_relative_to(out_dir):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): something of the user's, or this run's
+                break
+            folder = folder.parent
 
 
 def remove_outputs(out_dir: Path, paths: Iterable[Path], root: Path, formats: Collection[str]) -> None:

@@ -31,7 +31,7 @@ def test_a_crash_mid_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 def test_the_temporary_is_hidden_and_next_to_the_target(tmp_path):
     target = tmp_path / "out.parquet"
     with atomic_path(target) as tmp:
-        assert tmp.parent == tmp_path and tmp.name.startswith(".out.parquet.")
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(TMP_SUFFIX) and len(tmp.name) < 40
         tmp.write_bytes(b"data")
         assert not target.exists()
     assert target.read_bytes() == b"data"
@@ -61,3 +61,21 @@ def test_files_get_the_permissions_the_umask_gives_new_files(tmp_path):
     assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "t.parquet").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def test_a_target_whose_name_fills_the_file_systems_limit_is_written(tmp_path):
+    """The temporary must not repeat the name: 255 bytes of it and more would not fit."""
+    target = tmp_path / ("x" * 251 + ".txt")
+    write_text(target, "table")
+    assert target.read_text() == "table"
+
+
+def test_leftovers_in_another_runs_folder_are_that_runs(tmp_path):
+    """A run into results/ must not delete what a run into results/site1 is writing right now."""
+    (tmp_path / "site1" / ".journal").mkdir(parents=True)
+    theirs = tmp_path / "site1" / f".0a1b{TMP_SUFFIX}"
+    ours = tmp_path / f".0a1b{TMP_SUFFIX}"
+    theirs.write_text("half")
+    ours.write_text("half")
+    remove_leftovers(tmp_path, fenced=".journal")
+    assert theirs.exists() and not ours.exists()

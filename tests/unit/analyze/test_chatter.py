@@ -54,3 +54,13 @@ def test_a_log_nothing_was_said_to_writes_no_file(tmp_path):
     log = DecoderLog(tmp_path)
     log.close()
     assert log.files == 0 and not (tmp_path / "decoders.log").exists()
+
+
+def test_a_recording_named_in_another_encoding_than_utf8_is_logged_not_fatal(tmp_path):
+    """A Latin-1 name from an old recorder ("café.mp3" as bytes) is a str with a lone surrogate."""
+    recording = Path(os.fsdecode(b"/data/caf\xe9.mp3"))
+    log = DecoderLog(tmp_path)
+    log(recording, "[mp3float @ 0x1] Header missing\n")
+    log.close()
+    [line] = (tmp_path / DecoderLog.NAME).read_text(encoding="utf-8").splitlines()[1:]
+    assert line.startswith("/data/caf") and line.endswith(".mp3: [mp3float @ 0x1] Header missing")

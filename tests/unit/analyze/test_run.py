@@ -334,7 +334,7 @@ def test_tables_of_formats_not_asked_are_removed_when_the_settings_change(tmp_pa
     out = tmp_path / "out"
     fail = {"broken.wav": decode_error()}
     run(recordings, in_order(FakeAnalyzer(LABELS, fail=fail)), config(out, formats=frozenset({"csv", "parquet", "audacity"})))
-    # The same settings: a rerun with fewer formats keeps the others (they still agree).
+    # The same settings: a rerun with fewer formats keeps the others current.
     run(recordings, in_order(FakeAnalyzer(LABELS)), config(out, formats=frozenset({"csv"})))
     assert (out / "detections.parquet").exists() and len(list((out / "audacity").rglob("*.labels.txt"))) == 8
     stricter = DetectionSettings(min_confidence=0.9, merge=True)
@@ -382,3 +382,69 @@ def test_only_the_files_of_this_run_have_per_file_tables_at_their_places(tmp_pat
     run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error(), gone.name: decode_error()})), config(out))
     assert not (out / "raven" / "moth1" / f"{gone.name}.selections.txt").exists()
     assert len(list((out / "audacity").rglob("*.labels.txt"))) == 7
+
+
+def test_outputs_of_formats_not_asked_now_do_not_keep_files_deleted_or_changed_since(tmp_path, recordings):
+    """Earlier runs' formats are rewritten with this run's files, not left describing others."""
+    out = tmp_path / "out"
+    fail = {"broken.wav": decode_error()}
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail=fail)), config(out, formats=frozenset({"raven", "csv", "ndjson"})))
+    deleted, changed = recordings[0], recordings[1]
+    deleted.unlink()
+    changed.write_bytes(changed.read_bytes() + b"\0" * 64)  # re-copied from the card: analyzed again
+    remaining = expand_sources([tmp_path / "in"])
+    run(remaining, in_order(FakeAnalyzer(LABELS, fail=fail)), config(out, formats=frozenset({"csv"})))
+    csv_paths = {row.split(",")[0] for row in (out / "detections.csv").read_text().splitlines()[1:]}
+    ndjson_paths = {json.loads(line)["path"] for line in (out / "detections.ndjson").read_text().splitlines()}
+    assert str(deleted) not in ndjson_paths and ndjson_paths == csv_paths
+    assert not (out / "raven" / "moth1" / f"{deleted.name}.selections.txt").exists()
+    reference = tmp_path / "reference"
+    run(remaining, in_order(FakeAnalyzer(LABELS, fail=fail)), config(reference, formats=frozenset({"raven", "csv", "ndjson"})))
+    assert outputs(out) == outputs(reference)
+
+
+def test_files_of_the_users_beside_the_tables_are_never_deleted(tmp_path, recordings):
+    """`--out .` in a project folder that has its own raven/ annotations and folders."""
+    out = tmp_path / "in"
+    mine = out / "raven" / "site1_manual_annotations.selections.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("Selection\tView\n1\tSpectrogram 1\n")
+    (out / "audacity" / "empty_user_folder").mkdir(parents=True)
+    run(recordings, in_order(FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})), config(out))
+    moth1 = [p for p in recordings if p.parent.name == "moth1"]
+    run(moth1, in_order(FakeAnalyzer(LABELS)), config(out))  # moth1 alone: the tables of in/ are stale now
+    assert mine.exists() and (out / "audacity" / "empty_user_folder").is_dir()
+    assert not (out / "raven" / "moth1").exists() and not (out / "raven" / "moth2").exists()
+    assert sorted(t.name for t in (out / "raven").glob("*.selections.txt")) == sorted(
+        [mine.name] + [f"{p.name}.selections.txt" for p in moth1]
+    )
+
+
+def test_a_recording_whose_name_fills_the_file_systems_limit_gets_its_tables(tmp_path):
+    """255 bytes of name (~80 characters of Chinese) and the table's suffix: the table's name is cut
+    short with a digest, and the temporaries behind it fit too."""
+    [recording] = write_recordings(tmp_path / "in", 1)
+    long = recording.rename(recording.parent / ("SITE" + "\u9ce5" * 77 + "_20240517_053000.wav"))
+    assert len(os.fsencode(long.name)) == 255
+    out = tmp_path / "out"
+    assert run([long], in_order(FakeAnalyzer(LABELS)), config(out)).files_ok == 1
+    for folder, suffix in (("raven", "selections"), ("audacity", "labels")):
+        [table] = list((out / folder).glob(f"*.{suffix}.txt"))
+        assert len(os.fsencode(table.name)) <= 255 and table.name.startswith("SITE\u9ce5\u9ce5")
+    assert run([long], in_order(FakeAnalyzer(LABELS)), config(out)).files_skipped == 1  # and reruns find them
+
+
+def test_a_run_the_output_disk_stops_says_so_and_the_rerun_resumes(tmp_path, recordings, monkeypatch):
+    out = tmp_path / "out"
+    real = analyze.run.write_combined_outputs
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(analyze.run, "write_combined_outputs", disk_full)
+    first = FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
+    with pytest.raises(analyze.run.RunStoppedError, match=r"stopped part-way .*No space left on device.*resumes"):
+        run(recordings, in_order(first), config(out))
+    monkeypatch.setattr(analyze.run, "write_combined_outputs", real)
+    again = FakeAnalyzer(LABELS)
+    assert run(recordings, in_order(again), config(out)).files_ok == 8 and again.calls == []

@@ -20,6 +20,7 @@ from analyze.writers import (
     check_formats,
     check_out_dir,
     common_root,
+    table_name,
     write_combined_outputs,
     write_file_outputs,
 )
@@ -285,3 +286,13 @@ def test_clock_times_in_text_agree_with_parquet_to_the_microsecond(tmp_path):
     row = next(csv.DictReader(io.StringIO((tmp_path / "detections.csv").read_text())))
     assert row["clock_begin"] == "2024-05-17T05:30:05.123456"
     assert json.loads((tmp_path / "detections.ndjson").read_text())["clock_end"] == "2024-05-17T05:30:10.123456"
+
+
+def test_table_names_past_the_file_systems_limit_are_cut_short_and_stay_apart():
+    short = "20240517_053000.WAV"
+    assert table_name(short, "selections") == f"{short}.selections.txt"
+    one, other = "\u9ce5" * 80 + "_a.wav", "\u9ce5" * 80 + "_b.wav"  # 247 bytes each: the suffix passes 255
+    cut = table_name(one, "selections")
+    assert len(os.fsencode(cut)) <= 255 and cut.endswith(".selections.txt") and cut.startswith("\u9ce5" * 70)
+    assert cut != table_name(other, "selections")  # the same first 200 bytes, two tables
+    assert table_name(one, "selections") == cut  # the same name every run
