@@ -5,8 +5,12 @@ export BENTOML_DO_NOT_TRACK := true
 
 .PHONY: up test lint sync bootstrap protos requirements
 
+# Where the system Python is "externally managed" (PEP 668: Debian 12, Ubuntu 23.04 and later) pip
+# refuses to install anywhere but a venv: uv then goes to the user's site (~/.local), which that
+# rule is not about, as the one tool that makes the project's own venv.
 bootstrap:
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv \
+		|| python3 -m pip install --quiet --user --break-system-packages uv
 
 # Bytecode compiled at install (~20 s once, ~1 s after): where PYTHONDONTWRITEBYTECODE is set (CI
 # images, many containers) every process would otherwise compile bentoml and its imports again,

@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime providers: auto takes CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
-    ort_lanes: int = Field(0, ge=0, description="Slices of each batch run at once (service/lanes.py); 0: one per CPU core, 1 on a GPU.")
+    ort_lanes: int = Field(0, ge=0, description="Slices of each batch run at once (service/engine/runtime.py); 0: one per CPU core, 1 on a GPU.")
     ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per slice; 0: the cores divided by the lanes.")
     ort_max_run_items: int = Field(
         8,
@@ -196,3 +196,17 @@ class ServiceSettings(BaseSettings):
                 f"CHORUS_MAX_IMAGES ({self.max_images}) must not exceed CHORUS_FRAMES_MAX_BATCH_SIZE ({self.frames_max_batch_size})"
             )
         return self
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (variable, default, meaning) that docs/serving.md holds."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for name, field in ServiceSettings.model_fields.items():
+        default = "unset" if field.default is None else f"`{field.default}`"
+        text = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{PREFIX}{name.upper()}` | {default} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # uv run python -m service.settings: the table, to paste into docs/serving.md
+    print(settings_table(), end="")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from service import settings as settings_module
-from service.settings import OTHER_VARIABLES, PREFIX, ServiceSettings, UnknownSettingError
+from service.settings import OTHER_VARIABLES, PREFIX, ServiceSettings, UnknownSettingError, settings_table
 
 
 def test_an_unknown_variable_is_an_error_with_a_suggestion(monkeypatch):
@@ -26,6 +27,12 @@ def test_other_chorus_tools_variables_are_allowed(monkeypatch):
 def test_every_setting_is_documented():
     for name, field in ServiceSettings.model_fields.items():
         assert field.description, name
+
+
+def test_the_settings_table_in_the_docs_is_the_codes():
+    text = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    documented = text.split("<!-- settings: begin -->\n")[1].split("<!-- settings: end -->")[0]
+    assert documented == settings_table(), "paste `uv run python -m service.settings` between the markers in docs/serving.md"
 
 
 def test_the_docstring_example_names_a_real_setting():
