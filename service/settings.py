@@ -51,7 +51,9 @@ class ServiceSettings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime providers: auto takes CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
-    ort_lanes: int = Field(0, ge=0, description="Slices of each batch run at once (service/engine/runtime.py); 0: one per CPU core, 1 on a GPU.")
+    ort_lanes: int = Field(
+        0, ge=0, description="Slices of each batch run at once (service/engine/runtime.py); 0: one per CPU core, 1 on a GPU."
+    )
     ort_threads: int = Field(0, ge=0, description="ORT intra-op threads per slice; 0: the cores divided by the lanes.")
     ort_max_run_items: int = Field(
         8,
