@@ -23,7 +23,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,8 @@ AUDIBLE_DB = 0.0
 present, and a window holding only such calls is neither (left out, like a cut call)."""
 
 
+LONG_WHOLE_LABEL_SECONDS = 60.0
+"""A labelled recording without events longer than this gets a warning: its species cover every window."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """Control characters but tab and line ends (which csv quoting may carry inside a field)."""
 
@@ -73,9 +77,15 @@ def events_path(csv_path: Path) -> Path:
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
-    """'a;b' -> ('a', 'b'); 'background' (any case) or '' -> ()."""
-    names = {part.strip() for part in text.split(LABEL_SEPARATOR)}
-    return tuple(sorted(name for name in names if name and name.lower() != BACKGROUND_LABEL))
+    """'a;b' -> ('a', 'b'); 'background' (any case) or '' -> (); runs of spaces inside a name are one.
+    ValueError for a background label beside species, or a comma in a name (two species, mistyped)."""
+    names = {" ".join(part.split()) for part in text.split(LABEL_SEPARATOR)} - {""}
+    species = {name for name in names if name.lower() != BACKGROUND_LABEL}
+    if species and species != names:
+        raise ValueError(f"{text!r} names {BACKGROUND_LABEL!r} beside species: a window holds species or none")
+    if any("," in name for name in species):
+        raise ValueError(f"{text!r} has a comma in a species name; separate species with {LABEL_SEPARATOR!r} (owl{LABEL_SEPARATOR}wren)")
+    return tuple(sorted(species))
 
 
 def _csv_rows(path: Path, required: set[str], expected: str) -> list[tuple[int, dict[str, str]]]:
@@ -161,23 +171,43 @@ def _read_events(csv_path: Path) -> dict[str, list[CallEvent]]:
     return events
 
 
+_EVENT_COLUMNS = {"start", "end", "begin", "onset", "offset", "begin time (s)", "end time (s)"}
+"""Columns that say where a call sits: they belong in the events file, one row per call."""
+
+
 def read_manifest(csv_path: Path) -> list[Item]:
     """Read `path,label[,split]` rows (and the events file beside it); paths are relative to the CSV's folder.
 
-    Raises DataError naming the file and line of anything it cannot take."""
+    Raises DataError naming the file and line of anything it cannot take: a file that is not there
+    is said now, not after the splits before it were decoded."""
     root = csv_path.parent
-    events = _read_events(csv_path)
+    events = {name.strip(): calls for name, calls in _read_events(csv_path).items()}
     items: list[Item] = []
     lines: dict[str, int] = {}
-    for line, row in _csv_rows(csv_path, {"path", "label"}, "path,label[,split]"):
-        name = row["path"]
-        if name in lines:
-            raise DataError(f"{csv_path} line {line}: {name} is listed already on line {lines[name]}; list each recording once")
-        lines[name] = line
+    rows = _csv_rows(csv_path, {"path", "label"}, "path,label[,split]")
+    timed = sorted(_EVENT_COLUMNS & set(rows[0][1]) if rows else ())
+    if timed:
+        raise DataError(
+            f"{csv_path} has column(s) {timed}: where calls sit goes in {events_path(csv_path).name} (path,label,start,end, a row"
+            f" per call); {csv_path.name} lists each recording once, as path,label[,split]"
+        )
+    for line, row in rows:
+        name = row["path"].strip()
+        if "\\" in name:
+            raise DataError(f"{csv_path} line {line}: {name} has a backslash; write paths with '/' (relative to {root})")
+        key = os.path.normpath(name)  # ./a.wav and a.wav are one recording
+        if key in lines:
+            raise DataError(f"{csv_path} line {line}: {name} is listed already on line {lines[key]}; list each recording once")
+        lines[key] = line
+        if not name or not (root / name).is_file():
+            raise DataError(f"{csv_path} line {line}: {name!r} is not a file under {root} (paths are relative to the CSV's folder)")
         split = (row.get("split") or _hash_split(name)).strip()
         if split not in SPLITS:
             raise DataError(f"{csv_path} line {line}: split {split!r} for {name} is not one of {SPLITS}")
-        labels = parse_labels(row["label"])
+        try:
+            labels = parse_labels(row["label"])
+        except ValueError as error:
+            raise DataError(f"{csv_path} line {line}: label {error}") from None
         calls = events.pop(name, None)
         if calls is not None:
             foreign = sorted({e.label for e in calls} - set(labels))
@@ -211,8 +241,12 @@ def check_trainable(csv_path: Path, items: Sequence[Item]) -> None:
     if empty:
         raise DataError(
             f"{csv_path}: no recordings in split(s) {empty}: training needs train, val and test; give some rows "
-            f"split={empty[0]}, or drop the split column to split by a hash of the path (80/10/10)"
+            f"split={empty[0]} in a split column (rows without one are split by a hash of the path, 80/10/10, which can"
+            f" leave a small data set without some split)"
         )
+    unmeasured = sorted(set(species_of(items)) - {name for item in items if item.split == "test" for name in item.labels})
+    if unmeasured:
+        warn(f"{unmeasured[:5]} have no recording in the test split: their figures will read support 0, not measured")
     unseen = sorted(set(species_of(items)) - {name for item in items if item.split == "train" for name in item.labels})
     if unseen:
         raise DataError(
@@ -232,7 +266,9 @@ def dataset_hash(csv_path: Path) -> str:
     if events_path(csv_path).exists():
         digest.update(events_path(csv_path).read_bytes())
     for item in read_manifest(csv_path):
-        digest.update(item.path.read_bytes())
+        with item.path.open("rb") as f:  # in blocks: a recording may be hours, gigabytes
+            while block := f.read(1 << 20):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -293,9 +329,9 @@ class WindowSet:
 _worker_frontend: FrontEnd | None = None
 
 
-def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, list[WindowSpan], float]:
+def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, list[WindowSpan], float, int]:
     """One recording's plain ln-mel windows (identity stats: training fits its own), where they sit,
-    and its length in seconds. A recording that cannot be read is a DataError naming it."""
+    its length in seconds and its sample rate. A recording that cannot be read is a DataError naming it."""
     global _worker_frontend
     path, config = args
     if _worker_frontend is None:
@@ -304,7 +340,7 @@ def _featurize_one(args: tuple[Path, dict]) -> tuple[np.ndarray, list[WindowSpan
         analysis = _worker_frontend.analyze(path)
     except (AudioError, OSError) as error:
         raise DataError(f"{path}: {error}") from None
-    return analysis.windows.features, analysis.windows.spans, analysis.audio.duration_seconds
+    return analysis.windows.features, analysis.windows.spans, analysis.audio.duration_seconds, analysis.audio.sample_rate
 
 
 def _check_events_inside(item: Item, duration: float) -> None:
@@ -322,14 +358,43 @@ def featurize(
     index = {name: i for i, name in enumerate(labels)}
     jobs = [(item.path, config.to_dict()) for item in items]
     mels, targets, known, rec, snr = [], [], [], [], []
+    long_labelled, band_limited = [], []
     with worker_pool(workers) as pool:
-        results = pool.map(_featurize_one, jobs, chunksize=4)
-        for i, (item, (m, spans, duration)) in enumerate(tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")):
+        # One recording per task: with a few long ones, chunks would put them all on one worker.
+        results = pool.map(_featurize_one, jobs, chunksize=1)
+        for i, (item, (m, spans, duration, rate)) in enumerate(
+            tqdm(zip(items, results, strict=True), total=len(items), desc=desc, unit="rec")
+        ):
             _check_events_inside(item, duration)
+            if item.events is None and item.labels and duration > LONG_WHOLE_LABEL_SECONDS:
+                long_labelled.append(item.path.name)
+            if config.band_limited(rate):
+                band_limited.append(item)
             t, k, level = window_targets(item, spans, index)
             mels.append(m)
             targets.append(t)
             known.append(k)
             snr.append(level)
             rec.append(np.full(len(m), i))
+    if long_labelled:
+        warn(
+            f"{desc}: {len(long_labelled)} recording(s) over {LONG_WHOLE_LABEL_SECONDS:g} s have no events ({long_labelled[:3]}...), so"
+            " every 5 s window of them is labelled with all their species, pauses and noise included; list where the calls"
+            " sit in the events file (docs/training.md, 'Your own recordings') to train on the calls"
+        )
+    mostly_narrow = [name for name in labels if _count(band_limited, name) > _count(items, name) / 2]
+    if mostly_narrow:
+        warn(
+            f"{desc}: most recordings of {mostly_narrow[:5]} are below {2 * config.f_max:g} Hz, so they hold nothing in the model's"
+            " top bands: it may learn empty top bands as those species (8 kHz noise would then read as them); add full-band ones"
+        )
     return WindowSet(np.concatenate(mels), np.concatenate(targets), np.concatenate(known), np.concatenate(rec), np.concatenate(snr))
+
+
+def _count(items: Iterable[Item], species: str) -> int:
+    return sum(species in item.labels for item in items)
+
+
+def warn(message: str) -> None:
+    """A note on the data that does not stop training, on stderr beside the progress bars."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)

@@ -75,6 +75,8 @@ def test_generated_dataset_round_trips_through_the_real_loader(tmp_path):
 
 def test_manifest_without_split_column_splits_by_hash(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"r{i}.wav,x\n" for i in range(200)))
+    for i in range(200):
+        (tmp_path / f"r{i}.wav").touch()
     items = read_manifest(tmp_path / "labels.csv")
     splits = [i.split for i in items]
     assert 0.6 < splits.count("train") / 200 < 0.95
@@ -261,6 +263,20 @@ def test_a_recording_that_cannot_be_read_or_an_event_past_its_end_is_a_data_erro
     late = Item(good, ("owl",), "train", events=(CallEvent("owl", 10.0, 12.0),))
     with pytest.raises(DataError, match=r"owl\.wav: the event of owl at 10.0-12.0 s starts after its end \(4.00 s\)"):
         featurize([late], ["owl"], config, workers=1)
+
+
+def test_long_whole_labelled_recordings_and_a_species_heard_mostly_band_limited_are_warned_of(tmp_path, capsys):
+    """Neither stops training, both are easy to miss: every window of an hour labelled with its
+    species, and a species whose recordings all lack the top bands."""
+    long = tmp_path / "hour.wav"
+    sf.write(long, np.zeros(16_000 * 61, np.float32), 16_000)
+    narrow = tmp_path / "phone.wav"
+    sf.write(narrow, np.zeros(8_000 * 6, np.float32), 8_000)
+    items = [Item(long, ("owl",), "train"), Item(narrow, ("lark",), "train")]
+    featurize(items, ["lark", "owl"], FrontEndConfig(), workers=1)
+    err = capsys.readouterr().err
+    assert "1 recording(s) over 60 s have no events (['hour.wav']...)" in err
+    assert "most recordings of ['lark'] are below 16000 Hz" in err and "'owl'" not in err.split("most recordings")[1]
 
 
 def test_chorus_train_on_bad_data_exits_2_with_the_reason(tmp_path, monkeypatch, capsys):

@@ -33,12 +33,21 @@ def test_labels_split_on_semicolons_and_background_means_none():
     assert parse_labels(" a ; a ;") == ("a",)
     assert parse_labels("background") == ()
     assert parse_labels("") == ()
+    assert parse_labels("hooting  owl;hooting owl") == ("hooting owl",)  # a double space is no second species
+
+
+def test_a_species_no_test_recording_has_is_said_to_go_unmeasured(tmp_path, capsys):
+    csv_path = _manifest(tmp_path, "path,label,split\nx.wav,owl;lark,train\ny.wav,owl,val\nz.wav,owl,test\n")
+    check_trainable(csv_path, read_manifest(csv_path))
+    assert "['lark'] have no recording in the test split" in capsys.readouterr().err
 
 
 def test_manifest_reads_several_labels_background_rows_and_events(tmp_path):
-    csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("path,label,split\nx.wav,owl;wren,train\ny.wav,background,val\nz.wav,,test\nw.wav,owl,train\n")
-    events_path(csv_path).write_text("path,label,start,end\nx.wav,owl,0.5,1.0\nx.wav,wren,2.0,2.4\n")
+    csv_path = _manifest(
+        tmp_path,
+        "path,label,split\nx.wav,owl;wren,train\ny.wav,background,val\nz.wav,,test\nw.wav,owl,train\n",
+        "path,label,start,end\nx.wav,owl,0.5,1.0\nx.wav,wren,2.0,2.4\n",
+    )
     items = {i.path.name: i for i in read_manifest(csv_path)}
     assert items["x.wav"].labels == ("owl", "wren")
     assert items["x.wav"].events == (CallEvent("owl", 0.5, 1.0), CallEvent("wren", 2.0, 2.4))
@@ -50,9 +59,7 @@ def test_manifest_reads_several_labels_background_rows_and_events(tmp_path):
 
 
 def test_events_must_match_the_labels_and_the_recordings(tmp_path):
-    csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("path,label\nx.wav,owl\n")
-    events_path(csv_path).write_text("path,label,start,end\nx.wav,wren,0.5,1.0\n")
+    csv_path = _manifest(tmp_path, "path,label\nx.wav,owl\n", "path,label,start,end\nx.wav,wren,0.5,1.0\n")
     with pytest.raises(ValueError, match="does not"):
         read_manifest(csv_path)
     events_path(csv_path).write_text("path,label,start,end\nq.wav,owl,0.5,1.0\n")
@@ -178,10 +185,15 @@ def test_a_bout_cut_to_a_few_samples_by_the_recording_end_is_no_event():
 
 
 def _manifest(tmp_path, text: str, events: str | None = None, encoding: str = "utf-8"):
+    """labels.csv (and its events) in tmp_path, with an empty file for each plain path it lists."""
     csv_path = tmp_path / "labels.csv"
     csv_path.write_bytes(text.encode(encoding))
     if events is not None:
         events_path(csv_path).write_text(events)
+    for line in text.splitlines()[1:]:
+        name = line.split(",")[0].strip()
+        if name.endswith(".wav") and '"' not in name:
+            (tmp_path / name).touch()
     return csv_path
 
 
@@ -205,6 +217,13 @@ def test_a_spreadsheets_csv_reads_bom_padded_header_crlf_and_blank_rows(tmp_path
         ('path,label\nx.wav,"owl"wren\n', r"line 2: not CSV .*check its quotes"),
         ("path,label\nx.wav," + "o" * 200_000 + "\n", r"line 2: not CSV .*field larger than field limit"),
         ("path,label\nx.wav,owl\x00\n", r"line 2: a field holds a control character"),
+        # Found by a review (2026-11-30):
+        ("path,label\nx.wav,owl\nmissing.flac,owl\n", r"line 3: 'missing.flac' is not a file under .* relative to the CSV's folder"),
+        ("path,label\nx.wav,owl\n./x.wav,owl\n", r"line 3: ./x.wav is listed already on line 2"),
+        ("path,label\nx.wav,background;owl\n", r"line 2: label 'background;owl' names 'background' beside species"),
+        ('path,label\nx.wav,"owl,wren"\n', r"line 2: label .* has a comma in a species name; separate species with ';'"),
+        ("path,label,start,end\nx.wav,owl,1,2\n", r"column\(s\) \['end', 'start'\]: where calls sit goes in labels.events.csv"),
+        ("path,label\naudio\\x.wav,owl\n", r"line 2: audio\\x.wav has a backslash; write paths with '/'"),
     ],
 )
 def test_manifest_problems_name_the_file_line_and_what_is_accepted(tmp_path, text, match):
@@ -246,7 +265,7 @@ def test_data_that_would_train_or_measure_nothing_is_refused_before_any_audio_is
     with pytest.raises(DataError, match="names no species"):
         check_trainable(only_background, read_manifest(only_background))
     no_val = _manifest(tmp_path, "path,label,split\nx.wav,owl,train\nz.wav,owl,test\n")
-    with pytest.raises(DataError, match=r"no recordings in split\(s\) \['val'\].*split=val, or drop the split column"):
+    with pytest.raises(DataError, match=r"no recordings in split\(s\) \['val'\].*split=val in a split column"):
         check_trainable(no_val, read_manifest(no_val))
     rare_in_test = _manifest(tmp_path, "path,label,split\nx.wav,owl,train\ny.wav,owl,val\nz.wav,owl;bittern,test\n")
     with pytest.raises(DataError, match=r"\['bittern'\] never sing in the train split"):
