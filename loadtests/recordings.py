@@ -21,6 +21,8 @@ FORMATS = {
     "ogg": ("OGG", "VORBIS", "audio/ogg"),
 }
 RATES = (16_000, 22_050, 44_100, 48_000)
+POOL_VERSION = 2
+"""Part of a cached pool's name: a pool made by other code is made again."""
 POOL_SEED = 7
 
 
@@ -55,12 +57,13 @@ def make_recording(seconds: float, rate: int, fmt: str, seed: int, channels: int
 
 
 def recording_pool(n: int, seed: int = 0, min_seconds: float = 3, max_seconds: float = 60, formats=tuple(FORMATS)) -> list[Recording]:
-    """n recordings, lengths uniform in [min, max] s, formats and rates cycled, some stereo."""
+    """n recordings, lengths uniform in [min, max] s, some stereo; every format at every rate once in
+    each len(formats) x len(RATES) recordings (cycled together, 4 formats and 4 rates made 4 pairs only)."""
     rng = np.random.default_rng(seed)
     return [
         make_recording(
             float(rng.uniform(min_seconds, max_seconds)),
-            RATES[i % len(RATES)],
+            RATES[(i // len(formats)) % len(RATES)],
             formats[i % len(formats)],
             seed * 1000 + i,
             channels=2 if i % 3 == 0 else 1,
@@ -71,7 +74,7 @@ def recording_pool(n: int, seed: int = 0, min_seconds: float = 3, max_seconds: f
 
 def cached_pool(folder: Path, n: int, seed: int = 0) -> list[Recording]:
     """recording_pool, written to / read from `folder`, so load runs spend no time synthesizing."""
-    index = folder / f"pool_{n}_{seed}.json"
+    index = folder / f"pool_v{POOL_VERSION}_{n}_{seed}.json"
     if index.exists():
         entries = json.loads(index.read_text())
         return [Recording(**{**e, "data": (folder / e["name"]).read_bytes()}) for e in entries]

@@ -284,7 +284,10 @@ class BirdcallModel(ServedModel, AudioClassifier):
         timings["postprocess"] = time.perf_counter() - start
         timings["total"] = time.perf_counter() - started
         if self.metrics:
-            self.metrics.record_classification(self.info, timings, detected, self.labels, audio.duration_seconds, audio.sample_rate)
+            # At the calibrated threshold, whatever this request asked: the drift alert compares the
+            # mix with validation's, which was counted at that threshold.
+            calibrated = outputs.scores >= self.threshold
+            self.metrics.record_classification(self.info, timings, calibrated, self.labels, audio.duration_seconds, audio.sample_rate)
         result["timings_ms"] = {k: round(v * 1e3, 3) for k, v in timings.items()}
         return result
 

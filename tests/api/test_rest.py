@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from service.adapters import HTTP_ROUTES
 from service.settings import ServiceSettings
@@ -53,6 +54,25 @@ async def test_detections_follow_the_threshold_and_windows_may_hold_none(http, w
     assert "embeddings" not in nothing
     with_embeddings = (await http.post("/classify", content=wav, params={"embeddings": "true"})).json()
     assert [len(e) for e in with_embeddings["embeddings"]] == [EMBEDDING_DIM, EMBEDDING_DIM]
+
+
+async def test_the_detection_metrics_count_at_the_calibrated_threshold_whatever_the_request_asks(http, wav):
+    """The drift alert compares them with the validation mix, counted at the calibrated threshold."""
+
+    def counted() -> tuple[float, float]:
+        windows = REGISTRY.get_sample_value("chorus_windows_total", {"model": "birdcall"}) or 0.0
+        empty = REGISTRY.get_sample_value("chorus_windows_without_detection_total", {"model": "birdcall"}) or 0.0
+        return windows, empty
+
+    before = counted()
+    calibrated = (await http.post("/classify", content=wav)).json()
+    middle = counted()
+    nothing = (await http.post("/classify", content=wav, params={"min_confidence": 1})).json()
+    after = counted()
+    empty_at_calibration = sum(not w["detections"] for w in calibrated["windows"])
+    assert empty_at_calibration < 2 and not any(w["detections"] for w in nothing["windows"])  # the request saw none ...
+    assert middle[1] - before[1] == empty_at_calibration == after[1] - middle[1]  # ... the metrics count as calibrated
+    assert after[0] - middle[0] == middle[0] - before[0] == 2
 
 
 async def test_long_recordings_go_to_the_engine_in_chunks_of_the_batch_limit(plane, http, engine, wav):

@@ -93,3 +93,10 @@ def test_request_metrics_are_labelled_by_route_not_by_path(client):
     endpoints = {dict(labels).get("endpoint") for name, labels in scrape(client) if name.startswith("bentoml_service_request_total")}
     assert "unmatched" in endpoints and "/jobs/{job_id}" in endpoints, " ".join(sorted(map(str, endpoints)))
     assert not [e for e in endpoints if e and ("/no/such" in e or "not-a-job" in e)], endpoints
+
+
+def test_the_api_requests_carry_the_label_the_error_ratio_rule_selects(client):
+    """monitoring/alerts.yml selects runner_name="chorus": BentoML's service_name is the Bento's name."""
+    assert client.get("/no/such/route").status_code == 404
+    runners = {dict(labels).get("runner_name") for name, labels in scrape(client) if name.startswith("bentoml_service_request_total")}
+    assert "chorus" in runners, runners
