@@ -92,10 +92,13 @@ COLORMAP = np.stack(
 ).astype(np.uint8)
 
 
-def spectrogram(features: np.ndarray, config: FrontEndConfig) -> dict[str, Any]:
+def spectrogram(features: np.ndarray, config: FrontEndConfig, duration_seconds: float) -> dict[str, Any]:
     """What the model heard, as an image: the normalized log-mel grid (low bands at the bottom, one
-    pixel column per hop), base64 PNG, with the scale a page needs to place the windows on it."""
-    grid = grid_frames(features, config)
+    pixel column per hop) over the recording's duration, base64 PNG, with the scale a page needs to
+    place the windows on it. The last window's frames past the end (zeros) are left out, so the
+    image's width is the recording's duration, as the page's lanes and cursor take it."""
+    frames = max(1, round(duration_seconds * config.sample_rate / config.hop_length))
+    grid = grid_frames(features, config)[:, :frames]
     levels = np.clip((grid + 2.5) / 6.0, 0.0, 1.0)  # normalized per band: about -2.5 to 3.5 standard deviations
     buffer = io.BytesIO()
     Image.fromarray(COLORMAP[(levels[::-1] * 255).astype(np.uint8)]).save(buffer, format="PNG")
@@ -280,7 +283,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
         if options.embeddings:
             result["embeddings"] = np.round(outputs.embeddings, 6).tolist()
         if options.spectrogram:
-            result["spectrogram"] = spectrogram(prepared.windows.features, self.frontend.config)
+            result["spectrogram"] = spectrogram(prepared.windows.features, self.frontend.config, audio.duration_seconds)
         timings["postprocess"] = time.perf_counter() - start
         timings["total"] = time.perf_counter() - started
         if self.metrics:

@@ -213,8 +213,13 @@ async def test_the_spectrogram_is_the_grid_the_model_heard(http, wav):
     body = (await http.post("/classify", content=wav, params={"spectrogram": "true"})).json()
     picture = body["spectrogram"]
     image = Image.open(io.BytesIO(base64.b64decode(picture["png_base64"])))
-    assert image.size == (160 + 321, 64) and image.mode == "RGB"  # two windows, 160 hops apart
+    # 7.5 s: 480 hops, one column each; the second window's frames past the end are not drawn.
+    assert image.size == (480, 64) and image.mode == "RGB"
     assert picture["seconds_per_column"] == 250 / 16_000 and picture["frequency_scale"] == "mel"
+    assert image.size[0] * picture["seconds_per_column"] == body["audio"]["duration_seconds"]  # what the page's lanes assume
+    short = encode(np.zeros(16_000, np.float32), 16_000, "WAV")  # 1 s: one window of 5 s, the image of 1 s
+    one_second = (await http.post("/classify", content=short, params={"spectrogram": "true"})).json()["spectrogram"]
+    assert Image.open(io.BytesIO(base64.b64decode(one_second["png_base64"]))).size == (64, 64)
 
 
 async def test_media_types_are_case_insensitive(http, wav):

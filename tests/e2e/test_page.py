@@ -147,3 +147,18 @@ def test_errors_are_shown(page, tmp_path):
     page.click("#classify-button")
     page.wait_for_selector("#classify-error:not(:empty)", timeout=30_000)
     assert "415" in page.inner_text("#classify-error")
+
+
+def test_a_lost_connection_is_said_not_swallowed(page, tmp_path):
+    """fetch rejects when the server is gone: the page must say so, not stay at "classifying..."."""
+    recording = tmp_path / "tone.wav"
+    recording.write_bytes(encode(np.zeros(16_000, np.float32), 16_000, "WAV"))
+    page.route("**/classify?*", lambda route: route.abort())
+    try:
+        page.set_input_files("#audio-file", str(recording))
+        page.click("#classify-button")
+        page.wait_for_selector("#classify-error:not(:empty)", timeout=30_000)
+        assert "could not be reached" in page.inner_text("#classify-error")
+        assert page.inner_text("#classify-status") == ""
+    finally:
+        page.unroute("**/classify?*")
