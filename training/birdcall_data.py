@@ -26,9 +26,11 @@ import io
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from tqdm import tqdm
@@ -351,13 +353,23 @@ def _check_events_inside(item: Item, duration: float) -> None:
 
 
 def featurize(
-    items: Sequence[Item], labels: Sequence[str], config: FrontEndConfig, workers: int | None = None, desc: str = "features"
+    items: Sequence[Item],
+    labels: Sequence[str],
+    config: FrontEndConfig,
+    workers: int | None = None,
+    desc: str = "features",
+    spill_dir: Path | None = None,
 ) -> WindowSet:
     """Every recording's windows, exactly as serving computes them (FrontEnd.analyze), before normalization;
-    each labelled from the recording's events (window_targets)."""
+    each labelled from the recording's events (window_targets).
+
+    With `spill_dir`, the features go to a file there as they come and come back memory-mapped
+    (the file unlinked at once: the mapping keeps it), so hours of training audio (82 KB a
+    window) need disk, not RAM; without it they are one array in memory."""
     index = {name: i for i, name in enumerate(labels)}
     jobs = [(item.path, config.to_dict()) for item in items]
     mels, targets, known, rec, snr = [], [], [], [], []
+    spill = tempfile.NamedTemporaryFile(dir=spill_dir, prefix="features-", suffix=".f32", delete=False) if spill_dir else None  # noqa: SIM115
     long_labelled, band_limited = [], []
     with worker_pool(workers) as pool:
         # One recording per task: with a few long ones, chunks would put them all on one worker.
@@ -371,7 +383,10 @@ def featurize(
             if config.band_limited(rate):
                 band_limited.append(item)
             t, k, level = window_targets(item, spans, index)
-            mels.append(m)
+            if spill is not None:
+                spill.write(np.ascontiguousarray(m, np.float32).tobytes())
+            else:
+                mels.append(m)
             targets.append(t)
             known.append(k)
             snr.append(level)
@@ -388,7 +403,18 @@ def featurize(
             f"{desc}: most recordings of {mostly_narrow[:5]} are below {2 * config.f_max:g} Hz, so they hold nothing in the model's"
             " top bands: it may learn empty top bands as those species (8 kHz noise would then read as them); add full-band ones"
         )
-    return WindowSet(np.concatenate(mels), np.concatenate(targets), np.concatenate(known), np.concatenate(rec), np.concatenate(snr))
+    window_rec = np.concatenate(rec)
+    log_mels = _mapped(spill, (len(window_rec), *config.feature_shape)) if spill is not None else np.concatenate(mels)
+    return WindowSet(log_mels, np.concatenate(targets), np.concatenate(known), window_rec, np.concatenate(snr))
+
+
+def _mapped(spill: IO[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    """The spilled features as a copy-on-write memory map; the file is unlinked (the map keeps it)."""
+    spill.close()
+    try:
+        return np.memmap(spill.name, np.float32, mode="c", shape=shape)
+    finally:
+        os.unlink(spill.name)
 
 
 def _count(items: Iterable[Item], species: str) -> int:

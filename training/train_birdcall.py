@@ -278,9 +278,11 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     frontend_config = FrontEndConfig()
     split_items = {name: [i for i in items if i.split == name] for name in ("train", "val", "test")}
     train_config = replace(frontend_config, stride_seconds=profile.train_stride_seconds)
+    spill_dir = workspace.data_dir("birdcall")  # the train split's features on disk: hours of audio fit
+    spill_dir.mkdir(parents=True, exist_ok=True)
     splits = {
-        name: featurize(group, labels, train_config if name == "train" else frontend_config, desc=f"features {name}")
-        for name, group in split_items.items()
+        "train": featurize(split_items["train"], labels, train_config, desc="features train", spill_dir=spill_dir),
+        **{name: featurize(split_items[name], labels, frontend_config, desc=f"features {name}") for name in ("val", "test")},
     }
     stats = NormStats.fit(splits["train"].log_mels)
     normalize = _Normalize(stats)

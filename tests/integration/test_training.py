@@ -14,6 +14,7 @@ from torch import nn
 
 from chorus.cli import main
 from features import FrontEnd, FrontEndConfig
+from features.norm import NormStats
 from layout.workspace import Workspace
 from training.birdcall_data import DataError, Item, featurize, read_manifest, species_of
 from training.birdcall_generate import BACKGROUND_GROUPS, GenerateSpec, generate_dataset
@@ -263,6 +264,26 @@ def test_a_recording_that_cannot_be_read_or_an_event_past_its_end_is_a_data_erro
     late = Item(good, ("owl",), "train", events=(CallEvent("owl", 10.0, 12.0),))
     with pytest.raises(DataError, match=r"owl\.wav: the event of owl at 10.0-12.0 s starts after its end \(4.00 s\)"):
         featurize([late], ["owl"], config, workers=1)
+
+
+def test_spilled_features_are_the_same_windows_memory_mapped_and_leave_no_file(tmp_path):
+    """The train split goes to disk so that hours of audio need no RAM: nothing else may change."""
+    paths = []
+    for i, seconds in enumerate((3.0, 9.0, 12.5)):
+        paths.append(tmp_path / f"r{i}.wav")
+        sf.write(paths[-1], np.random.default_rng(i).standard_normal(int(16_000 * seconds)).astype(np.float32) * 0.1, 16_000)
+    items = [Item(path, ("owl",), "train") for path in paths]
+    in_memory = featurize(items, ["owl"], FrontEndConfig(), workers=1)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    mapped = featurize(items, ["owl"], FrontEndConfig(), workers=1, spill_dir=spill)
+    assert isinstance(mapped.log_mels, np.memmap) and list(spill.iterdir()) == []
+    np.testing.assert_array_equal(mapped.log_mels, in_memory.log_mels)
+    np.testing.assert_array_equal(mapped.recording, in_memory.recording)
+    chunked, whole = NormStats.fit(mapped.log_mels, chunk=2), NormStats.fit(in_memory.log_mels)
+    np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-6)
+    np.testing.assert_allclose(chunked.std, whole.std, rtol=1e-6)
+    np.testing.assert_allclose(whole.std, in_memory.log_mels.std(axis=(0, 1, 3), dtype=np.float64), rtol=1e-6)
 
 
 def test_long_whole_labelled_recordings_and_a_species_heard_mostly_band_limited_are_warned_of(tmp_path, capsys):
