@@ -305,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs and a soak; "
         "analyze: chorus analyze's speed, memory and robustness; jobs: /classify latency while a job runs",
     )
-    bench.add_argument("--soak-minutes", type=float, default=30.0, help="memory: minutes of the load-test mix (0: bombs only)")
-    bench.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level")
-    bench.add_argument("--steps", type=int, default=20, help="DDIM steps for the frames runs")
+    bench.add_argument("--soak-minutes", type=_number(float, 0), default=30.0, help="memory: minutes of the load-test mix (0: bombs only)")
+    bench.add_argument("--seconds", type=_number(float, 1), default=8.0, help="seconds per concurrency level")
+    bench.add_argument("--steps", type=_number(int, 1), default=20, help="DDIM steps for the frames runs")
     bench.add_argument("--out", type=Path, default=None, help="results folder; default artifacts/reports/bench")
     bench.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where the engine and the torch baselines run (cuda needs onnxruntime-gpu)"

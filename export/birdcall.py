@@ -52,17 +52,27 @@ class ServedBirdCall(nn.Module):
         return torch.sigmoid(logits * self.inverse_temperature), embedding
 
 
+def _served_parts(checkpoint: Checkpoint) -> tuple[list[str], dict[str, list[float]], dict[str, Any]]:
+    """The checkpoint's labels, normalization statistics and calibration, which serving needs beside the weights."""
+    if checkpoint.labels is None or checkpoint.norm_stats is None or checkpoint.calibration is None:
+        raise FileNotFoundError(
+            f"{checkpoint.directory} lacks {LABELS}, {NORM_STATS} or {CALIBRATION}: retrain with this version (chorus train birdcall)"
+        )
+    return checkpoint.labels, checkpoint.norm_stats, checkpoint.calibration
+
+
 def held_out_inputs(checkpoint: Checkpoint, limit: int | None = None) -> np.ndarray:
     """Normalized test-split windows of the training data, via the shared front end."""
     csv_path = Path(checkpoint.metrics["data_csv"])
     if not csv_path.exists():
         raise FileNotFoundError(f"the training data {csv_path} is gone; the parity gate needs its test split")
-    if checkpoint.labels is None or checkpoint.norm_stats is None:
-        raise FileNotFoundError(f"{checkpoint.directory} lacks its labels or normalization statistics: retrain (chorus train birdcall)")
+    labels, norm_stats, _ = _served_parts(checkpoint)
     items = [item for item in read_manifest(csv_path) if item.split == "test"][:limit]
+    if not items:
+        raise FileNotFoundError(f"{csv_path} has no test split any more; the parity gate compares the variants on it")
     config = FrontEndConfig.from_dict(checkpoint.config[artifacts.FRONTEND])
-    windows = featurize(items, checkpoint.labels, config, desc="features test")
-    frontend = FrontEnd(config, NormStats.from_dict(checkpoint.norm_stats))
+    windows = featurize(items, labels, config, desc="features test")
+    frontend = FrontEnd(config, NormStats.from_dict(norm_stats))
     return frontend.normalize(windows.log_mels)
 
 
@@ -76,8 +86,7 @@ def export_birdcall(
     """Export, gate, time and register; returns the report. Raises ParityError and registers nothing on failure."""
     tolerances = {**TOLERANCES, **(tolerances or {})}
     checkpoint = load_checkpoint(workspace.checkpoint_dir("birdcall"))
-    if checkpoint.calibration is None:
-        raise FileNotFoundError(f"{checkpoint.directory} has no {CALIBRATION}: retrain with this version (chorus train birdcall)")
+    _, _, calibration = _served_parts(checkpoint)  # before the digest reads them: a missing one is said, not a bare FileNotFoundError
     digest = export_digest(checkpoint, (WEIGHTS, CONFIG, LABELS, NORM_STATS, CALIBRATION), variants, tolerances)
     reports = workspace.reports_dir("birdcall")
     if (report := already_registered("birdcall", digest, reports)) is not None:
@@ -86,18 +95,18 @@ def export_birdcall(
     job = ExportJob(
         name="birdcall",
         checkpoint=checkpoint,
-        module=ServedBirdCall(net, checkpoint.calibration["temperature"]),
+        module=ServedBirdCall(net, calibration["temperature"]),
         inputs={INPUT: held_out_inputs(checkpoint, limit_test_recordings)},
         outputs=OUTPUTS,
         variants=variants,
         tolerances=tolerances,
         digest=digest,
-        decision_threshold=checkpoint.calibration["threshold"],
+        decision_threshold=calibration["threshold"],
         store_labels={"task": "audio-classification", "data_hash": str(checkpoint.metrics.get("data_hash", ""))[:16]},
         metadata={
             "labels": checkpoint.labels,
             "scores": "independent calibrated probability per species (sigmoid); a species is detected where score >= threshold",
-            "threshold": checkpoint.calibration["threshold"],
+            "threshold": calibration["threshold"],
             "calibration": checkpoint.calibration,
             artifacts.FRONTEND: checkpoint.config[artifacts.FRONTEND],
             artifacts.ARCH: checkpoint.config[artifacts.ARCH],

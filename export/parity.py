@@ -89,9 +89,17 @@ def check_parity(
     """
     if reference.shape != candidate.shape:
         raise ParityError(variant, output, "shape mismatch (elements)", float(candidate.size), float(reference.size), "not equal to")
-    diff = float(np.max(np.abs(candidate.astype(np.float64) - reference.astype(np.float64)))) if reference.size else 0.0
-    if not np.isfinite(candidate).all():
-        diff = float("inf")
+    # Every check below must be able to fail: none on no data, none on NaN (NaN >= t is False, so
+    # NaN scores would "agree" with every reference below the threshold), none at a NaN threshold.
+    if reference.size == 0:
+        raise ParityError(variant, output, "held-out items", 0.0, 1.0, "below")
+    for name, values in (("reference", reference), ("candidate", candidate)):
+        finite = float(np.isfinite(values).mean())
+        if finite < 1.0:
+            raise ParityError(variant, output, f"share of finite values in the {name}", finite, 1.0, "below")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"variant {variant!r}: the decision threshold must lie in (0, 1), got {threshold}")
+    diff = float(np.max(np.abs(candidate.astype(np.float64) - reference.astype(np.float64))))
     measured: dict[str, float | None] = {}
     if kind == OutputKind.SCORES and reference.ndim == 2:
         measured["top1_agreement"] = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
@@ -102,8 +110,8 @@ def check_parity(
             measured["decision_threshold"] = threshold
     if kind == OutputKind.EMBEDDING and reference.ndim == 2:
         cosines = _cosines(reference, candidate)
-        measured["min_cosine"] = float(cosines.min()) if len(cosines) else 1.0
-        measured["mean_cosine"] = float(cosines.mean()) if len(cosines) else 1.0
+        measured["min_cosine"] = float(cosines.min())
+        measured["mean_cosine"] = float(cosines.mean())
     result = ParityResult(variant, output, diff, len(reference), **measured)
     if tolerance.max_abs_diff is not None and not diff <= tolerance.max_abs_diff:
         raise ParityError(variant, output, "max |difference|", diff, tolerance.max_abs_diff, "above")

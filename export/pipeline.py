@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -48,10 +49,21 @@ class ExportJob:
 
 
 def export_digest(checkpoint: Checkpoint, files: tuple[str, ...], variants: tuple[str, ...], tolerances: dict[str, Tolerance]) -> str:
-    """Same checkpoint, settings and export code -> same digest -> no new model version."""
-    settings = {"opset": OPSET, "variants": list(variants), "tolerances": {k: vars(tolerances[k]) for k in variants}}
-    export_code = sorted(Path(__file__).parent.glob("*.py"))
-    return content_hash([checkpoint.directory / name for name in files] + export_code, settings)
+    """Same checkpoint, settings, export and model code and tool versions -> same digest -> no new model version."""
+    settings = {
+        "opset": OPSET,
+        "variants": list(variants),
+        "tolerances": {k: vars(tolerances[k]) for k in variants},
+        # They make the graph, the quantized and the fp16 variants as much as the weights do.
+        "versions": {name: importlib.metadata.version(name) for name in _TOOLS},
+    }
+    code = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "training" / name for name in _MODEL_CODE]
+    return content_hash([checkpoint.directory / name for name in files] + code, settings)
+
+
+_TOOLS = ("torch", "onnx", "onnxruntime", "denoising-diffusion-pytorch")
+_MODEL_CODE = ("birdcall_model.py", "train_frames.py")
+"""training/ modules whose classes the exported graphs are traced from (the frames Unet is the library's)."""
 
 
 def already_registered(name: str, digest: str, reports_dir: Path) -> dict[str, Any] | None:
@@ -86,7 +98,8 @@ def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
     reference = _torch_reference(job.module.eval(), job.inputs)
     staging = Path(tempfile.mkdtemp(prefix=f"chorus-export-{job.name}-"))
     try:
-        example = {k: torch.from_numpy(v[:2]) for k, v in job.inputs.items()}
+        # Two rows, even from one held-out window: from a batch of one the exporter fixes the batch size at 1.
+        example = {k: torch.from_numpy(np.resize(v, (2, *v.shape[1:]))) for k, v in job.inputs.items()}
         paths = {"fp32": export_onnx(job.module, example, list(job.outputs), staging / onnx_file(job.name, "fp32"))}
         for variant in job.variants:
             if variant != "fp32":
@@ -128,7 +141,9 @@ def run_export(job: ExportJob, reports_dir: Path) -> dict[str, Any]:
             "decision_threshold": job.decision_threshold,
             "variants": variants,
         }
-        store_labels = {"framework": "onnx", "variants": ",".join(job.variants), "git_sha": report["git_sha"][:12], **job.store_labels}
+        sha = report["git_sha"]
+        short = sha[:12] + ("-dirty" if sha.endswith("-dirty") else "")  # an uncommitted tree must not read as a commit
+        store_labels = {"framework": "onnx", "variants": ",".join(job.variants), "git_sha": short, **job.store_labels}
         tag, created = register(job.name, staging, store_labels, {"report": report, **job.metadata}, job.digest)
         report.update(tag=tag, created=created)
         write_report(report, reports_dir)

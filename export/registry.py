@@ -27,9 +27,10 @@ def content_hash(files: list[Path], settings: dict[str, Any]) -> str:
 
 def git_sha() -> str:
     """The source revision, with '-dirty' when the work tree has uncommitted changes; 'unknown' outside git."""
+    here = Path(__file__).resolve().parents[1]  # this checkout's, wherever the command runs from
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here).stdout
         return sha + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

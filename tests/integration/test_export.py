@@ -128,8 +128,26 @@ def test_check_parity_measures_and_names_each_limit():
     assert result.window_decision_agreement == 0.75
     with pytest.raises(ValueError, match="needs the decision threshold"):
         check_parity("v", "y", reference, reference, Tolerance(min_decision_agreement=0.9), OutputKind.SCORES)
-    with pytest.raises(ParityError, match="max"):
+    with pytest.raises(ParityError, match="share of finite values in the candidate = 0"):
         check_parity("v", "y", reference, reference * np.nan, Tolerance(max_abs_diff=1.0))
+
+
+@pytest.mark.parametrize(
+    ("reference", "candidate", "threshold", "words"),
+    [
+        # NaN >= 0.5 is False: NaN scores would "agree" with every pair below the threshold.
+        (np.full((4, 2), 0.2), np.full((4, 2), np.nan), 0.5, "finite values in the candidate"),
+        (np.full((4, 2), 0.2), np.full((4, 2), -np.inf), 0.5, "finite values in the candidate"),
+        (np.full((4, 2), np.nan), np.full((4, 2), 0.2), 0.5, "finite values in the reference"),
+        (np.empty((0, 2)), np.empty((0, 2)), 0.5, "held-out items = 0"),  # agreement over nothing
+    ],
+)
+def test_the_decision_gate_cannot_pass_on_nothing_or_on_nan(reference, candidate, threshold, words):
+    """Tolerances without max_abs_diff (int8, fp16) must still refuse what no model should make."""
+    with pytest.raises(ParityError, match=words):
+        check_parity("int8", "scores", reference, candidate, Tolerance(min_decision_agreement=0.995), OutputKind.SCORES, threshold)
+    with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\)"):
+        check_parity("int8", "scores", np.full((4, 2), 0.2), np.full((4, 2), 0.2), Tolerance(min_decision_agreement=0.9), threshold=np.nan)
 
 
 def test_check_parity_compares_embedding_directions():
@@ -155,3 +173,27 @@ def test_frames_export_registers_the_denoiser(tiny_exports):
     assert v.shape == x.shape and np.isfinite(v).all()
     config = json.loads((Path(model.path) / "config.json").read_text())
     assert len(config["alphas_cumprod"]) == 1000
+
+
+def test_one_held_out_item_still_exports_a_graph_of_any_batch(birdcall_report, tiny_workspace, tmp_path):
+    """From an example batch of one the exporter fixes the batch size at 1; a model that then takes
+    batches of one only must not pass (it would fail at serving's first batch)."""
+    checkpoint = load_checkpoint(tiny_workspace.checkpoint_dir("birdcall"))
+    net = load_weights(BirdCallNet(BirdCallArch(**checkpoint.config["arch"])), checkpoint)
+    job = export.pipeline.ExportJob(
+        name="one-row-birdcall",  # not birdcall: the other tests' birdcall:latest stays theirs
+        checkpoint=checkpoint,
+        module=ServedBirdCall(net, checkpoint.calibration["temperature"]),
+        inputs={"features": held_out_inputs(checkpoint, limit=1)[:1]},
+        outputs={"scores": OutputKind.SCORES, "embedding": OutputKind.EMBEDDING},
+        variants=("fp32",),
+        tolerances={"fp32": Tolerance(max_abs_diff=1e-3)},
+        digest="one-row-birdcall",
+        bench_batch_sizes=(1, 8),
+    )
+    report = export.pipeline.run_export(job, tmp_path / "reports")
+    session = cpu_session(Path(bentoml.models.get(report["tag"]).path) / "one-row-birdcall.fp32.onnx")
+    x = np.zeros((5, *FrontEndConfig().feature_shape), np.float32)
+    assert session.run(None, {"features": x})[0].shape[0] == 5
+    label = bentoml.models.get(report["tag"]).info.labels["git_sha"]
+    assert report["git_sha"] != "unknown" and label == report["git_sha"][:12] + ("-dirty" if report["git_sha"].endswith("-dirty") else "")
