@@ -12,6 +12,8 @@ from typing import Any
 
 import bentoml
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
 from export.onnx_tools import OPSET, convert_fp16, cpu_session, export_onnx, quantize_int8, run_batched, time_session
@@ -55,13 +57,22 @@ def export_digest(checkpoint: Checkpoint, files: tuple[str, ...], variants: tupl
         "variants": list(variants),
         "tolerances": {k: vars(tolerances[k]) for k in variants},
         # They make the graph, the quantized and the fp16 variants as much as the weights do.
-        "versions": {name: importlib.metadata.version(name) for name in _TOOLS},
+        "versions": _tool_versions(),
     }
     code = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "training" / name for name in _MODEL_CODE]
     return content_hash([checkpoint.directory / name for name in files] + code, settings)
 
 
-_TOOLS = ("torch", "onnx", "onnxruntime", "denoising-diffusion-pytorch")
+def _tool_versions() -> dict[str, str]:
+    # From the modules, not the distributions: onnxruntime-gpu installs the onnxruntime module.
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "denoising-diffusion-pytorch": importlib.metadata.version("denoising-diffusion-pytorch"),
+    }
+
+
 _MODEL_CODE = ("birdcall_model.py", "train_frames.py")
 """training/ modules whose classes the exported graphs are traced from (the frames Unet is the library's)."""
 
