@@ -59,6 +59,10 @@ class AnalyzeOptions:
                 (self.batch_windows < 1, f"batch_windows must be at least 1, got {self.batch_windows}"),
                 (self.ray_actors < 1, f"ray_actors must be at least 1, got {self.ray_actors}"),
                 (not 0 <= self.ray_gpus_per_actor < math.inf, f"ray_gpus_per_actor must be 0 or more, got {self.ray_gpus_per_actor}"),
+                (
+                    self.ray_gpus_per_actor > 1 and not float(self.ray_gpus_per_actor).is_integer(),
+                    f"ray_gpus_per_actor above 1 must be a whole number of GPUs (Ray's rule), got {self.ray_gpus_per_actor}",
+                ),
             )
             if bad
         ]
@@ -95,6 +99,7 @@ def executor(
             batch_windows=options.batch_windows,
             actors=options.ray_actors,
             gpus_per_actor=options.ray_gpus_per_actor,
+            providers=options.providers,
         )
     return LocalPipeline(
         model.score,

@@ -77,16 +77,20 @@ def featurize_rows(row: dict[str, Any], spec: FrontEndSpec) -> Iterator[dict[str
 class ScoreWindows:
     """A Ray actor: opens the stored model once (digests checked), then scores batches of window rows."""
 
-    def __init__(self, model_dir: str, name: str, version: str, variant: str, providers: list[str]):
+    def __init__(self, model_dir: str, name: str, version: str, variant: str, providers: str):
         from batch.model import SCORES
         from layout import artifacts
         from service.engine.loaded import open_model
+        from service.engine.runtime import CUDA, choose_providers
         from service.models.birdcall import BirdcallModel
         from service.store import StoredModel
 
         stored = StoredModel(name, version, Path(model_dir))
+        chosen = choose_providers(providers)  # in the actor: its GPU, its onnxruntime, CUDA's libraries loaded
+        if providers == "cuda" and CUDA not in chosen:
+            raise RuntimeError(f"--providers cuda, but this actor's onnxruntime offers no CUDA (a CPU image on a GPU node?): {chosen}")
         self.model = open_model(
-            stored, variant, providers, required=BirdcallModel.stored_files, outputs=(SCORES,), threads=1, lanes=1, max_run_items=8
+            stored, variant, chosen, required=BirdcallModel.stored_files, outputs=(SCORES,), threads=1, lanes=1, max_run_items=8
         )
         self.scores_output = SCORES
         self.n_labels = len(stored.read_json(artifacts.LABELS))
@@ -104,9 +108,14 @@ class ScoreWindows:
 
 @dataclass
 class _File:
-    windows: list[tuple[int, np.ndarray, Span]] = field(default_factory=list)
+    windows: dict[int, tuple[np.ndarray, Span]] = field(default_factory=dict)
+    """By seq: a retried task sends the windows it had sent again."""
     expected: int | None = None
     facts: tuple[float, int, int] | None = None
+
+
+DECODE_RETRIES = 1
+"""Tries after the first of a file's decode task whose worker died."""
 
 
 class ClusterUnavailableError(RuntimeError):
@@ -128,6 +137,9 @@ class RayPipeline:
     actors: int = 1
     """Model actors; each takes one CPU, or one GPU when gpus_per_actor is set."""
     gpus_per_actor: float = 0.0
+    providers: str = "auto"
+    """The actors' ONNX Runtime preference (service.engine.runtime.choose_providers): "auto" takes
+    CUDA where the actor has a GPU and onnxruntime-gpu, "cpu" never does."""
 
     def __call__(self, paths: Sequence[Path]) -> Iterator[Outcome]:
         if not paths:
@@ -144,10 +156,16 @@ class RayPipeline:
             raise ClusterUnavailableError(
                 f"no Ray cluster at {self.address!r} ({exc}); start one (`ray start --head`), name its address, or run without --ray"
             ) from None
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.gpus_per_actor else ["CPUExecutionProvider"]
+        providers = self.providers if self.gpus_per_actor else "cpu"  # an actor without a GPU has no CUDA to use
         items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
         spec = self.spec
-        rows = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(lambda row: featurize_rows(row, spec))
+        # One block per file: a file whose decoder kills its worker (a crash on hostile bytes, the
+        # OOM killer) is tried once more, then its block is dropped, and the sweep below fails it
+        # alone. Ray Data's defaults, infinite retries and no errored block, would hang the run.
+        ray.data.DataContext.get_current().max_errored_blocks = -1
+        rows = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
+            lambda row: featurize_rows(row, spec), max_retries=DECODE_RETRIES
+        )
         scored = rows.map_batches(
             ScoreWindows,
             fn_constructor_args=(str(self.model_dir), self.model_name, self.model_version, self.variant, providers),
@@ -157,30 +175,38 @@ class RayPipeline:
             num_gpus=self.gpus_per_actor or None,
         )
         files: dict[int, _File] = {}
+        answered: set[int] = set()
         for row in scored.iter_rows():
             index = int(row["index"])
             kind = str(row["kind"])
+            if index in answered:  # rows of a retried task after its file's outcome
+                continue
             if kind in ("failed", "error"):
                 files.pop(index, None)
+                answered.add(index)
                 message = str(row["message"])
                 yield paths[index], AnalysisFailed(*message.split("\t", 1)) if kind == "failed" else RuntimeError(message)
                 continue
             file = files.setdefault(index, _File())
             if kind == "window":
                 channel = None if int(row["channel"]) == NO_CHANNEL else int(row["channel"])
-                file.windows.append((int(row["seq"]), np.asarray(row["scores"]), Span(float(row["start"]), float(row["end"]), channel)))
+                file.windows[int(row["seq"])] = (np.asarray(row["scores"]), Span(float(row["start"]), float(row["end"]), channel))
             else:
                 file.expected = int(row["windows"])
                 file.facts = (float(row["duration"]), int(row["rate"]), int(row["channels"]))
             if file.expected is not None and len(file.windows) == file.expected:
+                answered.add(index)
                 yield self._finished(paths[index], files.pop(index))
+        for index, path in enumerate(paths):
+            if index not in answered:
+                reason = f"the worker decoding it died {DECODE_RETRIES + 1} times (the decoder crashed, or memory ran out)"
+                yield path, AnalysisFailed("decode", reason)
 
     @staticmethod
     def _finished(path: Path, file: _File) -> Outcome:
         assert file.facts is not None
-        ordered = sorted(file.windows, key=lambda w: w[0])
+        ordered = [file.windows[seq] for seq in sorted(file.windows)]
         duration, rate, channels = file.facts
-        scores = np.stack([scores for _, scores, _ in ordered])
-        return path, FileScores(
-            scores=scores, spans=tuple(span for _, _, span in ordered), duration_s=duration, sample_rate=rate, channels=channels
-        )
+        scores = np.stack([scores for scores, _ in ordered])
+        spans = tuple(span for _, span in ordered)
+        return path, FileScores(scores=scores, spans=spans, duration_s=duration, sample_rate=rate, channels=channels)

@@ -5,6 +5,7 @@ two nodes, resumed from its journal, gives the same rows."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analyze.analyzer import AnalysisFailed
 from analyze.journal import Journal
 from batch.command import AnalyzeOptions, analyze
 from layout import artifacts
@@ -152,6 +154,42 @@ def test_ray_on_two_nodes_resumes_and_gives_the_rows_of_the_local_run(tiny_expor
     ]
     np.testing.assert_allclose([float(r["score"]) for r in local_rows], [float(r["score"]) for r in ray_rows], atol=2e-4)
     assert (tmp_path / "local" / "errors.csv").read_text() == (tmp_path / "ray" / "errors.csv").read_text()
+
+
+def test_a_file_whose_decoder_kills_its_ray_worker_fails_alone_and_the_run_ends(tiny_exports, field, tmp_path, monkeypatch):
+    """Ray Data retries a task whose worker died for ever by default: the run would never end."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from analyze.pipeline import FrontEndSpec
+    from batch.ray import DECODE_RETRIES, RayPipeline
+    from features import FrontEnd
+    from service.models.birdcall import stored_frontend
+
+    @dataclasses.dataclass(frozen=True)
+    class CrashingSpec(FrontEndSpec):  # local: pickled by value, so Ray's workers need not import the tests
+        def open(self, frontend, path):
+            if Path(path).name.startswith("crash"):
+                os.kill(os.getpid(), signal.SIGSEGV)  # what a decoder does on hostile bytes
+            return super().open(frontend, path)
+
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    crash = tmp_path / "crash.wav"
+    shutil.copy(next((field / "site1").iterdir()), crash)
+    paths = [*sorted((field / "site1").iterdir()), crash]
+    stored = StoredModel.resolve(tiny_exports["birdcall"]["tag"])
+    frontend: FrontEnd = stored_frontend(stored)
+    spec = CrashingSpec(frontend.config.to_dict(), frontend.stats.to_dict())
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        pipeline = RayPipeline(cluster.address, stored.path, stored.name, stored.version, "fp32", spec)
+        outcomes = dict(pipeline(paths))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert set(outcomes) == set(paths)
+    assert isinstance(outcomes[crash], AnalysisFailed) and f"died {DECODE_RETRIES + 1} times" in str(outcomes[crash])
+    assert all(not isinstance(outcomes[p], Exception) for p in paths[:-1])
 
 
 def test_a_damaged_model_stops_the_run_before_any_file_is_recorded(tiny_exports, field, tmp_path):

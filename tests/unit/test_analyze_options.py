@@ -17,6 +17,7 @@ from batch.command import AnalyzeOptions
         ({"batch_windows": 0}, "batch_windows must be at least 1, got 0"),
         ({"ray_actors": 0}, "ray_actors must be at least 1, got 0"),
         ({"ray_gpus_per_actor": float("nan")}, "ray_gpus_per_actor must be 0 or more, got nan"),
+        ({"ray_gpus_per_actor": 1.5}, "ray_gpus_per_actor above 1 must be a whole number of GPUs"),
         ({"workers": -2, "batch_windows": -1}, "workers must be 0 (one per core) or more, got -2; batch_windows must be at least 1"),
     ],
 )
