@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,8 @@ class RayPipeline:
                 f"no Ray cluster at {self.address!r} ({exc}); start one (`ray start --head`), name its address, or run without --ray"
             ) from None
         providers = self.providers if self.gpus_per_actor else "cpu"  # an actor without a GPU has no CUDA to use
+        for problem in self.short_of(ray.cluster_resources()):
+            print(f"chorus analyze: warning: {problem}", file=sys.stderr, flush=True)
         items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
         spec = self.spec
         # One block per file: a file whose decoder kills its worker (a crash on hostile bytes, the
@@ -201,6 +204,23 @@ class RayPipeline:
             if index not in answered:
                 reason = f"the worker decoding it died {DECODE_RETRIES + 1} times (the decoder crashed, or memory ran out)"
                 yield path, AnalysisFailed("decode", reason)
+
+    def short_of(self, resources: dict[str, float]) -> list[str]:
+        """What the cluster lacks now for this run. Not refused: an autoscaler (KubeRay's) adds the
+        workers that pending actors and tasks ask for; a fixed cluster would wait for ever."""
+        problems = []
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        if self.actors >= cpus:
+            problems.append(
+                f"{self.actors} model actor(s) hold a CPU each and the cluster has {cpus:g}: none is left to decode, so the run"
+                " waits for the autoscaler to add workers; on a cluster without one, use fewer --ray-actors"
+            )
+        if self.gpus_per_actor and gpus < self.gpus_per_actor:
+            problems.append(
+                f"the model actors ask for {self.gpus_per_actor:g} GPU(s) each and the cluster has {gpus:g}: they wait for the"
+                " autoscaler to add a GPU worker; on a cluster without one, drop --ray-gpus-per-actor"
+            )
+        return problems
 
     @staticmethod
     def _finished(path: Path, file: _File) -> Outcome:
