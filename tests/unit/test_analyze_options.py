@@ -35,6 +35,7 @@ def test_the_defaults_are_valid():
 def test_a_ray_run_says_what_the_cluster_lacks_for_it_now():
     """Actors on every CPU leave none to decode, GPU actors on a cluster without one never start:
     on a cluster without an autoscaler both wait for ever, so the run says so as it starts."""
+
     def pipeline(**kwargs) -> RayPipeline:
         return RayPipeline("auto", Path("m"), "birdcall", "v1", "fp32", FrontEndSpec({}, {}), **kwargs)
 
