@@ -14,8 +14,9 @@ from service.adapters.http import WHERE_THE_ROUTES_ARE, readiness_body
 from service.errors import NotFound, ShuttingDown, error_body
 
 READYZ = "/readyz"
-ALWAYS_OPEN = ("/livez", "/metrics")
-"""Answered while draining too: the process is alive, and its last metrics are worth a scrape."""
+ALWAYS_OPEN = ("/livez", "/v2/health/live", "/metrics")
+"""Answered while draining too: the process is alive (KServe's liveness probe included), and its
+last metrics are worth a scrape."""
 BENTOML_FILES = ("/static_content/", "/assets/")
 """BentoML's own file routes (its docs page's assets), whose missing files it answers in plain text."""
 

@@ -51,3 +51,18 @@ async def test_a_file_that_is_there_and_other_paths_pass_unchanged(http):
     assert (found.status_code, found.text, found.headers["content-type"]) == (200, "body {}", "text/css")
     elsewhere = await http.get("/somewhere/else")  # chorus' own routes answer their 404s in JSON already
     assert (elsewhere.status_code, elsewhere.text) == (404, "Not Found")
+
+
+@pytest.mark.parametrize(("path", "status"), [("/livez", 200), ("/v2/health/live", 200), ("/metrics", 200), ("/classify", 503)])
+async def test_while_draining_only_liveness_and_metrics_answer(path, status):
+    """A liveness probe that failed while the pod drains would have it killed before its requests finish."""
+
+    async def alive(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    state = State()
+    state.plane = SimpleNamespace(draining=True, settings=SimpleNamespace(retry_after_seconds=1))
+    transport = httpx.ASGITransport(app=ServingGate(alive, state=state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://chorus") as client:
+        assert (await client.get(path)).status_code == status
