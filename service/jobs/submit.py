@@ -4,6 +4,7 @@ path under CHORUS_ANALYZE_ROOT that stays inside it, symlinks included) and the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,8 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
         base = Path(root or "").resolve()
         try:
             files = expand_sources([str(target)])
-        except SourceError as exc:
-            raise InvalidParameter(str(exc)) from None
+        except SourceError as exc:  # said in the client's terms: where the analyze root is stays the server's
+            raise InvalidParameter(str(exc).replace(str(base) + os.sep, "").replace(str(base), "the analyze root")) from None
         escaping = outside(files, [base])
         if escaping:
             raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root")

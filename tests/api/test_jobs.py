@@ -160,6 +160,13 @@ async def test_submissions_are_checked_before_bentoml_queues_them(gate, body, st
     assert response.status_code == status and words in response.json()["error"]["message"], response.text
 
 
+async def test_a_path_with_nothing_to_analyze_is_said_without_the_servers_folders(gate, root):
+    (root / "empty").mkdir()
+    response = await gate.post("/analyze/submit", json={"path": "empty"})
+    message = response.json()["error"]["message"]
+    assert response.status_code == 422 and "empty" in message and str(root) not in message, message
+
+
 async def test_a_submission_is_posted(gate):
     response = await gate.get("/analyze/submit", params={"path": "site1"})
     assert response.status_code == 405 and response.headers["allow"] == "POST" and "POST the submission" in response.text
