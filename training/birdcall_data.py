@@ -262,12 +262,13 @@ def species_of(items: Sequence[Item]) -> list[str]:
     return sorted({name for item in items for name in item.labels})
 
 
-def dataset_hash(csv_path: Path) -> str:
-    """sha256 over the manifest, its events and every listed file: names the exact data a model was trained on."""
+def dataset_hash(csv_path: Path, items: Sequence[Item]) -> str:
+    """sha256 over the manifest, its events and every listed file (`items`, read_manifest's of
+    csv_path: the ones trained on, not the CSV read again): names the exact data a model was trained on."""
     digest = hashlib.sha256(csv_path.read_bytes())
     if events_path(csv_path).exists():
         digest.update(events_path(csv_path).read_bytes())
-    for item in read_manifest(csv_path):
+    for item in items:
         with item.path.open("rb") as f:  # in blocks: a recording may be hours, gigabytes
             while block := f.read(1 << 20):
                 digest.update(block)

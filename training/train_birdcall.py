@@ -352,7 +352,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         "epochs_run": len(history["val_loss"]),
         "windows": {name: len(ws) for name, ws in splits.items()},
         "n_classes": len(labels),
-        "data_hash": dataset_hash(data_csv),
+        "data_hash": dataset_hash(data_csv, items),
         "data_csv": str(data_csv),
         "seconds_data": round(seconds_data, 1),
         "epoch_loop_budget_seconds": None if loop_budget is None else round(loop_budget, 1),
