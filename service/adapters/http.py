@@ -124,10 +124,24 @@ def check_known(params: Mapping[str, Any], known: tuple[str, ...], route: str) -
         raise InvalidParameter(f"unknown parameter(s) {unknown}; {route} takes {list(known)}")
 
 
+HEADER_INTEGER_DIGITS = 20
+"""Longest byte count a length header may state: 20 digits pass any body limit."""
+
+
+def header_integer(value: str) -> int | None:
+    """A length header's value as a number; None unless it is 1-20 ASCII digits ("²".isdigit() is
+    True but int() refuses it, and past 4,300 digits int() raises an error of its own)."""
+    if value.isascii() and value.isdigit() and len(value) <= HEADER_INTEGER_DIGITS:
+        return int(value)
+    return None
+
+
 def check_content_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
-    # "²".isdigit() is True; past 4300 digits int() refuses (and any 20 digits pass every limit).
-    if length is not None and length.isascii() and length.isdigit() and (len(length) > 20 or int(length) > limit):
+    if length is None or not (length.isascii() and length.isdigit()):
+        return  # not a number: the byte count of the streamed body still holds the limit
+    stated = header_integer(length)
+    if stated is None or stated > limit:
         raise PayloadTooLarge(f"the request body has {length[:24]} bytes; at most {limit} are accepted", max_bytes=limit)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.adapters.http import parse_json
+from service.adapters.http import HEADER_INTEGER_DIGITS, header_integer, parse_json
 from service.errors import BadRequest, InternalError, PayloadTooLarge
 from service.tensors import Tensor, check_datatype, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
@@ -43,10 +43,12 @@ def header_split(header_length: str | None) -> int | None:
     """Inference-Header-Content-Length as a number (None without one): 400 unless it is an integer."""
     if header_length is None:
         return None
-    # "²" is a digit to isdigit(), not to int(); past 4300 digits int() refuses, and 20 exceed any body.
-    if not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 20):
-        raise BadRequest(f"Inference-Header-Content-Length must be an integer of at most 20 digits, got {header_length[:40]!r}")
-    return int(header_length)
+    split = header_integer(header_length)
+    if split is None:
+        raise BadRequest(
+            f"Inference-Header-Content-Length must be an integer of at most {HEADER_INTEGER_DIGITS} digits, got {header_length[:40]!r}"
+        )
+    return split
 
 
 def parse_request(body: bytes, split: int | None, json_limit: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
