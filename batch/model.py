@@ -14,7 +14,7 @@ from layout import artifacts
 from layout.machine import usable_cores
 from service.engine.loaded import LoadedModel, open_model
 from service.engine.runtime import choose_providers
-from service.models.birdcall import BirdcallModel, stored_frontend
+from service.models.birdcall import BirdcallModel, stored_frontend, stored_threshold
 from service.store import StoredModel
 
 SCORES = "scores"
@@ -24,7 +24,6 @@ RUN_WINDOWS = 8
 the run it rides in (1e-7: the kernels' blocking), and which windows share a run depends on timing
 (the queue, the tail's lanes). Runs of one size make a resumed run's tables equal an uninterrupted
 one's, byte for byte; the last run of a call is padded. Where a window sits in its run does not matter."""
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass
@@ -118,9 +117,7 @@ def load_analysis_model(
             ) from None
         frontend = FrontEnd(config, frontend.stats)
     labels = tuple(stored.read_json(artifacts.LABELS))
-    calibration = artifacts.read_json(stored.path, artifacts.CALIBRATION, default={})
-    threshold = float(calibration.get("threshold", DEFAULT_THRESHOLD))
-    model = AnalysisModel(stored, variant, choose_providers(providers), frontend, labels, threshold)
+    model = AnalysisModel(stored, variant, choose_providers(providers), frontend, labels, stored_threshold(stored))
     if open_now:
         model.open()
     return model

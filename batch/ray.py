@@ -29,7 +29,6 @@ from analyze.pipeline import FrontEndSpec
 from features import AudioError
 
 NO_CHANNEL = -1
-KINDS = ("window", "done", "failed", "error")
 
 
 def _row(index: int, kind: str, n_features: tuple[int, ...], **values: Any) -> dict[str, Any]:

@@ -274,7 +274,7 @@ def thousand_files(folder: Path, work: Path, tag: str, broken_share: float = 0.0
             kind = broken.index(i) % 4
             data = b"" if kind == 2 else b"not audio, a text file named like one\n" * 100 if kind == 3 else data[: len(data) // 3]
         name.write_bytes(data)
-    command = [sys.executable, "-m", "chorus.cli", "analyze", str(folder), "--out"]
+    command = [sys.executable, "-m", "chorus.cli", "analyze", str(folder), "--model", tag, "--out"]
     started = time.perf_counter()
     reference = subprocess.run([*command, str(work / "reference")], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started

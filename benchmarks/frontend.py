@@ -190,7 +190,7 @@ def report(grid: dict, rtf: dict, streams: dict[str, dict]) -> str:
         "| path | features windows/s | decode+resample+features windows/s |",
         "|---|---|---|",
         f"| old: per-window STFT, hop 512 | {f['old']:.0f} | {e['old']:.0f} |",
-        f"| new: one grid, hop 500 | {f['new']:.0f} | {e['new']:.0f} |",
+        f"| new: one grid, hop {FrontEndConfig().hop_length} | {f['new']:.0f} | {e['new']:.0f} |",
         f"| ratio new/old | {f['new'] / f['old']:.2f}x | {e['new'] / e['old']:.2f}x |",
         "",
         "| format | real-time factor | decode ms | resample ms | features ms |",

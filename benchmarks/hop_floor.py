@@ -1,7 +1,8 @@
 """The floor under chorus' API -> engine hop: BentoML's own service-to-service call, no model.
 
 `Caller` sends `Echo` the same [n, 1, 64, 321] float32 array chorus sends its engine and gets an
-[n, 11] answer back, through a batchable method (as the engine's birdcall_logits) and a plain one,
+answer as wide as the default model's back (ANSWER_COLUMNS), through a batchable method (as the
+engine's birdcall_windows) and a plain one,
 with the engine's settings (no access log or tracing on the callee, long-lived connections). What
 chorus' hop costs above this is its own.
 """
@@ -21,6 +22,8 @@ from features import FrontEndConfig
 from service.local_server import serve
 
 Answer = Annotated[np.ndarray, ContentType("application/json")]
+ANSWER_COLUMNS = 15 + 64 + 1
+"""The default model's engine rows: 15 species' scores, the 64-wide embedding, the batch's seconds (TimedRows)."""
 
 
 @bentoml.service(
@@ -32,11 +35,11 @@ Answer = Annotated[np.ndarray, ContentType("application/json")]
 class Echo:
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=1000)
     def batched(self, windows: np.ndarray) -> Answer:
-        return np.zeros((len(windows), 11), np.float32)
+        return np.zeros((len(windows), ANSWER_COLUMNS), np.float32)
 
     @bentoml.api
     async def plain(self, windows: np.ndarray) -> Answer:
-        return np.zeros((len(windows), 11), np.float32)
+        return np.zeros((len(windows), ANSWER_COLUMNS), np.float32)
 
 
 @bentoml.service(workers=1)

@@ -1,4 +1,4 @@
-"""The `chorus` command: train, export, serve, up, loadtest, bench."""
+"""The `chorus` command: train, export, serve, up, analyze, loadtest, bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from layout import artifacts
 from layout.workspace import Workspace
 
 
@@ -79,7 +80,7 @@ def _up(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env()
     parser = build_parser()  # `chorus train MODEL` and `chorus export MODEL` as typed: every option at its default
     for model in ("birdcall", "frames"):
-        if not (workspace.checkpoint_dir(model) / "model.safetensors").exists():
+        if not (workspace.checkpoint_dir(model) / artifacts.WEIGHTS).exists():
             print(f"chorus up: no {model} checkpoint in {workspace.home}; training the default profile", flush=True)
             _train(parser.parse_args(["train", model]))
         _export(parser.parse_args(["export", model]))
@@ -207,18 +208,6 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(lowest: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than `lowest`."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
-        return value
-
-    return parse
-
-
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="HTTP bind address (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
@@ -296,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-gpus-per-actor", type=_number(float, 0), default=0.0, help="with --ray: GPUs per model actor (default 0: CPU)"
     )
     analyze.set_defaults(handler=_analyze)
-    bench = sub.add_parser("bench", help="benchmarks: serving (default), memory; tables, plots, ratios")
+    bench = sub.add_parser("bench", help="benchmarks: serving (default), memory, analyze, jobs; tables, plots, ratios")
     bench.add_argument(
         "suite",
         nargs="?",
@@ -306,14 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze: chorus analyze's speed, memory and robustness; jobs: /classify latency while a job runs",
     )
     bench.add_argument("--soak-minutes", type=_number(float, 0), default=30.0, help="memory: minutes of the load-test mix (0: bombs only)")
-    bench.add_argument("--seconds", type=_number(float, 1), default=8.0, help="seconds per concurrency level")
-    bench.add_argument("--steps", type=_number(int, 1), default=20, help="DDIM steps for the frames runs")
+    bench.add_argument(
+        "--seconds",
+        type=_number(float, 1),
+        default=8.0,
+        help="serving: seconds per concurrency level; jobs: seconds of /classify load while the job runs (30 or more)",
+    )
+    bench.add_argument("--steps", type=_number(int, 1), default=20, help="serving: DDIM steps for the frames runs")
     bench.add_argument("--out", type=Path, default=None, help="results folder; default artifacts/reports/bench")
     bench.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where the engine and the torch baselines run (cuda needs onnxruntime-gpu)"
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="serving: where the engine and the torch baselines run (cuda needs onnxruntime-gpu)",
     )
     bench.add_argument(
-        "--api-workers", type=_at_least(0), default=0, help="serving: API worker processes of the servers (default: the server's own, 1)"
+        "--api-workers", type=_number(int, 0), default=0, help="serving: API worker processes of the servers (default: the server's own, 1)"
     )
     bench.set_defaults(handler=_bench)
     return parser

@@ -12,7 +12,7 @@ from features.errors import FrontEndConfigError
 class FrontEndConfig:
     """How audio becomes model input. Defaults: the birdcall seed's log-mel bands on a finer grid (a
     250-sample hop and a 512-sample STFT instead of the seed's 500 and 1024, docs/training.md: trills
-    and pulses at 25-30 Hz are a steady tone at the seed's 16 Hz frame rate).
+    and pulses at 25-30 Hz are a steady tone at the seed's 32 frames a second, which follow at most 16 Hz).
 
     Frames sit on one grid per recording (frame j centred at sample j * hop_length), and a window is
     a slice of that grid, so stride and clip must be whole numbers of hops: checked on construction.

@@ -29,10 +29,10 @@ class Analysis:
 class FrontEnd:
     """Audio -> normalized ln-mel windows [n, 1, n_mels, n_frames] float32, with the model's stats."""
 
-    def __init__(self, config: FrontEndConfig | None = None, stats: NormStats | None = None, fft_workers: int = 1):
+    def __init__(self, config: FrontEndConfig | None = None, stats: NormStats | None = None):
         self.config = config or FrontEndConfig()
         self.stats = stats or NormStats.identity(self.config.n_mels)
-        self._log_mel = LogMel(self.config, self.stats, fft_workers)
+        self._log_mel = LogMel(self.config, self.stats)
         self._mean = self.stats.mean.reshape(1, 1, -1, 1)
         self._inv_std = (1.0 / self.stats.std).reshape(1, 1, -1, 1)
 

@@ -42,16 +42,15 @@ def mel_filterbank(config: FrontEndConfig) -> np.ndarray:
 class LogMel:
     """[frames, n_fft] float32 samples -> [frames, n_mels] float32 (ln(power mel + eps) - mean) / std."""
 
-    def __init__(self, config: FrontEndConfig, stats: NormStats, fft_workers: int = 1):
+    def __init__(self, config: FrontEndConfig, stats: NormStats):
         self.config = config
-        self.fft_workers = fft_workers
         self._filterbank = mel_filterbank(config)
         self._window = periodic_hann(config.n_fft)
         self._mean = stats.mean.astype(np.float32)
         self._inv_std = (1.0 / stats.std).astype(np.float32)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        spectrum = scipy.fft.rfft(frames * self._window, axis=-1, workers=self.fft_workers, overwrite_x=True)
+        spectrum = scipy.fft.rfft(frames * self._window, axis=-1, overwrite_x=True)
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
         mel = power @ self._filterbank

@@ -190,7 +190,6 @@ class DataPlane:
     ) -> InferenceResult:
         """KServe v2 inference of a model; `outputs` names the outputs wanted (all when empty).
         Run it inside `admitted`, entered before the request was read and parsed."""
-        self.check_name(name)
         model = await self.get(name, version)
         unknown = [o for o in outputs if o not in model.outputs]
         if unknown:

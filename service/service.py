@@ -11,7 +11,6 @@ lifecycle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -138,8 +137,10 @@ class Chorus:
         """Nothing in flight any more; then tell the engine, which waits for every API worker."""
         if self.plane.admission.in_flight:
             return False
-        with contextlib.suppress(Exception):  # an engine already gone has nothing to wait for
+        try:
             await self.engine.to_async.api_worker_drained()
+        except Exception as exc:  # an engine already gone has nothing to wait for; anything else is only worth a line
+            log.debug("telling the engine this worker drained failed: %r", exc)
         return True
 
     @bentoml.on_shutdown

@@ -322,9 +322,6 @@ class WindowSet:
     snr_db: np.ndarray
     """[n, classes] float32: level of the loudest call of the species in the window, when the data says (else NaN)."""
 
-    def select(self, mask: np.ndarray) -> WindowSet:
-        return WindowSet(self.log_mels[mask], self.targets[mask], self.known[mask], self.recording[mask], self.snr_db[mask])
-
     def __len__(self) -> int:
         return len(self.targets)
 

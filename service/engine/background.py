@@ -89,11 +89,6 @@ class BackgroundWindows:
         self._wake.set()
         return await request.future  # cancelling it drops the windows not yet taken
 
-    @property
-    def waiting(self) -> int:
-        with self._lock:
-            return sum(r.remaining for r in self._queue)
-
     def _take(self, limit: int) -> list[tuple[_Request, int, int]]:
         """Up to `limit` queued job windows, oldest first (call with the queue lock)."""
         taken = []

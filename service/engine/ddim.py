@@ -1,7 +1,7 @@
 """DDIM sampling (eta = 0) in numpy, step for step as denoising-diffusion-pytorch's ddim_sample with pred_v.
 
 The loop lives outside the ONNX graph so every step is one denoiser call, and steps of different
-requests can share a batch (service/step_batching.py). `ddim_step` takes one timestep per image
+requests can share a batch (service/engine/step_batching.py). `ddim_step` takes one timestep per image
 for that reason; `ddim_sample` is the one-request loop (reference and in-process benchmark).
 """
 

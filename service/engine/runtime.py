@@ -58,10 +58,6 @@ def _load_cuda_libraries() -> None:
         preload()
 
 
-def cuda_available() -> bool:
-    return CUDA in ort.get_available_providers()
-
-
 def plan_lanes(lanes: int, threads: int, on_gpu: bool) -> tuple[int, int]:
     """(lanes, ORT intra-op threads per run) from settings where 0 means automatic."""
     if on_gpu:

@@ -69,8 +69,6 @@ class BirdcallLimits:
     """Most decoded samples (frames x channels) of one recording."""
     default_top_k: int
     """Most species per window when a request does not say."""
-    max_files: int
-    """Most recordings in one batch request."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +166,6 @@ class BirdcallModel(ServedModel, AudioClassifier):
             max_seconds=settings.max_audio_seconds,
             max_samples=settings.max_audio_samples,
             default_top_k=settings.default_top_k,
-            max_files=settings.max_batch_files,
         )
         windows = engine.timed(ENGINE_METHOD, cls.store_name, limits.max_batch)
         job_windows = engine.batched(JOB_METHOD, cls.store_name, limits.max_batch)

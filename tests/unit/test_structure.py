@@ -52,7 +52,7 @@ PACKAGE_LAYERS = [
     {"chorus"},
 ]
 SERVICE_LAYERS = [
-    {"settings", "errors", "metrics", "tensors", "auth", "store", "admission", "lifecycle", "local_server", "concurrency"},
+    {"settings", "errors", "metrics", "tensors", "auth", "store", "admission", "lifecycle", "local_server", "concurrency", "heap"},
     {"engine"},
     {"models"},
     {"dataplane"},
