@@ -69,6 +69,7 @@ class Drain:
         self._grace = grace_seconds
         self._poll = poll_seconds
         self._task: asyncio.Task | None = None
+        self._handed_over = False
 
     def install(self) -> None:
         """Take SIGTERM from whoever holds it now (uvicorn), from inside the running event loop."""
@@ -104,10 +105,15 @@ class Drain:
         )
         self._hand_over(previous, sig, frame)
 
-    @staticmethod
-    def _hand_over(previous: Any, sig: int, frame: FrameType | None) -> None:
+    def _hand_over(self, previous: Any, sig: int, frame: FrameType | None) -> None:
+        """Pass the signal on, once: after a second SIGTERM the first drain's end must not pass it again."""
+        if self._handed_over:
+            return
+        self._handed_over = True
         if callable(previous):
             previous(sig, frame)
-        else:  # SIG_DFL: nobody else wanted it, so leave as SIGTERM would have
+        elif previous == signal.SIG_IGN:  # the process ignored SIGTERM before: it still does, once drained
+            return
+        else:  # SIG_DFL (or a handler set outside Python): nobody else wanted it, so leave as SIGTERM would have
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from starlette.datastructures import State
-from starlette.types import Receive, Scope, Send
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.adapters.health import ServingGate
+from tests.api.conftest import http_app
 
 pytestmark = pytest.mark.anyio
 
@@ -66,3 +70,97 @@ async def test_while_draining_only_liveness_and_metrics_answer(path, status):
     transport = httpx.ASGITransport(app=ServingGate(alive, state=state))
     async with httpx.AsyncClient(transport=transport, base_url="http://chorus") as client:
         assert (await client.get(path)).status_code == status
+
+
+# The gate over the real HTTP adapters and data plane (fake engine), as the service mounts them.
+
+
+def with_bentoml_probes(app: ASGIApp) -> ASGIApp:
+    """BentoML answers /livez and /readyz itself, from routes chorus' app leaves to it: stand-ins."""
+
+    async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in ("/livez", "/readyz"):
+            await PlainTextResponse("\n")(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return outer
+
+
+@pytest.fixture
+async def served(plane, store) -> AsyncIterator[httpx.AsyncClient]:
+    app = http_app(plane, store)
+    transport = httpx.ASGITransport(app=ServingGate(with_bentoml_probes(app), state=app.state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://chorus") as client:
+        yield client
+
+
+def kserve_infer_body() -> str:
+    waveform = [0.0] * (16_000 * 3)
+    return json.dumps({"inputs": [{"name": "waveform", "datatype": "FP32", "shape": [len(waveform)], "data": waveform}]})
+
+
+def refused_while_draining(response: httpx.Response, plane) -> None:
+    """503, told when to retry, and the connection closed: the client's next try goes to a new
+    connection, which the load balancer can send to another replica."""
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == str(plane.settings.retry_after_seconds)
+    assert response.headers["connection"] == "close"
+
+
+async def test_draining_fails_readiness_saying_why_while_liveness_holds(served, plane, store):
+    """Readiness must fail as soon as the drain starts, so the endpoints stop sending traffic; liveness
+    must not, or the kubelet would kill the pod before what is in flight finishes."""
+    assert (await served.get("/readyz")).status_code == 200
+    assert (await served.get("/v2/health/ready")).json() == {"ready": True}
+    plane.start_draining()
+
+    readyz = await served.get("/readyz")
+    assert readyz.status_code == 503
+    assert readyz.json() == {"ready": False, "reason": "the server is shutting down", "permanent": False}
+    kserve_ready = await served.get("/v2/health/ready")
+    refused_while_draining(kserve_ready, plane)
+    assert "shutting down" in kserve_ready.json()["error"]
+    # The KServe route's own answer, where no gate stands in front (gRPC's ServerReady asks the same plane).
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app(plane, store)), base_url="http://chorus") as bare:
+        ungated = await bare.get("/v2/health/ready")
+    assert ungated.status_code == 503
+    assert ungated.json() == {"ready": False, "reason": "the server is shutting down", "permanent": False}
+
+    assert (await served.get("/livez")).status_code == 200
+    live = await served.get("/v2/health/live")
+    assert (live.status_code, live.json()) == (200, {"live": True})
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v2/models/birdcall/infer"), ("POST", "/v2/models/birdcall/versions/b1/infer"), ("GET", "/v2/models/birdcall")],
+)
+async def test_while_draining_kserve_paths_answer_in_the_kserve_error_shape(served, plane, engine, method, path):
+    """KServe clients (tritonclient) read 'error' as the message string: chorus' nested error object
+    there would surface as a dict where they expect text."""
+    content = kserve_infer_body() if method == "POST" else None
+    assert (await served.request(method, path, content=content)).status_code == 200  # open before the drain
+    calls = len(engine.calls)
+    plane.start_draining()
+
+    response = await served.request(method, path, content=content)
+    refused_while_draining(response, plane)
+    body = response.json()
+    assert body == {"error": body["error"], "type": "shutting_down"}
+    assert isinstance(body["error"], str) and "shutting down" in body["error"]
+    assert len(engine.calls) == calls  # refused before any of it reached the engine
+
+
+async def test_while_draining_rest_routes_answer_in_the_service_error_shape(served, plane, engine, wav):
+    """REST clients get chorus' one error shape ({"error": {type, status, message, ...}}), KServe's only under /v2."""
+    assert (await served.post("/classify", content=wav)).status_code == 200  # open before the drain
+    calls = len(engine.calls)
+    plane.start_draining()
+
+    response = await served.post("/classify", content=wav)
+    refused_while_draining(response, plane)
+    error = response.json()["error"]
+    assert (error["type"], error["status"], error["retry_after_seconds"]) == ("shutting_down", 503, plane.settings.retry_after_seconds)
+    assert "shutting down" in error["message"]
+    assert len(engine.calls) == calls
