@@ -35,6 +35,9 @@ from service.models.tasks import AudioClassifier
 
 log = logging.getLogger("chorus.jobs")
 SAVE_EVERY_SECONDS = 1.0
+POLL_SECONDS = 1.0
+"""How often a job that waits (for a lock another process holds, for the models) looks again: no
+event crosses processes, and a second is soon enough for a cancel or a stop to be seen."""
 
 
 class JobCancelled(BaseException):
@@ -162,7 +165,7 @@ class JobRunner:
                     state = self.store.state(job_id)
                     if state.status in FINISHED:
                         return state
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(POLL_SECONDS)
             except FileNotFoundError:  # deleted by a client once it had finished elsewhere
                 return JobState(status="failed", error="the job was deleted")
 
@@ -179,7 +182,7 @@ class JobRunner:
                     raise ServerStopping
                 if (await self.plane.readiness()).ready:
                     break
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(POLL_SECONDS)
             model = await self.plane.classifier()
             root = self.plane.settings.analyze_root
             allowed = [self.store.home, *([Path(root)] if root else [])]

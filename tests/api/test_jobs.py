@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -302,6 +303,82 @@ async def test_the_task_routes_need_the_token_and_answer_from_disk(gate, plane, 
     assert (await gate.post("/analyze", json={"path": "site1"}, headers=auth)).status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/jobs"),
+        ("POST", "/jobs/uploads"),
+        ("DELETE", "/jobs/uploads/{upload_id}"),
+        ("GET", "/jobs/job1"),
+        ("DELETE", "/jobs/job1"),
+        ("POST", "/jobs/job1/cancel"),
+        ("GET", "/jobs/job1/outputs/detections.csv"),
+        ("POST", "/analyze/submit"),
+        ("GET", "/analyze/status?task_id=job1"),
+        ("GET", "/analyze/get?task_id=job1"),
+        ("PUT", "/analyze/cancel?task_id=job1"),
+        ("POST", "/analyze/cancel?task_id=job1"),
+    ],
+)
+async def test_every_job_route_needs_the_token_and_without_it_changes_and_shows_nothing(
+    http, gate, plane, store, bentoml_tasks, wav, method, path
+):
+    plane.settings.api_token = "s3cret"
+    store.create("job1", JobRequest(sources=["x"], formats=["csv"]))
+    store.save_state("job1", JobState(status="done"))
+    (store.folder("job1") / "out" / "detections.csv").write_text("the job's detections")
+    upload_id, upload = store.new_upload()
+    (upload / "a.wav").write_bytes(wav)
+    path = path.format(upload_id=upload_id)
+    client = gate if path.startswith("/analyze") else http  # the task routes are the gate's, in front of BentoML's
+    body = {"json": {"path": "site1"}} if path == "/analyze/submit" else {"content": wav} if path == "/jobs/uploads" else {}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": "Basic czNjcmV0"}):
+        response = await client.request(method, path, headers=headers, **body)
+        assert response.status_code == 401, (headers, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "unauthorized" and "API token" in error["message"], (headers, error)
+    assert store.state("job1").status == "done" and not store.cancel_asked("job1")
+    assert [p.name for p in (store.home / "uploads").iterdir()] == [upload_id] and (upload / "a.wav").is_file()
+    assert bentoml_tasks.bodies == []
+    # The token is all that was missing: with it the same request is answered.
+    answered = await client.request(method, path, headers={"Authorization": "Bearer s3cret"}, **body)
+    assert answered.status_code < 300, answered.text
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lock",
+        "job.json",
+        "state.json",
+        ".chorus-analyze%2Fjournal.ndjson",  # in out/, but the journal's, not a table
+        "..%2Flock",
+        "..%2Fjob.json",
+        "%2E%2E%2Fstate.json",
+        "raven%2F..%2F..%2Fstate.json",
+        "raven%2F..%2F..%2F..%2Fuploads",
+        "{folder}%2Fjob.json",  # an absolute path: Path / "/x" is "/x"
+    ],
+)
+async def test_only_a_jobs_tables_are_served_never_its_other_files_or_a_path_out_of_them(http, store, name):
+    store.create("t1", JobRequest(sources=["x"], formats=["csv", "raven"]))
+    store.save_state("t1", JobState(status="done"))
+    out = store.folder("t1") / "out"
+    (out / "raven").mkdir()
+    (out / "raven" / "site1.selections.txt").write_text("a raven table")
+    (out / ".chorus-analyze").mkdir()
+    (out / ".chorus-analyze" / "journal.ndjson").write_text("{}")
+    (store.folder("t1") / "lock").touch()  # as a run leaves it
+    served = await http.get("/jobs/t1/outputs/raven%2Fsite1.selections.txt")
+    assert served.status_code == 200 and served.text == "a raven table"  # a table in a folder is served
+    name = name.format(folder=urllib.parse.quote(str(store.folder("t1")), safe=""))
+    response = await http.get(f"/jobs/t1/outputs/{name}")
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    # The name reached the route whole, decoded, its `..` and all: refused by the list of tables, not by the router.
+    assert error["type"] == "not_found" and f"has no output {urllib.parse.unquote(name)!r}" in error["message"], error
+
+
 async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store, engine, root):
     recording = root / "site1" / "20240517_053000.WAV"
     recording.write_bytes(encode((0.1 * np.random.default_rng(0).standard_normal(16_000 * 12)).astype(np.float32), 16_000, "WAV", "PCM_16"))
@@ -471,31 +548,51 @@ async def test_a_job_deleted_between_its_listing_and_its_reading_is_skipped_or_a
     JobRunner(store, plane).resume_all()  # raised FileNotFoundError
 
 
-async def test_a_worker_that_finds_a_job_locked_for_a_moment_runs_it_once_the_lock_is_free(plane, store, root):
+@pytest.fixture
+def quick_polls(monkeypatch) -> None:
+    """A waiting job looks again every 50 ms rather than every second: the tests that wait on it run faster."""
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.05)
+
+
+async def test_a_worker_that_finds_a_job_locked_for_a_moment_runs_it_once_the_lock_is_free(plane, store, root, monkeypatch, quick_polls):
     """A cancel, a 409'd delete or a restart's check holds a queued job's lock briefly; a worker
     that tried it then followed the job's state for ever, which nobody changed (found by review)."""
     plane.settings.analyze_root = str(root)
     store.create("brief", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    refused = asyncio.Event()
+    running = store.running
+
+    @contextlib.contextmanager
+    def tried(job_id: str):
+        with running(job_id) as mine:
+            if not mine:
+                refused.set()
+            yield mine
+
     with store.running("brief"):
+        monkeypatch.setattr(store, "running", tried)
         task = asyncio.create_task(JobRunner(store, plane).run("brief"))
-        await asyncio.sleep(0.2)  # it tries the lock while it is held
+        # Released only once the worker has found it held, or the test would not try what it is named for.
+        await asyncio.wait_for(refused.wait(), 10)
     assert (await asyncio.wait_for(task, 30)).status == "done"
 
 
-async def test_a_job_waiting_for_the_models_is_cancelled_within_a_second(plane, store, root, monkeypatch):
+async def test_a_job_waiting_for_the_models_is_cancelled_within_a_second(plane, store, root, monkeypatch, quick_polls):
     store.create("waiting", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    waiting = asyncio.Event()
 
     async def loading() -> Readiness:
+        waiting.set()
         return Readiness(False, "loading")
 
     monkeypatch.setattr(plane, "readiness", loading)
     task = asyncio.create_task(JobRunner(store, plane).run("waiting"))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(waiting.wait(), 10)  # cancelled while it waits, not before it starts to
     store.ask_cancel("waiting")
     assert (await asyncio.wait_for(task, 5)).status == "cancelled"
 
 
-async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queued(plane, store, root, monkeypatch):
+async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queued(plane, store, root, monkeypatch, quick_polls):
     """The engine stops with the API workers (a killed server's workers all get SIGTERM at once), so
     it never gets ready again: jobs waiting for it, or queued behind the one the stop ended, must end
     their tasks, or the API worker's shutdown waits on them for ever (found: a worker that outlived
@@ -503,13 +600,18 @@ async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queue
     for job_id in ("first", "second"):
         store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
 
+    waiting = asyncio.Event()
+
     async def stopped() -> Readiness:
+        waiting.set()
         return Readiness(False, "the engine is not reachable")
 
     monkeypatch.setattr(plane, "readiness", stopped)
     runner = JobRunner(store, plane)
     tasks = [runner.start("first"), runner.start("second")]
-    await asyncio.sleep(0.2)  # the first waits for the models; the second behind it
+    await asyncio.wait_for(waiting.wait(), 10)  # the first waits for the models
+    await asyncio.sleep(0)  # the second has had its turn: it waits behind the first
+    assert runner._one_at_a_time.locked() and not any(task.done() for task in tasks)
     runner.stop()
     ended = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [state.status for state in ended] == ["queued", "queued"]
