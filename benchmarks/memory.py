@@ -169,9 +169,11 @@ def _plot(samples: list[dict[str, float]], warmup_minutes: float, path: Path) ->
     plt.close(fig)
 
 
-def run_memory(out_dir: Path, soak_minutes: float = 30.0, warmup_minutes: float = 5.0, home: str | None = None) -> dict:
+def run_memory(
+    out_dir: Path, soak_minutes: float = 30.0, warmup_minutes: float = 5.0, home: str | None = None, bombs_at_once: int = 8
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"bombs": bombs(out_dir, home)}
+    result = {"bombs": bombs(out_dir, home, bombs_at_once)}
     if soak_minutes > 0:
         result["soak"] = soak(out_dir, soak_minutes, min(warmup_minutes, soak_minutes / 2), home)
     (out_dir / "memory.json").write_text(json.dumps(result, indent=2))

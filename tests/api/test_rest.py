@@ -118,8 +118,18 @@ async def test_generate_png_and_json(http, engine):
     ("body", "words"),
     [({"count": 17}, "count"), ({"steps": 4}, "steps"), ({"seed": -1}, "seed"), ({"count": 2, "format": "png"}, "format")],
 )
-async def test_generate_limits_come_from_settings(http, body, words):
+async def test_generate_refuses_what_the_default_limits_refuse(http, body, words):
     error_of(await http.post("/generate", json=body), 422, words)
+
+
+async def test_generate_limits_come_from_settings(plane, http):
+    # Not the defaults (16 images, 5-250 steps), so a limit written into the code fails here.
+    plane.settings.max_images, plane.settings.min_steps, plane.settings.max_steps = 3, 2, 7
+    for body in ({"count": 3, "steps": 2}, {"count": 1, "steps": 7}):
+        assert (await http.post("/generate", json={**body, "format": "json"})).status_code == 200, body
+    error_of(await http.post("/generate", json={"count": 4, "steps": 5}), 422, "count")
+    error_of(await http.post("/generate", json={"steps": 1}), 422, "steps")
+    error_of(await http.post("/generate", json={"steps": 8}), 422, "steps")
 
 
 async def test_token_is_checked_and_a_non_ascii_token_is_a_401(plane, http, wav):

@@ -100,7 +100,23 @@ def engine_process(server) -> psutil.Process:
 
 
 def test_an_engine_crash_is_logged_counted_and_recovered(served, chirp):
+    """The engine killed (as by the OOM killer) while a request waits on it: that request is a
+    retryable 503, never a 500, and the engine comes back."""
+    result: dict = {}
+
+    def call() -> None:
+        result["response"] = httpx.post(f"{served.url}/generate", json={"steps": 250, "count": 4}, timeout=120)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    with httpx.Client(base_url=served.url) as c:  # kill only once the engine holds the request's images
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and value(scrape(c), "chorus_engine_pending_items", model="frames") < 1:
+            time.sleep(0.05)
     engine_process(served).kill()
+    thread.join(timeout=120)
+    assert result["response"].status_code == 503, result["response"].text
+    assert result["response"].json()["error"]["type"] == "engine_unavailable" and result["response"].headers["retry-after"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "started again" not in served.log.read_text():
         time.sleep(0.2)

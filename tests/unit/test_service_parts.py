@@ -145,7 +145,10 @@ def test_coalescer_merges_calls_made_while_one_is_in_flight():
 def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
     from service.engine.coalesce import Coalescer
 
+    sizes = []
+
     async def failing(items: np.ndarray) -> np.ndarray:
+        sizes.append(len(items))
         await asyncio.sleep(0.01)
         raise RuntimeError("engine down")
 
@@ -160,8 +163,10 @@ def test_coalescer_passes_errors_to_every_caller_and_skips_cancelled():
         for task in (first, waiting):
             with pytest.raises(RuntimeError, match="engine down"):
                 await task
+        assert cancelled.cancelled()
 
     asyncio.run(scenario())
+    assert sizes == [1, 1]  # the cancelled call's item never went to the engine
 
 
 def test_engine_calls_stay_out_of_access_logs_and_traces_by_default():
