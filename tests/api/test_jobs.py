@@ -597,7 +597,7 @@ async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queue
     it never gets ready again: jobs waiting for it, or queued behind the one the stop ended, must end
     their tasks, or the API worker's shutdown waits on them for ever (found: a worker that outlived
     its killed server by 15 minutes with three jobs submitted)."""
-    for job_id in ("first", "second"):
+    for job_id in ("first", "second", "held"):
         store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
 
     waiting = asyncio.Event()
@@ -608,14 +608,17 @@ async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queue
 
     monkeypatch.setattr(plane, "readiness", stopped)
     runner = JobRunner(store, plane)
-    tasks = [runner.start("first"), runner.start("second")]
-    await asyncio.wait_for(waiting.wait(), 10)  # the first waits for the models
-    await asyncio.sleep(0)  # the second has had its turn: it waits behind the first
-    assert runner._one_at_a_time.locked() and not any(task.done() for task in tasks)
-    runner.stop()
-    ended = await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    assert [state.status for state in ended] == ["queued", "queued"]
-    assert store.state("first").status == store.state("second").status == "queued"  # the next start runs them
+    # "held" is locked by another process the whole time: its task would follow it on disk for ever.
+    with store.running("held") as mine:
+        assert mine
+        tasks = [runner.start("first"), runner.start("second"), runner.start("held")]
+        await asyncio.wait_for(waiting.wait(), 10)  # the first waits for the models
+        await asyncio.sleep(0)  # the others have had their turn: they wait behind the first
+        assert runner._one_at_a_time.locked() and not any(task.done() for task in tasks)
+        runner.stop()
+        ended = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [state.status for state in ended] == ["queued", "queued", "queued"]
+    assert {store.state(job_id).status for job_id in ("first", "second", "held")} == {"queued"}  # the next start runs them
 
 
 def test_a_submission_whose_upload_was_deleted_meanwhile_is_a_failed_job_that_says_so(store, wav):
