@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 
 from features import FrontEndConfig
 from service.adapters.grpc.messages import SERVICE, message, methods
-from service.tensors import DATATYPES, DTYPES, encode_bytes_tensor
+from service.errors import InvalidParameter
+from service.models import MODELS
+from service.tensors import DATATYPES, DTYPES, MAX_DIMENSIONS, decode_bytes_tensor, encode_bytes_tensor
 from tests.api.conftest import IMAGE_SIZE, VERSIONS
 
 
@@ -396,6 +398,7 @@ FIELD_OF = {
     "BYTES": "bytes_contents",
 }
 InferRequest = message("ModelInferRequest")
+NON_FINITE = [math.nan, math.inf, -math.inf]
 
 
 def _text(value: Any) -> str:
@@ -477,12 +480,13 @@ def grpc_message(request: Request, form: str = "raw", field_of: Callable[[str], 
 def grpc_requests(draw: st.DrawFn, served: Served = FAKE) -> tuple[Request, Message]:
     """(the request, its ModelInferRequest): raw contents or typed contents, each possibly wrong."""
     request = draw(requests(served))
-    form = draw(st.sampled_from(["raw", "raw", "typed", "typed", "wrong_field", "both", "raw_count", "raw_length"]))
+    forms = ["raw", "raw", "typed", "typed", "wrong_field", "both", "raw_count", "raw_length", "non_finite_raw", "non_finite_typed"]
+    form = draw(st.sampled_from(forms))
     request.notes.append(form)
     if form == "wrong_field":
         proto = grpc_message(request, "typed", lambda _: draw(st.sampled_from(CONTENTS_FIELDS)))
     else:
-        proto = grpc_message(request, form if form in ("typed", "both") else "raw")
+        proto = grpc_message(request, {"typed": "typed", "both": "both", "non_finite_typed": "typed"}.get(form, "raw"))
     raws = list(proto.raw_input_contents)
     if form == "raw_count":
         raws = raws[:-1] if raws and draw(st.booleans()) else [*raws, b"\0" * 4]
@@ -490,9 +494,115 @@ def grpc_requests(draw: st.DrawFn, served: Served = FAKE) -> tuple[Request, Mess
         i = draw(st.integers(0, len(raws) - 1))
         cut = draw(st.integers(-7, 7))
         raws[i] = raws[i][:cut] if cut < 0 else raws[i] + b"\x01" * cut
+    elif form == "non_finite_raw" and raws:
+        # One FP32 value made NaN or infinite in a request that may be valid otherwise (JSON cannot carry
+        # them, and random bytes seldom are): the models must refuse it.
+        i = draw(st.integers(0, len(raws) - 1))
+        at = 4 * draw(st.integers(0, max(len(raws[i]) // 4 - 1, 0)))
+        raws[i] = raws[i][:at] + struct.pack("<f", draw(st.sampled_from(NON_FINITE))) + raws[i][at + 4 :]
+    elif form == "non_finite_typed":
+        filled = [spec.contents.fp32_contents for spec in proto.inputs if spec.contents.fp32_contents]
+        if filled:
+            values = filled[draw(st.integers(0, len(filled) - 1))]
+            values[draw(st.integers(0, len(values) - 1))] = draw(st.sampled_from(NON_FINITE))
     del proto.raw_input_contents[:]
     proto.raw_input_contents.extend(raws)
     return request, proto
+
+
+# What the models read (service/models): birdcall exactly one of waveform and log_mel, the denoiser x_t
+# and t, each a number (BOOL and BYTES refused) and finite; and the outputs each one can give.
+MODEL_INPUTS = {"birdcall": [{"waveform"}, {"log_mel"}], "frames-denoiser": [{"x_t", "t"}]}
+MODEL_OUTPUTS = {kind.name: set(kind.outputs) for kind in MODELS}
+ERROR_CODES = CLIENT_CODES - {grpc.StatusCode.OK}
+
+
+def _tensor_violations(spec: Any, raw: bytes | None) -> list[str]:
+    """What makes one input of a ModelInferRequest unreadable, or refused by any model: `raw` its raw
+    contents (None when the request has none)."""
+    shape = list(spec.shape)
+    if spec.datatype not in DATATYPES:
+        return ["datatype"]
+    if spec.datatype in ("BOOL", "BYTES"):
+        return ["a datatype no model reads"]
+    if any(d < 0 for d in shape) or len(shape) > MAX_DIMENSIONS:
+        return ["shape"]
+    dtype = np.dtype(DTYPES[spec.datatype])
+    if raw is not None:
+        if spec.HasField("contents"):
+            return ["typed contents beside raw contents"]
+        if len(raw) % dtype.itemsize:
+            return ["raw contents not a whole number of values"]
+        values = np.frombuffer(raw, dtype)
+    elif spec.datatype not in FIELD_OF:
+        return ["no typed contents field for its datatype"]
+    else:
+        values = np.asarray(list(getattr(spec.contents, FIELD_OF[spec.datatype])), dtype=np.float64)
+    if values.size != math.prod(shape):
+        return ["values do not fill the shape"]
+    with np.errstate(over="ignore", invalid="ignore"):  # the models read float32: FP64's 1e300 is infinite to them
+        if not np.isfinite(values.astype(np.float32)).all():
+            return ["NaN or infinite values"]
+    return []
+
+
+def grpc_violations(proto: Any, served: Served = FAKE) -> list[str]:
+    """What no server may accept in a ModelInferRequest as sent. Of violations(), what survives the
+    conversion to protobuf (ids and parameters become text, which nothing checks; dims that are no
+    integers are dropped, negative ones kept; names become text, so unknown or repeated ones stay);
+    and what the gRPC form adds (raw contents of the wrong count or length, typed contents that do not
+    fill the shape) or the models refuse (values not finite, inputs and outputs they do not have)."""
+    if proto.model_name not in served.versions:
+        return ["model"]
+    found = []
+    if proto.model_version and proto.model_version != served.versions[proto.model_name]:
+        found.append("version")
+    names = [spec.name for spec in proto.inputs]
+    if len(names) != len(set(names)):
+        found.append("an input given twice")
+    elif set(names) not in MODEL_INPUTS[proto.model_name]:
+        found.append(f"inputs {sorted(names)}")
+    if any(output.name not in MODEL_OUTPUTS[proto.model_name] for output in proto.outputs):
+        found.append("outputs")
+    raws = list(proto.raw_input_contents)
+    if raws and len(raws) != len(proto.inputs):
+        return [*found, "raw_input_contents count"]
+    for i, spec in enumerate(proto.inputs):
+        found += [f"input {spec.name!r}: {what}" for what in _tensor_violations(spec, raws[i] if raws else None)]
+    return found
+
+
+def check_grpc_answer(answer: Any, proto: Any, notes: Any, served: Served = FAKE) -> None:
+    """ModelInfer's answer (a ModelInferResponse, or the grpc.RpcError it ended with): an error with a
+    client-error code and a message; a response whose outputs can be read back; what breaks the
+    request's rules (grpc_violations) never answered OK."""
+    if isinstance(answer, grpc.RpcError):
+        check_grpc_error(answer, notes)
+        return
+    where = f"{notes} -> OK {str(answer)[:300]!r}"
+    assert not grpc_violations(proto, served), f"accepted a request with invalid {grpc_violations(proto, served)}: {where}"
+    assert answer.model_name == proto.model_name and answer.model_version == served.versions[proto.model_name], where
+    assert answer.id == proto.id, where
+    names = [output.name for output in answer.outputs]
+    assert len(names) == len(set(names)) and set(names) == ({o.name for o in proto.outputs} or MODEL_OUTPUTS[proto.model_name]), where
+    assert len(answer.raw_output_contents) == len(answer.outputs), where
+    for output, raw in zip(answer.outputs, answer.raw_output_contents, strict=True):
+        shape = list(output.shape)
+        assert output.datatype in DATATYPES and shape and all(d >= 0 for d in shape), f"output {output.name!r}: {where}"
+        if output.datatype == "BYTES":  # length-prefixed items, one per element
+            try:
+                count = len(decode_bytes_tensor(output.name, raw))
+            except InvalidParameter as exc:
+                raise AssertionError(f"output {output.name!r}: {exc}: {where}") from None
+            assert count == math.prod(shape), f"output {output.name!r}: {where}"
+        else:
+            assert len(raw) == math.prod(shape) * np.dtype(DTYPES[output.datatype]).itemsize, f"output {output.name!r}: {where}"
+
+
+def check_grpc_error(error: Any, notes: Any) -> None:
+    """An RPC's error (a grpc.RpcError): a client-error code, never UNKNOWN or INTERNAL, and a message."""
+    where = f"{notes} -> {error.code()} {error.details()!r}"
+    assert error.code() in ERROR_CODES and (error.details() or "").strip(), where
 
 
 class Calls:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -104,3 +107,116 @@ async def test_token_in_metadata(client, plane):
     assert info.value.status() == "StatusCode.UNAUTHENTICATED"
     result = await client.infer("birdcall", [waveform_input()], headers={"authorization": "Bearer s3cret"})
     assert result.as_numpy("probabilities").shape == (1, len(LABELS))
+
+
+@dataclass
+class Held:
+    """Birdcall's engine calls, held: each waits for `release`, which nothing sets unless a test does."""
+
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+def held(engine, monkeypatch) -> Held:
+    """Requests to birdcall stay in flight until the test releases them (an event, not a sleep: nothing
+    finishes by itself). The models are built on the first request, after this is in place."""
+    held, timed = Held(), engine.timed
+
+    def waiting(method, model, max_items):
+        call = timed(method, model, max_items)
+
+        async def wait_then_call(windows):
+            held.entered.set()
+            try:
+                await held.release.wait()
+            except asyncio.CancelledError:
+                held.cancelled.set()
+                raise
+            return await call(windows)
+
+        return wait_then_call
+
+    monkeypatch.setattr(engine, "timed", waiting)
+    return held
+
+
+# Bounds by asyncio.wait_for, which cancels a task of its own: an anyio scope cancelling the test's
+# task inside a grpc.aio call lets the CancelledError out, and it takes the session's runner (every
+# later test) with it.
+BOUND_SECONDS = 5.0
+
+
+@asynccontextmanager
+async def one_in_flight(client, held: Held) -> AsyncIterator[asyncio.Task]:
+    """A birdcall request held in the engine while the block runs, let go after it (a failing test too)."""
+    first = asyncio.create_task(client.infer("birdcall", [waveform_input()]))
+    try:
+        await asyncio.wait_for(held.entered.wait(), BOUND_SECONDS)
+        yield first
+    finally:
+        held.release.set()
+        if not (await asyncio.wait([first], timeout=BOUND_SECONDS))[0]:
+            first.cancel()
+
+
+async def _refused(client, **kwargs) -> InferenceServerException:
+    """The error a ModelInfer ends with, within a bound: one queued behind a held request would wait forever."""
+    with pytest.raises(InferenceServerException) as info:
+        await asyncio.wait_for(client.infer("birdcall", [waveform_input()], **kwargs), BOUND_SECONDS)
+    return info.value
+
+
+async def test_infer_past_the_in_flight_limit_is_unavailable(client, plane, held):
+    """A worker holding its limit of requests refuses the next at once with UNAVAILABLE (a client's cue to
+    retry, maybe elsewhere), never queues it; once the slot is free it admits again."""
+    plane.admission.max_in_flight = 1
+    async with one_in_flight(client, held) as first:
+        refused = await _refused(client)
+    assert refused.status() == "StatusCode.UNAVAILABLE" and "its limit" in refused.message()
+    assert first.result().as_numpy("probabilities").shape == (1, len(LABELS))
+    assert (await client.infer("birdcall", [waveform_input()])).as_numpy("probabilities").shape == (1, len(LABELS))
+
+
+async def test_infer_while_draining_is_unavailable(client, plane, held):
+    """A draining server refuses new requests with UNAVAILABLE; the one in flight still gets its answer."""
+    async with one_in_flight(client, held) as first:
+        plane.start_draining()
+        refused = await _refused(client)
+    assert refused.status() == "StatusCode.UNAVAILABLE" and "shutting down" in refused.message()
+    assert first.result().as_numpy("probabilities").shape == (1, len(LABELS))
+
+
+async def test_infer_past_the_clients_deadline_is_deadline_exceeded(client, plane, held, monkeypatch):
+    """The client's timeout is the request's deadline on the server too: past it the work is cancelled
+    (here it would wait forever), the slot freed, and the client answered DEADLINE_EXCEEDED."""
+    deadlines: list[float] = []
+    admitted = plane.admission.admitted
+
+    def observed(seconds: float):
+        deadlines.append(seconds)
+        return admitted(seconds)
+
+    monkeypatch.setattr(plane.admission, "admitted", observed)
+    refused = await _refused(client, client_timeout=0.2)
+    assert refused.status() == "StatusCode.DEADLINE_EXCEEDED"
+    # grpc ends the client's call at its deadline whatever the server does, and the message is the
+    # server's or grpc's as they race: that the server kept the deadline shows in the one it ran under.
+    assert len(deadlines) == 1 and 0 < deadlines[0] <= 0.2
+    await asyncio.wait_for(held.cancelled.wait(), BOUND_SECONDS)
+    for _ in range(100):  # the slot is let go as the cancelled handler unwinds
+        if not plane.admission.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert plane.admission.in_flight == 0
+
+
+async def test_infer_past_the_servers_deadline_is_deadline_exceeded(client, plane, held):
+    """The server's own deadline (the default, shorter here than the client's none) ends a request with
+    DEADLINE_EXCEEDED and says so, counted as a deadline error."""
+    plane.settings.default_deadline_seconds = 0.2
+    before = counted_errors("grpc", "deadline_exceeded", 504)
+    refused = await _refused(client)
+    assert refused.status() == "StatusCode.DEADLINE_EXCEEDED" and "within its deadline of 0.2 s" in refused.message()
+    assert held.cancelled.is_set() and counted_errors("grpc", "deadline_exceeded", 504) == before + 1
