@@ -45,6 +45,10 @@ class Tolerance:
     """Scores: share of rows whose argmax equals the reference's argmax."""
     min_decision_agreement: float | None = None
     """Scores: share of (row, class) pairs on the same side of the decision threshold as the reference."""
+    min_detection_agreement: float | None = None
+    """Scores: of the (row, class) pairs detected by the reference or the variant, the share both detect.
+    Per-pair agreement counts the many pairs neither detects: at 0.995 a variant may still lose or add
+    one detection in twelve when detections are 6% of the pairs, as in the default birdcall test split."""
     min_cosine: float | None = None
     """Embeddings: the smallest cosine similarity between a row and its reference row."""
 
@@ -60,6 +64,8 @@ class ParityResult:
     """Per (row, class) pair, at the threshold below."""
     window_decision_agreement: float | None = None
     """Share of rows whose every class decision agrees (reported, not gated)."""
+    detection_agreement: float | None = None
+    """Of the pairs either side detects, the share both detect (None: neither detects any)."""
     decision_threshold: float | None = None
     min_cosine: float | None = None
     mean_cosine: float | None = None
@@ -107,6 +113,9 @@ def check_parity(
             same = (reference >= threshold) == (candidate >= threshold)
             measured["decision_agreement"] = float(same.mean())
             measured["window_decision_agreement"] = float(same.all(axis=1).mean())
+            either = int(((reference >= threshold) | (candidate >= threshold)).sum())
+            both = int(((reference >= threshold) & (candidate >= threshold)).sum())
+            measured["detection_agreement"] = both / either if either else None
             measured["decision_threshold"] = threshold
     if kind == OutputKind.EMBEDDING and reference.ndim == 2:
         cosines = _cosines(reference, candidate)
@@ -125,6 +134,16 @@ def check_parity(
         agreement = result.decision_agreement or 0.0
         if agreement < tolerance.min_decision_agreement:
             raise ParityError(variant, output, f"decision agreement at {threshold:g}", agreement, tolerance.min_decision_agreement, "below")
+    if tolerance.min_detection_agreement is not None and kind == OutputKind.SCORES:
+        if threshold is None:
+            raise ValueError(f"variant {variant!r}: a detection-agreement tolerance needs the decision threshold")
+        # No detection on either side measures nothing: refused like the other checks on nothing.
+        agreement = result.detection_agreement or 0.0
+        if agreement < tolerance.min_detection_agreement:
+            measure = f"detection agreement at {threshold:g}" + (
+                "" if result.detection_agreement is not None else " (no detections on either side)"
+            )
+            raise ParityError(variant, output, measure, agreement, tolerance.min_detection_agreement, "below")
     if tolerance.min_cosine is not None and kind == OutputKind.EMBEDDING:
         cosine = result.min_cosine if result.min_cosine is not None else 0.0
         if not cosine >= tolerance.min_cosine:

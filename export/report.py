@@ -14,6 +14,8 @@ def _parity_cells(parity: dict[str, dict[str, Any]]) -> str:
         figures = [f"max abs diff {result['max_abs_diff']:.2e}"]
         if result.get("decision_agreement") is not None:
             figures.append(f"decision agreement {result['decision_agreement']:.4f} (windows {result['window_decision_agreement']:.4f})")
+            if result.get("detection_agreement") is not None:
+                figures.append(f"detection agreement {result['detection_agreement']:.4f}")
         elif result.get("top1_agreement") is not None:
             figures.append(f"top-1 agreement {result['top1_agreement']:.4f}")
         if result.get("min_cosine") is not None:

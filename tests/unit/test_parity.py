@@ -60,3 +60,18 @@ def test_check_parity_compares_embedding_directions():
 def test_outputs_of_different_shapes_are_refused_before_any_measure():
     with pytest.raises(ParityError, match="shape mismatch"):
         check_parity("fp16", "scores", np.full((4, 2), 0.2), np.full((4, 3), 0.2), Tolerance(max_abs_diff=1.0))
+
+
+def test_detection_agreement_counts_only_the_pairs_either_side_detects():
+    # 100 windows x 10 species, 20 detections: one lost is 0.999 per pair but 19/20 of the detections.
+    reference = np.full((100, 10), 0.1)
+    reference[:20, 0] = 0.9
+    candidate = reference.copy()
+    candidate[0, 0] = 0.2
+    lenient = Tolerance(min_decision_agreement=0.995)
+    assert check_parity("int8", "scores", reference, candidate, lenient, OutputKind.SCORES, threshold=0.5).detection_agreement == 0.95
+    with pytest.raises(ParityError, match=r"detection agreement at 0.5 = 0.95 \(below the tolerance 0.98\)"):
+        check_parity("int8", "scores", reference, candidate, Tolerance(min_detection_agreement=0.98), OutputKind.SCORES, threshold=0.5)
+    nothing = np.full((4, 2), 0.1)
+    with pytest.raises(ParityError, match="no detections on either side"):
+        check_parity("int8", "scores", nothing, nothing, Tolerance(min_detection_agreement=0.98), OutputKind.SCORES, threshold=0.5)
