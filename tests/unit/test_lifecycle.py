@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -58,14 +59,26 @@ def installed(drain: Drain, previous: Any) -> Any:
     return handler
 
 
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.LogCaptureFixture]:
+    """The drain's log lines, also after a test in this session applied BentoML's logging config
+    (a dictConfig that disables the loggers existing then, and stops some propagating)."""
+    logger = logging.getLogger(LOGGER)
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "propagate", False)  # caught here, once, not again through the root
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
 def lifecycle_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == level]
 
 
-def test_grace_running_out_hands_over_with_work_in_flight_and_warns(caplog):
+def test_grace_running_out_hands_over_with_work_in_flight_and_warns(log):
     """A request that outlives the grace must not hold the shutdown: the signal goes on, and the
     log says work was cut off (an operator's only trace of requests that were dropped)."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
     grace = 0.05
     waited: list[float] = []
 
@@ -90,13 +103,12 @@ def test_grace_running_out_hands_over_with_work_in_flight_and_warns(caplog):
 
     asyncio.run(scenario())
     assert waited[0] >= grace  # it did wait the grace out
-    assert len(lifecycle_lines(caplog, logging.WARNING)) == 1
-    assert "grace ran out with work in flight" in lifecycle_lines(caplog, logging.WARNING)[0]
+    assert len(lifecycle_lines(log, logging.WARNING)) == 1
+    assert "grace ran out with work in flight" in lifecycle_lines(log, logging.WARNING)[0]
 
 
-def test_work_that_finishes_within_the_grace_hands_over_without_a_warning(caplog):
+def test_work_that_finishes_within_the_grace_hands_over_without_a_warning(log):
     """The counterpart of the test above: the warning is for work cut off, not for every drain."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
 
     async def scenario() -> Previous:
         previous, polls = Previous(), []
@@ -112,8 +124,8 @@ def test_work_that_finishes_within_the_grace_hands_over_without_a_warning(caplog
         return previous
 
     assert asyncio.run(scenario()).calls == [(signal.SIGTERM, None)]
-    assert lifecycle_lines(caplog, logging.WARNING) == []
-    assert any("drained in" in line for line in lifecycle_lines(caplog, logging.INFO))
+    assert lifecycle_lines(log, logging.WARNING) == []
+    assert any("drained in" in line for line in lifecycle_lines(log, logging.INFO))
 
 
 def test_a_second_sigterm_hands_over_at_once():
