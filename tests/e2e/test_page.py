@@ -92,6 +92,26 @@ def test_a_job_from_the_page_shows_progress_and_its_tables(page, tmp_path):
     assert "detections.csv" in links and "combined.selections.txt" in links
     assert "done" in page.inner_text("#job-status") and "0.7 of 0.7 min, 1/1 files" in page.inner_text("#job-progress")
     assert page.is_hidden("#job-cancel")
+    # A table downloads from its link; with a token set, the page fetches it with the token (a link
+    # cannot carry one) and hands the browser the bytes. This server takes either.
+    authorizations: list[str | None] = []
+
+    def record(route) -> None:
+        authorizations.append(route.request.headers.get("authorization"))
+        route.continue_()
+
+    page.route("**/outputs/**", record)
+    try:
+        for token in ("", "t0ken"):
+            page.fill("#token", token)
+            with page.expect_download() as download:
+                page.click("#job-outputs a:text-is('detections.csv')")
+            assert download.value.suggested_filename == "detections.csv"
+            assert Path(download.value.path()).read_text().startswith("path,channel,begin_s,end_s,species,score")
+    finally:
+        page.fill("#token", "")
+        page.unroute("**/outputs/**", record)
+    assert authorizations == ["Bearer t0ken"]  # page.route sees the page's fetch, not a link's own download
     task_id = page.inner_text("#job-status").split()[1]
     page.click("#job-delete")
     page.wait_for_selector("#job-delete", state="hidden")
