@@ -95,6 +95,9 @@ class Summary:
     files_band_limited: int
     """Files in the outputs recorded below twice the model's top frequency: nothing in its top bands,
     where no species can then be found (features.FrontEndConfig.band_limited)."""
+    audio_formats: int
+    """Distinct (sample rate, channels) among the files in the outputs. Raven opens a file sequence
+    (combined.selections.txt over combined.list.txt) only when there is one."""
     wall_s: float
     realtime_factor: float
     """Seconds of audio analyzed in this run per wall-clock second."""
@@ -166,13 +169,14 @@ def run(
         ok_keys, failures = _rebuild_lists(paths, keys, transient, journal)
         results = _StoredResults(journal, ok_keys)
         fresh = set(todo)
-        audio_total, detections, band_limited = 0.0, 0, 0
+        audio_total, detections, band_limited, audio_formats = 0.0, 0, 0, set()
         for result in results:
             if result.path not in fresh:  # finished in an earlier run: its files may be missing or of other formats
                 write_file_outputs(config.out_dir, result, root, config.model, formats)
             audio_total += result.duration_s
             detections += len(result.detections)
             band_limited += result.sample_rate < 2 * config.model.high_hz
+            audio_formats.add((result.sample_rate, result.channels))
         kept = per_file_tables(config.out_dir, [Path(key.path) for key in ok_keys], root, formats)
         remove_stale_tables(config.out_dir, recorded, kept)
         journal.record_tables(kept)
@@ -188,6 +192,7 @@ def run(
         audio_hours=audio_total / 3600,
         detections=detections,
         files_band_limited=band_limited,
+        audio_formats=len(audio_formats),
         wall_s=wall_s,
         realtime_factor=audio_s / wall_s if wall_s > 0 else 0.0,
     )

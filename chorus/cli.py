@@ -150,7 +150,7 @@ def _analyze(args: argparse.Namespace) -> int:
             variant=args.variant,
             providers=args.providers,
             min_confidence=args.min_confidence,
-            top_k=args.top_k,
+            top_k=args.top_k or None,
             stride_seconds=args.stride,
             species_file=args.species,
             exclude_file=args.exclude,
@@ -178,6 +178,12 @@ def _analyze(args: argparse.Namespace) -> int:
         print(
             f"chorus analyze: warning: {summary.files_band_limited} file(s) recorded below twice the model's top frequency hold"
             " nothing in its top bands: species calling there cannot be detected in them (files_band_limited)",
+            file=sys.stderr,
+        )
+    if summary.audio_formats > 1 and "raven-combined" in options.formats:
+        print(
+            f"chorus analyze: warning: the files come in {summary.audio_formats} sample-rate/channel formats, and Raven opens a"
+            " file sequence (combined.list.txt) only when all share one: open the per-file tables under raven/ instead",
             file=sys.stderr,
         )
     _print_result(summary.as_dict())
@@ -263,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--min-confidence", type=_number(float, 0, 1), default=None, help="score threshold (default: the model's calibrated one)"
     )
-    analyze.add_argument("--top-k", type=_number(int, 1), default=3, help="most species per window (default 3)")
+    analyze.add_argument(
+        "--top-k", type=_number(int, 0), default=3, help="most species per window (default 3; 0: every species over the threshold)"
+    )
     analyze.add_argument(
         "--stride", type=_number(float, 1e-3), default=None, help="seconds between window starts (default: the model's, 2.5)"
     )

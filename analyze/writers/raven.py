@@ -1,11 +1,12 @@
 """Raven Pro selection tables: one per file, and one combined table over the whole file sequence.
 
 Raven reads a tab-separated text file whose header names its measurement columns; columns it
-does not know (Common Name, Confidence, Model, ...) become annotations. The combined table
-follows Raven's file-sequence rules, as Raven itself saves them: `Begin Time (s)` counts from the
-start of the sequence (the files one after another, in the order of `combined.list.txt`, which
-Raven opens as that sequence), `Begin Path` names the file and `File Offset (s)` is the time
-within it. Selection numbers run 1, 2, 3, ... down each table.
+does not know (Common Name, Confidence, Model, ...) become annotations. Both tables have the same
+columns, in BirdNET-Analyzer's order for its first twelve. The combined table follows Raven's
+file-sequence rules, as Raven itself saves them: `Begin Time (s)` counts from the start of the
+sequence (the files one after another, in the order of `combined.list.txt`, which Raven opens as
+that sequence), `Begin Path` names the file and `File Offset (s)` is the time within it (in a
+per-file table, its own path, and the same time as `Begin Time (s)`). Selection numbers run 1, 2, 3, ... down each table.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ EXTRA_COLUMNS = ("Clock Begin", "Clock End", "Model", "Model Version")
 
 
 def selection_table(result: FileResult, model: ModelInfo) -> str:
-    """The table of one file: times are offsets in that file."""
-    rows = (_row(d, result, model, d.begin_s, d.end_s) + _extra(d, model) for d in result.detections)
-    return "".join(_lines(COLUMNS + EXTRA_COLUMNS, rows))
+    """The table of one file: times are offsets in that file. It has the combined table's columns,
+    as BirdNET-Analyzer's per-file tables do, so per-file tables stack and read by position alike."""
+    rows = (_row(d, result, model, d.begin_s, d.end_s) + _sequence(result, d) + _extra(d, model) for d in result.detections)
+    return "".join(_lines(COLUMNS + SEQUENCE_COLUMNS + EXTRA_COLUMNS, rows))
 
 
 def combined_lines(results: Iterable[FileResult], model: ModelInfo) -> Iterator[str]:
@@ -51,8 +53,7 @@ def combined_lines(results: Iterable[FileResult], model: ModelInfo) -> Iterator[
         start = 0.0
         for result in results:
             for d in result.detections:
-                sequence = [cell(os.fspath(result.path)), seconds(d.begin_s)]
-                yield _row(d, result, model, start + d.begin_s, start + d.end_s) + sequence + _extra(d, model)
+                yield _row(d, result, model, start + d.begin_s, start + d.end_s) + _sequence(result, d) + _extra(d, model)
             start += result.duration_s
 
     return _lines(COLUMNS + SEQUENCE_COLUMNS + EXTRA_COLUMNS, rows())
@@ -69,6 +70,10 @@ def _row(d: Detection, result: FileResult, model: ModelInfo, begin: float, end: 
     high = min(model.high_hz, result.sample_rate / 2)
     species = cell(d.species)
     return [VIEW, str(channel), seconds(begin), seconds(end), f"{model.low_hz:g}", f"{high:g}", species, species, score(d.score)]
+
+
+def _sequence(result: FileResult, d: Detection) -> list[str]:
+    return [cell(os.fspath(result.path)), seconds(d.begin_s)]
 
 
 def _extra(d: Detection, model: ModelInfo) -> list[str]:

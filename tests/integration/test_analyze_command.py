@@ -4,6 +4,7 @@ two nodes, resumed from its journal, gives the same rows."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import itertools
@@ -111,12 +112,20 @@ def test_the_command_line_exit_status_and_summary_line(tiny_exports, field, tmp_
         (["--model", "nosuch:latest"], "no model 'nosuch:latest' in the model store"),
         (["--formats", " , "], "choose at least one output format"),
         (["--out", ""], "an empty folder name"),
-        (["--top-k", "0"], "argument --top-k: must be 1 or more, got 0"),
+        (["--top-k", "-1"], "argument --top-k: must be 0 or more, got -1"),
         (["--min-confidence", "1.5"], "argument --min-confidence: must be from 0 to 1, got 1.5"),
         (["--stride", "nan"], "argument --stride: must be 0.001 or more, got nan"),
     ]:
         refused = subprocess.run([*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and words in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    # --top-k 0: every species over the threshold, as BirdNET-Analyzer lists them without --top_n.
+    every = [*command[:5], "--out", str(tmp_path / "every"), "--top-k", "0", "--min-confidence", "0", "--formats", "csv"]
+    assert subprocess.run(every, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    with (tmp_path / "every" / "detections.csv").open() as table:
+        rows = list(csv.DictReader(table))
+    species = {row["species"] for row in rows}
+    per_window = collections.Counter((row["path"], row["begin_s"]) for row in rows)
+    assert len(species) > 3 and set(per_window.values()) == {len(species)}
     with Journal.open(tmp_path / "cli"):  # another run writing to the same folder
         refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "another chorus analyze is writing to" in refused.stderr and "Traceback" not in refused.stderr
@@ -256,11 +265,15 @@ def test_files_below_the_models_band_are_counted_and_named_a_risk(tiny_exports, 
     low.mkdir()
     (low / "phone.wav").write_bytes(encode((0.05 * np.random.default_rng(0).standard_normal(8_000 * 12)).astype(np.float32), 8_000, "WAV"))
     summary = analyze(AnalyzeOptions(sources=[str(low), str(field / "site1")], out=tmp_path / "out"))
-    assert summary.files_ok == 3 and summary.files_band_limited == 1
+    assert summary.files_ok == 3 and summary.files_band_limited == 1 and summary.audio_formats >= 2
     command = [sys.executable, "-m", "chorus.cli", "analyze", str(low), "--out", str(tmp_path / "cli")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "1 file(s) recorded below twice the model's top frequency" in done.stderr
+    assert "sample-rate/channel formats" not in done.stderr  # one file: one format, a sequence Raven opens
     assert json.loads(done.stdout.strip().splitlines()[-1])["files_band_limited"] == 1
+    # 8 kHz beside the field recordings: the combined table's sequence is one Raven cannot open.
+    done = subprocess.run([*command[:5], str(field / "site1"), "--out", str(tmp_path / "mixed")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "sample-rate/channel formats, and Raven opens a file sequence" in done.stderr
 
 
 def test_what_the_decoders_print_goes_to_the_log_with_each_files_path_not_between_the_bars_lines(tiny_exports, field, tmp_path):

@@ -24,7 +24,6 @@ from analyze.writers import (
     write_combined_outputs,
     write_file_outputs,
 )
-from analyze.writers import raven as raven_writer
 
 MODEL = ModelInfo("birdcall", "3.1.0", ("owl", "robin"), low_hz=20.0, high_hz=8000.0)
 START = datetime(2024, 5, 17, 5, 30, 0)
@@ -76,8 +75,13 @@ class TestRaven:
         [table] = write_file_outputs(out, files[0], common_root([f.path for f in files]), MODEL, {"raven"})
         assert table == out / "raven" / "site1" / "20240517_053000.WAV.selections.txt"
         header = table.read_text().splitlines()[0].split("\t")
-        assert header[:10] == list(raven_writer.COLUMNS)
-        assert header[:7] == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"]
+        # BirdNET-Analyzer's twelve columns, in its order, in per-file tables as in the combined one.
+        assert header[:12] == [
+            *("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"),
+            *("Common Name", "Species Code", "Confidence", "Begin Path", "File Offset (s)"),
+        ]
+        combined = write_combined_outputs(out, files, [], MODEL, {"raven-combined"})[0]
+        assert combined.read_text().splitlines()[0].split("\t") == header
         rows = read_tsv(table)
         assert [r["Selection"] for r in rows] == ["1", "2"]
         assert rows[0] == {
@@ -91,6 +95,8 @@ class TestRaven:
             "Common Name": "owl",
             "Species Code": "owl",
             "Confidence": "0.9123",
+            "Begin Path": str(files[0].path),
+            "File Offset (s)": "0.000000",
             "Clock Begin": "2024-05-17T05:30:00.000",
             "Clock End": "2024-05-17T05:30:05.000",
             "Model": "birdcall",
