@@ -7,14 +7,13 @@ open; inference needs the API token when one is set.
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.adapters.http import authorize, deadline_seconds, kserve_errors, plane_of, read_body, readiness_body
 from service.adapters.kserve_codec import HEADER_LENGTH, build_response, header_split, json_too_large, parse_request, requested_outputs
+from service.admission import off_loop
 from service.errors import PayloadTooLarge
 
 KSERVE_BODY = "a KServe v2 inference request: a JSON object with 'inputs', optionally followed by binary tensor data"
@@ -63,7 +62,7 @@ async def infer(request: Request) -> Response:
                 raise
             raise json_too_large(limit) from None  # saying how to send more
         # Off the event loop: parsing JSON or BYTES items up to the limits takes seconds.
-        kserve_request, tensors = await asyncio.to_thread(parse_request, body, split, settings.max_kserve_json_bytes)
+        kserve_request, tensors = await off_loop(parse_request, body, split, settings.max_kserve_json_bytes)
         result = await plane.infer(name, tensors, version=version, outputs=requested_outputs(kserve_request))
     content, headers = build_response(kserve_request, result.model_name, result.model_version, result.outputs)
     return Response(content, headers=headers)

@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import anyio.to_thread
 import numpy as np
 from PIL import Image
 
 from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats, WindowSpan, grid_frames
 from layout import artifacts
+from service.admission import off_loop
 from service.concurrency import gather_or_cancel
 from service.engine.client import BatchCall, EngineClient, TimedCall
 from service.engine.contracts import TimedRows
@@ -184,7 +184,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
         """Decode -> resample -> windows -> normalized log-mel (streamed in blocks), off the event loop.
         Typed 4xx on bad audio."""
         try:
-            return await anyio.to_thread.run_sync(self._prepare, data)
+            return await off_loop(self._prepare, data)
         except AudioError as exc:
             raise from_audio_error(exc) from exc
 
@@ -227,7 +227,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
                 raise InvalidParameter(f"the waveform's samples are too large to analyze; {SAMPLE_RANGE}")
             return windows
 
-        return await self.window_outputs(await anyio.to_thread.run_sync(features))
+        return await self.window_outputs(await off_loop(features))
 
     async def outputs_from_features(self, features: np.ndarray) -> WindowOutputs:
         expected = self.frontend.config.feature_shape

@@ -220,3 +220,22 @@ async def test_infer_past_the_servers_deadline_is_deadline_exceeded(client, plan
     refused = await _refused(client)
     assert refused.status() == "StatusCode.DEADLINE_EXCEEDED" and "within its deadline of 0.2 s" in refused.message()
     assert held.cancelled.is_set() and counted_errors("grpc", "deadline_exceeded", 504) == before + 1
+
+
+async def test_grpc_itself_bounds_the_calls_it_holds_beyond_the_in_flight_limit(plane, held, monkeypatch):
+    """Calls whose message is still arriving are not admitted yet, so gRPC's own bound must hold
+    them: max_in_flight + EXTRA_RPCS calls at once, the next RESOURCE_EXHAUSTED."""
+    from service.adapters.grpc import server as grpc_server
+
+    monkeypatch.setattr(grpc_server, "EXTRA_RPCS", 0)
+    plane.settings.max_in_flight = 1
+    port = free_port()
+    server = await start_grpc_server(plane, "127.0.0.1", port)
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        async with one_in_flight(client, held):
+            refused = await _refused(client)
+        assert refused.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    finally:
+        await client.close()
+        await server.stop(grace=None)

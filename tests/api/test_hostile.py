@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import struct
+import threading
 import time
 
 import grpc
@@ -455,3 +456,32 @@ async def test_a_large_bytes_tensor_is_decoded_off_the_event_loop(http, plane):
     await watcher
     status_of(response, 422, "must be FP32 samples")
     assert longest < 0.5, f"the event loop stalled {longest:.2f} s at once"
+
+
+async def test_a_request_that_gives_up_keeps_its_slot_until_its_decode_thread_ends(plane, http, wav, monkeypatch):
+    """A thread cannot be stopped: a client that sets a tiny deadline on every request would
+    otherwise keep any number of decodes running past max_in_flight, each answered 504 at once."""
+    plane.admission.max_in_flight = 1
+    model = await plane.classifier()
+    release, entered = threading.Event(), threading.Event()
+    real_prepare = model._prepare
+
+    def held_prepare(data: bytes):
+        entered.set()
+        release.wait(10)
+        return real_prepare(data)
+
+    monkeypatch.setattr(model, "_prepare", held_prepare)
+    status_of(await http.post("/classify", content=wav, headers={"X-Request-Timeout": "0.05"}), 504, "deadline")
+    assert entered.is_set()
+    # Its decode still runs: the slot is still taken, so the next request is refused, not decoded beside it.
+    status_of(await http.post("/classify", content=wav), 503, "its limit")
+    assert plane.admission.in_flight == 1
+    release.set()
+    for _ in range(500):  # the thread ends within milliseconds of its release, and gives the slot back
+        if plane.admission.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert plane.admission.in_flight == 0
+    monkeypatch.setattr(model, "_prepare", real_prepare)
+    assert (await http.post("/classify", content=wav)).status_code == 200

@@ -8,7 +8,6 @@ INTERNAL with a fixed message, logged with its traceback and counted.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,9 +18,11 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from service.adapters.grpc.messages import SERVICE, message, methods
+from service.admission import off_loop
 from service.auth import check_bearer
 from service.dataplane import DataPlane
 from service.errors import BadRequest, InvalidParameter, ServiceError, as_service_error
+from service.settings import ServiceSettings
 from service.tensors import Tensor, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
 log = logging.getLogger("chorus.grpc")
@@ -187,7 +188,7 @@ class InferenceServicer:
         self.plane.check_name(request.model_name)
         async with self.plane.admitted(self.plane.deadline(context.time_remaining())):
             # Off the event loop: decoding up to the upload limit of values takes seconds (BYTES items one by one).
-            tensors = await asyncio.to_thread(input_tensors, request)
+            tensors = await off_loop(input_tensors, request)
             result = await self.plane.infer(
                 request.model_name, tensors, version=request.model_version or None, outputs=[o.name for o in request.outputs]
             )
@@ -198,8 +199,28 @@ class InferenceServicer:
         return response
 
 
+EXTRA_RPCS = 32
+"""RPCs gRPC takes at once beyond max_in_flight: metadata, health and readiness calls, and inference
+calls for the data plane to refuse with its own UNAVAILABLE rather than gRPC's RESOURCE_EXHAUSTED.
+The bound counts calls whose message is still arriving, which admission cannot see: without it one
+connection held 20 unfinished 30 MiB messages (600 MiB) for as long as it stayed open."""
+CONNECTION_AGE_SECONDS = 600
+"""After this a connection is asked to go (GOAWAY: clients reconnect by themselves), and it is cut
+once its calls have had the longest deadline and a body read timeout more, so a stalled message
+cannot be held for ever (HTTP bodies have their read timeout)."""
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    grace = settings.default_deadline_seconds + settings.read_timeout_seconds
+    return [
+        ("grpc.max_receive_message_length", settings.max_upload_bytes),
+        ("grpc.max_connection_age_ms", CONNECTION_AGE_SECONDS * 1000),
+        ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
+    ]
+
+
 async def start_grpc_server(plane: DataPlane, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", plane.settings.max_upload_bytes)])
+    server = grpc.aio.server(options=server_options(plane.settings), maximum_concurrent_rpcs=plane.settings.max_in_flight + EXTRA_RPCS)
     server.add_generic_rpc_handlers((InferenceServicer(plane).handler(),))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
