@@ -70,6 +70,13 @@ class Conflict(ServiceError):
     status, kind = 409, "conflict"
 
 
+class TooManyRequests(ServiceError):
+    """A quota of things kept for clients (uploads waiting for a job, unfinished jobs) is full: it
+    frees as clients submit, cancel or delete, not by waiting, so no Retry-After."""
+
+    status, kind = 429, "too_many"
+
+
 class PayloadTooLarge(ServiceError):
     status, kind = 413, "payload_too_large"
 

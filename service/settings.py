@@ -119,6 +119,14 @@ class ServiceSettings(BaseSettings):
     max_job_upload_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest recording uploaded for an analysis job, in bytes (413 while it streams)."
     )
+    max_pending_uploads: int = Field(
+        32,
+        ge=1,
+        description="Most uploads no job has taken yet, kept at once; past it POST /jobs/uploads is a 429 (submit or delete some).",
+    )
+    max_unfinished_jobs: int = Field(
+        64, ge=1, description="Most jobs queued or running at once; past it a submission is a 429 (wait for some, or cancel them)."
+    )
     analyze_root: str | None = Field(
         None, description="Folder whose files and subfolders analysis jobs may name by path; unset: jobs take uploads only."
     )

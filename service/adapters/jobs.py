@@ -36,6 +36,7 @@ from service.errors import (
     JobsUnavailable,
     MethodNotAllowed,
     NotFound,
+    TooManyRequests,
     UnsupportedMedia,
     as_service_error,
     error_body,
@@ -115,7 +116,14 @@ async def upload(request: Request) -> Response:
     authorize(request)
     limit = plane.settings.max_job_upload_bytes
     check_content_length(request, limit)
-    upload_id, folder = store_of(request).new_upload()
+    store = store_of(request)
+    if await asyncio.to_thread(store.pending_uploads) >= plane.settings.max_pending_uploads:
+        # Each one is disk (up to the upload limit) and an open file while it streams: bounded.
+        raise TooManyRequests(
+            f"{plane.settings.max_pending_uploads} uploads wait for a job, the server's limit (CHORUS_MAX_PENDING_UPLOADS);"
+            " submit them (POST /analyze/submit) or delete them (DELETE /jobs/uploads/{id}) first"
+        )
+    upload_id, folder = store.new_upload()
     target = folder / upload_name(request.query_params.get("name"))
     size = 0
     try:
@@ -135,11 +143,16 @@ async def upload(request: Request) -> Response:
 @json_errors
 async def list_jobs(request: Request) -> Response:
     authorize(request)
-    store, views = store_of(request), []
+    # In a thread: each job is a state file read and an output folder listed.
+    return JSONResponse({"jobs": await asyncio.to_thread(_job_views, store_of(request))})
+
+
+def _job_views(store: JobStore) -> list[dict[str, Any]]:
+    views = []
     for job_id in store.jobs():
         with contextlib.suppress(NotFound), deleted_is_404(job_id):
             views.append(job_view(store, job_id))
-    return JSONResponse({"jobs": views})
+    return views
 
 
 def _job_id(request: Request) -> str:
@@ -161,8 +174,9 @@ async def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
     """The job after the cancel: "cancelled" at once when it was queued, still "running" until its
     next batch of windows when it was running."""
     with deleted_is_404(job_id):
-        store.cancel(job_id)
-        await recount_jobs(store, metrics)
+        if store.state(job_id).status not in FINISHED:  # a finished one has nothing to cancel, nor to recount
+            store.cancel(job_id)
+            await recount_jobs(store, metrics)
         return JSONResponse(job_view(store, job_id))
 
 
@@ -291,7 +305,10 @@ class JobGate:
             # In a thread: a path's check lists its folder and resolves every file in it (200,000
             # files took 8 s), which on the event loop would hold up every other request.
             submission = parse_json(body, "the submission")
-            job, upload = await asyncio.to_thread(check_submission, submission, store, self.state.plane.settings.analyze_root, model.labels)
+            settings = self.state.plane.settings
+            job, upload = await asyncio.to_thread(
+                check_submission, submission, store, settings.analyze_root, model.labels, settings.max_unfinished_jobs
+            )
             return CheckedSubmission(body, job, upload)
         methods = _TASK_METHODS.get(path.removeprefix(TASK))
         if methods is None:

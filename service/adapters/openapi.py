@@ -233,6 +233,7 @@ _REST_ERRORS = {
     "413": "body or audio too long",
     "415": "unsupported or corrupt audio (the body lists accepted_formats), or a body of a media type the route does not take",
     "422": "invalid parameter",
+    "429": "too many uploads waiting for a job, or too many jobs unfinished (CHORUS_MAX_PENDING_UPLOADS, CHORUS_MAX_UNFINISHED_JOBS)",
     "503": "overloaded, shutting down or still loading (Retry-After header), or the models failed to load",
     "504": "past the request deadline (X-Request-Timeout header or the server's default)",
 }
@@ -515,7 +516,7 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
                 "Upload a recording for an analysis job: the raw file as the body, ?name=<file name>; "
                 f"at most {s.max_job_upload_bytes} bytes, refused while it streams",
                 {"description": "the upload's id (for POST /analyze/submit), name and size", **_json({"type": "object"})},
-                "400 401 408 413",
+                "400 401 408 413 429",
                 "post",
                 [_query("name", _STRING)],
                 status="201",

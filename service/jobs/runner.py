@@ -138,7 +138,10 @@ class JobRunner:
     def start(self, job_id: str) -> asyncio.Task:
         """The job's run, started once per process."""
         if job_id not in self._running or self._running[job_id].done():
-            self._running[job_id] = asyncio.create_task(self.run(job_id), name=f"chorus-job-{job_id}")
+            task = asyncio.create_task(self.run(job_id), name=f"chorus-job-{job_id}")
+            self._running[job_id] = task
+            # Forgotten once it ends: a long-lived server runs thousands of jobs.
+            task.add_done_callback(lambda _: self._running.pop(job_id, None) if self._running.get(job_id) is task else None)
         return self._running[job_id]
 
     def resume_all(self) -> None:

@@ -101,6 +101,10 @@ class JobStore:
         folder.mkdir()
         return upload_id, folder
 
+    def pending_uploads(self) -> int:
+        """Uploads no job has taken yet (still streaming in included)."""
+        return sum(1 for folder in (self.home / "uploads").iterdir() if folder.is_dir())
+
     def upload_path(self, upload_id: str) -> Path:
         if not self.valid_id(upload_id) or not (self.home / "uploads" / upload_id).is_dir():
             raise KeyError(upload_id)
@@ -122,8 +126,14 @@ class JobStore:
                 state = JobState(status="failed", error="its upload was deleted before the job started; upload the recording again")
         # The state first: job.json is what makes the folder a job, so a crash between the two
         # writes leaves a folder that is ignored rather than a job without a state.
-        self.save_state(job_id, state)
-        write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
+        try:
+            self.save_state(job_id, state)
+            write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
+        except BaseException:  # (a full disk): the upload goes back, no folder is left that nothing lists or expires
+            if upload is not None and (folder / "input").is_dir():
+                (folder / "input").rename(upload)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def request(self, job_id: str) -> JobRequest:
         return JobRequest(**json.loads((self.folder(job_id) / "job.json").read_text()))

@@ -11,7 +11,7 @@ from typing import Any
 from analyze.detections import UnknownSpeciesError, check_species
 from analyze.sources import SourceError, expand_sources
 from analyze.writers import DEFAULT_FORMATS, FORMATS
-from service.errors import BadRequest, Forbidden, InvalidParameter, NotFound
+from service.errors import BadRequest, Forbidden, InvalidParameter, NotFound, TooManyRequests
 from service.jobs.store import JobRequest, JobStore
 
 FIELDS = ("upload_id", "path", "formats", "min_confidence", "top_k", "merge", "species", "exclude", "channels")
@@ -51,7 +51,20 @@ def outside(files: list[Path], folders: list[Path]) -> list[Path]:
     return [f for f in files if not any(f.resolve().is_relative_to(folder) for folder in real_folders)]
 
 
-def check_submission(body: Any, store: JobStore, root: str | None, labels: list[str]) -> tuple[JobRequest, Path | None]:
+def check_room_for_a_job(store: JobStore, max_unfinished: int) -> None:
+    """429 when max_unfinished jobs are queued or running: each takes a folder, a journal and engine
+    time, and a client could otherwise queue the same folder a thousand times."""
+    counts = store.counts()
+    if counts["queued"] + counts["running"] >= max_unfinished:
+        raise TooManyRequests(
+            f"{counts['queued'] + counts['running']} jobs are queued or running, the server's limit (CHORUS_MAX_UNFINISHED_JOBS);"
+            " submit again once some have finished, or cancel some (POST /jobs/{id}/cancel)"
+        )
+
+
+def check_submission(
+    body: Any, store: JobStore, root: str | None, labels: list[str], max_unfinished: int
+) -> tuple[JobRequest, Path | None]:
     """(the job's request, the upload folder it takes over, if any)."""
     if not isinstance(body, dict):
         raise BadRequest('a job submission is a JSON object like {"upload_id": "..."} or {"path": "site1/"}')
@@ -102,6 +115,7 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
         check_species(set(species or ()) | set(exclude), labels)
     except UnknownSpeciesError as exc:
         raise InvalidParameter(str(exc), labels=labels) from None
+    check_room_for_a_job(store, max_unfinished)
     request = JobRequest(
         sources=sources,
         formats=formats,

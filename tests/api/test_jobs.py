@@ -727,3 +727,46 @@ async def test_a_job_stops_with_the_server_even_when_the_engine_is_gone_and_stay
     assert store.state("stopped").status == "running"
     with store.running("stopped") as free:
         assert free  # its lock is free for the next start
+
+
+async def test_uploads_no_job_took_are_bounded_and_deleting_one_makes_room(http, plane, store, wav):
+    plane.settings.max_pending_uploads = 2
+    ids = [(await http.post("/jobs/uploads", content=wav)).json()["upload_id"] for _ in range(2)]
+    refused = await http.post("/jobs/uploads", content=wav)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "too_many"
+    assert "DELETE /jobs/uploads" in refused.json()["error"]["message"] and store.pending_uploads() == 2
+    assert (await http.delete(f"/jobs/uploads/{ids[0]}")).status_code == 204
+    assert (await http.post("/jobs/uploads", content=wav)).status_code == 201
+
+
+async def test_unfinished_jobs_are_bounded_and_a_finished_one_makes_room(gate, plane, store, bentoml_tasks):
+    plane.settings.max_unfinished_jobs = 1
+    store.create("waiting", JobRequest(sources=["x"], formats=["csv"]))
+    refused = await gate.post("/analyze/submit", json={"path": "site1"})
+    assert refused.status_code == 429 and "1 jobs are queued or running" in refused.json()["error"]["message"]
+    assert bentoml_tasks.bodies == []
+    store.save_state("waiting", JobState(status="cancelled"))
+    assert (await gate.post("/analyze/submit", json={"path": "site1"})).status_code == 200
+
+
+def test_a_job_that_fails_to_be_made_gives_its_upload_back_and_leaves_no_folder(store, wav, monkeypatch):
+    upload_id, folder = store.new_upload()
+    (folder / "a.wav").write_bytes(wav)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "save_state", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        store.create("doomed", JobRequest(sources=[str(folder)], formats=["csv"]), folder)
+    assert (folder / "a.wav").read_bytes() == wav and store.upload_path(upload_id) == folder
+    assert not store.folder("doomed").exists()
+
+
+async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
+    plane.settings.analyze_root = str(root)
+    store.create("brief", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    runner = JobRunner(store, plane)
+    await runner.start("brief")
+    await asyncio.sleep(0)  # the done callbacks run on the loop's next turn
+    assert runner._running == {}
