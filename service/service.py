@@ -27,6 +27,7 @@ from service.adapters.connections import install_head_limits
 from service.adapters.grpc.server import start_grpc_server
 from service.adapters.health import ServingGate
 from service.adapters.jobs import JobGate, job_view, jobs_of
+from service.adapters.request_timeout import cancel_request_timers
 from service.adapters.route_labels import label_metrics_by_route
 from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
@@ -45,6 +46,7 @@ log = logging.getLogger("chorus.service")
 settings = ServiceSettings()
 install_head_limits(settings.header_timeout_seconds, settings.max_header_bytes)
 label_metrics_by_route()
+cancel_request_timers()
 # The engine listens on loopback TCP, not a unix socket: on shutdown BentoML deletes the sockets'
 # folder before it stops the workers, so a request still draining could not open a new engine
 # connection (tests/e2e/test_lifecycle.py). Read by BentoML's supervisor, which imports this module.
