@@ -20,8 +20,8 @@ from service.metrics import Metrics
 
 T = TypeVar("T")
 
-_holding: ContextVar[Admission | None] = ContextVar("chorus_admission", default=None)
-"""The admission whose slot the current request holds (off_loop keeps it taken past a cancel)."""
+_holding: ContextVar[_Outliving | None] = ContextVar("chorus_admission", default=None)
+"""The current request's slot, as off_loop sees it (the request's tasks share it: gather's children too)."""
 
 
 class Admission:
@@ -52,16 +52,11 @@ class Admission:
         if self.metrics:
             self.metrics.in_flight.dec()
 
-    def hold_until(self, work: asyncio.Future) -> None:
-        """Keep a slot taken until `work` ends: a thread that a cancelled request left running."""
-        self._take()
-        work.add_done_callback(lambda _: self._give_back())
-
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         self._refuse_if_full()
         self._take()
-        holding = _holding.set(self)
+        holding = _holding.set(_Outliving(self))
         try:
             yield
         finally:
@@ -83,6 +78,30 @@ class Admission:
                 ) from None
 
 
+class _Abandoned(Exception):
+    """Work whose request was cancelled before a thread took it up."""
+
+
+class _Outliving:
+    """The threads a cancelled request left running: one slot stays taken while any of them runs (a
+    /classify/batch of 16 files leaves up to 16, and takes one slot, as it did while it ran)."""
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+        self.threads: set[asyncio.Future] = set()
+
+    def add(self, work: asyncio.Future) -> None:
+        if not self.threads:
+            self.admission._take()
+        self.threads.add(work)
+        work.add_done_callback(self._ended)
+
+    def _ended(self, work: asyncio.Future) -> None:
+        self.threads.discard(work)
+        if not self.threads:
+            self.admission._give_back()
+
+
 async def off_loop(func: Callable[..., T], *args: object) -> T:
     """func(*args) on a worker thread, off the event loop. A thread cannot be stopped: when the
     caller is cancelled (its deadline passed, its client went away) it is answered at once, but the
@@ -90,13 +109,22 @@ async def off_loop(func: Callable[..., T], *args: object) -> T:
     every request at once could keep any number of decodes running past max_in_flight (found:
     30 requests with a 50 ms deadline left 26 decode threads running, and slowed an honest
     request 15-fold)."""
-    work = asyncio.ensure_future(anyio.to_thread.run_sync(func, *args))
+    abandoned = False
+
+    def unless_abandoned() -> T:
+        # Work still waiting for a free thread when its request is cancelled never starts.
+        if abandoned:
+            raise _Abandoned
+        return func(*args)
+
+    work = asyncio.ensure_future(anyio.to_thread.run_sync(unless_abandoned))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        admission = _holding.get()
-        if admission is not None and not work.done():
-            admission.hold_until(work)
+        abandoned = True
+        outliving = _holding.get()
+        if outliving is not None and not work.done():
+            outliving.add(work)
         work.add_done_callback(_retrieved)
         raise
 

@@ -42,8 +42,8 @@ from service.errors import (
     error_body,
 )
 from service.jobs.runner import recount_jobs
-from service.jobs.store import FINISHED, JobBusyError, JobRequest, JobStore
-from service.jobs.submit import check_submission
+from service.jobs.store import FINISHED, JobBusyError, JobRequest, JobStore, TooManyUploads
+from service.jobs.submit import check_room_for_a_job, check_submission
 from service.metrics import Metrics
 
 log = logging.getLogger("chorus.jobs")
@@ -116,14 +116,13 @@ async def upload(request: Request) -> Response:
     authorize(request)
     limit = plane.settings.max_job_upload_bytes
     check_content_length(request, limit)
-    store = store_of(request)
-    if await asyncio.to_thread(store.pending_uploads) >= plane.settings.max_pending_uploads:
-        # Each one is disk (up to the upload limit) and an open file while it streams: bounded.
+    try:  # each one is disk (up to the upload limit) and an open file while it streams: bounded
+        upload_id, folder = await asyncio.to_thread(store_of(request).new_upload, plane.settings.max_pending_uploads)
+    except TooManyUploads as full:
         raise TooManyRequests(
-            f"{plane.settings.max_pending_uploads} uploads wait for a job, the server's limit (CHORUS_MAX_PENDING_UPLOADS);"
+            f"{full.args[0]} uploads wait for a job, the server's limit (CHORUS_MAX_PENDING_UPLOADS);"
             " submit them (POST /analyze/submit) or delete them (DELETE /jobs/uploads/{id}) first"
-        )
-    upload_id, folder = store.new_upload()
+        ) from None
     target = folder / upload_name(request.query_params.get("name"))
     size = 0
     try:
@@ -249,6 +248,10 @@ class JobGate:
     def __init__(self, app: ASGIApp, state: State):
         self.app = app
         self.state = state
+        self._accepted = 0
+        """Submissions checked whose job is not made yet: counted with the jobs on disk, so that
+        submissions arriving together cannot all pass one count (per API worker)."""
+        self._room = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -277,6 +280,8 @@ class JobGate:
             if holding.sent:  # the job's own run, after the answer: as BentoML would have it
                 raise
             await self._refuse(exc, path, scope, receive, send)
+        finally:
+            self._accepted -= 1  # its job is made now, or will never be
 
     async def _refuse(self, exc: Exception, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The JSON error answer for what the gate refused or could not do, counted in the metrics."""
@@ -306,9 +311,10 @@ class JobGate:
             # files took 8 s), which on the event loop would hold up every other request.
             submission = parse_json(body, "the submission")
             settings = self.state.plane.settings
-            job, upload = await asyncio.to_thread(
-                check_submission, submission, store, settings.analyze_root, model.labels, settings.max_unfinished_jobs
-            )
+            job, upload = await asyncio.to_thread(check_submission, submission, store, settings.analyze_root, model.labels)
+            async with self._room:
+                await asyncio.to_thread(check_room_for_a_job, store, settings.max_unfinished_jobs, self._accepted)
+                self._accepted += 1  # until __call__ has made its job (or failed to)
             return CheckedSubmission(body, job, upload)
         methods = _TASK_METHODS.get(path.removeprefix(TASK))
         if methods is None:

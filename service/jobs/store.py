@@ -2,6 +2,7 @@
 server knows every job's state and resumes the ones it was running.
 
     <jobs home>/uploads/<upload id>        a recording streamed in for a job (then moved into a job)
+    <jobs home>/.uploads.lock              held (flock) while an upload is counted and made
     <jobs home>/<job id>/job.json          what was asked (sources, detection options, formats)
     <jobs home>/<job id>/state.json        status, progress, summary, error (rewritten atomically)
     <jobs home>/<job id>/input/            the uploaded recording, when there is one
@@ -69,6 +70,10 @@ def _is_job(folder: Path) -> bool:
     return (folder / "job.json").is_file() and (folder / "state.json").is_file()
 
 
+class TooManyUploads(Exception):
+    """The uploads no job has taken are at their limit; the argument: how many wait."""
+
+
 class JobBusyError(Exception):
     """The job is queued or running: it must be cancelled (and have stopped) before it is deleted."""
 
@@ -94,11 +99,17 @@ class JobStore:
 
     # Uploads
 
-    def new_upload(self) -> tuple[str, Path]:
-        """An id and a fresh folder for one uploaded recording (kept under its own file name there)."""
-        upload_id = uuid.uuid4().hex
-        folder = self.home / "uploads" / upload_id
-        folder.mkdir()
+    def new_upload(self, max_pending: int | None = None) -> tuple[str, Path]:
+        """An id and a fresh folder for one uploaded recording (kept under its own file name there).
+        TooManyUploads when max_pending uploads wait already: counted and made under one lock, so
+        uploads arriving together (from any worker) cannot all pass one count."""
+        with (self.home / ".uploads.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: run it off the event loop
+            if max_pending is not None and (waiting := self.pending_uploads()) >= max_pending:
+                raise TooManyUploads(waiting)
+            upload_id = uuid.uuid4().hex
+            folder = self.home / "uploads" / upload_id
+            folder.mkdir()
         return upload_id, folder
 
     def pending_uploads(self) -> int:

@@ -51,20 +51,20 @@ def outside(files: list[Path], folders: list[Path]) -> list[Path]:
     return [f for f in files if not any(f.resolve().is_relative_to(folder) for folder in real_folders)]
 
 
-def check_room_for_a_job(store: JobStore, max_unfinished: int) -> None:
-    """429 when max_unfinished jobs are queued or running: each takes a folder, a journal and engine
-    time, and a client could otherwise queue the same folder a thousand times."""
+def check_room_for_a_job(store: JobStore, max_unfinished: int, accepted: int = 0) -> None:
+    """429 when max_unfinished jobs are queued or running, counting `accepted` submissions whose
+    job is not made yet: each takes a folder, a journal and engine time, and a client could
+    otherwise queue the same folder a thousand times."""
     counts = store.counts()
-    if counts["queued"] + counts["running"] >= max_unfinished:
+    unfinished = counts["queued"] + counts["running"] + accepted
+    if unfinished >= max_unfinished:
         raise TooManyRequests(
-            f"{counts['queued'] + counts['running']} jobs are queued or running, the server's limit (CHORUS_MAX_UNFINISHED_JOBS);"
+            f"{unfinished} jobs are queued or running, the server's limit (CHORUS_MAX_UNFINISHED_JOBS);"
             " submit again once some have finished, or cancel some (POST /jobs/{id}/cancel)"
         )
 
 
-def check_submission(
-    body: Any, store: JobStore, root: str | None, labels: list[str], max_unfinished: int
-) -> tuple[JobRequest, Path | None]:
+def check_submission(body: Any, store: JobStore, root: str | None, labels: list[str]) -> tuple[JobRequest, Path | None]:
     """(the job's request, the upload folder it takes over, if any)."""
     if not isinstance(body, dict):
         raise BadRequest('a job submission is a JSON object like {"upload_id": "..."} or {"path": "site1/"}')
@@ -115,7 +115,6 @@ def check_submission(
         check_species(set(species or ()) | set(exclude), labels)
     except UnknownSpeciesError as exc:
         raise InvalidParameter(str(exc), labels=labels) from None
-    check_room_for_a_job(store, max_unfinished)
     request = JobRequest(
         sources=sources,
         formats=formats,

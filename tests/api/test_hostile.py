@@ -485,3 +485,30 @@ async def test_a_request_that_gives_up_keeps_its_slot_until_its_decode_thread_en
     assert plane.admission.in_flight == 0
     monkeypatch.setattr(model, "_prepare", real_prepare)
     assert (await http.post("/classify", content=wav)).status_code == 200
+
+
+async def test_a_batch_that_gives_up_keeps_one_slot_and_work_not_yet_begun_never_runs(plane, http, wav, monkeypatch):
+    """A /classify/batch decodes its files on several threads; given up, it keeps one slot (not one
+    per file) while any runs, and the files still waiting for a thread are never decoded."""
+    import anyio.to_thread
+
+    monkeypatch.setattr(anyio.to_thread.current_default_thread_limiter(), "total_tokens", 1)
+    model = await plane.classifier()
+    release, started = threading.Event(), []
+    real_prepare = model._prepare
+
+    def held_prepare(data: bytes):
+        started.append(data)
+        release.wait(10)
+        return real_prepare(data)
+
+    monkeypatch.setattr(model, "_prepare", held_prepare)
+    files = [("audio", (f"{i}.wav", wav)) for i in range(4)]
+    status_of(await http.post("/classify/batch", files=files, headers={"X-Request-Timeout": "0.1"}), 504, "deadline")
+    assert plane.admission.in_flight == 1 and len(started) == 1  # one thread at a time, by the limiter above
+    release.set()
+    for _ in range(500):
+        if plane.admission.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert plane.admission.in_flight == 0 and len(started) == 1  # the three waiting for a thread never ran

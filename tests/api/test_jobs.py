@@ -770,3 +770,13 @@ async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
     await runner.start("brief")
     await asyncio.sleep(0)  # the done callbacks run on the loop's next turn
     assert runner._running == {}
+
+
+async def test_the_upload_and_job_bounds_hold_for_requests_arriving_together(http, gate, plane, store, wav):
+    """Counted and taken in one step: twenty at once cannot all pass a count made before any is taken."""
+    plane.settings.max_pending_uploads, plane.settings.max_unfinished_jobs = 2, 2
+    uploads = await asyncio.gather(*(http.post("/jobs/uploads", content=wav) for _ in range(20)))
+    assert sorted(r.status_code for r in uploads) == [201] * 2 + [429] * 18 and store.pending_uploads() == 2
+    submissions = await asyncio.gather(*(gate.post("/analyze/submit", json={"path": "site1"}) for _ in range(20)))
+    assert sorted(r.status_code for r in submissions) == [200] * 2 + [429] * 18
+    assert store.counts()["queued"] + store.counts()["running"] <= 2

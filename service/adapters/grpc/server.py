@@ -204,10 +204,14 @@ EXTRA_RPCS = 32
 calls for the data plane to refuse with its own UNAVAILABLE rather than gRPC's RESOURCE_EXHAUSTED.
 The bound counts calls whose message is still arriving, which admission cannot see: without it one
 connection held 20 unfinished 30 MiB messages (600 MiB) for as long as it stayed open."""
-CONNECTION_AGE_SECONDS = 600
+CONNECTION_AGE_SECONDS = 60
 """After this a connection is asked to go (GOAWAY: clients reconnect by themselves), and it is cut
-once its calls have had the longest deadline and a body read timeout more, so a stalled message
-cannot be held for ever (HTTP bodies have their read timeout)."""
+once its calls have had the longest deadline and a body read timeout more: a call whose message
+never comes holds its place ~2.5 minutes at the defaults, not for as long as its connection stays
+open (an HTTP body that stops coming is cut after the read timeout)."""
+STREAMS_PER_CONNECTION = 64
+"""Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client
+queues the rest): one connection alone cannot take every place of maximum_concurrent_rpcs."""
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -216,6 +220,7 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_upload_bytes),
         ("grpc.max_connection_age_ms", CONNECTION_AGE_SECONDS * 1000),
         ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
+        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
     ]
 
 
