@@ -183,7 +183,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if summary.audio_formats > 1 and "raven-combined" in options.formats:
         print(
             f"chorus analyze: warning: the files come in {summary.audio_formats} sample-rate/channel formats, and Raven opens a"
-            " file sequence (combined.list.txt) only when all share one: open the per-file tables under raven/ instead",
+            " file sequence (combined.list.txt) only when all share one: open the per-file tables (the raven format, under raven/)",
             file=sys.stderr,
         )
     _print_result(summary.as_dict())

@@ -96,7 +96,9 @@ class Chorus:
         Drain("API worker", self._drained, settings.drain_seconds, on_start=self._start_draining).install()
         self._trimming = asyncio.create_task(trim_periodically(settings.malloc_trim_seconds))
         if self.runner is not None:
-            self._expiring = asyncio.create_task(expire_periodically(self.runner.store, settings.jobs_keep_hours, self.plane.metrics))
+            self._expiring = asyncio.create_task(
+                expire_periodically(self.runner.store, settings.jobs_keep_hours, self.plane.metrics, settings.uploads_keep_hours)
+            )
         if settings.grpc_port:
             host = settings.grpc_host or http_listen_host() or "0.0.0.0"
             self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)

@@ -134,8 +134,14 @@ class ServiceSettings(BaseSettings):
     jobs_keep_hours: float | None = Field(
         None,
         gt=0,
-        description="Finished jobs (by their last state change) and uploads no job took (by their last write) older than this "
-        "are deleted by the server, tables and input with them; unset: kept until a client deletes them (DELETE /jobs/{id}).",
+        description="Finished jobs (by their last state change) older than this are deleted by the server, tables and input "
+        "with them; unset: kept until a client deletes them (DELETE /jobs/{id}).",
+    )
+    uploads_keep_hours: float | None = Field(
+        1.0,
+        gt=0,
+        description="Uploads no job took, by their last write, are deleted this long after it (so that the bounded room for "
+        "them, CHORUS_MAX_PENDING_UPLOADS, frees itself); unset: kept until a client deletes them.",
     )
 
     # Frames generation limits

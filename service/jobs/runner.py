@@ -86,22 +86,26 @@ async def recount_jobs(store: JobStore, metrics: Metrics) -> None:
     await asyncio.to_thread(count_jobs, store, metrics)
 
 
-async def expire_periodically(store: JobStore, keep_hours: float | None, metrics: Metrics) -> None:
-    """Delete what has been kept `keep_hours` (JobStore.expire), checking 20 times in that span and at
-    least every 10 minutes, until cancelled; nothing when it is None."""
-    if keep_hours is None:
+async def expire_periodically(store: JobStore, keep_hours: float | None, metrics: Metrics, uploads_keep_hours: float | None = None) -> None:
+    """Delete finished jobs kept `keep_hours` and uploads no job took kept `uploads_keep_hours` (the
+    jobs' when None; JobStore.expire), checking 20 times in the shorter span and at least every 10
+    minutes, until cancelled; nothing when both are None."""
+    keeps = [hours * 3600 for hours in (keep_hours, uploads_keep_hours) if hours is not None]
+    if not keeps:
         return
-    keep_seconds = keep_hours * 3600
     while True:
         try:
             # Off the event loop: it reads every job's state and may remove many files.
-            deleted = await asyncio.to_thread(store.expire, time.time() - keep_seconds)
+            now = time.time()
+            jobs_before = None if keep_hours is None else now - keep_hours * 3600
+            uploads_before = jobs_before if uploads_keep_hours is None else now - uploads_keep_hours * 3600
+            deleted = await asyncio.to_thread(store.expire, jobs_before, uploads_before)
             if deleted:
-                log.info("deleted %d job(s) and upload(s) kept over %g h: %s", len(deleted), keep_hours, ", ".join(deleted))
+                log.info("deleted %d expired job(s) and upload(s): %s", len(deleted), ", ".join(deleted))
                 await recount_jobs(store, metrics)
         except Exception:  # one pass failing (a file system error) must not end the expiry for good
             log.exception("expiring jobs and uploads failed; trying again later")
-        await asyncio.sleep(min(600.0, keep_seconds / 20))
+        await asyncio.sleep(min(600.0, min(keeps) / 20))
 
 
 def model_info(model: AudioClassifier) -> ModelInfo:

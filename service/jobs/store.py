@@ -216,26 +216,30 @@ class JobStore:
             self.folder(job_id).rename(trash)  # no longer a job from here on, whatever happens next
         shutil.rmtree(trash, ignore_errors=True)
 
-    def expire(self, before: float) -> list[str]:
-        """Delete the finished jobs whose state last changed before `before` (a time.time()) and the
-        uploads no job took that were last written before it; the ids deleted. Another process
-        may be deleting the same ones: what it got to first is skipped."""
-        deleted = []
-        for job_id in self.jobs():
-            with contextlib.suppress(FileNotFoundError, JobBusyError):
-                state = self.state(job_id)
-                if state.status in FINISHED and state.updated < before:
-                    self.delete(job_id)
-                    deleted.append(job_id)
-        for folder in (self.home / "uploads").iterdir():
-            if not folder.is_dir():  # not an upload (uploads are folders): not ours to delete
-                continue
-            with contextlib.suppress(FileNotFoundError, KeyError):
-                # The newest of the folder and its file: an upload still streaming in is written now.
-                written = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
-                if written < before:
-                    self.delete_upload(folder.name)
-                    deleted.append(folder.name)
+    def expire(self, before: float | None, uploads_before: float | None = None) -> list[str]:
+        """Delete the finished jobs whose state last changed before `before` (a time.time(); None: no
+        job) and the uploads no job took that were last written before `uploads_before` (None: the
+        same time as jobs); the ids deleted. Another process may be deleting the same ones: what it
+        got to first is skipped."""
+        deleted: list[str] = []
+        if before is not None:
+            for job_id in self.jobs():
+                with contextlib.suppress(FileNotFoundError, JobBusyError):
+                    state = self.state(job_id)
+                    if state.status in FINISHED and state.updated < before:
+                        self.delete(job_id)
+                        deleted.append(job_id)
+        uploads_before = before if uploads_before is None else uploads_before
+        if uploads_before is not None:
+            for folder in (self.home / "uploads").iterdir():
+                if not folder.is_dir():  # not an upload (uploads are folders): not ours to delete
+                    continue
+                with contextlib.suppress(FileNotFoundError, KeyError):
+                    # The newest of the folder and its file: an upload still streaming in is written now.
+                    written = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+                    if written < uploads_before:
+                        self.delete_upload(folder.name)
+                        deleted.append(folder.name)
         return deleted
 
     def delete_upload(self, upload_id: str) -> None:

@@ -524,12 +524,35 @@ async def test_the_server_expires_jobs_periodically_when_a_keep_time_is_set(plan
     store.save_state("gone", JobState(status="done"))
     swept = asyncio.Event()
     expire = store.expire
-    monkeypatch.setattr(store, "expire", lambda before: (expire(before + 3600), swept.set())[0])  # as if an hour had passed
+    monkeypatch.setattr(store, "expire", lambda before, uploads_before: (expire(before + 3600), swept.set())[0])  # as if an hour had passed
     task = asyncio.create_task(runner.expire_periodically(store, 0.5, plane.metrics))
     await asyncio.wait_for(swept.wait(), 10)
     task.cancel()
     assert store.jobs() == []
     assert await asyncio.wait_for(runner.expire_periodically(store, None, plane.metrics), 1) is None  # unset: nothing to do
+
+
+async def test_uploads_no_job_took_expire_on_their_own_timer_with_finished_jobs_kept(http, plane, store, root, wav, monkeypatch):
+    """The bounded room for uploads must free itself: a client that filled it and left would
+    otherwise keep every other client's uploads out (a 429) for good."""
+    store.create("kept", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("kept", JobState(status="done"))
+    upload_id = (await http.post("/jobs/uploads", content=wav)).json()["upload_id"]
+    swept = asyncio.Event()
+    expire = store.expire
+
+    def an_hour_later(before, uploads_before):
+        assert before is None  # jobs are kept: CHORUS_JOBS_KEEP_HOURS is unset
+        swept.set()
+        return expire(None, uploads_before + 3600)
+
+    monkeypatch.setattr(store, "expire", an_hour_later)
+    task = asyncio.create_task(runner.expire_periodically(store, None, plane.metrics, uploads_keep_hours=1.0))
+    await asyncio.wait_for(swept.wait(), 10)
+    task.cancel()
+    assert store.pending_uploads() == 0 and store.jobs() == ["kept"]
+    with pytest.raises(KeyError):
+        store.upload_path(upload_id)
 
 
 async def test_a_job_deleted_between_its_listing_and_its_reading_is_skipped_or_a_404_never_a_500(http, plane, store, root, monkeypatch):
@@ -635,7 +658,7 @@ async def test_expiry_leaves_what_is_not_an_upload_and_survives_a_failing_pass(p
     assert store.expire(time.time() + 3600) == [] and (store.home / "uploads" / "notes.txt").exists()
     passes = []
 
-    def flaky(before: float) -> list[str]:
+    def flaky(before: float, uploads_before: float) -> list[str]:
         passes.append(before)
         if len(passes) == 1:
             raise OSError("the disk went away for a moment")
