@@ -137,11 +137,11 @@ class ServiceSettings(BaseSettings):
         description="Finished jobs (by their last state change) older than this are deleted by the server, tables and input "
         "with them; unset: kept until a client deletes them (DELETE /jobs/{id}).",
     )
-    uploads_keep_hours: float | None = Field(
+    uploads_keep_hours: float = Field(
         1.0,
         gt=0,
-        description="Uploads no job took, by their last write, are deleted this long after it (so that the bounded room for "
-        "them, CHORUS_MAX_PENDING_UPLOADS, frees itself); unset: kept until a client deletes them.",
+        description="Uploads no job took are deleted this long after their last write, so that their bounded room "
+        "(CHORUS_MAX_PENDING_UPLOADS) frees itself when a client fills it and leaves.",
     )
 
     # Frames generation limits

@@ -271,7 +271,20 @@ class JobGate:
             return
         # A checked submission: BentoML queues it, reading the body we already read.
         store, checked = jobs_of(self.state), answer
-        holding = _HeldAnswer(send, lambda task_id: asyncio.to_thread(store.create, task_id, checked.request, checked.upload))
+        counted = True
+
+        def made() -> None:  # its job is on disk now (or will never be): counted there, not here
+            nonlocal counted
+            if counted:
+                counted, self._accepted = False, self._accepted - 1
+
+        async def make_job(task_id: str) -> None:
+            try:
+                await asyncio.to_thread(store.create, task_id, checked.request, checked.upload)
+            finally:
+                made()
+
+        holding = _HeldAnswer(send, make_job)
         try:
             await self.app(scope, _replay(answer.body), holding.send)
             if not holding.sent:
@@ -281,7 +294,7 @@ class JobGate:
                 raise
             await self._refuse(exc, path, scope, receive, send)
         finally:
-            self._accepted -= 1  # its job is made now, or will never be
+            made()  # BentoML runs the job inside this call, after its answer: by now it was made long ago
 
     async def _refuse(self, exc: Exception, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The JSON error answer for what the gate refused or could not do, counted in the metrics."""

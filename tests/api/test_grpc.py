@@ -231,11 +231,14 @@ async def test_grpc_itself_bounds_the_calls_it_holds_beyond_the_in_flight_limit(
     plane.settings.max_in_flight = 1
     port = free_port()
     server = await start_grpc_server(plane, "127.0.0.1", port)
+    # Two connections: one alone may open at most half the places (here one), and queues the rest itself.
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    other = triton.InferenceServerClient(f"127.0.0.1:{port}", channel_args=[("grpc.use_local_subchannel_pool", 1)])
     try:
         async with one_in_flight(client, held):
-            refused = await _refused(client)
+            refused = await _refused(other)
         assert refused.status() == "StatusCode.RESOURCE_EXHAUSTED"
     finally:
         await client.close()
+        await other.close()
         await server.stop(grace=None)

@@ -803,3 +803,37 @@ async def test_the_upload_and_job_bounds_hold_for_requests_arriving_together(htt
     submissions = await asyncio.gather(*(gate.post("/analyze/submit", json={"path": "site1"}) for _ in range(20)))
     assert sorted(r.status_code for r in submissions) == [200] * 2 + [429] * 18
     assert store.counts()["queued"] + store.counts()["running"] <= 2
+
+
+class RunsTheJobInItsCall(FakeBentoTasks):
+    """As BentoML does: the task runs inside the submission's own ASGI call, after the answer (a
+    Starlette BackgroundTask); here it runs until `finish` is set."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.answered, self.finish = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, scope, receive, send):
+        await super().__call__(scope, receive, send)
+        self.answered.set()
+        await self.finish.wait()
+
+
+async def test_a_submitted_job_counts_once_against_the_bound_while_bentoml_runs_it(plane, store, root):
+    """Found by review: counted as accepted until its run ended, and on disk as well, each job
+    counted twice, and the bound let half as many in."""
+    tasks, app = RunsTheJobInItsCall(store), Starlette()
+    app.state.plane, app.state.jobs = plane, store
+    plane.settings.analyze_root, plane.settings.max_unfinished_jobs = str(root), 2
+    gate = JobGate(tasks, app.state)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://chorus.test") as client:
+        running = []
+        for _ in range(2):
+            tasks.answered.clear()
+            running.append(asyncio.create_task(client.post("/analyze/submit", json={"path": "site1"})))
+            await asyncio.wait_for(tasks.answered.wait(), 10)
+        refused = await client.post("/analyze/submit", json={"path": "site1"})
+        assert refused.status_code == 429 and "2 jobs are queued or running" in refused.json()["error"]["message"]
+        tasks.finish.set()
+        assert [r.status_code for r in await asyncio.gather(*running)] == [200, 200]
+    assert gate._accepted == 0

@@ -210,8 +210,9 @@ once its calls have had the longest deadline and a body read timeout more: a cal
 never comes holds its place ~2.5 minutes at the defaults, not for as long as its connection stays
 open (an HTTP body that stops coming is cut after the read timeout)."""
 STREAMS_PER_CONNECTION = 64
-"""Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client
-queues the rest): one connection alone cannot take every place of maximum_concurrent_rpcs."""
+"""Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client
+queues the rest), and at most half the places of maximum_concurrent_rpcs: one connection alone
+cannot take them all."""
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -220,7 +221,7 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_upload_bytes),
         ("grpc.max_connection_age_ms", CONNECTION_AGE_SECONDS * 1000),
         ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
-        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+        ("grpc.max_concurrent_streams", max(1, min(STREAMS_PER_CONNECTION, (settings.max_in_flight + EXTRA_RPCS) // 2))),
     ]
 
 
