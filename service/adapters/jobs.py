@@ -173,8 +173,7 @@ async def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
     """The job after the cancel: "cancelled" at once when it was queued, still "running" until its
     next batch of windows when it was running."""
     with deleted_is_404(job_id):
-        if store.state(job_id).status not in FINISHED:  # a finished one has nothing to cancel, nor to recount
-            store.cancel(job_id)
+        if store.cancel(job_id):  # a finished one has nothing to cancel, nor to recount
             await recount_jobs(store, metrics)
         return JSONResponse(job_view(store, job_id))
 

@@ -90,22 +90,20 @@ async def expire_periodically(store: JobStore, keep_hours: float | None, metrics
     """Delete finished jobs kept `keep_hours` and uploads no job took kept `uploads_keep_hours` (the
     jobs' when None; JobStore.expire), checking 20 times in the shorter span and at least every 10
     minutes, until cancelled; nothing when both are None."""
-    keeps = [hours * 3600 for hours in (keep_hours, uploads_keep_hours) if hours is not None]
-    if not keeps:
+    keeps = [None if hours is None else hours * 3600 for hours in (keep_hours, uploads_keep_hours)]
+    if keeps == [None, None]:
         return
     while True:
         try:
             # Off the event loop: it reads every job's state and may remove many files.
-            now = time.time()
-            jobs_before = None if keep_hours is None else now - keep_hours * 3600
-            uploads_before = jobs_before if uploads_keep_hours is None else now - uploads_keep_hours * 3600
-            deleted = await asyncio.to_thread(store.expire, jobs_before, uploads_before)
+            jobs_before, uploads_before = (None if keep is None else time.time() - keep for keep in keeps)
+            deleted = await asyncio.to_thread(store.expire, jobs_before, uploads_before)  # uploads None: the jobs' time
             if deleted:
                 log.info("deleted %d expired job(s) and upload(s): %s", len(deleted), ", ".join(deleted))
                 await recount_jobs(store, metrics)
         except Exception:  # one pass failing (a file system error) must not end the expiry for good
             log.exception("expiring jobs and uploads failed; trying again later")
-        await asyncio.sleep(min(600.0, min(keeps) / 20))
+        await asyncio.sleep(min(600.0, *(keep / 20 for keep in keeps if keep is not None)))
 
 
 def model_info(model: AudioClassifier) -> ModelInfo:

@@ -176,13 +176,15 @@ class JobStore:
     def ask_cancel(self, job_id: str) -> None:
         (self.folder(job_id) / "cancel").touch()
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str) -> bool:
         """Ask a job to stop. One that no process runs (queued) is cancelled here and now, rather
-        than shown as queued until its turn comes; a running one stops at its next batch of windows."""
+        than shown as queued until its turn comes; a running one stops at its next batch of windows.
+        False when it had finished already: nothing to cancel."""
         if self.state(job_id).status in FINISHED:
-            return
+            return False
         self.ask_cancel(job_id)
         self._move_if_idle(job_id, ("queued", "running"), "cancelled")
+        return True
 
     def requeue_if_abandoned(self, job_id: str) -> None:
         """A job shown as running that no process runs (its server stopped) is queued again: until a
