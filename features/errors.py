@@ -35,3 +35,8 @@ class AudioTooLargeError(AudioError):
 class AudioTooLongError(AudioError):
     """The recording is longer than the configured limit: refused from the header when it says so, and
     in any case as soon as the decoded samples pass the limit (headers can be absent or wrong)."""
+
+
+class AnalysisStopped(Exception):
+    """The caller asked the analysis to stop (its request gave up) before the recording's end. Not an
+    AudioError: nothing is wrong with the input, and no client waits for an answer."""

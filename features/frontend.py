@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from features.config import FrontEndConfig
 from features.decode import DEFAULT_BLOCK_SAMPLES, AudioFacts, Source
+from features.errors import AnalysisStopped
 from features.grid import MelGrid
 from features.mel import LogMel
 from features.norm import NormStats
@@ -59,11 +61,17 @@ class FrontEnd:
         max_seconds: float | None = None,
         max_samples: int | None = None,
         block_samples: int = DEFAULT_BLOCK_SAMPLES,
+        stop: Callable[[], bool] | None = None,
     ) -> Analysis:
-        """Every window of a recording at once: the streaming path, collected (so it cannot differ from it)."""
+        """Every window of a recording at once: the streaming path, collected (so it cannot differ from it).
+        stop is asked after every block: True ends the work with AnalysisStopped."""
         opened = self.stream(source, channels=channels, max_seconds=max_seconds, max_samples=max_samples, block_samples=block_samples)
+        batches = []
         with opened as stream:
-            batches = list(stream)
+            for batch in stream:
+                if stop is not None and stop():
+                    raise AnalysisStopped("stopped before the end of the recording")
+                batches.append(batch)
         # "each" emits the channels' windows interleaved as blocks complete them: order by channel.
         batches.sort(key=lambda batch: -1 if batch.spans[0].channel is None else batch.spans[0].channel)
         return Analysis(stream.facts(), WindowBatch.concat(batches, self.config), dict(stream.timings))

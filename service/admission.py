@@ -2,12 +2,14 @@
 
 Past the bound a request is refused at once with 503 + Retry-After, never queued without end;
 past its deadline it is cancelled (its engine work too) and answered 504. Work of its that runs on
-a thread (off_loop) cannot be stopped: its slot stays taken until that work ends.
+a thread (off_loop) cannot be stopped from outside: its slot stays taken until that work ends, and
+work that loops (decoding a recording block by block) asks `given_up()` between steps to end early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -22,6 +24,16 @@ T = TypeVar("T")
 
 _holding: ContextVar[_Outliving | None] = ContextVar("chorus_admission", default=None)
 """The current request's slot, as off_loop sees it (the request's tasks share it: gather's children too)."""
+
+_gave_up: ContextVar[threading.Event | None] = ContextVar("chorus_gave_up", default=None)
+"""Set, in an off_loop thread, once the request that started the thread has been cancelled."""
+
+
+def given_up() -> bool:
+    """True in an off_loop thread whose request was cancelled (deadline passed, client gone): work
+    that loops asks between steps and ends early, which frees the slot it keeps. False elsewhere."""
+    event = _gave_up.get()
+    return event is not None and event.is_set()
 
 
 class Admission:
@@ -108,20 +120,21 @@ async def off_loop(func: Callable[..., T], *args: object) -> T:
     slot its request held stays taken until the thread ends. Otherwise a client that gives up on
     every request at once could keep any number of decodes running past max_in_flight (found:
     30 requests with a 50 ms deadline left 26 decode threads running, and slowed an honest
-    request 15-fold)."""
-    abandoned = False
+    request 15-fold). func may ask given_up() to end early."""
+    abandoned = threading.Event()
 
     def unless_abandoned() -> T:
         # Work still waiting for a free thread when its request is cancelled never starts.
-        if abandoned:
+        if abandoned.is_set():
             raise _Abandoned
+        _gave_up.set(abandoned)  # the thread runs in a copy of the caller's context: this stays in it
         return func(*args)
 
     work = asyncio.ensure_future(anyio.to_thread.run_sync(unless_abandoned))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        abandoned = True
+        abandoned.set()
         outliving = _holding.get()
         if outliving is not None and not work.done():
             outliving.add(work)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats, WindowSpan, grid_frames
 from layout import artifacts
-from service.admission import off_loop
+from service.admission import given_up, off_loop
 from service.concurrency import gather_or_cancel
 from service.engine.client import BatchCall, EngineClient, TimedCall
 from service.engine.contracts import TimedRows
@@ -175,7 +175,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
     # Pre-processing
 
     def _prepare(self, data: bytes) -> Analysis:
-        analysis = self.frontend.analyze(data, max_seconds=self.limits.max_seconds, max_samples=self.limits.max_samples)
+        analysis = self.frontend.analyze(data, max_seconds=self.limits.max_seconds, max_samples=self.limits.max_samples, stop=given_up)
         if not np.isfinite(analysis.windows.features).all():  # finite float samples so loud their power overflows
             raise InvalidSamplesError(f"the recording's samples are too large to analyze; {SAMPLE_RANGE}")
         return analysis

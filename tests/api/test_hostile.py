@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from features import FrontEndConfig
+from features.stream import AudioStream
 from service.adapters.grpc.messages import SERVICE, message
 from service.adapters.grpc.server import start_grpc_server
 from service.adapters.jobs import JobGate
@@ -485,6 +486,34 @@ async def test_a_request_that_gives_up_keeps_its_slot_until_its_decode_thread_en
     assert plane.admission.in_flight == 0
     monkeypatch.setattr(model, "_prepare", real_prepare)
     assert (await http.post("/classify", content=wav)).status_code == 200
+
+
+async def test_a_decode_whose_request_gave_up_stops_at_its_next_block(plane, http, monkeypatch):
+    """The decode loops block by block and asks between blocks whether its request still waits: a
+    request given up part-way through a long recording frees its slot within a block, not at the
+    recording's end."""
+    plane.admission.max_in_flight = 1
+    await plane.classifier()
+    recording = encode(np.random.default_rng(0).normal(0, 0.1, 16_000 * 120).astype(np.float32), 16_000, "WAV")
+    real_iter, emitted, ended = AudioStream.__iter__, [], threading.Event()
+
+    def slow_iter(self):
+        try:
+            for batch in real_iter(self):
+                time.sleep(0.1)  # each block as slow as a big one is
+                emitted.append(batch)
+                yield batch
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(AudioStream, "__iter__", slow_iter)
+    status_of(await http.post("/classify", content=recording, headers={"X-Request-Timeout": "0.05"}), 504, "deadline")
+    for _ in range(500):
+        if plane.admission.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert plane.admission.in_flight == 0 and ended.is_set()
+    assert len(emitted) <= 2  # of 8 blocks: it stopped after the block it was in when the deadline passed
 
 
 async def test_a_batch_that_gives_up_keeps_one_slot_and_work_not_yet_begun_never_runs(plane, http, wav, monkeypatch):
