@@ -12,12 +12,13 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, Headers
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from service.admission import off_loop
 from service.auth import check_bearer
 from service.dataplane import DataPlane, Readiness
 from service.errors import (
@@ -195,7 +196,13 @@ async def read_form(request: Request, limit: int, max_files: int, route: str) ->
     here the limit holds on the bytes received and a malformed body is a 400 that says why.
     """
     body = await read_body(request, limit, route)
-    found = _BOUNDARY.search(request.headers.get("content-type", ""))
+    # Searching and parsing a body of max_upload_bytes takes tenths of a second: on a thread, so
+    # other requests (health probes among them) do not wait for it.
+    return await off_loop(_parse_form, request.headers, body, max_files)
+
+
+def _parse_form(headers: Headers, body: bytes, max_files: int) -> FormData:
+    found = _BOUNDARY.search(headers.get("content-type", ""))
     boundary = (found.group(1) or found.group(2)).encode("latin-1") if found else None
     if boundary and b"--" + boundary + b"--" not in body:
         # python-multipart parses a cut body without a word: its file field would be "missing". The
@@ -205,9 +212,11 @@ async def read_form(request: Request, limit: int, max_files: int, route: str) ->
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
-    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    parser = MultiPartParser(headers, stream(), max_files=max_files, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
-        return await parser.parse()
+        # Starlette's parser is a coroutine that awaits nothing but its one chunk and the spooling
+        # of file parts: it runs to its end on this thread's own loop.
+        return asyncio.run(parser.parse())
     except (MultiPartException, ValueError) as exc:  # python-multipart's parse errors are ValueErrors
         raise BadRequest(f"malformed multipart body: {getattr(exc, 'message', exc)}", max_files=max_files) from None
 
