@@ -118,7 +118,7 @@ def run(
     started = time.monotonic()
     if not paths or len(set(paths)) != len(paths):
         raise ValueError("paths must be given, each once")
-    formats = check_formats(config.formats)
+    formats = check_formats(config.formats, config.analyzer_settings.get("channels", "mix"))
     config.detection.species_mask(config.model.labels)  # unknown species names fail before any work
     config.out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_digest({"detection": asdict(config.detection), "analyzer": dict(config.analyzer_settings)})

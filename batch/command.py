@@ -153,7 +153,7 @@ def _analyze(options: AnalyzeOptions, prestarted: DecodeWorkers | None) -> Summa
     # their first decoding; a Ray run opens it on the cluster.
     model = load_analysis_model(options.model, options.variant, options.providers, options.stride_seconds, open_now=False)
     detection = detection_settings(options, model)
-    formats = check_formats(options.formats)
+    formats = check_formats(options.formats, options.channels)
     paths = expand_sources(options.sources)
     check_out_dir(options.out)
     config = RunConfig(

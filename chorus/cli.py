@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--merge", action="store_true", help="merge consecutive windows of a species into one detection")
     analyze.add_argument("--channels", default="mix", choices=["mix", "each"], help="mix channels, or analyze each on its own")
     analyze.add_argument(
-        "--formats", default="raven,raven-combined,csv", help="comma-separated: raven, raven-combined, audacity, csv, ndjson, parquet"
+        "--formats",
+        default="raven,raven-combined,csv",
+        help="comma-separated: raven, raven-combined, audacity, csv, ndjson, parquet, birdnet-csv",
     )
     analyze.add_argument("--retry-failed", action="store_true", help="analyze again files an earlier run could not read")
     analyze.add_argument(

@@ -9,6 +9,7 @@ Layout under the output folder (each detection output selectable, see FORMATS):
     detections.csv                                                          (csv)
     detections.ndjson                                                       (ndjson)
     detections.parquet                                                      (parquet)
+    detections.birdnet.csv        BirdNET-Analyzer's CSV columns            (birdnet-csv)
     errors.csv                    files that could not be analyzed          (always)
 
 `<path>` is the audio file's path below the folder common to all sources, with its full file
@@ -28,7 +29,7 @@ from analyze.atomic import atomic_text, write_text
 from analyze.records import FileFailure, FileResult, ModelInfo
 from analyze.writers import audacity, raven, tables
 
-FORMATS = ("raven", "raven-combined", "audacity", "csv", "ndjson", "parquet")
+FORMATS = ("raven", "raven-combined", "audacity", "csv", "ndjson", "parquet", "birdnet-csv")
 DEFAULT_FORMATS = frozenset({"raven", "raven-combined", "csv"})
 
 
@@ -47,13 +48,18 @@ def check_out_dir(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: cannot be the output folder ({error.strerror}); give a folder that can be written") from error
 
 
-def check_formats(formats: Collection[str]) -> frozenset[str]:
+def check_formats(formats: Collection[str], channels: str = "mix") -> frozenset[str]:
     """Validate the selected formats up front, so a long run cannot fail at its very end."""
     if not formats:  # a run that writes no table would still delete the tables of other settings
         raise OutputError(f"choose at least one output format: {', '.join(FORMATS)}")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise OutputError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    if "birdnet-csv" in formats and channels != "mix":
+        raise OutputError(
+            "birdnet-csv has no channel column (BirdNET analyzes a mix): with channels analyzed one by one"
+            " choose csv, ndjson, parquet or raven"
+        )
     if "parquet" in formats and importlib.util.find_spec("pyarrow") is None:
         raise OutputError("Parquet output needs pyarrow, which is not installed (pip install pyarrow)")
     return frozenset(formats)
@@ -105,6 +111,7 @@ _COMBINED = {
     "csv": ("detections.csv",),
     "ndjson": ("detections.ndjson",),
     "parquet": ("detections.parquet",),
+    "birdnet-csv": ("detections.birdnet.csv",),
 }
 
 
@@ -157,11 +164,17 @@ def write_combined_outputs(
     if "raven-combined" in formats:
         written.append(_write_lines(out_dir / "combined.selections.txt", raven.combined_lines(results, model)))
         written.append(_write_lines(out_dir / "combined.list.txt", raven.sequence_lines(results)))
-    for name, writer in (("csv", tables.write_csv), ("ndjson", tables.write_ndjson), ("parquet", tables.write_parquet)):
+    flat = (
+        ("csv", tables.write_csv),
+        ("ndjson", tables.write_ndjson),
+        ("parquet", tables.write_parquet),
+        ("birdnet-csv", tables.write_birdnet_csv),
+    )
+    for name, writer in flat:
         if name in formats:
-            path = out_dir / f"detections.{name}"
-            writer(path, results, model)
-            written.append(path)
+            (file_name,) = _COMBINED[name]
+            writer(out_dir / file_name, results, model)
+            written.append(out_dir / file_name)
     tables.write_errors(out_dir / "errors.csv", failures)
     written.append(out_dir / "errors.csv")
     return written

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from analyze.detections import Detection
 from analyze.records import FileResult, ModelInfo
-from analyze.writers.text import cell, clock, score, seconds
+from analyze.writers.text import cell, clock, score, seconds, species_names
 
 VIEW = "Spectrogram 1"
 COLUMNS = (
@@ -68,8 +68,8 @@ def _row(d: Detection, result: FileResult, model: ModelInfo, begin: float, end: 
     # Mixed audio has one channel in Raven's eyes: 1.
     channel = 1 if d.channel is None else d.channel + 1
     high = min(model.high_hz, result.sample_rate / 2)
-    species = cell(d.species)
-    return [VIEW, str(channel), seconds(begin), seconds(end), f"{model.low_hz:g}", f"{high:g}", species, species, score(d.score)]
+    common = cell(species_names(d.species)[1])
+    return [VIEW, str(channel), seconds(begin), seconds(end), f"{model.low_hz:g}", f"{high:g}", common, cell(d.species), score(d.score)]
 
 
 def _sequence(result: FileResult, d: Detection) -> list[str]:

@@ -7,6 +7,9 @@ score, windows (merged), clock_begin, clock_end (recorder clock, ISO 8601 withou
 when the file name holds no start time), model, model_version.
 
 NDJSON and Parquet keep full-precision numbers; CSV spells them as the Raven tables do.
+
+BirdNET's CSV (`birdnet-csv`) has BirdNET-Analyzer's own columns instead, for the tools that read
+its tables: Start (s), End (s), Scientific name, Common name, Confidence, File.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from analyze.writers import text
 
 COLUMNS = ("path", "channel", "begin_s", "end_s", "species", "score", "windows", "clock_begin", "clock_end", "model", "model_version")
 ERROR_COLUMNS = ("path", "stage", "reason")
+BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
 
 
 def records(results: Iterable[FileResult], model: ModelInfo) -> Iterator[dict[str, Any]]:
@@ -82,6 +86,25 @@ def write_csv(path: Path, results: Iterable[FileResult], model: ModelInfo) -> No
                     r["model_version"],
                 ]
             )
+
+
+def write_birdnet_csv(path: Path, results: Iterable[FileResult], model: ModelInfo) -> None:
+    """BirdNET-Analyzer's CSV over every file (its combined table's layout): a label of BirdNET's form
+    gives its two names, any other label both. It has no channel column, as BirdNET analyzes a mix."""
+    with atomic_text(path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(BIRDNET_COLUMNS)
+        for result in results:
+            for d in result.detections:
+                writer.writerow(
+                    [
+                        text.seconds(d.begin_s),
+                        text.seconds(d.end_s),
+                        *text.species_names(d.species),
+                        text.score(d.score),
+                        text.path_text(d.path),
+                    ]
+                )
 
 
 PARQUET_ROW_GROUP = 100_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -46,3 +47,18 @@ def clock(value: datetime | None) -> str:
 def channel(value: int | None) -> str:
     """Channels are numbered from 1 in every output, as Raven and Audacity do; empty when channels were mixed."""
     return "" if value is None else str(value + 1)
+
+
+_BIRDNET_LABEL = re.compile(r"([A-Z][a-z]+(?: [a-z][a-z.-]+){1,2})_(\S.*)")
+"""BirdNET's `Genus species_Common Name` (a trinomial too): a model trained on such labels keeps them."""
+
+
+def species_names(label: str) -> tuple[str, str]:
+    """(scientific name, common name) of a label: split where it has BirdNET's form
+    (`Turdus merula_Eurasian Blackbird`, and its non-bird `Engine_Engine`), else the label for both
+    (`hooting_owl`: an underscore alone does not make a label BirdNET's)."""
+    found = _BIRDNET_LABEL.fullmatch(label)
+    if found:
+        return found.group(1), found.group(2)
+    head, _, tail = label.partition("_")
+    return (head, tail) if head and head == tail else (label, label)

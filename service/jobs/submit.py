@@ -10,7 +10,7 @@ from typing import Any
 
 from analyze.detections import UnknownSpeciesError, check_species
 from analyze.sources import SourceError, expand_sources
-from analyze.writers import DEFAULT_FORMATS, FORMATS
+from analyze.writers import DEFAULT_FORMATS, FORMATS, OutputError, check_formats
 from service.errors import BadRequest, Forbidden, InvalidParameter, NotFound, TooManyRequests
 from service.jobs.store import JobRequest, JobStore
 
@@ -109,6 +109,10 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
         raise InvalidParameter(f"merge must be true or false, got {body['merge']!r}")
     if body.get("channels", "mix") not in ("mix", "each"):
         raise InvalidParameter(f"channels must be 'mix' or 'each', got {body['channels']!r}")
+    try:
+        check_formats(formats, body.get("channels", "mix"))
+    except OutputError as exc:
+        raise InvalidParameter(str(exc)) from None
     species = _strings(body["species"], "species") if body.get("species") is not None else None
     exclude = _strings(body.get("exclude", []), "exclude")
     try:

@@ -153,6 +153,7 @@ async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_n
         ({"path": "site1", "species": ["dodo"]}, 422, "dodo"),
         ({"path": "site1", "min_confidence": 2}, 422, "min_confidence"),
         ({"path": "site1", "channels": "left"}, 422, "channels"),
+        ({"path": "site1", "channels": "each", "formats": ["birdnet-csv"]}, 422, "no channel column"),
         ({"path": "site1", "shell": "rm -rf"}, 422, "unknown field"),
     ],
 )

@@ -72,6 +72,7 @@ def test_a_run_writes_every_output_and_sums_up(tmp_path, recordings, reference):
         "detections.csv",
         "detections.ndjson",
         "detections.parquet",
+        "detections.birdnet.csv",
         "errors.csv",
         *(f"raven/{p.parent.name}/{p.name}.selections.txt" for p in recordings if p.name != "broken.wav"),
         *(f"audacity/{p.parent.name}/{p.name}.labels.txt" for p in recordings if p.name != "broken.wav"),

@@ -24,6 +24,7 @@ from analyze.writers import (
     write_combined_outputs,
     write_file_outputs,
 )
+from analyze.writers.text import species_names
 
 MODEL = ModelInfo("birdcall", "3.1.0", ("owl", "robin"), low_hz=20.0, high_hz=8000.0)
 START = datetime(2024, 5, 17, 5, 30, 0)
@@ -102,6 +103,13 @@ class TestRaven:
             "Model": "birdcall",
             "Model Version": "3.1.0",
         }
+
+    def test_a_label_of_birdnets_form_gives_its_common_name_and_keeps_itself_as_the_code(self, tmp_path):
+        path = tmp_path / "in" / "moth.wav"
+        found = result(path, 10.0, det(path, 0.0, 5.0, "Turdus merula_Eurasian Blackbird", 0.8))
+        [table] = write_file_outputs(tmp_path / "out", found, path.parent, MODEL, {"raven"})
+        [row] = read_tsv(table)
+        assert (row["Common Name"], row["Species Code"]) == ("Eurasian Blackbird", "Turdus merula_Eurasian Blackbird")
 
     def test_channels_count_from_one_and_high_freq_stops_at_nyquist(self, tmp_path, files):
         [table] = write_file_outputs(tmp_path, files[2], files[2].path.parent, MODEL, {"raven"})
@@ -223,6 +231,32 @@ class TestTables:
         assert rows[0]["clock_begin"] == datetime(2024, 5, 17, 5, 30, 0) and rows[0]["channel"] is None
         assert rows[2]["channel"] == 2 and rows[2]["model_version"] == "3.1.0"
 
+    def test_birdnet_csv_has_birdnet_analyzers_columns_and_names(self, tmp_path, files):
+        path = tmp_path / "in" / "moth.wav"
+        birdnet = result(
+            path,
+            30.0,
+            det(path, 0.0, 5.0, "Turdus merula_Eurasian Blackbird", 0.8),
+            det(path, 5.0, 10.0, "Engine_Engine", 0.6),
+            det(path, 10.0, 15.0, "Junco hyemalis oreganus_Oregon Junco", 0.7),
+        )
+        write_combined_outputs(tmp_path, [files[0], birdnet], [], MODEL, {"birdnet-csv"})
+        rows = list(csv.DictReader(io.StringIO((tmp_path / "detections.birdnet.csv").read_text(), newline="")))
+        assert list(rows[0]) == ["Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File"]
+        assert rows[0] == {
+            "Start (s)": "0.000000",
+            "End (s)": "5.000000",
+            "Scientific name": "owl",  # a label not in BirdNET's form: both names
+            "Common name": "owl",
+            "Confidence": "0.9123",
+            "File": str(files[0].path),
+        }
+        assert [(r["Scientific name"], r["Common name"]) for r in rows[2:]] == [
+            ("Turdus merula", "Eurasian Blackbird"),
+            ("Engine", "Engine"),
+            ("Junco hyemalis oreganus", "Oregon Junco"),
+        ]
+
     def test_no_detections_still_gives_tables_with_their_headers(self, tmp_path, files):
         pq = pytest.importorskip("pyarrow.parquet")
         write_combined_outputs(tmp_path, [files[1]], [], MODEL, set(FORMATS))
@@ -231,6 +265,7 @@ class TestTables:
         assert (tmp_path / "detections.ndjson").read_text() == ""
         assert (tmp_path / "combined.selections.txt").read_text().count("\n") == 1
         assert pq.read_table(tmp_path / "detections.parquet").num_rows == 0
+        assert (tmp_path / "detections.birdnet.csv").read_text() == "Start (s),End (s),Scientific name,Common name,Confidence,File\n"
 
 
 def test_errors_table_is_always_written(tmp_path):
@@ -261,6 +296,25 @@ def test_formats_are_checked_before_any_work(monkeypatch):
     with pytest.raises(OutputError, match="needs pyarrow"):
         check_formats({"parquet"})
     assert check_formats({"csv"}) == {"csv"}
+    assert check_formats({"birdnet-csv"}) == {"birdnet-csv"}
+    with pytest.raises(OutputError, match="birdnet-csv has no channel column"):
+        check_formats({"csv", "birdnet-csv"}, channels="each")
+
+
+@pytest.mark.parametrize(
+    ("label", "names"),
+    [
+        ("Turdus merula_Eurasian Blackbird", ("Turdus merula", "Eurasian Blackbird")),
+        ("Poecile atricapillus_Black-capped Chickadee", ("Poecile atricapillus", "Black-capped Chickadee")),
+        ("Human vocal_Human vocal", ("Human vocal", "Human vocal")),
+        ("Dog_Dog", ("Dog", "Dog")),
+        ("hooting_owl", ("hooting_owl", "hooting_owl")),  # an underscore alone is not BirdNET's form
+        ("Turdus merula", ("Turdus merula", "Turdus merula")),
+        ("turdus merula_blackbird", ("turdus merula_blackbird", "turdus merula_blackbird")),
+    ],
+)
+def test_labels_of_birdnets_form_give_their_two_names(label, names):
+    assert species_names(label) == names
 
 
 def test_an_identical_per_file_table_is_left_alone(tmp_path, files):
