@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from features import FrontEndConfig, NormStats
 from layout import artifacts
+from layout.machine import keep_freed_memory
 from layout.workspace import Workspace
 from training.birdcall_augment import mix_pairs, roll_time
 from training.birdcall_data import WindowSet, check_trainable, dataset_hash, featurize, read_manifest, species_of
@@ -269,6 +270,7 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     started = time.perf_counter()
     torch.manual_seed(profile.seed)
     torch.set_num_threads(os.cpu_count() or 1)
+    keep_freed_memory()
     generated = data_csv is None
     if data_csv is None:
         data_csv = ensure_dataset(workspace.data_dir("birdcall") / profile.name, profile.data)
