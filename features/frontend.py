@@ -64,7 +64,8 @@ class FrontEnd:
         stop: Callable[[], bool] | None = None,
     ) -> Analysis:
         """Every window of a recording at once: the streaming path, collected (so it cannot differ from it).
-        stop is asked after every block: True ends the work with AnalysisStopped."""
+        stop is asked whenever new windows are done (every block, or every stride of audio where blocks
+        hold less): True ends the work with AnalysisStopped."""
         opened = self.stream(source, channels=channels, max_seconds=max_seconds, max_samples=max_samples, block_samples=block_samples)
         batches = []
         with opened as stream:

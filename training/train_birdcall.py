@@ -215,6 +215,7 @@ def _fit(
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(profile.seed)
     steps_per_epoch = -(-len(x_train) // profile.batch_size)
+    keep_freed_memory()  # from here: the data phase's large temporaries were mapped and given back as usual
     progress = 0.0
     for epoch in range(1, profile.max_epochs + 1):
         model.train()
@@ -270,7 +271,6 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
     started = time.perf_counter()
     torch.manual_seed(profile.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    keep_freed_memory()
     generated = data_csv is None
     if data_csv is None:
         data_csv = ensure_dataset(workspace.data_dir("birdcall") / profile.name, profile.data)

@@ -15,7 +15,6 @@ from ema_pytorch import EMA
 from tqdm import tqdm
 
 from layout import artifacts
-from layout.machine import keep_freed_memory
 from layout.workspace import Workspace
 from training.checkpoint import save_checkpoint
 from training.frames_data import folder_hash, generate_frames, load_frames
@@ -93,7 +92,6 @@ def train_frames(profile: FramesProfile, workspace: Workspace, data_dir: Path | 
     started = time.perf_counter()
     torch.manual_seed(profile.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    keep_freed_memory()
     arch = profile.arch
     if data_dir is None:
         data_dir = workspace.data_dir("frames") / f"{profile.name}_{arch.image_size}px"

@@ -55,10 +55,11 @@ _BIRDNET_LABEL = re.compile(r"([A-Z][a-z]+(?: [a-z][a-z.-]+){1,2})_(\S.*)")
 
 def species_names(label: str) -> tuple[str, str]:
     """(scientific name, common name) of a label: split where it has BirdNET's form
-    (`Turdus merula_Eurasian Blackbird`, and its non-bird `Engine_Engine`), else the label for both
-    (`hooting_owl`: an underscore alone does not make a label BirdNET's)."""
+    (`Turdus merula_Eurasian Blackbird`, and its non-bird `Engine_Engine`: BirdNET's common names
+    start with a capital where the script has capitals), else the label for both (`hooting_owl`: an
+    underscore alone does not make a label BirdNET's)."""
     found = _BIRDNET_LABEL.fullmatch(label)
-    if found:
+    if found and not found.group(2)[0].islower():  # `Parus major_song`: a call type, not a common name
         return found.group(1), found.group(2)
     head, _, tail = label.partition("_")
     return (head, tail) if head and head == tail else (label, label)

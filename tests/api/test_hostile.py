@@ -535,13 +535,14 @@ async def test_a_decode_whose_request_gave_up_stops_at_its_next_block(plane, htt
             ended.set()
 
     monkeypatch.setattr(AudioStream, "__iter__", slow_iter)
-    status_of(await http.post("/classify", content=recording, headers={"X-Request-Timeout": "0.05"}), 504, "deadline")
+    # A deadline the decode starts well within (a loaded host may take tens of ms to start a thread).
+    status_of(await http.post("/classify", content=recording, headers={"X-Request-Timeout": "0.3"}), 504, "deadline")
     for _ in range(500):
         if plane.admission.in_flight == 0:
             break
         await asyncio.sleep(0.01)
     assert plane.admission.in_flight == 0 and ended.is_set()
-    assert len(emitted) <= 2  # of 8 blocks: it stopped after the block it was in when the deadline passed
+    assert len(emitted) <= 5  # of 9: it stopped after the block it was in when the deadline passed
 
 
 async def test_a_batch_that_gives_up_keeps_one_slot_and_work_not_yet_begun_never_runs(plane, http, wav, monkeypatch):

@@ -45,7 +45,7 @@ async def test_a_thread_sees_its_request_give_up_and_only_then():
     assert await off_loop(given_up) is False  # a later request's thread starts afresh
 
 
-def test_analysis_stops_after_the_block_where_it_is_asked_to():
+def test_analysis_stops_after_the_windows_where_it_is_asked_to():
     recording = encode(np.zeros(16_000 * 60, np.float32), 16_000, "WAV")
     asked = []
 

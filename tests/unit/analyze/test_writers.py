@@ -311,6 +311,9 @@ def test_formats_are_checked_before_any_work(monkeypatch):
         ("hooting_owl", ("hooting_owl", "hooting_owl")),  # an underscore alone is not BirdNET's form
         ("Turdus merula", ("Turdus merula", "Turdus merula")),
         ("turdus merula_blackbird", ("turdus merula_blackbird", "turdus merula_blackbird")),
+        ("Parus major_song", ("Parus major_song", "Parus major_song")),  # a call type, not a common name
+        ("Turdus merula_Amsel", ("Turdus merula", "Amsel")),
+        ("Turdus merula_クロウタドリ", ("Turdus merula", "クロウタドリ")),
     ],
 )
 def test_labels_of_birdnets_form_give_their_two_names(label, names):
