@@ -46,16 +46,44 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+EXPORT_VARIANTS = {"birdcall": ("fp32", "int8", "fp16"), "frames": ("fp32", "fp16")}
+"""Each model's ONNX variants (export.birdcall.VARIANTS, export.frames.VARIANTS: checked by a test),
+here so the command line is checked before torch is imported."""
+
+
+def _export_model(model: str, variants: tuple[str, ...]) -> dict:
+    """Export, gate and register `variants` of a trained model; ParityError when one fails its gate."""
     workspace = Workspace.from_env()
-    if args.model == "birdcall":
+    if model == "birdcall":
         from export.birdcall import export_birdcall
 
-        report = export_birdcall(workspace)
-    else:
-        from export.frames import export_frames
+        return export_birdcall(workspace, variants=variants)
+    from export.frames import export_frames
 
-        report = export_frames(workspace)
+    return export_frames(workspace, variants=variants)
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Exit 1, with the gate's measure on stderr, when a variant fails its parity gate (nothing is registered)."""
+    from export.parity import ParityError
+
+    known = EXPORT_VARIANTS[args.model]
+    variants = known if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = sorted(set(variants) - set(known))
+    if unknown or "fp32" not in variants:
+        print(
+            f"chorus export: --variants takes {', '.join(known)} for {args.model}, fp32 among them (the others are gated"
+            f" against it); got {args.variants!r}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = _export_model(args.model, variants)
+    except ParityError as error:
+        others = ",".join(v for v in variants if v != error.variant)
+        hint = f"; to register the others without it: chorus export {args.model} --variants {others}" if error.variant != "fp32" else ""
+        print(f"chorus export: {error}{hint}", file=sys.stderr)
+        return 1
     _print_result(report)
     return 0
 
@@ -77,14 +105,38 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     """Train what has no checkpoint yet, export what is not in the model store yet, then serve."""
+    from service.settings import ServiceSettings
+
     workspace = Workspace.from_env()
-    parser = build_parser()  # `chorus train MODEL` and `chorus export MODEL` as typed: every option at its default
+    settings = ServiceSettings()
+    served = {"birdcall": settings.birdcall_variant, "frames": settings.frames_variant}
+    parser = build_parser()  # `chorus train MODEL` as typed: every option at its default
     for model in ("birdcall", "frames"):
         if not (workspace.checkpoint_dir(model) / artifacts.WEIGHTS).exists():
             print(f"chorus up: no {model} checkpoint in {workspace.home}; training the default profile", flush=True)
             _train(parser.parse_args(["train", model]))
-        _export(parser.parse_args(["export", model]))
+        if not _export_serving(model, served[model]):
+            return 1
     return _serve(args)
+
+
+def _export_serving(model: str, served: str) -> bool:
+    """Export a model's variants for `chorus up`. A variant that fails its gate and is not the one to
+    serve is left out, loudly, rather than keep the server from starting (a CPU's int8 arithmetic
+    can be what fails: docs/export.md); False, said on stderr, when the one to serve fails."""
+    from export.parity import ParityError
+
+    variants = EXPORT_VARIANTS[model]
+    while True:
+        try:
+            _print_result(_export_model(model, variants))
+            return True
+        except ParityError as error:
+            if error.variant in (served, "fp32"):
+                print(f"chorus up: {error}; {model} {served} cannot be served", file=sys.stderr)
+                return False
+            variants = tuple(v for v in variants if v != error.variant)
+            print(f"chorus up: warning: {error}; registering {model} without {error.variant}", file=sys.stderr, flush=True)
 
 
 def _loadtest(args: argparse.Namespace) -> int:
@@ -242,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
     export = sub.add_parser("export", help="export a trained model to ONNX variants, gate parity, register in BentoML")
     export.add_argument("model", choices=["birdcall", "frames"])
+    export.add_argument(
+        "--variants", default=None, help="comma-separated, fp32 among them (default: all; birdcall fp32,int8,fp16, frames fp32,fp16)"
+    )
     export.set_defaults(handler=_export)
     up = sub.add_parser("up", help="train if needed, export if needed, serve")
     _add_serve_options(up)

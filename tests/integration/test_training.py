@@ -223,12 +223,69 @@ def test_chorus_up_trains_what_is_missing_with_the_default_options(tmp_path, mon
     monkeypatch.setattr(birdcall_training, "train_birdcall", lambda profile, workspace, data_csv: trained.setdefault("birdcall", profile))
     monkeypatch.setattr(frames_training, "train_frames", lambda profile, workspace, data_dir: trained.setdefault("frames", profile))
     monkeypatch.setattr(cli, "_print_result", lambda result: None)
-    monkeypatch.setattr(cli, "_export", lambda args: steps.append(("export", args.model)) or 0)
+    monkeypatch.setattr(cli, "_export_model", lambda model, variants: steps.append(("export", model, variants)) or {})
     monkeypatch.setattr(cli, "_serve", lambda args: steps.append(("serve", args.port)) or 0)
     assert main(["up"]) == 0
     assert trained["birdcall"] == PROFILES["default"] and trained["birdcall"].clock_budget
     assert trained["frames"].name == "default"
-    assert steps == [("export", "birdcall"), ("export", "frames"), ("serve", 3000)]
+    assert steps == [("export", "birdcall", ("fp32", "int8", "fp16")), ("export", "frames", ("fp32", "fp16")), ("serve", 3000)]
+
+
+def failing_gate(fails: set[str], calls: list):
+    """An _export_model whose gate fails for the variants in `fails` (the first of them it exports)."""
+    from export.parity import ParityError
+
+    def export(model, variants):
+        calls.append(variants)
+        failing = [v for v in variants if v in fails]
+        if failing:
+            raise ParityError(failing[0], "embedding", "min cosine similarity", 0.96, 0.99, "below")
+        return {"model": model}
+
+    return export
+
+
+def test_chorus_up_serves_without_a_variant_that_fails_its_gate_unless_it_is_the_one_served(tmp_path, monkeypatch, capsys):
+    """A CPU's int8 arithmetic failed birdcall's gate once and kept `make up` from serving fp32."""
+    import chorus.cli as cli
+
+    monkeypatch.setenv("CHORUS_HOME", str(tmp_path / "home"))
+    for model in ("birdcall", "frames"):
+        (tmp_path / "home" / "checkpoints" / model).mkdir(parents=True)
+        (tmp_path / "home" / "checkpoints" / model / "model.safetensors").write_bytes(b"")
+    served = []
+    monkeypatch.setattr(cli, "_serve", lambda args: served.append(args.port) or 0)
+    calls: list = []
+    monkeypatch.setattr(cli, "_export_model", failing_gate({"int8"}, calls))
+    assert main(["up"]) == 0 and served == [3000]
+    assert calls == [("fp32", "int8", "fp16"), ("fp32", "fp16"), ("fp32", "fp16")]
+    assert "warning: parity gate failed for variant 'int8'" in capsys.readouterr().err
+
+    monkeypatch.setenv("CHORUS_BIRDCALL_VARIANT", "int8")
+    monkeypatch.setattr(cli, "_export_model", failing_gate({"int8"}, []))
+    assert main(["up"]) == 1 and served == [3000]
+    assert "birdcall int8 cannot be served" in capsys.readouterr().err
+
+
+def test_chorus_export_says_which_gate_failed_and_how_to_register_the_rest(tmp_path, monkeypatch, capsys):
+    import chorus.cli as cli
+
+    monkeypatch.setattr(cli, "_export_model", failing_gate({"int8"}, []))
+    assert main(["export", "birdcall"]) == 1
+    err = capsys.readouterr().err
+    assert "variant 'int8'" in err and "chorus export birdcall --variants fp32,fp16" in err
+    assert main(["export", "birdcall", "--variants", "fp32,fp16"]) == 0
+    for bad in ("fp16", "fp32,int4", "fp32,int8"):
+        model = "frames" if bad == "fp32,int8" else "birdcall"
+        assert main(["export", model, "--variants", bad]) == 2
+        assert "fp32 among them" in capsys.readouterr().err
+
+
+def test_the_command_lines_variants_are_the_exporters():
+    import chorus.cli as cli
+    from export import birdcall, frames
+
+    assert cli.EXPORT_VARIANTS == {"birdcall": birdcall.VARIANTS, "frames": frames.VARIANTS}
 
 
 def test_rendered_keyboards_look_like_keyboards():
