@@ -10,7 +10,7 @@ from typing import Any
 
 from analyze.detections import UnknownSpeciesError, check_species
 from analyze.sources import SourceError, expand_sources
-from analyze.writers import DEFAULT_FORMATS, FORMATS, OutputError, check_formats
+from analyze.writers import DEFAULT_FORMATS, OutputError, check_formats
 from service.errors import BadRequest, Forbidden, InvalidParameter, NotFound, TooManyRequests
 from service.jobs.store import JobRequest, JobStore
 
@@ -95,8 +95,6 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
             raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root")
         sources = [str(target)]
     formats = _strings(body.get("formats", sorted(DEFAULT_FORMATS)), "formats")
-    if not formats or set(formats) - set(FORMATS):
-        raise InvalidParameter(f"formats must be a non-empty list of {list(FORMATS)}, got {formats!r}")
     min_confidence = body.get("min_confidence")
     if min_confidence is not None and (
         isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)) or not 0 <= min_confidence <= 1
@@ -112,7 +110,7 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
     try:
         check_formats(formats, body.get("channels", "mix"))
     except OutputError as exc:
-        raise InvalidParameter(str(exc)) from None
+        raise InvalidParameter(f"formats: {exc}") from None
     species = _strings(body["species"], "species") if body.get("species") is not None else None
     exclude = _strings(body.get("exclude", []), "exclude")
     try:
