@@ -106,13 +106,19 @@ def write_file_outputs(out_dir: Path, result: FileResult, root: Path, model: Mod
     return written
 
 
+_TABLES = {
+    "csv": ("detections.csv", tables.write_csv),
+    "ndjson": ("detections.ndjson", tables.write_ndjson),
+    "parquet": ("detections.parquet", tables.write_parquet),
+    "birdnet-csv": ("detections.birdnet.csv", tables.write_birdnet_csv),
+}
+"""Formats of one table over all files: its file name and its writer."""
+
 _COMBINED = {
     "raven-combined": ("combined.selections.txt", "combined.list.txt"),
-    "csv": ("detections.csv",),
-    "ndjson": ("detections.ndjson",),
-    "parquet": ("detections.parquet",),
-    "birdnet-csv": ("detections.birdnet.csv",),
+    **{name: (file_name,) for name, (file_name, _) in _TABLES.items()},
 }
+"""Formats written over all files, and their files."""
 
 
 _PER_FILE = {"raven": ("raven", "selections"), "audacity": ("audacity", "labels")}
@@ -147,7 +153,7 @@ def remove_outputs(out_dir: Path, paths: Iterable[Path], root: Path, formats: Co
     For a run whose settings or model differ from the last run's in the same folder: the tables of
     formats it does not write would otherwise stay as they were, contradicting those it does."""
     doomed = [out_dir / name for format_name in formats for name in _COMBINED.get(format_name, ())]
-    doomed += [_per_file_path(out_dir, path, root, name) for path in paths for name in ("raven", "audacity") if name in formats]
+    doomed += [_per_file_path(out_dir, path, root, name) for path in paths for name in _PER_FILE if name in formats]
     for path in doomed:
         path.unlink(missing_ok=True)
 
@@ -164,15 +170,8 @@ def write_combined_outputs(
     if "raven-combined" in formats:
         written.append(_write_lines(out_dir / "combined.selections.txt", raven.combined_lines(results, model)))
         written.append(_write_lines(out_dir / "combined.list.txt", raven.sequence_lines(results)))
-    flat = (
-        ("csv", tables.write_csv),
-        ("ndjson", tables.write_ndjson),
-        ("parquet", tables.write_parquet),
-        ("birdnet-csv", tables.write_birdnet_csv),
-    )
-    for name, writer in flat:
+    for name, (file_name, writer) in _TABLES.items():
         if name in formats:
-            (file_name,) = _COMBINED[name]
             writer(out_dir / file_name, results, model)
             written.append(out_dir / file_name)
     tables.write_errors(out_dir / "errors.csv", failures)

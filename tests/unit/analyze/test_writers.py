@@ -20,6 +20,7 @@ from analyze.writers import (
     check_formats,
     check_out_dir,
     common_root,
+    remove_outputs,
     table_name,
     write_combined_outputs,
     write_file_outputs,
@@ -266,6 +267,18 @@ class TestTables:
         assert (tmp_path / "combined.selections.txt").read_text().count("\n") == 1
         assert pq.read_table(tmp_path / "detections.parquet").num_rows == 0
         assert (tmp_path / "detections.birdnet.csv").read_text() == "Start (s),End (s),Scientific name,Common name,Confidence,File\n"
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_each_format_alone_writes_its_own_outputs_and_removing_it_removes_them(tmp_path, files, name):
+    if name == "parquet":
+        pytest.importorskip("pyarrow")
+    out, root = tmp_path / "out", tmp_path / "in"
+    written = [p for f in files for p in write_file_outputs(out, f, root, MODEL, {name})]
+    written += write_combined_outputs(out, files, [], MODEL, {name})
+    assert {p.relative_to(out).as_posix() for p in written} - {"errors.csv"}, f"{name} wrote nothing"
+    remove_outputs(out, [f.path for f in files], root, {name})
+    assert [p for p in out.rglob("*") if p.is_file()] == [out / "errors.csv"]
 
 
 def test_errors_table_is_always_written(tmp_path):
