@@ -14,6 +14,7 @@ import pytest
 
 import analyze.journal
 import analyze.run
+import analyze.writers
 from analyze.analyzer import READ_STAGE, AnalysisFailed, in_order
 from analyze.atomic import TMP_SUFFIX
 from analyze.detections import DetectionSettings, UnknownSpeciesError
@@ -113,7 +114,7 @@ def kill_while_writing_combined_outputs(monkeypatch, after: int) -> FakeAnalyzer
         (path.parent / f".{path.name}.x1y2z3{TMP_SUFFIX}").write_text('{"half a line')
         raise Killed
 
-    monkeypatch.setattr(tables, "write_ndjson", dying_write_ndjson)
+    monkeypatch.setitem(analyze.writers._TABLES, "ndjson", ("detections.ndjson", dying_write_ndjson))
     return FakeAnalyzer(LABELS, fail={"broken.wav": decode_error()})
 
 
