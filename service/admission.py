@@ -1,6 +1,7 @@
-"""Admission: a bounded number of requests in flight per API worker, and a deadline for each.
+"""Admission: a bounded number of requests in flight per API worker, a bounded number of bytes of
+their bodies held in memory, and a deadline for each.
 
-Past the bound a request is refused at once with 503 + Retry-After, never queued without end;
+Past either bound a request is refused at once with 503 + Retry-After, never queued without end;
 past its deadline it is cancelled (its engine work too) and answered 504. Work of its that runs on
 a thread (off_loop) cannot be stopped from outside: its slot stays taken until that work ends, and
 work that loops (decoding a recording block by block) asks `given_up()` between steps to end early.
@@ -36,11 +37,31 @@ def given_up() -> bool:
     return event is not None and event.is_set()
 
 
+def hold_body(size: int) -> None:
+    """Count `size` more bytes of the current request's body as held in memory, until the request
+    and the work it leaves on threads have ended: Overloaded (503) when that would pass the worker's
+    max_body_bytes. Counted as the bytes arrive, not as declared. Outside a request's slot, nothing."""
+    holding = _holding.get()
+    if holding is not None:
+        holding.hold(size)
+
+
+def check_body_room(declared: int) -> None:
+    """Overloaded (503) at once when a body of `declared` bytes (its Content-Length) could not be held
+    now: refused before it is read, rather than after most of it has arrived."""
+    holding = _holding.get()
+    if holding is not None:
+        holding.admission.refuse_body_past_room(declared)
+
+
 class Admission:
-    def __init__(self, max_in_flight: int, retry_after: int, metrics: Metrics | None = None):
+    def __init__(self, max_in_flight: int, retry_after: int, metrics: Metrics | None = None, max_body_bytes: int | None = None):
         self.max_in_flight = max_in_flight
         self.retry_after = retry_after
         self.in_flight = 0
+        self.max_body_bytes = max_body_bytes
+        """Bytes of request bodies the requests in flight may hold in memory at once (None: no bound)."""
+        self.body_bytes = 0
         self.metrics = metrics
         self.closed = False
         """Set when the server drains before it stops: every new request is refused."""
@@ -53,6 +74,19 @@ class Admission:
                 f"the server holds {self.in_flight} requests, its limit; retry after {self.retry_after} s",
                 self.retry_after,
             )
+
+    def refuse_body_past_room(self, size: int) -> None:
+        if self.max_body_bytes is not None and self.body_bytes + size > self.max_body_bytes:
+            raise Overloaded(
+                f"the server holds {self.body_bytes} bytes of request bodies and this one would pass its limit of"
+                f" {self.max_body_bytes} (CHORUS_MAX_BODY_BYTES_IN_FLIGHT); retry after {self.retry_after} s",
+                self.retry_after,
+            )
+
+    def _change_body_bytes(self, size: int) -> None:
+        self.body_bytes += size
+        if self.metrics:
+            self.metrics.body_bytes_in_flight.inc(size)
 
     def _take(self) -> None:
         self.in_flight += 1
@@ -68,12 +102,14 @@ class Admission:
     async def slot(self) -> AsyncIterator[None]:
         self._refuse_if_full()
         self._take()
-        holding = _holding.set(_Outliving(self))
+        outliving = _Outliving(self)
+        holding = _holding.set(outliving)
         try:
             yield
         finally:
             _holding.reset(holding)
             self._give_back()
+            outliving.request_ended()
 
     @asynccontextmanager
     async def admitted(self, deadline_seconds: float) -> AsyncIterator[None]:
@@ -95,12 +131,30 @@ class _Abandoned(Exception):
 
 
 class _Outliving:
-    """The threads a cancelled request left running: one slot stays taken while any of them runs (a
-    /classify/batch of 16 files leaves up to 16, and takes one slot, as it did while it ran)."""
+    """A request's hold on its worker: the bytes of its body, and the threads it left running when it
+    was cancelled. One slot stays taken while any of those runs (a /classify/batch of 16 files
+    leaves up to 16, and takes one slot, as it did while it ran), and the body's bytes stay counted
+    until the request and they have all ended: the threads may still read them."""
 
     def __init__(self, admission: Admission):
         self.admission = admission
         self.threads: set[asyncio.Future] = set()
+        self.body_bytes = 0
+        self.ended = False
+
+    def hold(self, size: int) -> None:
+        self.admission.refuse_body_past_room(size)
+        self.body_bytes += size
+        self.admission._change_body_bytes(size)
+
+    def _release_body(self) -> None:
+        self.admission._change_body_bytes(-self.body_bytes)
+        self.body_bytes = 0
+
+    def request_ended(self) -> None:
+        self.ended = True
+        if not self.threads:
+            self._release_body()
 
     def add(self, work: asyncio.Future) -> None:
         if not self.threads:
@@ -112,6 +166,8 @@ class _Outliving:
         self.threads.discard(work)
         if not self.threads:
             self.admission._give_back()
+            if self.ended:
+                self._release_body()
 
 
 async def off_loop(func: Callable[..., T], *args: object) -> T:

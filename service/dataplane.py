@@ -60,7 +60,7 @@ class DataPlane:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
-        self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds, metrics)
+        self.admission = Admission(settings.max_in_flight, settings.retry_after_seconds, metrics, settings.max_body_bytes_in_flight)
         self._kinds = {kind.name: kind for kind in kinds}
         self._open_stored = open_stored
         self._models: dict[str, ServedModel] = {}

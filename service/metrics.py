@@ -69,6 +69,11 @@ class Metrics:
             "Inference requests held by the API workers (the admission queue depth).",
             multiprocess_mode="livesum",
         )
+        self.body_bytes_in_flight = Gauge(
+            "chorus_body_bytes_in_flight",
+            "Bytes of request bodies held in memory by the API workers (bounded by CHORUS_MAX_BODY_BYTES_IN_FLIGHT per worker).",
+            multiprocess_mode="livesum",
+        )
         self.engine_queue = Gauge(
             "chorus_engine_pending_items",
             "Items sent to the engine and not yet answered.",

@@ -101,6 +101,12 @@ class ServiceSettings(BaseSettings):
     max_batch_files: int = Field(16, ge=1, description="Most files in one /classify/batch request.")
     default_top_k: int = Field(3, ge=1, description="Species per window and overall when the request does not say.")
     max_in_flight: int = Field(256, ge=1, description="Inference requests one API worker holds at once; past it: 503 with Retry-After.")
+    max_body_bytes_in_flight: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request bodies one API worker holds in memory at once, counted as they arrive (the requests in"
+        " flight, and the work cancelled ones leave on threads); past it: 503 with Retry-After. At least max_upload_bytes.",
+    )
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503 overload answers, in seconds.")
     default_deadline_seconds: float = Field(
         60.0, gt=0, description="Per-request deadline unless the X-Request-Timeout header (seconds) says less; 504 past it."
@@ -203,6 +209,15 @@ class ServiceSettings(BaseSettings):
             raise UnknownSettingError(
                 f"unknown chorus setting(s): {'; '.join(hints)}. The settings are listed in service/settings.py and docs/serving.md"
             )
+
+    @model_validator(mode="after")
+    def _one_body_fits_in_flight(self) -> ServiceSettings:
+        if self.max_body_bytes_in_flight < self.max_upload_bytes:
+            raise ValueError(
+                f"CHORUS_MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) must be at least CHORUS_MAX_UPLOAD_BYTES"
+                f" ({self.max_upload_bytes}): a body of the largest accepted size would never pass"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_request_fits_one_batch(self) -> ServiceSettings:

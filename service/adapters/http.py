@@ -18,7 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from service.admission import off_loop
+from service.admission import check_body_room, hold_body, off_loop
 from service.auth import check_bearer
 from service.dataplane import DataPlane, Readiness
 from service.errors import (
@@ -137,22 +137,27 @@ def header_integer(value: str) -> int | None:
     return None
 
 
-def check_content_length(request: Request, limit: int) -> None:
+def check_content_length(request: Request, limit: int) -> int | None:
+    """The body's declared size (None: not declared as a number), 413 past `limit`."""
     length = request.headers.get("content-length")
     if length is None or not (length.isascii() and length.isdigit()):
-        return  # not a number: the byte count of the streamed body still holds the limit
+        return None  # not a number: the byte count of the streamed body still holds the limit
     stated = header_integer(length)
     if stated is None or stated > limit:
         raise PayloadTooLarge(f"the request body has {length[:24]} bytes; at most {limit} are accepted", max_bytes=limit)
+    return stated
 
 
 async def body_chunks(
-    request: Request, limit: int, what: str = "the request body", read_timeout: float | None = None
+    request: Request, limit: int, what: str = "the request body", read_timeout: float | None = None, in_memory: bool = True
 ) -> AsyncIterator[bytes]:
     """The body as it arrives: 413 as soon as it passes `limit` bytes (whatever Content-Length
     said), 408 when no part of it arrives for the read timeout (the settings' unless given), 499
-    when the client goes away first."""
-    check_content_length(request, limit)
+    when the client goes away first. in_memory: the caller keeps the chunks (not a stream to disk),
+    so they count against the worker's bytes of bodies in flight (service.admission.hold_body)."""
+    declared = check_content_length(request, limit)
+    if in_memory and declared is not None:
+        check_body_room(declared)
     size = 0
     timeout = plane_of(request).settings.read_timeout_seconds if read_timeout is None else read_timeout
     stream = request.stream()
@@ -169,6 +174,8 @@ async def body_chunks(
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"{what} passes {limit} bytes, the limit", max_bytes=limit)
+        if in_memory:
+            hold_body(len(chunk))
         yield chunk
 
 

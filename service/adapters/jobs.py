@@ -127,7 +127,7 @@ async def upload(request: Request) -> Response:
     size = 0
     try:
         with target.open("wb") as out:
-            async for chunk in body_chunks(request, limit, "the upload (a job's recording)"):
+            async for chunk in body_chunks(request, limit, "the upload (a job's recording)", in_memory=False):
                 size += len(chunk)
                 await asyncio.to_thread(out.write, chunk)
         if size == 0:

@@ -206,6 +206,16 @@ async def test_grpc_bytes_waveform_is_invalid_argument(grpc_call):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "must be FP32 samples" in info.value.details()
 
 
+async def test_a_grpc_message_past_the_bytes_of_bodies_in_flight_is_unavailable(plane, grpc_call):
+    plane.admission.max_body_bytes = 1000
+    request = infer_request(waveform=("FP32", [1, 1000]))
+    request.raw_input_contents.append(np.zeros(1000, np.float32).tobytes())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_call(request)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "CHORUS_MAX_BODY_BYTES_IN_FLIGHT" in info.value.details()
+    assert plane.admission.body_bytes == 0
+
+
 # Found by the fuzz suite (tests/api/test_fuzz_*.py), one case of each class.
 
 
@@ -570,3 +580,45 @@ async def test_a_batch_that_gives_up_keeps_one_slot_and_work_not_yet_begun_never
             break
         await asyncio.sleep(0.01)
     assert plane.admission.in_flight == 0 and len(started) == 1  # the three waiting for a thread never ran
+
+
+async def test_bodies_held_in_memory_are_bounded_per_worker_as_they_arrive(plane, http, wav, monkeypatch):
+    """max_in_flight requests of max_upload_bytes each would be gigabytes: the bytes of bodies held
+    are bounded too, counted as they arrive, and kept counted while a given-up request's thread
+    still reads its body."""
+    plane.admission.max_body_bytes = len(wav) + 1000  # room for one recording
+    model = await plane.classifier()
+    release, entered = threading.Event(), threading.Event()
+    real_prepare = model._prepare
+
+    def held_prepare(data: bytes):
+        entered.set()
+        release.wait(10)
+        return real_prepare(data)
+
+    monkeypatch.setattr(model, "_prepare", held_prepare)
+    status_of(await http.post("/classify", content=wav, headers={"X-Request-Timeout": "0.05"}), 504, "deadline")
+    assert entered.is_set() and plane.admission.body_bytes == len(wav)  # its thread still holds the body
+    # Declared: refused before any of it is read.
+    status_of(await http.post("/classify", content=wav), 503, "CHORUS_MAX_BODY_BYTES_IN_FLIGHT")
+    sent = 0
+
+    async def chunked():
+        nonlocal sent
+        for start in range(0, len(wav), 500):
+            sent += 500
+            yield wav[start : start + 500]
+
+    # Not declared: refused once its chunks pass the room, not after the whole body.
+    status_of(await http.post("/classify", content=chunked()), 503, "bytes of request bodies")
+    assert sent < len(wav)
+    assert plane.admission.body_bytes == len(wav)  # the refused ones gave back what they had taken
+    release.set()
+    for _ in range(500):
+        if plane.admission.body_bytes == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert plane.admission.body_bytes == 0 and plane.admission.in_flight == 0
+    monkeypatch.setattr(model, "_prepare", real_prepare)
+    assert (await http.post("/classify", content=wav)).status_code == 200
+    assert plane.admission.body_bytes == 0

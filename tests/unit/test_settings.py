@@ -44,3 +44,12 @@ def test_settings_refuse_requests_larger_than_a_denoiser_batch(monkeypatch):
     monkeypatch.setenv("CHORUS_MAX_IMAGES", "40")
     with pytest.raises(ValueError, match="CHORUS_MAX_IMAGES"):
         ServiceSettings()
+
+
+def test_settings_refuse_a_bodies_budget_that_the_largest_upload_would_never_pass(monkeypatch):
+    monkeypatch.setenv("CHORUS_MAX_UPLOAD_BYTES", "1000")
+    monkeypatch.setenv("CHORUS_MAX_BODY_BYTES_IN_FLIGHT", "999")
+    with pytest.raises(ValueError, match="CHORUS_MAX_BODY_BYTES_IN_FLIGHT"):
+        ServiceSettings()
+    monkeypatch.setenv("CHORUS_MAX_BODY_BYTES_IN_FLIGHT", "1000")
+    assert ServiceSettings().max_body_bytes_in_flight == 1000

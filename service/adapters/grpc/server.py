@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from service.adapters.grpc.messages import SERVICE, message, methods
-from service.admission import off_loop
+from service.admission import hold_body, off_loop
 from service.auth import check_bearer
 from service.dataplane import DataPlane
 from service.errors import BadRequest, InvalidParameter, ServiceError, as_service_error
@@ -187,6 +187,7 @@ class InferenceServicer:
         self._authorize(context)
         self.plane.check_name(request.model_name)
         async with self.plane.admitted(self.plane.deadline(context.time_remaining())):
+            hold_body(request.ByteSize())  # gRPC has the whole message already: refusing it frees it sooner
             # Off the event loop: decoding up to the upload limit of values takes seconds (BYTES items one by one).
             tensors = await off_loop(input_tensors, request)
             result = await self.plane.infer(
