@@ -1,6 +1,6 @@
 """What the API service answers before any route: while it drains before stopping, 503 +
-Retry-After to everything but the liveness probe and the metrics; a /readyz that says why it
-is not ready (BentoML's own answers 503 with a fixed text, which leaves an operator looking for
+Retry-After to everything but the liveness probe and the metrics; a /readyz (and KServe's
+/v2/health/ready) that says why it is not ready (BentoML's own answers 503 with a fixed text, which leaves an operator looking for
 the one log line that names a missing or changed model file); and a JSON 404 where BentoML's own
 file routes answer a plain-text one."""
 
@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.adapters.http import WHERE_THE_ROUTES_ARE, readiness_body
 from service.errors import NotFound, ShuttingDown, error_body
 
-READYZ = "/readyz"
+READINESS = ("/readyz", "/v2/health/ready")
+"""Readiness probes: not ready, they say why (draining too) in readiness_body's form."""
 ALWAYS_OPEN = ("/livez", "/v2/health/live", "/metrics")
 """Answered while draining too: the process is alive (KServe's liveness probe included), and its
 last metrics are worth a scrape."""
@@ -34,10 +35,12 @@ class ServingGate:
         if scope["type"] != "http" or plane is None or scope["path"] in ALWAYS_OPEN:
             await self.app(scope, receive, send)
             return
-        if scope["path"] == READYZ:
+        if scope["path"] in READINESS:
             state = await plane.readiness()
             if not state.ready:
-                await JSONResponse(readiness_body(state), status_code=503)(scope, receive, send)
+                # Draining: the load balancer is to close this connection and go elsewhere.
+                headers = {"Retry-After": str(plane.settings.retry_after_seconds), "Connection": "close"} if plane.draining else None
+                await JSONResponse(readiness_body(state), status_code=503, headers=headers)(scope, receive, send)
                 return
         elif plane.draining:
             error = ShuttingDown("the server is shutting down; retry on another replica or later", plane.settings.retry_after_seconds)
