@@ -43,7 +43,7 @@ from service.errors import (
 )
 from service.jobs.runner import recount_jobs
 from service.jobs.store import FINISHED, JobBusyError, JobRequest, JobStore, TooManyUploads
-from service.jobs.submit import check_room_for_a_job, check_submission
+from service.jobs.submit import check_submission, take_place_for_a_job
 from service.metrics import Metrics
 
 log = logging.getLogger("chorus.jobs")
@@ -239,6 +239,8 @@ class CheckedSubmission:
     body: bytes
     request: JobRequest
     upload: Path | None
+    place: Path
+    """Its place among the unfinished jobs (JobStore.take_place), given back once the job is on disk."""
 
 
 class JobGate:
@@ -247,10 +249,6 @@ class JobGate:
     def __init__(self, app: ASGIApp, state: State):
         self.app = app
         self.state = state
-        self._accepted = 0
-        """Submissions checked whose job is not made yet: counted with the jobs on disk, so that
-        submissions arriving together cannot all pass one count (per API worker)."""
-        self._room = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -270,12 +268,9 @@ class JobGate:
             return
         # A checked submission: BentoML queues it, reading the body we already read.
         store, checked = jobs_of(self.state), answer
-        counted = True
 
-        def made() -> None:  # its job is on disk now (or will never be): counted there, not here
-            nonlocal counted
-            if counted:
-                counted, self._accepted = False, self._accepted - 1
+        def made() -> None:  # its job is on disk now (or will never be): counted there, not by its place
+            store.give_back_place(checked.place)
 
         async def make_job(task_id: str) -> None:
             try:
@@ -324,10 +319,8 @@ class JobGate:
             submission = parse_json(body, "the submission")
             settings = self.state.plane.settings
             job, upload = await asyncio.to_thread(check_submission, submission, store, settings.analyze_root, model.labels)
-            async with self._room:
-                await asyncio.to_thread(check_room_for_a_job, store, settings.max_unfinished_jobs, self._accepted)
-                self._accepted += 1  # until __call__ has made its job (or failed to)
-            return CheckedSubmission(body, job, upload)
+            place = await asyncio.to_thread(take_place_for_a_job, store, settings.max_unfinished_jobs)  # last: nothing after it fails
+            return CheckedSubmission(body, job, upload, place)
         methods = _TASK_METHODS.get(path.removeprefix(TASK))
         if methods is None:
             raise NotFound(f"no route {path}; the analyze task has {TASK}/submit, /status, /get and /cancel")

@@ -3,6 +3,8 @@ server knows every job's state and resumes the ones it was running.
 
     <jobs home>/uploads/<upload id>        a recording streamed in for a job (then moved into a job)
     <jobs home>/.uploads.lock              held (flock) while an upload is counted and made
+    <jobs home>/.places/<token>            a submission accepted whose job is not made yet (any worker's)
+    <jobs home>/.jobs.lock                 held (flock) while the unfinished jobs are counted and a place made
     <jobs home>/<job id>/job.json          what was asked (sources, detection options, formats)
     <jobs home>/<job id>/state.json        status, progress, summary, error (rewritten atomically)
     <jobs home>/<job id>/input/            the uploaded recording, when there is one
@@ -74,6 +76,16 @@ class TooManyUploads(Exception):
     """The uploads no job has taken are at their limit; the argument: how many wait."""
 
 
+class TooManyJobs(Exception):
+    """The jobs queued or running, with the places taken for jobs not made yet, are at their limit;
+    the argument: how many."""
+
+
+PLACE_SECONDS = 300.0
+"""A place older than this was left by a worker that died before making its job (a job is made
+within a second of its submission's answer): it no longer counts, and is removed."""
+
+
 class JobBusyError(Exception):
     """The job is queued or running: it must be cancelled (and have stopped) before it is deleted."""
 
@@ -115,6 +127,40 @@ class JobStore:
     def pending_uploads(self) -> int:
         """Uploads no job has taken yet (still streaming in included)."""
         return sum(1 for folder in (self.home / "uploads").iterdir() if folder.is_dir())
+
+    # Places for jobs about to be made
+
+    def take_place(self, max_unfinished: int) -> Path:
+        """A place for one job, to be made next: TooManyJobs when the jobs queued or running and the
+        places others hold reach max_unfinished. Counted and made under one lock, so submissions
+        arriving together at any of the workers sharing this folder cannot all pass one count. The
+        caller gives it back (give_back_place) once its job is on disk, or will never be."""
+        places = self.home / ".places"
+        places.mkdir(exist_ok=True)
+        with (self.home / ".jobs.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: run it off the event loop
+            held = 0
+            for place in places.iterdir():
+                with contextlib.suppress(FileNotFoundError):  # given back since it was listed
+                    if time.time() - place.stat().st_mtime > PLACE_SECONDS:
+                        place.unlink()
+                    else:
+                        held += 1
+            counts = self.counts()
+            unfinished = counts["queued"] + counts["running"] + held
+            if unfinished >= max_unfinished:
+                raise TooManyJobs(unfinished)
+            place = places / uuid.uuid4().hex
+            place.touch()
+        return place
+
+    @staticmethod
+    def give_back_place(place: Path) -> None:
+        place.unlink(missing_ok=True)
+
+    def places_held(self) -> int:
+        places = self.home / ".places"
+        return sum(1 for _ in places.iterdir()) if places.is_dir() else 0
 
     def upload_path(self, upload_id: str) -> Path:
         if not self.valid_id(upload_id) or not (self.home / "uploads" / upload_id).is_dir():

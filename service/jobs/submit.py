@@ -12,7 +12,7 @@ from analyze.detections import UnknownSpeciesError, check_species
 from analyze.sources import SourceError, expand_sources
 from analyze.writers import DEFAULT_FORMATS, OutputError, check_formats
 from service.errors import BadRequest, Forbidden, InvalidParameter, NotFound, TooManyRequests
-from service.jobs.store import JobRequest, JobStore
+from service.jobs.store import JobRequest, JobStore, TooManyJobs
 
 FIELDS = ("upload_id", "path", "formats", "min_confidence", "top_k", "merge", "species", "exclude", "channels")
 
@@ -51,17 +51,17 @@ def outside(files: list[Path], folders: list[Path]) -> list[Path]:
     return [f for f in files if not any(f.resolve().is_relative_to(folder) for folder in real_folders)]
 
 
-def check_room_for_a_job(store: JobStore, max_unfinished: int, accepted: int = 0) -> None:
-    """429 when max_unfinished jobs are queued or running, counting `accepted` submissions whose
-    job is not made yet: each takes a folder, a journal and engine time, and a client could
-    otherwise queue the same folder a thousand times."""
-    counts = store.counts()
-    unfinished = counts["queued"] + counts["running"] + accepted
-    if unfinished >= max_unfinished:
+def take_place_for_a_job(store: JobStore, max_unfinished: int) -> Path:
+    """A place for the job a submission becomes (JobStore.take_place), or 429 when max_unfinished
+    jobs are queued or running or about to be: each takes a folder, a journal and engine time, and
+    a client could otherwise queue the same folder a thousand times."""
+    try:
+        return store.take_place(max_unfinished)
+    except TooManyJobs as full:
         raise TooManyRequests(
-            f"{unfinished} jobs are queued or running, the server's limit (CHORUS_MAX_UNFINISHED_JOBS);"
+            f"{full.args[0]} jobs are queued or running, the server's limit (CHORUS_MAX_UNFINISHED_JOBS);"
             " submit again once some have finished, or cancel some (POST /jobs/{id}/cancel)"
-        )
+        ) from None
 
 
 def check_submission(body: Any, store: JobStore, root: str | None, labels: list[str]) -> tuple[JobRequest, Path | None]:

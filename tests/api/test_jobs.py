@@ -27,7 +27,7 @@ from service.adapters.jobs import JobGate
 from service.dataplane import Readiness
 from service.jobs import runner, submit
 from service.jobs.runner import JobRunner
-from service.jobs.store import JobRequest, JobsFolderError, JobState, open_job_store
+from service.jobs.store import PLACE_SECONDS, JobRequest, JobsFolderError, JobState, JobStore, TooManyJobs, open_job_store
 from tests.api.conftest import LABELS
 from tests.conftest import encode
 
@@ -807,6 +807,32 @@ async def test_the_upload_and_job_bounds_hold_for_requests_arriving_together(htt
     assert store.counts()["queued"] + store.counts()["running"] <= 2
 
 
+async def test_the_job_bound_holds_across_workers_sharing_the_jobs_folder(plane, store, root):
+    """API workers are processes, each with its own gate: what bounds them is on disk."""
+    plane.settings.analyze_root, plane.settings.max_unfinished_jobs = str(root), 3
+    async with contextlib.AsyncExitStack() as stack:
+        workers = []
+        for _ in range(2):  # a gate and a store of its own each, over one jobs folder
+            worker_store = JobStore(store.home)
+            app = Starlette()
+            app.state.plane, app.state.jobs = plane, worker_store
+            transport = httpx.ASGITransport(app=JobGate(FakeBentoTasks(worker_store), app.state))
+            workers.append(await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://chorus.test")))
+        submissions = await asyncio.gather(*(w.post("/analyze/submit", json={"path": "site1"}) for w in workers for _ in range(10)))
+    assert sorted(r.status_code for r in submissions) == [200] * 3 + [429] * 17
+    assert store.counts()["queued"] == 3 and store.places_held() == 0
+
+
+def test_a_place_left_by_a_worker_that_died_stops_counting(store):
+    place = store.take_place(1)
+    with pytest.raises(TooManyJobs):
+        store.take_place(1)
+    long_ago = time.time() - PLACE_SECONDS - 1
+    os.utime(place, (long_ago, long_ago))
+    store.give_back_place(store.take_place(1))
+    assert not place.exists() and store.places_held() == 0
+
+
 class RunsTheJobInItsCall(FakeBentoTasks):
     """As BentoML does: the task runs inside the submission's own ASGI call, after the answer (a
     Starlette BackgroundTask); here it runs until `finish` is set."""
@@ -838,4 +864,4 @@ async def test_a_submitted_job_counts_once_against_the_bound_while_bentoml_runs_
         assert refused.status_code == 429 and "2 jobs are queued or running" in refused.json()["error"]["message"]
         tasks.finish.set()
         assert [r.status_code for r in await asyncio.gather(*running)] == [200, 200]
-    assert gate._accepted == 0
+    assert store.places_held() == 0
