@@ -497,11 +497,9 @@ async def with_longest_stall(request: Awaitable[T]) -> tuple[T, float]:
     return result, longest
 
 
-async def test_a_request_that_gives_up_keeps_its_slot_until_its_decode_thread_ends(plane, http, wav, monkeypatch):
-    """A thread cannot be stopped: a client that sets a tiny deadline on every request would
-    otherwise keep any number of decodes running past max_in_flight, each answered 504 at once."""
-    plane.admission.max_in_flight = 1
-    model = await plane.classifier()
+def hold_decodes(model, monkeypatch) -> tuple[threading.Event, threading.Event, object]:
+    """The model's decodes wait, once started (`entered`), until `release` is set; returns both
+    events and the real decode, to put back."""
     release, entered = threading.Event(), threading.Event()
     real_prepare = model._prepare
 
@@ -511,6 +509,15 @@ async def test_a_request_that_gives_up_keeps_its_slot_until_its_decode_thread_en
         return real_prepare(data)
 
     monkeypatch.setattr(model, "_prepare", held_prepare)
+    return release, entered, real_prepare
+
+
+async def test_a_request_that_gives_up_keeps_its_slot_until_its_decode_thread_ends(plane, http, wav, monkeypatch):
+    """A thread cannot be stopped: a client that sets a tiny deadline on every request would
+    otherwise keep any number of decodes running past max_in_flight, each answered 504 at once."""
+    plane.admission.max_in_flight = 1
+    model = await plane.classifier()
+    release, entered, real_prepare = hold_decodes(model, monkeypatch)
     status_of(await http.post("/classify", content=wav, headers={"X-Request-Timeout": "0.05"}), 504, "deadline")
     assert entered.is_set()
     # Its decode still runs: the slot is still taken, so the next request is refused, not decoded beside it.
@@ -588,15 +595,7 @@ async def test_bodies_held_in_memory_are_bounded_per_worker_as_they_arrive(plane
     still reads its body."""
     plane.admission.max_body_bytes = len(wav) + 1000  # room for one recording
     model = await plane.classifier()
-    release, entered = threading.Event(), threading.Event()
-    real_prepare = model._prepare
-
-    def held_prepare(data: bytes):
-        entered.set()
-        release.wait(10)
-        return real_prepare(data)
-
-    monkeypatch.setattr(model, "_prepare", held_prepare)
+    release, entered, real_prepare = hold_decodes(model, monkeypatch)
     status_of(await http.post("/classify", content=wav, headers={"X-Request-Timeout": "0.05"}), 504, "deadline")
     assert entered.is_set() and plane.admission.body_bytes == len(wav)  # its thread still holds the body
     # Declared: refused before any of it is read.
