@@ -40,18 +40,11 @@ def given_up() -> bool:
 def hold_body(size: int) -> None:
     """Count `size` more bytes of the current request's body as held in memory, until the request
     and the work it leaves on threads have ended: Overloaded (503) when that would pass the worker's
-    max_body_bytes. Counted as the bytes arrive, not as declared. Outside a request's slot, nothing."""
+    max_body_bytes, with nothing counted. A declared length is held before the body is read, and
+    what arrives beyond it as it arrives. Outside a request's slot, or after it, nothing."""
     holding = _holding.get()
     if holding is not None:
         holding.hold(size)
-
-
-def check_body_room(declared: int) -> None:
-    """Overloaded (503) at once when a body of `declared` bytes (its Content-Length) could not be held
-    now: refused before it is read, rather than after most of it has arrived."""
-    holding = _holding.get()
-    if holding is not None:
-        holding.admission.refuse_body_past_room(declared)
 
 
 class Admission:
@@ -143,6 +136,8 @@ class _Outliving:
         self.ended = False
 
     def hold(self, size: int) -> None:
+        if self.ended:  # a task that outlived its request: what it holds is no longer the request's
+            return
         self.admission.refuse_body_past_room(size)
         self.body_bytes += size
         self.admission._change_body_bytes(size)

@@ -105,7 +105,8 @@ class ServiceSettings(BaseSettings):
         512 * 1024 * 1024,
         ge=1,
         description="Bytes of request bodies one API worker holds in memory at once, counted as they arrive (the requests in"
-        " flight, and the work cancelled ones leave on threads); past it: 503 with Retry-After. At least max_upload_bytes.",
+        " flight, and the work cancelled ones leave on threads); past it: 503 with Retry-After. At least max_upload_bytes"
+        " and max_kserve_json_bytes.",
     )
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503 overload answers, in seconds.")
     default_deadline_seconds: float = Field(
@@ -212,11 +213,12 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_body_fits_in_flight(self) -> ServiceSettings:
-        if self.max_body_bytes_in_flight < self.max_upload_bytes:
-            raise ValueError(
-                f"CHORUS_MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) must be at least CHORUS_MAX_UPLOAD_BYTES"
-                f" ({self.max_upload_bytes}): a body of the largest accepted size would never pass"
-            )
+        for name in ("max_upload_bytes", "max_kserve_json_bytes"):
+            if self.max_body_bytes_in_flight < getattr(self, name):
+                raise ValueError(
+                    f"CHORUS_MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) must be at least CHORUS_{name.upper()}"
+                    f" ({getattr(self, name)}): a body of the largest accepted size would never pass"
+                )
         return self
 
     @model_validator(mode="after")

@@ -35,7 +35,7 @@ class ServingGate:
         if scope["type"] != "http" or plane is None or scope["path"] in ALWAYS_OPEN:
             await self.app(scope, receive, send)
             return
-        if scope["path"] in READINESS:
+        if scope["path"] in READINESS and scope["method"] in ("GET", "HEAD"):
             state = await plane.readiness()
             if not state.ready:
                 # Draining: the load balancer is to close this connection and go elsewhere.

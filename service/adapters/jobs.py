@@ -268,13 +268,19 @@ class JobGate:
             return
         # A checked submission: BentoML queues it, reading the body we already read.
         store, checked = jobs_of(self.state), answer
+        creating: asyncio.Future | None = None
 
         def made() -> None:  # its job is on disk now (or will never be): counted there, not by its place
-            store.give_back_place(checked.place)
+            if creating is None or creating.done():
+                store.give_back_place(checked.place)
+            else:  # cancelled while the job is being made: its place is its until the job is there
+                creating.add_done_callback(lambda _: store.give_back_place(checked.place))
 
         async def make_job(task_id: str) -> None:
+            nonlocal creating
+            creating = asyncio.ensure_future(asyncio.to_thread(store.create, task_id, checked.request, checked.upload))
             try:
-                await asyncio.to_thread(store.create, task_id, checked.request, checked.upload)
+                await asyncio.shield(creating)
             finally:
                 made()
 
@@ -319,7 +325,7 @@ class JobGate:
             submission = parse_json(body, "the submission")
             settings = self.state.plane.settings
             job, upload = await asyncio.to_thread(check_submission, submission, store, settings.analyze_root, model.labels)
-            place = await asyncio.to_thread(take_place_for_a_job, store, settings.max_unfinished_jobs)  # last: nothing after it fails
+            place = await _take_place(store, settings.max_unfinished_jobs)  # last: nothing after it fails
             return CheckedSubmission(body, job, upload, place)
         methods = _TASK_METHODS.get(path.removeprefix(TASK))
         if methods is None:
@@ -343,6 +349,17 @@ class JobGate:
                 )
             return JSONResponse(view)
         return await cancel(store, job_id, self.state.plane.metrics)  # /cancel: the last of _TASK_METHODS
+
+
+async def _take_place(store: JobStore, max_unfinished: int) -> Path:
+    """take_place_for_a_job off the event loop. Its thread cannot be stopped: cancelled meanwhile
+    (the request's timeout, a shutdown), the place it takes is given back once it has one."""
+    taking = asyncio.ensure_future(asyncio.to_thread(take_place_for_a_job, store, max_unfinished))
+    try:
+        return await asyncio.shield(taking)
+    except asyncio.CancelledError:
+        taking.add_done_callback(lambda done: done.cancelled() or done.exception() or store.give_back_place(done.result()))
+        raise
 
 
 _TASK_METHODS = {"/status": ("GET", "HEAD"), "/get": ("GET", "HEAD"), "/cancel": ("PUT", "POST")}

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 
 from analyze.run import Progress, Start
 from service import adapters
+from service.adapters import jobs as jobs_adapter
 from service.adapters.jobs import JobGate
 from service.dataplane import Readiness
 from service.jobs import runner, submit
@@ -821,6 +822,33 @@ async def test_the_job_bound_holds_across_workers_sharing_the_jobs_folder(plane,
         submissions = await asyncio.gather(*(w.post("/analyze/submit", json={"path": "site1"}) for w in workers for _ in range(10)))
     assert sorted(r.status_code for r in submissions) == [200] * 3 + [429] * 17
     assert store.counts()["queued"] == 3 and store.places_held() == 0
+
+
+async def test_a_place_taken_while_its_submission_is_cancelled_is_given_back(store, monkeypatch):
+    """The place is taken on a thread, which a cancelled request (its timeout, a shutdown) cannot
+    stop: it must not count against every worker's bound for PLACE_SECONDS (found by review)."""
+    taken, go = threading.Event(), threading.Event()
+    real = jobs_adapter.take_place_for_a_job
+
+    def slow_take(*args):
+        go.wait(10)
+        place = real(*args)
+        taken.set()
+        return place
+
+    monkeypatch.setattr(jobs_adapter, "take_place_for_a_job", slow_take)
+    submission = asyncio.create_task(jobs_adapter._take_place(store, 5))
+    await asyncio.sleep(0)  # its thread has started
+    submission.cancel()
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await submission
+    assert await asyncio.to_thread(taken.wait, 10)
+    for _ in range(500):  # given back by a callback on the loop, once the thread has ended
+        if store.places_held() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert store.places_held() == 0
 
 
 def test_a_place_left_by_a_worker_that_died_stops_counting(store):

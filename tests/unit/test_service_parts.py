@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import struct
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.adapters.kserve_codec import HEADER_LENGTH, build_response, header_split, parse_request
-from service.admission import Admission
+from service.admission import Admission, hold_body
 from service.engine.ddim import time_pairs
 from service.engine.runtime import choose_providers
 from service.errors import BadRequest, DeadlineExceeded, InvalidParameter, Overloaded
@@ -174,3 +175,19 @@ def test_engine_calls_stay_out_of_access_logs_and_traces_by_default():
 
     assert Engine.config["logging"]["access"]["enabled"] is False
     assert Engine.config["tracing"]["excluded_urls"] == ["."]
+
+
+def test_body_bytes_are_given_back_once_and_a_task_that_outlives_its_request_holds_none():
+    async def scenario() -> None:
+        admission = Admission(max_in_flight=4, retry_after=1, max_body_bytes=100)
+        async with admission.slot():
+            hold_body(60)
+            with pytest.raises(Overloaded, match="CHORUS_MAX_BODY_BYTES_IN_FLIGHT"):
+                hold_body(41)
+            assert admission.body_bytes == 60  # the refused bytes were not counted
+            late = contextvars.copy_context()  # what a task made inside the request carries
+        assert admission.body_bytes == 0
+        late.run(hold_body, 30)
+        assert admission.body_bytes == 0
+
+    asyncio.run(scenario())

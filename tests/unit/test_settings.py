@@ -52,4 +52,8 @@ def test_settings_refuse_a_bodies_budget_that_the_largest_upload_would_never_pas
     with pytest.raises(ValueError, match="CHORUS_MAX_BODY_BYTES_IN_FLIGHT"):
         ServiceSettings()
     monkeypatch.setenv("CHORUS_MAX_BODY_BYTES_IN_FLIGHT", "1000")
+    monkeypatch.setenv("CHORUS_MAX_KSERVE_JSON_BYTES", "1001")
+    with pytest.raises(ValueError, match="CHORUS_MAX_KSERVE_JSON_BYTES"):
+        ServiceSettings()
+    monkeypatch.setenv("CHORUS_MAX_KSERVE_JSON_BYTES", "1000")
     assert ServiceSettings().max_body_bytes_in_flight == 1000
