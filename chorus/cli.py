@@ -356,10 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="serving",
         choices=["serving", "memory", "analyze", "jobs"],
-        help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs and a soak; "
+        help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs, held bodies and a soak; "
         "analyze: chorus analyze's speed, memory and robustness; jobs: /classify latency while a job runs",
     )
-    bench.add_argument("--soak-minutes", type=_number(float, 0), default=30.0, help="memory: minutes of the load-test mix (0: bombs only)")
+    bench.add_argument("--soak-minutes", type=_number(float, 0), default=30.0, help="memory: minutes of the load-test mix (0: bombs and held bodies only)")
     bench.add_argument(
         "--seconds",
         type=_number(float, 1),

@@ -59,20 +59,28 @@ def test_gpu_bench_refuses_to_fall_back_to_cpu():
         providers_for("cuda")
 
 
-def test_memory_bench_reports_bombs_and_a_soak(tiny_exports, tmp_path):
+def test_memory_bench_reports_bombs_held_bodies_and_a_soak(tiny_exports, tmp_path):
     from benchmarks.memory import run_memory
     from tests.conftest import isolated_bentoml_home
 
     home = isolated_bentoml_home(tmp_path / "bentoml")
     # Two bombs, not the bench's eight: each decoded in full costs ~5 s of CPU, and two at once
     # still share the API worker's decode threads.
-    result = run_memory(tmp_path / "memory", soak_minutes=0.3, warmup_minutes=0.1, home=home, bombs_at_once=2)
+    result = run_memory(tmp_path / "memory", soak_minutes=0.3, warmup_minutes=0.1, home=home, bombs_at_once=2, held_clients=8)
 
     refused, decoded = result["bombs"]["default limits"], result["bombs"]["decoded-sample limit lifted"]
     assert len(refused["statuses"]) == len(decoded["statuses"]) == 2
     assert set(refused["statuses"]) == {413}  # refused from the header
     assert set(decoded["statuses"]) <= {200, 503}  # decoded block by block (503: the engine queue was full)
     assert {"api", "engine"} == set(refused["peak_rss_mb"]) == set(decoded["peak_rss_mb"])
+    # Eight bodies of 30.7 MB: four fit under 128 MiB, the others are refused before they are read.
+    bounded, lifted = result["held_bodies"]["bound 128 MiB"], result["held_bodies"]["bound lifted"]
+    assert (bounded["statuses"], lifted["statuses"]) == ({"200": 4, "503": 4}, {"200": 8})
+
+    def growth(run: dict) -> int:
+        return run["rss_all_waiting_mb"] - run["rss_before_mb"]
+
+    assert growth(bounded) < growth(lifted)
     soak = result["soak"]
     assert soak["requests"] > 0 and set(soak["growth_after_warmup_percent"]) == {"api", "engine"}
     assert (tmp_path / "memory" / "soak_rss.png").stat().st_size > 10_000
