@@ -359,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving: raw engine vs served (batching on/off) vs seed-style baseline; memory: bombs, held bodies and a soak; "
         "analyze: chorus analyze's speed, memory and robustness; jobs: /classify latency while a job runs",
     )
-    bench.add_argument("--soak-minutes", type=_number(float, 0), default=30.0, help="memory: minutes of the load-test mix (0: bombs and held bodies only)")
+    bench.add_argument(
+        "--soak-minutes",
+        type=_number(float, 0),
+        default=30.0,
+        help="memory: minutes of the load-test mix (0: bombs and held bodies only)",
+    )
     bench.add_argument(
         "--seconds",
         type=_number(float, 1),
