@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
@@ -33,6 +32,7 @@ import psutil
 import soundfile as sf
 from tqdm import tqdm
 
+from benchmarks.frontend import encode
 from service.local_server import ServedProcess, serve_process
 
 BOMB = (599, 192_000, 8)
@@ -95,10 +95,7 @@ HELD_BODY = (160, 48_000)
 
 def _held_body_recording() -> bytes:
     seconds, rate = HELD_BODY
-    out = io.BytesIO()
-    noise = np.random.default_rng(0).normal(0, 0.05, seconds * rate).astype(np.float32)
-    sf.write(out, noise, rate, format="WAV", subtype="FLOAT")
-    return out.getvalue()
+    return encode(np.random.default_rng(0).normal(0, 0.05, seconds * rate).astype(np.float32), rate, "WAV", "FLOAT")
 
 
 def _status(connection: socket.socket) -> str:
