@@ -270,19 +270,13 @@ class JobGate:
         store, checked = jobs_of(self.state), answer
         creating: asyncio.Future | None = None
 
-        def made() -> None:  # its job is on disk now (or will never be): counted there, not by its place
-            if creating is None or creating.done():
-                store.give_back_place(checked.place)
-            else:  # cancelled while the job is being made: its place is its until the job is there
-                creating.add_done_callback(lambda _: store.give_back_place(checked.place))
-
         async def make_job(task_id: str) -> None:
             nonlocal creating
             creating = asyncio.ensure_future(asyncio.to_thread(store.create, task_id, checked.request, checked.upload))
-            try:
-                await asyncio.shield(creating)
-            finally:
-                made()
+            # Once its thread has ended the job is on disk (or never will be), counted there, not by
+            # its place: then, even if this call is cancelled meanwhile.
+            creating.add_done_callback(lambda _: store.give_back_place(checked.place))
+            await asyncio.shield(creating)
 
         holding = _HeldAnswer(send, make_job)
         try:
@@ -294,7 +288,8 @@ class JobGate:
                 raise
             await self._refuse(exc, path, scope, receive, send)
         finally:
-            made()  # BentoML runs the job inside this call, after its answer: by now it was made long ago
+            if creating is None:  # BentoML refused it, or failed before its answer: no job will be made
+                store.give_back_place(checked.place)
 
     async def _refuse(self, exc: Exception, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The JSON error answer for what the gate refused or could not do, counted in the metrics."""
