@@ -1,8 +1,8 @@
 """What the API service answers before any route: while it drains before stopping, 503 +
 Retry-After to everything but the liveness probe and the metrics; a /readyz (and KServe's
-/v2/health/ready) that says why it is not ready (BentoML's own answers 503 with a fixed text, which leaves an operator looking for
-the one log line that names a missing or changed model file); and a JSON 404 where BentoML's own
-file routes answer a plain-text one."""
+/v2/health/ready) that says why it is not ready (BentoML's own answers 503 with a fixed text,
+which leaves an operator looking for the one log line that names a missing or changed model
+file); and a JSON 404 where BentoML's own file routes answer a plain-text one."""
 
 from __future__ import annotations
 
