@@ -5,11 +5,17 @@ server: alone, then while a job analyzes hours of field audio. The job's windows
 interactive ones in the engine and its decoding runs on idle CPU time; the goal is p99 with the job <= 1.5x
 p99 without it. The job's own speed in that time is reported too (it is not the point: it gets
 what interactive traffic leaves).
+
+Then the submission's count against CHORUS_MAX_UNFINISHED_JOBS in a jobs folder that keeps 10,000
+finished jobs (no CHORUS_JOBS_KEEP_HOURS): the index of unfinished jobs against a read of every
+job's state, which is what the count was before (and what the jobs gauge still does).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +24,7 @@ import httpx
 from benchmarks.analyze import field_folder
 from benchmarks.birdcall import bench_pool
 from benchmarks.load import sweep
+from service.jobs.store import JobRequest, JobState, JobStore
 from service.local_server import serve_process
 
 
@@ -50,6 +57,37 @@ def run_jobs_bench(out_dir: Path, seconds: float = 60.0, concurrency: int = 4, h
         "p50_ratio": round(with_job.percentile(50) / alone.percentile(50), 3),
         "job_state_at_end": view["state"],
         "job_realtime_factor_meanwhile": round(job_audio / seconds, 1),
+        "bound_check_with_kept_jobs": bound_check(10_000),
     }
     (out_dir / "jobs.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _median_ms(call, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def bound_check(kept: int, unfinished: int = 8) -> dict:
+    """Milliseconds a submission spends counting under the jobs lock with `kept` finished jobs on disk."""
+    with tempfile.TemporaryDirectory(prefix="chorus-bound-") as folder:
+        store = JobStore(Path(folder))
+        for i in range(kept + unfinished):
+            job_id = f"job{i:06d}"
+            store.create(job_id, JobRequest(sources=[], formats=["csv"]))
+            if i < kept:
+                store.save_state(job_id, JobState(status="done"))
+        # The tightest bound they pass: a count that took in a finished job would raise TooManyJobs.
+        index = _median_ms(lambda: store.give_back_place(store.take_place(unfinished + 1)))
+        every_state = _median_ms(store.counts)
+    return {
+        "finished_jobs_kept": kept,
+        "unfinished": unfinished,
+        "take_place_ms": index,
+        "every_state_read_ms": every_state,
+        "ratio": round(every_state / max(index, 0.01), 1),
+    }

@@ -148,11 +148,10 @@ class JobRunner:
 
     def resume_all(self) -> None:
         """Start every job a restart left queued or running (the others' locks decide who runs it)."""
-        for job_id in self.store.jobs():
+        for job_id in self.store.reindex():
             with contextlib.suppress(FileNotFoundError):  # deleted since it was listed (by a client, or expired)
-                if self.store.state(job_id).status not in FINISHED:
-                    self.store.requeue_if_abandoned(job_id)
-                    self.start(job_id)
+                self.store.requeue_if_abandoned(job_id)
+                self.start(job_id)
         count_jobs(self.store, self.plane.metrics)
 
     async def run(self, job_id: str) -> JobState:

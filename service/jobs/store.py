@@ -5,6 +5,9 @@ server knows every job's state and resumes the ones it was running.
     <jobs home>/.uploads.lock              held (flock) while an upload is counted and made
     <jobs home>/.places/<token>            a submission accepted whose job is not made yet (any worker's)
     <jobs home>/.jobs.lock                 held (flock) while the unfinished jobs are counted and a place made
+    <jobs home>/.unfinished/<job id>       an index of the jobs not finished (made before such a state is
+                                           written, removed after a finished one is), so the count a
+                                           submission makes reads these jobs, not every job kept
     <jobs home>/<job id>/job.json          what was asked (sources, detection options, formats)
     <jobs home>/<job id>/state.json        status, progress, summary, error (rewritten atomically)
     <jobs home>/<job id>/input/            the uploaded recording, when there is one
@@ -94,6 +97,8 @@ class JobStore:
     def __init__(self, home: Path):
         self.home = home
         (home / "uploads").mkdir(parents=True, exist_ok=True)
+        self._unfinished = home / ".unfinished"
+        self._unfinished.mkdir(exist_ok=True)
         for left in home.glob(".deleted-*"):  # a server stopped half way through a delete
             shutil.rmtree(left, ignore_errors=True)
 
@@ -146,8 +151,7 @@ class JobStore:
                         place.unlink()
                     else:
                         held += 1
-            counts = self.counts()
-            unfinished = counts["queued"] + counts["running"] + held
+            unfinished = self.count_unfinished() + held
             if unfinished >= max_unfinished:
                 raise TooManyJobs(unfinished)
             place = places / uuid.uuid4().hex
@@ -199,8 +203,16 @@ class JobStore:
         return JobState(**json.loads((self.folder(job_id) / "state.json").read_text()))
 
     def save_state(self, job_id: str, state: JobState) -> None:
+        # The index entry is made before an unfinished state is written and removed after a finished
+        # one is: whatever a crash interrupts, the index holds every unfinished job (count_unfinished
+        # drops what it holds too many).
+        finished = state.status in FINISHED
+        if not finished:
+            (self._unfinished / job_id).touch()
         state.updated = time.time()
         write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
+        if finished:
+            (self._unfinished / job_id).unlink(missing_ok=True)
 
     def jobs(self) -> list[str]:
         """Every job's id, oldest first (job.json is written once, when the job is made): the order
@@ -211,6 +223,40 @@ class JobStore:
                 if self.valid_id(folder.name) and _is_job(folder):
                     found.append(((folder / "job.json").stat().st_mtime_ns, folder.name))
         return [job_id for _, job_id in sorted(found)]
+
+    def count_unfinished(self) -> int:
+        """The jobs queued or running, read from the index: the states of those jobs alone, however many
+        finished jobs are kept. An entry whose job finished or is gone (a crash came between the two
+        writes, a delete) is removed; one whose job is still being made counts through its place."""
+        count = 0
+        for entry in self._unfinished.iterdir():
+            folder = self.home / entry.name
+            if not self.valid_id(entry.name):  # not an entry this store made
+                entry.unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(FileNotFoundError):  # the state not written yet, or the job deleted
+                if self.state(entry.name).status in FINISHED:
+                    entry.unlink(missing_ok=True)
+                    continue
+                if _is_job(folder):
+                    count += 1
+                    continue
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                if not folder.is_dir() or time.time() - entry.stat().st_mtime > PLACE_SECONDS:
+                    entry.unlink()  # deleted, or half made by a process that died
+                # else: being made, and counted through its place
+        return count
+
+    def reindex(self) -> list[str]:
+        """Every unfinished job's id (oldest first), each entered in the index: what a start reads once,
+        so jobs made by a version without the index, or missed by a crash, count from then on."""
+        unfinished = []
+        for job_id in self.jobs():
+            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
+                if self.state(job_id).status not in FINISHED:
+                    (self._unfinished / job_id).touch()
+                    unfinished.append(job_id)
+        return unfinished
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

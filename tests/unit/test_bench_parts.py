@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.jobs import bound_check
 from benchmarks.load import require_provider
 from benchmarks.run import served_settings
 from chorus.cli import build_parser
@@ -25,3 +26,9 @@ def test_a_served_answer_from_another_provider_than_the_bench_device_stops_the_b
     with pytest.raises(RuntimeError, match="runs on CPUExecutionProvider, not on cuda"):
         require_provider(on_cpu, "cuda")
     require_provider({"model": {"provider": "CUDAExecutionProvider"}}, "cuda")
+
+
+def test_the_bound_check_bench_passes_the_tightest_bound_its_unfinished_jobs_allow():
+    figures = bound_check(kept=12, unfinished=3)
+    assert (figures["finished_jobs_kept"], figures["unfinished"]) == (12, 3)
+    assert figures["take_place_ms"] > 0 and figures["every_state_read_ms"] > 0
