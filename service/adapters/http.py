@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -116,6 +117,15 @@ def has_body(request: Request) -> bool:
     """Whether the request says a body follows (a non-zero Content-Length, or chunked)."""
     length = request.headers.get("content-length")
     return "transfer-encoding" in request.headers or (length is not None and length.strip() not in ("", "0"))
+
+
+def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Parameters as a dict, each name given once: a second value of a name would otherwise win or
+    lose without a word."""
+    repeated = sorted(name for name, n in Counter(name for name, _ in pairs).items() if n > 1)
+    if repeated:
+        raise InvalidParameter(f"parameter(s) {repeated} given more than once (in the query or the form fields); send each once")
+    return dict(pairs)
 
 
 def check_known(params: Mapping[str, Any], known: tuple[str, ...], route: str) -> None:

@@ -13,10 +13,13 @@ disk within CHORUS_MAX_JOB_UPLOAD_BYTES), and show, cancel, delete and download 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
+import re
 import unicodedata
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +31,23 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.adapters.http import authorize, body_chunks, check_content_length, json_errors, media_type, parse_json, plane_of
+from service.adapters.http import (
+    authorize,
+    body_chunks,
+    check_content_length,
+    check_known,
+    json_errors,
+    media_type,
+    once_each,
+    parse_int,
+    parse_json,
+    plane_of,
+)
 from service.auth import check_bearer
 from service.errors import (
     BadRequest,
     Conflict,
+    InvalidParameter,
     JobsUnavailable,
     MethodNotAllowed,
     NotFound,
@@ -42,7 +57,7 @@ from service.errors import (
     error_body,
 )
 from service.jobs.runner import recount_jobs
-from service.jobs.store import FINISHED, JobBusyError, JobRequest, JobStore, TooManyUploads
+from service.jobs.store import FINISHED, STATES, JobBusyError, JobRequest, JobStore, TooManyUploads
 from service.jobs.submit import check_submission, take_place_for_a_job
 from service.metrics import Metrics
 
@@ -139,19 +154,69 @@ async def upload(request: Request) -> Response:
     return JSONResponse({"upload_id": upload_id, "name": target.name, "bytes": size}, status_code=201)
 
 
+LIST_PARAMETERS = ("state", "limit", "after")
+MAX_LIST_LIMIT = 1000
+_CURSOR = re.compile(r"^([0-9]{1,20})-([A-Za-z0-9_-]{1,64})$")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What GET /jobs was asked for: the states to list (None: all), at most `limit` jobs (None: all),
+    those made after the `after` cursor (None: from the oldest)."""
+
+    states: frozenset[str] | None = None
+    limit: int | None = None
+    after: tuple[int, str] | None = None
+
+    @classmethod
+    def from_query(cls, request: Request) -> Listing:
+        params = once_each(list(request.query_params.multi_items()))
+        check_known(params, LIST_PARAMETERS, "GET /jobs")
+        params = {name: value for name, value in params.items() if value != ""}  # an empty value counts as not sent
+        states = None
+        if "state" in params:
+            states = frozenset(name.strip() for name in params["state"].split(","))
+            if not states <= set(STATES):
+                raise InvalidParameter(
+                    f"state: unknown state(s) {sorted(states - set(STATES))}; give one or more of {list(STATES)}, comma-separated"
+                )
+        limit = parse_int(params, "limit", 0, 1, MAX_LIST_LIMIT) if "limit" in params else None
+        after = None
+        if "after" in params:
+            cursor = _CURSOR.match(params["after"])
+            if cursor is None:
+                raise InvalidParameter(f"after: {params['after']!r} is not a cursor; pass the `next` link of the page before")
+            after = (int(cursor[1]), cursor[2])
+        return cls(states, limit, after)
+
+    def next_link(self, last: tuple[int, str]) -> str:
+        """The link to the page after the one that ended with `last`, asking the same."""
+        query = {"state": ",".join(sorted(self.states))} if self.states is not None else {}
+        return "/jobs?" + urllib.parse.urlencode({**query, "limit": self.limit, "after": f"{last[0]}-{last[1]}"})
+
+
 @json_errors
 async def list_jobs(request: Request) -> Response:
     authorize(request)
+    listing = Listing.from_query(request)
     # In a thread: each job is a state file read and an output folder listed.
-    return JSONResponse({"jobs": await asyncio.to_thread(_job_views, store_of(request))})
+    return JSONResponse(await asyncio.to_thread(job_page, store_of(request), listing))
 
 
-def _job_views(store: JobStore) -> list[dict[str, Any]]:
-    views = []
-    for job_id in store.jobs():
-        with contextlib.suppress(NotFound), deleted_is_404(job_id):
-            views.append(job_view(store, job_id))
-    return views
+def job_page(store: JobStore, listing: Listing) -> dict[str, Any]:
+    """The jobs asked for, oldest first, and the link to the next page when this one is full (the
+    next may be empty). Only the jobs listed are read: queued and running ones from the index."""
+    keys = store.listing_keys(unfinished_only=listing.states is not None and listing.states <= {"queued", "running"})
+    if listing.after is not None:
+        keys = keys[bisect.bisect_right(keys, listing.after) :]
+    views: list[dict[str, Any]] = []
+    for position, key in enumerate(keys):
+        if listing.limit is not None and len(views) == listing.limit:
+            return {"jobs": views, "next": listing.next_link(keys[position - 1])}
+        with contextlib.suppress(NotFound), deleted_is_404(key[1]):
+            if listing.states is None or store.state(key[1]).status in listing.states:
+                views.append(job_view(store, key[1]))
+    return {"jobs": views, "next": None}
 
 
 def _job_id(request: Request) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from service.adapters.jobs import MAX_LIST_LIMIT
 from service.dataplane import DataPlane
 from service.tensors import DATATYPES
 
@@ -511,7 +512,16 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
             ),
             "/v2/models/{name}/infer": _kserve_infer("Inference (JSON tensors or the binary tensor data extension)", [name], infer_errors),
             "/v2/models/{name}/versions/{version}/infer": _kserve_infer("Inference on a version", [name, version], infer_errors),
-            "/jobs": _job("List analysis jobs with their state and progress", {"description": "jobs", **_json({"type": "object"})}, "401"),
+            "/jobs": _job(
+                "List analysis jobs with their state and progress, oldest first; with `limit`, a page and the link to the next",
+                {"description": "jobs, and `next`: the next page's link, null on the last", **_json({"type": "object"})},
+                "401 422",
+                parameters=[
+                    _query("state", {**_STRING, "description": "comma-separated states to list: queued, running, done, failed, cancelled"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
+                    _query("after", {**_STRING, "description": "the cursor of the `next` link of the page before"}),
+                ],
+            ),
             "/jobs/uploads": _job(
                 "Upload a recording for an analysis job: the raw file as the body, ?name=<file name>; "
                 f"at most {s.max_job_upload_bytes} bytes, refused while it streams",

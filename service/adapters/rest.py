@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from service.adapters.http import (
     has_body,
     json_errors,
     media_type,
+    once_each,
     parse_bool,
     parse_choice,
     parse_float,
@@ -68,11 +68,7 @@ def _parameters(request: Request, form: FormData | None = None) -> dict[str, Any
         if strays:
             raise BadRequest(f"file field(s) {strays} are not read; send each recording in a file field named 'audio'")
         pairs += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
-    counts = Counter(name for name, _ in pairs)
-    repeated = sorted(name for name, n in counts.items() if n > 1)
-    if repeated:
-        raise InvalidParameter(f"parameter(s) {repeated} given more than once (in the query or the form fields); send each once")
-    return dict(pairs)
+    return once_each(pairs)
 
 
 def _classify_options(model: AudioClassifier, params: Mapping[str, Any], route: str) -> ClassifyOptions:

@@ -215,14 +215,21 @@ class JobStore:
             (self._unfinished / job_id).unlink(missing_ok=True)
 
     def jobs(self) -> list[str]:
-        """Every job's id, oldest first (job.json is written once, when the job is made): the order
-        they are listed in and resumed in after a restart."""
+        """Every job's id, oldest first: the order they are listed in and resumed in after a restart."""
+        return [job_id for _, job_id in self.listing_keys()]
+
+    def listing_keys(self, unfinished_only: bool = False) -> list[tuple[int, str]]:
+        """(when its job.json was written in ns, id) of every job, oldest first: job.json is written
+        once, when the job is made, so a key keeps its place however the listing changes around it.
+        unfinished_only: the jobs in the index of unfinished ones (and a few that just finished),
+        without looking at the others."""
+        folder_names = (entry.name for entry in self._unfinished.iterdir()) if unfinished_only else (f.name for f in self.home.iterdir())
         found = []
-        for folder in self.home.iterdir():
+        for name in folder_names:
             with contextlib.suppress(FileNotFoundError):  # deleted while listed
-                if self.valid_id(folder.name) and _is_job(folder):
-                    found.append(((folder / "job.json").stat().st_mtime_ns, folder.name))
-        return [job_id for _, job_id in sorted(found)]
+                if self.valid_id(name) and _is_job(self.home / name):
+                    found.append(((self.home / name / "job.json").stat().st_mtime_ns, name))
+        return sorted(found)
 
     def count_unfinished(self) -> int:
         """The jobs queued or running, read from the index: the states of those jobs alone, however many

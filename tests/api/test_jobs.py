@@ -482,7 +482,7 @@ async def test_a_finished_job_is_deleted_with_its_folder_and_an_unfinished_one_i
     assert not (store.home / "d1").exists() and sorted(p.name for p in store.home.iterdir()) == [".unfinished", "uploads"]
     assert list((store.home / ".unfinished").iterdir()) == []
     assert (await http.get("/jobs/d1")).status_code == 404 and (await http.delete("/jobs/d1")).status_code == 404
-    assert (await http.get("/jobs")).json() == {"jobs": []}
+    assert (await http.get("/jobs")).json() == {"jobs": [], "next": None}
 
 
 async def test_an_upload_no_job_took_is_deleted_and_a_taken_one_belongs_to_its_job(http, store, wav):
@@ -913,6 +913,63 @@ def test_a_start_enters_in_the_index_the_unfinished_jobs_it_lacks(store):
     store = JobStore(store.home)
     assert store.count_unfinished() == 0
     assert store.reindex() == ["a", "b"] and store.count_unfinished() == 2
+
+
+async def _pages(http, url):
+    """Every page of a listing, following its next links."""
+    pages = []
+    while url is not None:
+        page = (await http.get(url)).json()
+        pages.append([view["task_id"] for view in page["jobs"]])
+        url = page["next"]
+    return pages
+
+
+async def test_the_job_listing_comes_in_pages_of_the_states_asked_for(http, store):
+    for i, status in enumerate(["done", "queued", "failed", "running", "done", "cancelled", "queued"]):
+        _job_in_state(store, f"j{i}", status)
+    everything = (await http.get("/jobs")).json()
+    assert [v["task_id"] for v in everything["jobs"]] == [f"j{i}" for i in range(7)] and everything["next"] is None
+    assert await _pages(http, "/jobs?limit=3") == [["j0", "j1", "j2"], ["j3", "j4", "j5"], ["j6"]]
+    assert await _pages(http, "/jobs?limit=2&state=done,failed") == [["j0", "j2"], ["j4"]]
+    assert await _pages(http, "/jobs?limit=3&state=done") == [["j0", "j4"]]  # a page not full is the last
+    assert await _pages(http, "/jobs?state=cancelled") == [["j5"]]
+    assert await _pages(http, "/jobs?state=&limit=&after=") == [[f"j{i}" for i in range(7)]]  # empty: not sent, as a form sends it
+    first = (await http.get("/jobs?limit=2")).json()
+    store.delete("j0")  # a job gone between two pages moves nothing after it
+    assert [v["task_id"] for v in (await http.get(first["next"])).json()["jobs"]] == ["j2", "j3"]
+
+
+async def test_listing_the_unfinished_jobs_reads_none_of_the_finished_ones(http, store, monkeypatch):
+    for i in range(20):
+        _job_in_state(store, f"old{i}", "done")
+    _job_in_state(store, "waiting", "queued")
+    _job_in_state(store, "busy", "running")
+    read = []
+    real_state = store.state
+    monkeypatch.setattr(store, "state", lambda job_id: read.append(job_id) or real_state(job_id))
+    assert await _pages(http, "/jobs?state=running,queued") == [["waiting", "busy"]]
+    assert set(read) == {"waiting", "busy"}
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("state=finished", "unknown state(s) ['finished']; give one or more of ['queued', 'running', 'done', 'failed', 'cancelled']"),
+        ("state=done,,queued", "unknown state(s) ['']"),
+        ("limit=0", "limit must be from 1 to 1000"),
+        ("limit=many", "limit must be an integer"),
+        ("limit=1001", "limit must be from 1 to 1000"),
+        ("after=j1", "'j1' is not a cursor; pass the `next` link"),
+        ("after=12-../x", "is not a cursor"),
+        ("page=2", "unknown parameter(s) ['page']; GET /jobs takes ['state', 'limit', 'after']"),
+        ("limit=2&limit=3", "parameter(s) ['limit'] given more than once"),
+    ],
+)
+async def test_a_job_listing_asked_wrongly_is_a_422_saying_what_it_takes(http, store, query, says):
+    _job_in_state(store, "j0", "done")
+    response = await http.get(f"/jobs?{query}")
+    assert response.status_code == 422 and says in response.json()["error"]["message"]
 
 
 class RunsTheJobInItsCall(FakeBentoTasks):
