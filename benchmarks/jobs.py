@@ -6,9 +6,10 @@ interactive ones in the engine and its decoding runs on idle CPU time; the goal 
 p99 without it. The job's own speed in that time is reported too (it is not the point: it gets
 what interactive traffic leaves).
 
-Then the submission's count against CHORUS_MAX_UNFINISHED_JOBS in a jobs folder that keeps 10,000
-finished jobs (no CHORUS_JOBS_KEEP_HOURS): the index of unfinished jobs against a read of every
-job's state, which is what the count was before (and what the jobs gauge still does).
+Then, in a jobs folder that keeps 10,000 finished jobs (no CHORUS_JOBS_KEEP_HOURS): a submission's
+count against CHORUS_MAX_UNFINISHED_JOBS through the index of unfinished jobs, against a read of
+every job's state (what the count was before, and what the jobs gauge still does); and GET /jobs
+whole, a page of 100, and the queued and running jobs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 from benchmarks.analyze import field_folder
 from benchmarks.birdcall import bench_pool
 from benchmarks.load import sweep
+from service.adapters.jobs import Listing, job_page
 from service.jobs.store import JobRequest, JobState, JobStore
 from service.local_server import serve_process
 
@@ -57,7 +59,7 @@ def run_jobs_bench(out_dir: Path, seconds: float = 60.0, concurrency: int = 4, h
         "p50_ratio": round(with_job.percentile(50) / alone.percentile(50), 3),
         "job_state_at_end": view["state"],
         "job_realtime_factor_meanwhile": round(job_audio / seconds, 1),
-        "bound_check_with_kept_jobs": bound_check(10_000),
+        "with_kept_jobs": with_kept_jobs(10_000),
     }
     (out_dir / "jobs.json").write_text(json.dumps(result, indent=2))
     return result
@@ -72,9 +74,9 @@ def _median_ms(call, repeats: int = 5) -> float:
     return round(statistics.median(times), 2)
 
 
-def bound_check(kept: int, unfinished: int = 8) -> dict:
-    """Milliseconds a submission spends counting under the jobs lock with `kept` finished jobs on disk."""
-    with tempfile.TemporaryDirectory(prefix="chorus-bound-") as folder:
+def with_kept_jobs(kept: int, unfinished: int = 8) -> dict:
+    """Milliseconds a submission's count and the job listings take with `kept` finished jobs on disk."""
+    with tempfile.TemporaryDirectory(prefix="chorus-kept-") as folder:
         store = JobStore(Path(folder))
         for i in range(kept + unfinished):
             job_id = f"job{i:06d}"
@@ -84,10 +86,19 @@ def bound_check(kept: int, unfinished: int = 8) -> dict:
         # The tightest bound they pass: a count that took in a finished job would raise TooManyJobs.
         index = _median_ms(lambda: store.give_back_place(store.take_place(unfinished + 1)))
         every_state = _median_ms(store.counts)
+        listings = {
+            name: _median_ms(lambda listing=listing: job_page(store, listing), repeats=3)
+            for name, listing in [
+                ("all", Listing()),
+                ("limit=100", Listing(limit=100)),
+                ("state=queued,running", Listing(frozenset({"queued", "running"}))),
+            ]
+        }
     return {
         "finished_jobs_kept": kept,
         "unfinished": unfinished,
         "take_place_ms": index,
         "every_state_read_ms": every_state,
         "ratio": round(every_state / max(index, 0.01), 1),
+        "list_jobs_ms": listings,
     }

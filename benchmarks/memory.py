@@ -67,6 +67,19 @@ def rss_mb(process: psutil.Process) -> float:
     return process.memory_info().rss / 2**20
 
 
+def settled_rss_mb(process: psutil.Process, interval: float = 0.5, within_mb: float = 1.0, at_most: float = 30.0) -> float:
+    """The RSS once it stops moving: two readings `interval` apart within `within_mb` (or the last
+    reading after `at_most` seconds)."""
+    last, deadline = rss_mb(process), time.monotonic() + at_most
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = rss_mb(process)
+        if abs(now - last) <= within_mb:
+            return now
+        last = now
+    return last
+
+
 def reset_peak_rss(process: psutil.Process) -> None:
     """Start the process's VmHWM afresh from its RSS now (Linux's clear_refs), so a second scenario on the
     same server reads its own peak."""
@@ -141,8 +154,7 @@ def held_bodies(served: ServedProcess, data: bytes, clients: int) -> dict:
         sent = [pool.submit(_send_all_but_the_last_byte, served.url, data, waiting, release) for _ in range(clients)]
         for _ in range(clients):  # every client has sent all it will send before the last byte
             waiting.acquire(timeout=300)
-        time.sleep(2)  # the server reads what is in its sockets' buffers
-        waiting_rss = rss_mb(api)
+        waiting_rss = settled_rss_mb(api)  # once the server has read what is in its sockets' buffers
         release.set()
         statuses = [future.result() for future in sent]
     return {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
-from benchmarks.jobs import bound_check
+from benchmarks.jobs import with_kept_jobs
 from benchmarks.load import require_provider
+from benchmarks.memory import settled_rss_mb
 from benchmarks.run import served_settings
 from chorus.cli import build_parser
 
@@ -28,7 +31,25 @@ def test_a_served_answer_from_another_provider_than_the_bench_device_stops_the_b
     require_provider({"model": {"provider": "CUDAExecutionProvider"}}, "cuda")
 
 
-def test_the_bound_check_bench_passes_the_tightest_bound_its_unfinished_jobs_allow():
-    figures = bound_check(kept=12, unfinished=3)
+def test_the_kept_jobs_bench_passes_the_tightest_bound_its_unfinished_jobs_allow():
+    figures = with_kept_jobs(kept=12, unfinished=3)
     assert (figures["finished_jobs_kept"], figures["unfinished"]) == (12, 3)
     assert figures["take_place_ms"] > 0 and figures["every_state_read_ms"] > 0
+    assert set(figures["list_jobs_ms"]) == {"all", "limit=100", "state=queued,running"}
+
+
+class _GrowingProcess:
+    """RSS readings in MiB, the last repeated: what the held-bodies bench reads while bodies arrive."""
+
+    def __init__(self, readings_mib):
+        self.readings = list(readings_mib)
+
+    def memory_info(self):
+        reading = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        return types.SimpleNamespace(rss=reading * 2**20)
+
+
+def test_the_held_bodies_rss_is_read_once_it_stops_moving():
+    assert settled_rss_mb(_GrowingProcess([100, 160, 230, 300, 300.5]), interval=0.001) == 300.5
+    never_settles = _GrowingProcess(range(100, 10**6, 10))
+    assert 100 < settled_rss_mb(never_settles, interval=0.001, at_most=0.05) < 10**6  # the last reading, once it gives up
