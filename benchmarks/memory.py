@@ -68,15 +68,16 @@ def rss_mb(process: psutil.Process) -> float:
 
 
 def settled_rss_mb(process: psutil.Process, interval: float = 0.5, within_mb: float = 1.0, at_most: float = 30.0) -> float:
-    """The RSS once it stops moving: two readings `interval` apart within `within_mb` (or the last
-    reading after `at_most` seconds)."""
-    last, deadline = rss_mb(process), time.monotonic() + at_most
+    """The RSS once it stops moving: three readings `interval` apart, each within `within_mb` of the
+    one before (or the last reading after `at_most` seconds)."""
+    last, steady, deadline = rss_mb(process), 0, time.monotonic() + at_most
     while time.monotonic() < deadline:
         time.sleep(interval)
         now = rss_mb(process)
-        if abs(now - last) <= within_mb:
-            return now
+        steady = steady + 1 if abs(now - last) <= within_mb else 0
         last = now
+        if steady == 2:
+            break
     return last
 
 

@@ -124,7 +124,7 @@ def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     lose without a word."""
     repeated = sorted(name for name, n in Counter(name for name, _ in pairs).items() if n > 1)
     if repeated:
-        raise InvalidParameter(f"parameter(s) {repeated} given more than once (in the query or the form fields); send each once")
+        raise InvalidParameter(f"parameter(s) {repeated} given more than once; send each once")
     return dict(pairs)
 
 

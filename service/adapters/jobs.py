@@ -162,24 +162,23 @@ _CURSOR = re.compile(r"^([0-9]{1,20})-([A-Za-z0-9_-]{1,64})$")
 @dataclass(frozen=True)
 class Listing:
     """What GET /jobs was asked for: the states to list (None: all), at most `limit` jobs (None: all),
-    those made after the `after` cursor (None: from the oldest)."""
+    those made after the `after` cursor (None: from the oldest); `root_path`: where the server is
+    mounted, for the next page's link."""
 
     states: frozenset[str] | None = None
     limit: int | None = None
     after: tuple[int, str] | None = None
+    root_path: str = ""
 
     @classmethod
     def from_query(cls, request: Request) -> Listing:
-        params = once_each(list(request.query_params.multi_items()))
-        check_known(params, LIST_PARAMETERS, "GET /jobs")
-        params = {name: value for name, value in params.items() if value != ""}  # an empty value counts as not sent
-        states = None
-        if "state" in params:
-            states = frozenset(name.strip() for name in params["state"].split(","))
-            if not states <= set(STATES):
-                raise InvalidParameter(
-                    f"state: unknown state(s) {sorted(states - set(STATES))}; give one or more of {list(STATES)}, comma-separated"
-                )
+        pairs = list(request.query_params.multi_items())
+        check_known(dict(pairs), LIST_PARAMETERS, "GET /jobs")
+        params = {name: value for name, value in once_each(pairs).items() if value != ""}  # an empty value counts as not sent
+        states = frozenset(name.strip() for name in params.get("state", "").split(",") if name.strip()) or None
+        if states is not None and not states <= set(STATES):
+            unknown = sorted(states - set(STATES))
+            raise InvalidParameter(f"state: unknown state(s) {unknown}; give one or more of {list(STATES)}, comma-separated")
         limit = parse_int(params, "limit", 0, 1, MAX_LIST_LIMIT) if "limit" in params else None
         after = None
         if "after" in params:
@@ -187,20 +186,22 @@ class Listing:
             if cursor is None:
                 raise InvalidParameter(f"after: {params['after']!r} is not a cursor; pass the `next` link of the page before")
             after = (int(cursor[1]), cursor[2])
-        return cls(states, limit, after)
+        return cls(states, limit, after, request.scope.get("root_path", ""))
 
     def next_link(self, last: tuple[int, str]) -> str:
         """The link to the page after the one that ended with `last`, asking the same."""
         query = {"state": ",".join(sorted(self.states))} if self.states is not None else {}
-        return "/jobs?" + urllib.parse.urlencode({**query, "limit": self.limit, "after": f"{last[0]}-{last[1]}"})
+        return f"{self.root_path}/jobs?" + urllib.parse.urlencode({**query, "limit": self.limit, "after": f"{last[0]}-{last[1]}"})
 
 
 @json_errors
 async def list_jobs(request: Request) -> Response:
     authorize(request)
     listing = Listing.from_query(request)
-    # In a thread: each job is a state file read and an output folder listed.
-    return JSONResponse(await asyncio.to_thread(job_page, store_of(request), listing))
+    store = store_of(request)
+    # In a thread: each job is a state file read and an output folder listed, and the JSON of
+    # thousands of them takes a while to write too.
+    return await asyncio.to_thread(lambda: JSONResponse(job_page(store, listing)))
 
 
 def job_page(store: JobStore, listing: Listing) -> dict[str, Any]:

@@ -204,15 +204,17 @@ class JobStore:
 
     def save_state(self, job_id: str, state: JobState) -> None:
         # The index entry is made before an unfinished state is written and removed after a finished
-        # one is: whatever a crash interrupts, the index holds every unfinished job (count_unfinished
-        # drops what it holds too many).
+        # one is, so a process that dies between the two leaves an entry too many (count_unfinished
+        # drops it), never one too few. What the disk loses in a power cut, counts() enters again.
+        target = self.folder(job_id) / "state.json"  # KeyError for a name that is no job's, before anything is written
+        entry = self._unfinished / job_id
         finished = state.status in FINISHED
         if not finished:
-            (self._unfinished / job_id).touch()
+            entry.touch()
         state.updated = time.time()
-        write_text(self.folder(job_id) / "state.json", json.dumps(asdict(state), indent=2) + "\n")
+        write_text(target, json.dumps(asdict(state), indent=2) + "\n")
         if finished:
-            (self._unfinished / job_id).unlink(missing_ok=True)
+            entry.unlink(missing_ok=True)
 
     def jobs(self) -> list[str]:
         """Every job's id, oldest first: the order they are listed in and resumed in after a restart."""
@@ -233,43 +235,48 @@ class JobStore:
 
     def count_unfinished(self) -> int:
         """The jobs queued or running, read from the index: the states of those jobs alone, however many
-        finished jobs are kept. An entry whose job finished or is gone (a crash came between the two
-        writes, a delete) is removed; one whose job is still being made counts through its place."""
+        finished jobs are kept. An entry whose job finished (its process died before removing it) or
+        is gone is removed; one whose job is not made yet counts through its place, and one a process
+        left half made (never a job) does not count."""
         count = 0
         for entry in self._unfinished.iterdir():
-            folder = self.home / entry.name
             if not self.valid_id(entry.name):  # not an entry this store made
                 entry.unlink(missing_ok=True)
                 continue
-            with contextlib.suppress(FileNotFoundError):  # the state not written yet, or the job deleted
-                if self.state(entry.name).status in FINISHED:
-                    entry.unlink(missing_ok=True)
-                    continue
-                if _is_job(folder):
-                    count += 1
-                    continue
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-                if not folder.is_dir() or time.time() - entry.stat().st_mtime > PLACE_SECONDS:
-                    entry.unlink()  # deleted, or half made by a process that died
-                # else: being made, and counted through its place
+            folder = self.home / entry.name
+            try:
+                status: str | None = self.state(entry.name).status
+            except FileNotFoundError:  # no state yet (being made), or no folder (deleted)
+                status = None
+            if status in FINISHED or not folder.is_dir():
+                entry.unlink(missing_ok=True)
+            elif status is not None and _is_job(folder):
+                count += 1
         return count
 
-    def reindex(self) -> list[str]:
-        """Every unfinished job's id (oldest first), each entered in the index: what a start reads once,
-        so jobs made by a version without the index, or missed by a crash, count from then on."""
-        unfinished = []
+    def _states(self) -> Iterator[tuple[str, str]]:
+        """Every job's id and status, oldest first, each unfinished job entered in the index on the way:
+        one made by a version without the index, or whose entry a power cut lost, counts from then on.
+        (An entry made for a job that finished meanwhile is dropped by the next count.)"""
         for job_id in self.jobs():
-            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
-                if self.state(job_id).status not in FINISHED:
-                    (self._unfinished / job_id).touch()
-                    unfinished.append(job_id)
-        return unfinished
+            try:
+                status = self.state(job_id).status
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            if status not in FINISHED:
+                (self._unfinished / job_id).touch()
+            yield job_id, status
+
+    def reindex(self) -> list[str]:
+        """Every unfinished job's id, oldest first, each entered in the index: what a start reads."""
+        return [job_id for job_id, status in self._states() if status not in FINISHED]
 
     def counts(self) -> dict[str, int]:
+        """The jobs by state, reading every job's (the jobs gauge, when a job starts or ends), and
+        entering in the index each unfinished one it lacks."""
         counts = dict.fromkeys(STATES, 0)
-        for job_id in self.jobs():
-            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
-                counts[self.state(job_id).status] += 1
+        for _, status in self._states():
+            counts[status] += 1
         return counts
 
     def ask_cancel(self, job_id: str) -> None:

@@ -894,14 +894,29 @@ def test_the_unfinished_index_drops_what_a_crash_or_a_delete_left_and_keeps_a_jo
     store.delete("deleted")
     (store.home / ".unfinished" / "deleted").touch()
     (store.home / ".unfinished" / "not a job's name").touch()
-    store.folder("making").mkdir()  # made, its state not written yet: its place counts it
-    (store.home / ".unfinished" / "making").touch()
-    store.folder("dead").mkdir()  # half made by a worker that died
-    (store.home / ".unfinished" / "dead").touch()
-    long_ago = time.time() - PLACE_SECONDS - 1
-    os.utime(store.home / ".unfinished" / "dead", (long_ago, long_ago))
+    store.folder("folder-only").mkdir()  # made, its state not written yet: its place counts it
+    (store.home / ".unfinished" / "folder-only").touch()
+    store.folder("state-only").mkdir()  # its state written, its job.json not yet (or never: its process died)
+    store.save_state("state-only", JobState())
     assert store.count_unfinished() == 0
-    assert sorted(p.name for p in (store.home / ".unfinished").iterdir()) == ["making"]
+    assert sorted(p.name for p in (store.home / ".unfinished").iterdir()) == ["folder-only", "state-only"]
+    store.create("state-only", JobRequest(sources=[], formats=["csv"]))  # however long its making took
+    assert store.count_unfinished() == 1
+
+
+def test_a_state_saved_under_a_name_that_is_no_jobs_writes_nothing(store):
+    with pytest.raises(KeyError):
+        store.save_state("../x", JobState())
+    assert not (store.home / "x").exists() and list((store.home / ".unfinished").iterdir()) == []
+
+
+def test_the_jobs_gauge_enters_in_the_index_an_unfinished_job_it_lacks(store):
+    """A job made by a version without the index (an old pod, during a rolling update), or whose
+    entry a power cut lost, counts once the next job starts or ends (each recounts the gauge)."""
+    _job_in_state(store, "old", "queued")
+    (store.home / ".unfinished" / "old").unlink()
+    assert store.count_unfinished() == 0
+    assert store.counts()["queued"] == 1 and store.count_unfinished() == 1
 
 
 def test_a_start_enters_in_the_index_the_unfinished_jobs_it_lacks(store):
@@ -925,19 +940,44 @@ async def _pages(http, url):
     return pages
 
 
+def _made_at(store, job_id, status, ns):
+    """A job whose job.json says it was made at `ns` (what the listing orders by)."""
+    _job_in_state(store, job_id, status)
+    os.utime(store.folder(job_id) / "job.json", ns=(ns, ns))
+
+
 async def test_the_job_listing_comes_in_pages_of_the_states_asked_for(http, store):
-    for i, status in enumerate(["done", "queued", "failed", "running", "done", "cancelled", "queued"]):
-        _job_in_state(store, f"j{i}", status)
+    made = time.time_ns() - 10**12
+    names = ["g0", "f1", "e2", "d3", "c4", "b5", "a6"]  # their names sort against the order they were made in
+    for i, (name, status) in enumerate(zip(names, ["done", "queued", "failed", "running", "done", "cancelled", "queued"], strict=True)):
+        _made_at(store, name, status, made + i * 1000)
     everything = (await http.get("/jobs")).json()
-    assert [v["task_id"] for v in everything["jobs"]] == [f"j{i}" for i in range(7)] and everything["next"] is None
-    assert await _pages(http, "/jobs?limit=3") == [["j0", "j1", "j2"], ["j3", "j4", "j5"], ["j6"]]
-    assert await _pages(http, "/jobs?limit=2&state=done,failed") == [["j0", "j2"], ["j4"]]
-    assert await _pages(http, "/jobs?limit=3&state=done") == [["j0", "j4"]]  # a page not full is the last
-    assert await _pages(http, "/jobs?state=cancelled") == [["j5"]]
-    assert await _pages(http, "/jobs?state=&limit=&after=") == [[f"j{i}" for i in range(7)]]  # empty: not sent, as a form sends it
+    assert [v["task_id"] for v in everything["jobs"]] == names and everything["next"] is None
+    assert await _pages(http, "/jobs?limit=3") == [["g0", "f1", "e2"], ["d3", "c4", "b5"], ["a6"]]
+    assert await _pages(http, "/jobs?limit=7") == [names]  # a full last page has no next
+    assert await _pages(http, "/jobs?limit=2&state=done,failed") == [["g0", "e2"], ["c4"]]
+    assert await _pages(http, "/jobs?limit=2&state=done") == [["g0", "c4"], []]  # a full page's next may be empty
+    assert await _pages(http, "/jobs?limit=3&state=done") == [["g0", "c4"]]  # a page not full is the last
+    assert await _pages(http, "/jobs?state=cancelled") == [["b5"]]
+    assert await _pages(http, "/jobs?state=done,,queued,") == [["g0", "f1", "c4", "a6"]]  # empty items: none
+    assert await _pages(http, "/jobs?state=&limit=&after=") == [names]  # empty: not sent, as a form sends it
     first = (await http.get("/jobs?limit=2")).json()
-    store.delete("j0")  # a job gone between two pages moves nothing after it
-    assert [v["task_id"] for v in (await http.get(first["next"])).json()["jobs"]] == ["j2", "j3"]
+    store.delete("g0")  # a job gone between two pages moves nothing after it
+    assert [v["task_id"] for v in (await http.get(first["next"])).json()["jobs"]] == ["e2", "d3"]
+    for name in ("tie-b", "tie-a"):  # made in one tick of a coarse clock: by name
+        _made_at(store, name, "done", made + 10**6)
+    assert await _pages(http, "/jobs?limit=7") == [["f1", "e2", "d3", "c4", "b5", "a6", "tie-a"], ["tie-b"]]
+
+
+async def test_the_next_link_keeps_the_path_the_server_is_mounted_under(plane, store):
+    _job_in_state(store, "a", "done")
+    _job_in_state(store, "b", "done")
+    app = Starlette(routes=adapters.jobs.ROUTES)
+    app.state.plane, app.state.jobs = plane, store
+    transport = httpx.ASGITransport(app=app, root_path="/chorus")
+    async with httpx.AsyncClient(transport=transport, base_url="http://chorus.test") as client:
+        page = (await client.get("/jobs?limit=1")).json()
+    assert page["next"].startswith("/chorus/jobs?limit=1&after=")
 
 
 async def test_listing_the_unfinished_jobs_reads_none_of_the_finished_ones(http, store, monkeypatch):
@@ -956,13 +996,14 @@ async def test_listing_the_unfinished_jobs_reads_none_of_the_finished_ones(http,
     ("query", "says"),
     [
         ("state=finished", "unknown state(s) ['finished']; give one or more of ['queued', 'running', 'done', 'failed', 'cancelled']"),
-        ("state=done,,queued", "unknown state(s) ['']"),
+        ("state=done,finished", "unknown state(s) ['finished']"),
         ("limit=0", "limit must be from 1 to 1000"),
         ("limit=many", "limit must be an integer"),
         ("limit=1001", "limit must be from 1 to 1000"),
         ("after=j1", "'j1' is not a cursor; pass the `next` link"),
         ("after=12-../x", "is not a cursor"),
         ("page=2", "unknown parameter(s) ['page']; GET /jobs takes ['state', 'limit', 'after']"),
+        ("page=1&page=2", "unknown parameter(s) ['page']"),
         ("limit=2&limit=3", "parameter(s) ['limit'] given more than once"),
     ],
 )
