@@ -76,7 +76,7 @@ def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], floa
 
 def count_jobs(store: JobStore, metrics: Metrics) -> None:
     """The jobs gauge, by state, from the folders on disk (any process may have changed them). It
-    reads every job's state: from the event loop, run it in a thread (recount_jobs)."""
+    lists every job's folder: from the event loop, run it in a thread (recount_jobs)."""
     for status, count in store.counts().items():
         metrics.jobs.labels(status).set(count)
 

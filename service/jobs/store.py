@@ -99,6 +99,9 @@ class JobStore:
         (home / "uploads").mkdir(parents=True, exist_ok=True)
         self._unfinished = home / ".unfinished"
         self._unfinished.mkdir(exist_ok=True)
+        # A finished job's status never changes again (it can only be deleted): the gauge's recounts
+        # read each one once, not at every job's start and end.
+        self._finished: dict[str, str] = {}
         for left in home.glob(".deleted-*"):  # a server stopped half way through a delete
             shutil.rmtree(left, ignore_errors=True)
 
@@ -254,29 +257,39 @@ class JobStore:
                 count += 1
         return count
 
-    def _states(self) -> Iterator[tuple[str, str]]:
-        """Every job's id and status, oldest first, each unfinished job entered in the index on the way:
-        one made by a version without the index, or whose entry a power cut lost, counts from then on.
-        (An entry made for a job that finished meanwhile is dropped by the next count.)"""
-        for job_id in self.jobs():
-            try:
-                status = self.state(job_id).status
-            except FileNotFoundError:  # deleted since it was listed
-                continue
-            if status not in FINISHED:
-                (self._unfinished / job_id).touch()
-            yield job_id, status
-
     def reindex(self) -> list[str]:
-        """Every unfinished job's id, oldest first, each entered in the index: what a start reads."""
-        return [job_id for job_id, status in self._states() if status not in FINISHED]
+        """Every unfinished job's id, oldest first, each entered in the index: what a start reads, so
+        one made by a version without the index, or whose entry a power cut lost, counts from then on."""
+        unfinished = []
+        for job_id in self.jobs():
+            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
+                if self.state(job_id).status not in FINISHED:
+                    (self._unfinished / job_id).touch()
+                    unfinished.append(job_id)
+        return unfinished
 
     def counts(self) -> dict[str, int]:
-        """The jobs by state, reading every job's (the jobs gauge, when a job starts or ends), and
-        entering in the index each unfinished one it lacks."""
+        """The jobs by state, as on disk (the jobs gauge, when a job starts or ends), entering in the
+        index each unfinished one it lacks. The states of the finished jobs this store has seen
+        before are not read again: a recount lists the folder and reads the others."""
         counts = dict.fromkeys(STATES, 0)
-        for _, status in self._states():
+        finished: dict[str, str] = {}
+        for folder in self.home.iterdir():
+            job_id = folder.name
+            status = self._finished.get(job_id)
+            if status is None:
+                if not (self.valid_id(job_id) and _is_job(folder)):
+                    continue
+                try:
+                    status = self.state(job_id).status
+                except FileNotFoundError:  # deleted since it was listed
+                    continue
+                if status not in FINISHED:
+                    (self._unfinished / job_id).touch()
+            if status in FINISHED:
+                finished[job_id] = status
             counts[status] += 1
+        self._finished = finished  # the deleted ones forgotten
         return counts
 
     def ask_cancel(self, job_id: str) -> None:
