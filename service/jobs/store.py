@@ -102,6 +102,7 @@ class JobStore:
         # A finished job's status never changes again (it can only be deleted): the gauge's recounts
         # read each one once, not at every job's start and end.
         self._finished: dict[str, str] = {}
+        self._keys: dict[str, tuple[int, str]] = {}  # listing keys: job.json is written once
         for left in home.glob(".deleted-*"):  # a server stopped half way through a delete
             shutil.rmtree(left, ignore_errors=True)
 
@@ -225,15 +226,21 @@ class JobStore:
 
     def listing_keys(self, unfinished_only: bool = False) -> list[tuple[int, str]]:
         """(when its job.json was written in ns, id) of every job, oldest first: job.json is written
-        once, when the job is made, so a key keeps its place however the listing changes around it.
-        unfinished_only: the jobs in the index of unfinished ones (and a few that just finished),
-        without looking at the others."""
-        folder_names = (entry.name for entry in self._unfinished.iterdir()) if unfinished_only else (f.name for f in self.home.iterdir())
+        once, when the job is made, so a key keeps its place however the listing changes around it
+        (and this store looks it up once). unfinished_only: the jobs in the index of unfinished ones
+        (and a few that just finished), without looking at the others."""
+        names = [entry.name for entry in self._unfinished.iterdir()] if unfinished_only else [f.name for f in self.home.iterdir()]
         found = []
-        for name in folder_names:
-            with contextlib.suppress(FileNotFoundError):  # deleted while listed
-                if self.valid_id(name) and _is_job(self.home / name):
-                    found.append(((self.home / name / "job.json").stat().st_mtime_ns, name))
+        for name in names:
+            key = self._keys.get(name)
+            if key is None:
+                with contextlib.suppress(FileNotFoundError):  # deleted while listed
+                    if self.valid_id(name) and _is_job(self.home / name):
+                        key = self._keys[name] = ((self.home / name / "job.json").stat().st_mtime_ns, name)
+            if key is not None:
+                found.append(key)
+        if not unfinished_only:  # the deleted ones forgotten
+            self._keys = {key[1]: key for key in found}
         return sorted(found)
 
     def count_unfinished(self) -> int:

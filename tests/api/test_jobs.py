@@ -987,6 +987,18 @@ async def test_the_job_listing_comes_in_pages_of_the_states_asked_for(http, stor
     assert await _pages(http, "/jobs?limit=7") == [["f1", "e2", "d3", "c4", "b5", "a6", "tie-a"], ["tie-b"]]
 
 
+def test_a_listing_looks_up_each_jobs_key_once(store):
+    """A page of 100 among 10,000 kept jobs took 0.3 s while every job.json was looked at each time."""
+    made = time.time_ns() - 10**12
+    for i, name in enumerate(["b", "a"]):
+        _made_at(store, name, "done", made + i)
+    assert store.jobs() == ["b", "a"]
+    os.utime(store.folder("b") / "job.json", ns=(made + 5, made + 5))  # not looked at again
+    store.delete("a")
+    _made_at(store, "c", "queued", made + 2)
+    assert store.jobs() == ["b", "c"] and store.listing_keys(unfinished_only=True) == [(made + 2, "c")]
+
+
 async def test_the_next_link_keeps_the_path_the_server_is_mounted_under(plane, store):
     _job_in_state(store, "a", "done")
     _job_in_state(store, "b", "done")
