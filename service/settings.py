@@ -106,7 +106,7 @@ class ServiceSettings(BaseSettings):
         ge=1,
         description="Bytes of request bodies one API worker holds in memory at once, counted as they arrive (the requests in"
         " flight, and the work cancelled ones leave on threads); past it: 503 with Retry-After. At least max_upload_bytes"
-        " and max_kserve_json_bytes.",
+        " and max_kserve_json_bytes: unset, it is raised to the larger of them.",
     )
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 503 overload answers, in seconds.")
     default_deadline_seconds: float = Field(
@@ -213,6 +213,9 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_body_fits_in_flight(self) -> ServiceSettings:
+        if "max_body_bytes_in_flight" not in self.model_fields_set:
+            # Unset, it follows a raised body limit: a deployment that raised only that keeps starting.
+            self.max_body_bytes_in_flight = max(self.max_body_bytes_in_flight, self.max_upload_bytes, self.max_kserve_json_bytes)
         for name in ("max_upload_bytes", "max_kserve_json_bytes"):
             if self.max_body_bytes_in_flight < getattr(self, name):
                 raise ValueError(

@@ -57,3 +57,13 @@ def test_settings_refuse_a_bodies_budget_that_the_largest_upload_would_never_pas
         ServiceSettings()
     monkeypatch.setenv("CHORUS_MAX_KSERVE_JSON_BYTES", "1000")
     assert ServiceSettings().max_body_bytes_in_flight == 1000
+
+
+def test_an_unset_bodies_budget_follows_a_raised_body_limit(monkeypatch):
+    """A deployment that raised only its upload limit past the budget's default keeps starting."""
+    default = ServiceSettings.model_fields["max_body_bytes_in_flight"].default
+    assert ServiceSettings().max_body_bytes_in_flight == default
+    monkeypatch.setenv("CHORUS_MAX_UPLOAD_BYTES", str(default + 1))
+    assert ServiceSettings().max_body_bytes_in_flight == default + 1
+    monkeypatch.setenv("CHORUS_MAX_KSERVE_JSON_BYTES", str(default + 7))
+    assert ServiceSettings().max_body_bytes_in_flight == default + 7
