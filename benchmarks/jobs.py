@@ -9,8 +9,8 @@ what interactive traffic leaves).
 Then, in a jobs folder that keeps 10,000 finished jobs (no CHORUS_JOBS_KEEP_HOURS): a submission's
 count against CHORUS_MAX_UNFINISHED_JOBS through the index of unfinished jobs, against a read of
 every job's state (what the count and the jobs gauge's recount at each job's start and end were
-before); the gauge's recount now (the finished states read once); and GET /jobs whole, a page of
-100, and the queued and running jobs.
+before); the gauge's recount now (the finished states read once); and GET /jobs's work for every
+job unpaged, its default page, a page of 100, and the queued and running jobs.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def with_kept_jobs(kept: int, unfinished: int = 8) -> dict:
         listings = {
             name: _median_ms(lambda listing=listing: job_page(store, listing), repeats=3)
             for name, listing in [
-                ("all", Listing()),
+                ("all, unpaged (what GET /jobs answered before it paged)", Listing(limit=kept + unfinished)),
+                ("default page (1000)", Listing()),
                 ("limit=100", Listing(limit=100)),
                 ("state=queued,running", Listing(frozenset({"queued", "running"}))),
             ]

@@ -156,17 +156,19 @@ async def upload(request: Request) -> Response:
 
 LIST_PARAMETERS = ("state", "limit", "after")
 MAX_LIST_LIMIT = 1000
+"""Most jobs in one answer of GET /jobs, and how many it holds when `limit` is not given: with
+thousands kept, an unbounded listing cost a second of a core per request (docs/benchmarks.md)."""
 _CURSOR = re.compile(r"^([0-9]{1,20})-([A-Za-z0-9_-]{1,64})$")
 
 
 @dataclass(frozen=True)
 class Listing:
-    """What GET /jobs was asked for: the states to list (None: all), at most `limit` jobs (None: all),
+    """What GET /jobs was asked for: the states to list (None: all), at most `limit` jobs,
     those made after the `after` cursor (None: from the oldest); `root_path`: where the server is
     mounted, for the next page's link."""
 
     states: frozenset[str] | None = None
-    limit: int | None = None
+    limit: int = MAX_LIST_LIMIT
     after: tuple[int, str] | None = None
     root_path: str = ""
 
@@ -179,7 +181,7 @@ class Listing:
         if states is not None and not states <= set(STATES):
             unknown = sorted(states - set(STATES))
             raise InvalidParameter(f"state: unknown state(s) {unknown}; give one or more of {list(STATES)}, comma-separated")
-        limit = parse_int(params, "limit", 0, 1, MAX_LIST_LIMIT) if "limit" in params else None
+        limit = parse_int(params, "limit", MAX_LIST_LIMIT, 1, MAX_LIST_LIMIT)
         after = None
         if "after" in params:
             cursor = _CURSOR.match(params["after"])
@@ -212,7 +214,7 @@ def job_page(store: JobStore, listing: Listing) -> dict[str, Any]:
         keys = keys[bisect.bisect_right(keys, listing.after) :]
     views: list[dict[str, Any]] = []
     for position, key in enumerate(keys):
-        if listing.limit is not None and len(views) == listing.limit:
+        if len(views) == listing.limit:
             return {"jobs": views, "next": listing.next_link(keys[position - 1])}
         with contextlib.suppress(NotFound), deleted_is_404(key[1]):
             if listing.states is None or store.state(key[1]).status in listing.states:

@@ -999,6 +999,16 @@ def test_a_listing_looks_up_each_jobs_key_once(store):
     assert store.jobs() == ["b", "c"] and store.listing_keys(unfinished_only=True) == [(made + 2, "c")]
 
 
+async def test_a_listing_without_a_limit_is_a_page_of_the_most_one_answer_holds(http, store, monkeypatch):
+    """Unbounded, a listing of thousands of kept jobs cost a second of a core per request."""
+    monkeypatch.setattr(jobs_adapter, "MAX_LIST_LIMIT", 3)
+    for i in range(5):
+        _made_at(store, f"j{i}", "done", time.time_ns() - 10**12 + i)
+    assert await _pages(http, "/jobs") == [["j0", "j1", "j2"], ["j3", "j4"]]
+    too_many = await http.get("/jobs?limit=4")
+    assert too_many.status_code == 422 and "limit must be from 1 to 3" in too_many.json()["error"]["message"]
+
+
 async def test_the_next_link_keeps_the_path_the_server_is_mounted_under(plane, store):
     _job_in_state(store, "a", "done")
     _job_in_state(store, "b", "done")
