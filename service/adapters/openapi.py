@@ -513,7 +513,8 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
             "/v2/models/{name}/infer": _kserve_infer("Inference (JSON tensors or the binary tensor data extension)", [name], infer_errors),
             "/v2/models/{name}/versions/{version}/infer": _kserve_infer("Inference on a version", [name, version], infer_errors),
             "/jobs": _job(
-                "List analysis jobs with their state and progress, oldest first; with `limit`, a page and the link to the next",
+                "List analysis jobs with their state and progress, oldest first: a page of at most `limit` (1000 when not given) "
+                "and the link to the next",
                 {"description": "jobs, and `next`: the next page's link, null on the last", **_json({"type": "object"})},
                 "401 422",
                 parameters=[
