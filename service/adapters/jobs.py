@@ -217,7 +217,7 @@ def job_page(store: JobStore, listing: Listing) -> dict[str, Any]:
         if len(views) == listing.limit:
             return {"jobs": views, "next": listing.next_link(keys[position - 1])}
         with contextlib.suppress(NotFound), deleted_is_404(key[1]):
-            if listing.states is None or store.state(key[1]).status in listing.states:
+            if listing.states is None or store.status(key[1]) in listing.states:
                 views.append(job_view(store, key[1]))
     return {"jobs": views, "next": None}
 

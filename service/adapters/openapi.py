@@ -519,7 +519,7 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
                 "401 422",
                 parameters=[
                     _query("state", {**_STRING, "description": "comma-separated states to list: queued, running, done, failed, cancelled"}),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": MAX_LIST_LIMIT}),
                     _query("after", {**_STRING, "description": "the cursor of the `next` link of the page before"}),
                 ],
             ),

@@ -74,11 +74,16 @@ def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], floa
     return paths, audio_seconds(paths)
 
 
+_COUNTING = threading.Lock()
+"""One recount at a time, so one that began earlier cannot set the gauge after a later one has."""
+
+
 def count_jobs(store: JobStore, metrics: Metrics) -> None:
     """The jobs gauge, by state, from the folders on disk (any process may have changed them). It
     lists every job's folder: from the event loop, run it in a thread (recount_jobs)."""
-    for status, count in store.counts().items():
-        metrics.jobs.labels(status).set(count)
+    with _COUNTING:
+        for status, count in store.counts().items():
+            metrics.jobs.labels(status).set(count)
 
 
 async def recount_jobs(store: JobStore, metrics: Metrics) -> None:

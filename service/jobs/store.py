@@ -99,10 +99,11 @@ class JobStore:
         (home / "uploads").mkdir(parents=True, exist_ok=True)
         self._unfinished = home / ".unfinished"
         self._unfinished.mkdir(exist_ok=True)
-        # A finished job's status never changes again (it can only be deleted): the gauge's recounts
-        # read each one once, not at every job's start and end.
+        # What never changes once a job has it, looked up once by this store: a finished job's status
+        # (it can only be deleted) and its listing key (job.json is written once). By id: ids are
+        # never used twice (BentoML's task ids are random UUIDs), and a delete here forgets its own.
         self._finished: dict[str, str] = {}
-        self._keys: dict[str, tuple[int, str]] = {}  # listing keys: job.json is written once
+        self._keys: dict[str, tuple[int, str]] = {}
         for left in home.glob(".deleted-*"):  # a server stopped half way through a delete
             shutil.rmtree(left, ignore_errors=True)
 
@@ -226,22 +227,32 @@ class JobStore:
 
     def listing_keys(self, unfinished_only: bool = False) -> list[tuple[int, str]]:
         """(when its job.json was written in ns, id) of every job, oldest first: job.json is written
-        once, when the job is made, so a key keeps its place however the listing changes around it
-        (and this store looks it up once). unfinished_only: the jobs in the index of unfinished ones
-        (and a few that just finished), without looking at the others."""
+        once, when the job is made, so a key keeps its place however the listing changes around it.
+        unfinished_only: the jobs in the index of unfinished ones (and a few that just finished),
+        without looking at the others. A job deleted while the folder is read may be listed: its
+        readers find it gone."""
         names = [entry.name for entry in self._unfinished.iterdir()] if unfinished_only else [f.name for f in self.home.iterdir()]
-        found = []
+        keys = {}
         for name in names:
             key = self._keys.get(name)
             if key is None:
                 with contextlib.suppress(FileNotFoundError):  # deleted while listed
                     if self.valid_id(name) and _is_job(self.home / name):
-                        key = self._keys[name] = ((self.home / name / "job.json").stat().st_mtime_ns, name)
+                        key = ((self.home / name / "job.json").stat().st_mtime_ns, name)
             if key is not None:
-                found.append(key)
-        if not unfinished_only:  # the deleted ones forgotten
-            self._keys = {key[1]: key for key in found}
-        return sorted(found)
+                keys[name] = key
+        if not unfinished_only:  # kept from full listings only, which forget the deleted ones
+            self._keys = keys
+        return sorted(keys.values())
+
+    def status(self, job_id: str) -> str:
+        """The job's status (FileNotFoundError once it is gone); a finished one is read once."""
+        status = self._finished.get(job_id)
+        if status is None:
+            status = self.state(job_id).status
+            if status in FINISHED:
+                self._finished[job_id] = status
+        return status
 
     def count_unfinished(self) -> int:
         """The jobs queued or running, read from the index: the states of those jobs alone, however many
@@ -282,19 +293,18 @@ class JobStore:
         counts = dict.fromkeys(STATES, 0)
         finished: dict[str, str] = {}
         for folder in self.home.iterdir():
-            job_id = folder.name
-            status = self._finished.get(job_id)
+            status = self._finished.get(folder.name)
             if status is None:
-                if not (self.valid_id(job_id) and _is_job(folder)):
+                if not (self.valid_id(folder.name) and _is_job(folder)):
                     continue
                 try:
-                    status = self.state(job_id).status
+                    status = self.state(folder.name).status
                 except FileNotFoundError:  # deleted since it was listed
                     continue
                 if status not in FINISHED:
-                    (self._unfinished / job_id).touch()
+                    (self._unfinished / folder.name).touch()
             if status in FINISHED:
-                finished[job_id] = status
+                finished[folder.name] = status
             counts[status] += 1
         self._finished = finished  # the deleted ones forgotten
         return counts
@@ -342,6 +352,8 @@ class JobStore:
             if not idle or status not in FINISHED:
                 raise JobBusyError(f"job {job_id} is {'running' if not idle else status}")
             self.folder(job_id).rename(trash)  # no longer a job from here on, whatever happens next
+        self._finished.pop(job_id, None)
+        self._keys.pop(job_id, None)
         shutil.rmtree(trash, ignore_errors=True)
 
     def expire(self, before: float | None, uploads_before: float | None = None) -> list[str]:

@@ -928,6 +928,19 @@ def test_the_jobs_gauge_reads_a_finished_jobs_state_once(store, monkeypatch):
     assert store.counts()["cancelled"] == 1 and read == []
 
 
+def test_a_job_made_again_under_the_name_it_deleted_is_looked_up_afresh(store):
+    """The store keeps a finished job's status and listing key by id; ids are never used twice, but
+    a delete forgets its own all the same."""
+    made = time.time_ns() - 10**12
+    _made_at(store, "a", "done", made)
+    _made_at(store, "b", "done", made + 1)
+    assert store.counts()["done"] == 2 and store.jobs() == ["a", "b"] and store.status("a") == "done"
+    store.delete("a")
+    _made_at(store, "a", "queued", made + 2)  # a folder restored from a backup, say
+    assert store.counts()["queued"] == 1 and store.counts()["done"] == 1
+    assert store.jobs() == ["b", "a"] and store.status("a") == "queued"
+
+
 def test_the_jobs_gauge_enters_in_the_index_an_unfinished_job_it_lacks(store):
     """A job made by a version without the index (an old pod, during a rolling update), or whose
     entry a power cut lost, counts once the next job starts or ends (each recounts the gauge)."""
@@ -1030,6 +1043,18 @@ async def test_listing_the_unfinished_jobs_reads_none_of_the_finished_ones(http,
     monkeypatch.setattr(store, "state", lambda job_id: read.append(job_id) or real_state(job_id))
     assert await _pages(http, "/jobs?state=running,queued") == [["waiting", "busy"]]
     assert set(read) == {"waiting", "busy"}
+
+
+async def test_listing_a_finished_state_reads_each_finished_job_once(http, store, monkeypatch):
+    for i in range(12):
+        _job_in_state(store, f"old{i}", "done" if i % 3 else "failed")
+    read = []
+    real_state = store.state
+    monkeypatch.setattr(store, "state", lambda job_id: read.append(job_id) or real_state(job_id))
+    assert await _pages(http, "/jobs?state=cancelled") == [[]] and len(read) == 12
+    read.clear()
+    assert await _pages(http, "/jobs?state=cancelled") == [[]] and read == []
+    assert len((await http.get("/jobs?state=failed")).json()["jobs"]) == 4 and len(read) == 4  # the views' own reads
 
 
 @pytest.mark.parametrize(
