@@ -277,11 +277,12 @@ class JobStore:
 
     def reindex(self) -> list[str]:
         """Every unfinished job's id, oldest first, each entered in the index: what a start reads, so
-        one made by a version without the index, or whose entry a power cut lost, counts from then on."""
+        one made by a version without the index, or whose entry a power cut lost, counts from then on.
+        The finished ones' states it reads are kept (status()): the start's gauge count reads none again."""
         unfinished = []
         for job_id in self.jobs():
             with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
-                if self.state(job_id).status not in FINISHED:
+                if self.status(job_id) not in FINISHED:
                     (self._unfinished / job_id).touch()
                     unfinished.append(job_id)
         return unfinished

@@ -959,6 +959,11 @@ def test_a_start_enters_in_the_index_the_unfinished_jobs_it_lacks(store):
     store = JobStore(store.home)
     assert store.count_unfinished() == 0
     assert store.reindex() == ["a", "b"] and store.count_unfinished() == 2
+    read = []
+    real_state = store.state
+    store.state = lambda job_id: read.append(job_id) or real_state(job_id)
+    assert store.counts() == {"queued": 1, "running": 1, "done": 1, "failed": 0, "cancelled": 0}
+    assert sorted(read) == ["a", "b"]  # the start's gauge count: the finished job was read by reindex
 
 
 async def _pages(http, url):
