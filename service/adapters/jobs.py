@@ -340,9 +340,9 @@ class JobGate:
 
         async def make_job(task_id: str) -> None:
             nonlocal creating
-            creating = asyncio.ensure_future(asyncio.to_thread(store.create, task_id, checked.request, checked.upload))
-            # Once its thread has ended the job is on disk (or never will be), counted there, not by
-            # its place: then, even if this call is cancelled meanwhile.
+            creating = asyncio.ensure_future(asyncio.to_thread(store.create, task_id, checked.request, checked.upload, checked.place))
+            # create gives the place back once the job is on disk; if it failed before taking the
+            # place over, its thread's end does, even if this call is cancelled meanwhile.
             creating.add_done_callback(lambda _: store.give_back_place(checked.place))
             await asyncio.shield(creating)
 

@@ -3,7 +3,8 @@ server knows every job's state and resumes the ones it was running.
 
     <jobs home>/uploads/<upload id>        a recording streamed in for a job (then moved into a job)
     <jobs home>/.uploads.lock              held (flock) while an upload is counted and made
-    <jobs home>/.places/<token>            a submission accepted whose job is not made yet (any worker's)
+    <jobs home>/.places/<token>            a submission accepted whose job is not made yet (any worker's),
+                                           renamed after its job while the job is being made
     <jobs home>/.jobs.lock                 held (flock) while the unfinished jobs are counted and a place made
     <jobs home>/.unfinished/<job id>       an index of the jobs not finished (made before such a state is
                                            written, removed after a finished one is), so the count a
@@ -149,14 +150,17 @@ class JobStore:
         places.mkdir(exist_ok=True)
         with (self.home / ".jobs.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: run it off the event loop
+            # The jobs first, then the places: a job claims its place (create) before it can be
+            # counted, so a place named after a job counted here is that job's, not one more.
+            counted = self._unfinished_ids()
             held = 0
             for place in places.iterdir():
                 with contextlib.suppress(FileNotFoundError):  # given back since it was listed
                     if time.time() - place.stat().st_mtime > PLACE_SECONDS:
                         place.unlink()
-                    else:
+                    elif place.name not in counted:
                         held += 1
-            unfinished = self.count_unfinished() + held
+            unfinished = len(counted) + held
             if unfinished >= max_unfinished:
                 raise TooManyJobs(unfinished)
             place = places / uuid.uuid4().hex
@@ -178,9 +182,21 @@ class JobStore:
 
     # Jobs
 
-    def create(self, job_id: str, request: JobRequest, upload: Path | None = None) -> None:
-        """A new job's folder; an upload's folder moves into it (so the job owns its input)."""
+    def create(self, job_id: str, request: JobRequest, upload: Path | None = None, place: Path | None = None) -> None:
+        """A new job's folder; an upload's folder moves into it (so the job owns its input). The
+        submission's place (take_place), when given, is renamed after the job before the job can be
+        counted and given back once it is on disk: at no moment does a count see both."""
         folder = self.folder(job_id)
+        if place is not None:
+            with contextlib.suppress(FileNotFoundError):  # expired (PLACE_SECONDS) and removed by a count
+                place = place.rename(place.with_name(job_id))
+        try:
+            self._make(folder, job_id, request, upload)
+        finally:
+            if place is not None:
+                self.give_back_place(place)
+
+    def _make(self, folder: Path, job_id: str, request: JobRequest, upload: Path | None) -> None:
         (folder / "out").mkdir(parents=True, exist_ok=True)
         state = JobState()
         if upload is not None:
@@ -255,11 +271,15 @@ class JobStore:
         return status
 
     def count_unfinished(self) -> int:
+        """How many jobs are queued or running (_unfinished_ids)."""
+        return len(self._unfinished_ids())
+
+    def _unfinished_ids(self) -> set[str]:
         """The jobs queued or running, read from the index: the states of those jobs alone, however many
         finished jobs are kept. An entry whose job finished (its process died before removing it) or
         is gone is removed; one whose job is not made yet counts through its place, and one a process
         left half made (never a job) does not count."""
-        count = 0
+        ids = set()
         for entry in self._unfinished.iterdir():
             if not self.valid_id(entry.name):  # not an entry this store made
                 entry.unlink(missing_ok=True)
@@ -272,8 +292,8 @@ class JobStore:
             if status in FINISHED or not folder.is_dir():
                 entry.unlink(missing_ok=True)
             elif status is not None and _is_job(folder):
-                count += 1
-        return count
+                ids.add(entry.name)
+        return ids
 
     def reindex(self) -> list[str]:
         """Every unfinished job's id, oldest first, each entered in the index: what a start reads, so

@@ -6,6 +6,7 @@ tests check what the adapters and the data plane do with requests, not what the 
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -177,7 +178,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every anyio test of this layer asks for one_event_loop first (sync tests cannot ask for an async fixture)."""
     here = Path(__file__).parent
     for item in items:  # the hook sees the items of every layer
-        if here in item.path.parents and item.get_closest_marker("anyio") and isinstance(item, pytest.Function):
+        if (
+            here in item.path.parents
+            and item.get_closest_marker("anyio")
+            and isinstance(item, pytest.Function)
+            and inspect.iscoroutinefunction(item.obj)  # a sync test of an anyio module has no loop to hold
+        ):
             item.fixturenames.insert(0, "one_event_loop")
 
 

@@ -863,6 +863,35 @@ def test_a_place_left_by_a_worker_that_died_stops_counting(store):
     assert not place.exists() and store.places_held() == 0
 
 
+def test_a_job_being_made_counts_once_not_as_a_job_and_its_place(store, monkeypatch):
+    """At the bound: from the moment its job.json is on disk to the moment its place is given back, a
+    job was counted twice, so a submission then could get a spurious 429."""
+    place = store.take_place(2)
+    seen = []
+    real_give_back = store.give_back_place
+
+    def give_back_once_on_disk(held):
+        if store.exists("made"):  # the job is a job now and its place not given back yet
+            seen.append(store.count_unfinished())
+            store.give_back_place = real_give_back
+            real_give_back(store.take_place(2))  # one job counted: a place for a second is left
+        real_give_back(held)
+
+    monkeypatch.setattr(store, "give_back_place", give_back_once_on_disk)
+    store.create("made", JobRequest(sources=[], formats=["csv"]), place=place)
+    assert seen == [1] and not place.exists() and store.places_held() == 0
+    with pytest.raises(TooManyJobs) as full:
+        store.take_place(1)
+    assert full.value.args == (1,)
+
+
+def test_a_job_whose_place_expired_meanwhile_is_still_made(store):
+    place = store.take_place(1)
+    place.unlink()  # removed by a count after PLACE_SECONDS
+    store.create("late", JobRequest(sources=[], formats=["csv"]), place=place)
+    assert store.exists("late") and store.places_held() == 0 and store.count_unfinished() == 1
+
+
 def _job_in_state(store, job_id, status):
     store.create(job_id, JobRequest(sources=[], formats=["csv"]))
     store.save_state(job_id, JobState(status=status))
