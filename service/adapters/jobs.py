@@ -190,10 +190,13 @@ class Listing:
             after = (int(cursor[1]), cursor[2])
         return cls(states, limit, after, request.scope.get("root_path", ""))
 
-    def next_link(self, last: tuple[int, str]) -> str:
-        """The link to the page after the one that ended with `last`, asking the same."""
-        query = {"state": ",".join(sorted(self.states))} if self.states is not None else {}
-        return f"{self.root_path}/jobs?" + urllib.parse.urlencode({**query, "limit": self.limit, "after": f"{last[0]}-{last[1]}"})
+    def link_after(self, last: tuple[int, str] | None) -> str:
+        """The link to the jobs after `last` (None: from the oldest), asking the same."""
+        query: dict[str, Any] = {"state": ",".join(sorted(self.states))} if self.states is not None else {}
+        query["limit"] = self.limit
+        if last is not None:
+            query["after"] = f"{last[0]}-{last[1]}"
+        return f"{self.root_path}/jobs?" + urllib.parse.urlencode(query)
 
 
 @json_errors
@@ -207,19 +210,24 @@ async def list_jobs(request: Request) -> Response:
 
 
 def job_page(store: JobStore, listing: Listing) -> dict[str, Any]:
-    """The jobs asked for, oldest first, and the link to the next page when this one is full (the
-    next may be empty). Only the jobs listed are read: queued and running ones from the index."""
+    """The jobs asked for, oldest first; `next`, the link to the next page when this one is full
+    (the next may be empty); and `poll`, the link to the jobs after all this page went through,
+    there on the last page too, for a client that waits for jobs made later. Only the jobs listed
+    are read: queued and running ones from the index."""
     keys = store.listing_keys(unfinished_only=listing.states is not None and listing.states <= {"queued", "running"})
     if listing.after is not None:
         keys = keys[bisect.bisect_right(keys, listing.after) :]
     views: list[dict[str, Any]] = []
-    for position, key in enumerate(keys):
+    last = listing.after
+    for key in keys:
         if len(views) == listing.limit:
-            return {"jobs": views, "next": listing.next_link(keys[position - 1])}
+            following = listing.link_after(last)
+            return {"jobs": views, "next": following, "poll": following}
         with contextlib.suppress(NotFound), deleted_is_404(key[1]):
             if listing.states is None or store.status(key[1]) in listing.states:
                 views.append(job_view(store, key[1]))
-    return {"jobs": views, "next": None}
+        last = key
+    return {"jobs": views, "next": None, "poll": listing.link_after(last)}
 
 
 def _job_id(request: Request) -> str:

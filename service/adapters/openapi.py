@@ -515,7 +515,11 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
             "/jobs": _job(
                 "List analysis jobs with their state and progress, oldest first: a page of at most `limit` (1000 when not given) "
                 "and the link to the next",
-                {"description": "jobs, and `next`: the next page's link, null on the last", **_json({"type": "object"})},
+                {
+                    "description": "jobs; `next`: the next page's link, null on the last; `poll`: the link to the jobs after"
+                    " those this page went through, on the last page too (for jobs made later)",
+                    **_json({"type": "object"}),
+                },
                 "401 422",
                 parameters=[
                     _query("state", {**_STRING, "description": "comma-separated states to list: queued, running, done, failed, cancelled"}),

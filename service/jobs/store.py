@@ -150,17 +150,18 @@ class JobStore:
         places.mkdir(exist_ok=True)
         with (self.home / ".jobs.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: run it off the event loop
-            # The jobs first, then the places: a job claims its place (create) before it can be
-            # counted, so a place named after a job counted here is that job's, not one more.
-            counted = self._unfinished_ids()
-            held = 0
+            held = set()
             for place in places.iterdir():
                 with contextlib.suppress(FileNotFoundError):  # given back since it was listed
                     if time.time() - place.stat().st_mtime > PLACE_SECONDS:
                         place.unlink()
-                    elif place.name not in counted:
-                        held += 1
-            unfinished = len(counted) + held
+                    else:
+                        held.add(place.name)
+            # The places before the jobs: a job made meanwhile is seen as one or the other, never
+            # as neither. A job takes its place over (create: renamed after it, under this lock, so
+            # not during a count) before it can be counted: a place named after a job counted is
+            # that job's, not one more.
+            unfinished = len(held | self._unfinished_ids())
             if unfinished >= max_unfinished:
                 raise TooManyJobs(unfinished)
             place = places / uuid.uuid4().hex
@@ -188,8 +189,10 @@ class JobStore:
         counted and given back once it is on disk: at no moment does a count see both."""
         folder = self.folder(job_id)
         if place is not None:
-            with contextlib.suppress(FileNotFoundError):  # expired (PLACE_SECONDS) and removed by a count
-                place = place.rename(place.with_name(job_id))
+            with (self.home / ".jobs.lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with contextlib.suppress(FileNotFoundError):  # expired (PLACE_SECONDS) and removed by a count
+                    place = place.rename(place.with_name(job_id))
         try:
             self._make(folder, job_id, request, upload)
         finally:

@@ -482,7 +482,7 @@ async def test_a_finished_job_is_deleted_with_its_folder_and_an_unfinished_one_i
     assert not (store.home / "d1").exists() and sorted(p.name for p in store.home.iterdir()) == [".unfinished", "uploads"]
     assert list((store.home / ".unfinished").iterdir()) == []
     assert (await http.get("/jobs/d1")).status_code == 404 and (await http.delete("/jobs/d1")).status_code == 404
-    assert (await http.get("/jobs")).json() == {"jobs": [], "next": None}
+    assert (await http.get("/jobs")).json() == {"jobs": [], "next": None, "poll": "/jobs?limit=1000"}
 
 
 async def test_an_upload_no_job_took_is_deleted_and_a_taken_one_belongs_to_its_job(http, store, wav):
@@ -1032,6 +1032,22 @@ async def test_the_job_listing_comes_in_pages_of_the_states_asked_for(http, stor
     for name in ("tie-b", "tie-a"):  # made in one tick of a coarse clock: by name
         _made_at(store, name, "done", made + 10**6)
     assert await _pages(http, "/jobs?limit=7") == [["f1", "e2", "d3", "c4", "b5", "a6", "tie-a"], ["tie-b"]]
+
+
+async def test_the_last_page_links_to_the_jobs_made_after_it(http, store):
+    """With only `next` (null on the last page) a client waiting for new jobs had to list everything again."""
+    made = time.time_ns() - 10**12
+    _made_at(store, "b0", "done", made)
+    _made_at(store, "a1", "queued", made + 1000)
+    last = (await http.get("/jobs?limit=5&state=done")).json()
+    assert [v["task_id"] for v in last["jobs"]] == ["b0"] and last["next"] is None
+    assert last["poll"] == f"/jobs?state=done&limit=5&after={made + 1000}-a1"  # past the queued job it went through too
+    assert (await http.get(last["poll"])).json() == {"jobs": [], "next": None, "poll": last["poll"]}  # nothing new: the same link
+    _made_at(store, "c2", "done", made + 2000)
+    again = (await http.get(last["poll"])).json()
+    assert [v["task_id"] for v in again["jobs"]] == ["c2"] and again["poll"] == f"/jobs?state=done&limit=5&after={made + 2000}-c2"
+    full = (await http.get("/jobs?limit=1")).json()
+    assert full["poll"] == full["next"]
 
 
 def test_a_listing_looks_up_each_jobs_key_once(store):
