@@ -4,7 +4,7 @@ pink noise: the ceiling on recording accuracy for a model that reports only what
 A recording is heard at a level when at least one call of one of its species stands at or above it:
 dB over everything else in the front end's own mel cells, the measure the events file carries
 (training.birdcall_synth.call_levels). Under pink noise at 0 dB SNR (training.evaluate_birdcall's
-condition, the noise's RMS the recording's) the noise joins everything else; over silence it is all
+condition, the noise's power in the audio band the recording's) the noise joins everything else; over silence it is all
 that covers the calls. Scenes are rebuilt from the generator's plan, before clipping (4% of bird
 recordings) and coding.
 
@@ -20,10 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from layout.machine import worker_pool
-from training.background_synth import colored_noise
 from training.birdcall_generate import PlannedRecording, plan_recordings
 from training.birdcall_synth import mel_power, scene_parts
-from training.evaluate_birdcall import SNR_DB
+from training.evaluate_birdcall import SNR_DB, pink_noise_for
 from training.train_birdcall import PROFILES
 
 LEVELS_DB = (-3.0, 0.0, 3.0)
@@ -33,7 +32,7 @@ def loudest_calls(planned: PlannedRecording, index: int) -> tuple[float, float]:
     """The loudest call of the recording's species, in dB over everything else: clean, and under pink noise."""
     parts = scene_parts(planned.scene, planned.rate, np.random.default_rng(planned.seed))
     signal = parts.signal()
-    noise = colored_noise(np.random.default_rng(index), len(signal), 1.0) * np.sqrt(np.mean(signal**2)) / 10 ** (SNR_DB / 20)
+    noise = pink_noise_for(signal, planned.rate, index)
     noise_power = mel_power(noise, planned.rate, parts.file_band_gain())  # added to the file: only its band limits the noise
     clean, noisy = parts.track_levels(), parts.track_levels(noise_power)
     return max(level for levels in clean for level in levels), max(level for levels in noisy for level in levels)

@@ -4,7 +4,8 @@ Conditions (each a copy of the test recordings, labels and events unchanged):
 - `clean`: the test split as generated.
 - `mp3_16k_32kbps`: decoded, resampled to 16 kHz and re-encoded as 32 kbps MP3 (ffmpeg/LAME),
   what a phone upload or a low-bitrate archive does (the top band above ~7.2 kHz is gone).
-- `pink_0db`: mixed with pink noise at 0 dB SNR (noise RMS = the recording's RMS).
+- `pink_0db`: mixed with pink noise at 0 dB SNR in the audio band: from 20 Hz up, where the front
+  end's mel bands start, the noise holds as much power as the recording (pink_noise_for).
 - `narrowband_8k`: resampled to 8 kHz (an old recorder, a phone line): nothing above 4 kHz. Labels
   stay those of the full band, so calls above 4 kHz count as misses; its false detections on
   background-only windows are the figure to read (a model that never heard such audio fires there).
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.fft
 import soundfile as sf
 import soxr
 import torch
@@ -49,7 +51,28 @@ from training.checkpoint import load_checkpoint, load_weights
 from training.train_birdcall import predict_logits
 
 SNR_DB = 0.0
+AUDIO_BAND_LOW_HZ = 20.0
+"""Where the audio band, in which the SNR is measured, starts: the front end's lowest mel band
+(features.FrontEndConfig.f_min), and the edge of hearing. Under it lie DC and infrasound, which
+nobody hears and the model does not see: they were 99% of one test recording's power (wind
+generated as brown noise), and half of the noise's own (pink over 20 s has as many octaves under
+20 Hz as over it)."""
 MP3_RATE, MP3_BITRATE = 16_000, "32k"
+
+
+def audio_band(audio: np.ndarray, rate: int) -> np.ndarray:
+    """`audio` without what lies under AUDIO_BAND_LOW_HZ (zeroed in its spectrum)."""
+    spectrum = scipy.fft.rfft(audio)
+    spectrum[: int(np.ceil(AUDIO_BAND_LOW_HZ * len(audio) / rate))] = 0
+    return scipy.fft.irfft(spectrum, len(audio))
+
+
+def pink_noise_for(audio: np.ndarray, rate: int, seed: int) -> np.ndarray:
+    """Pink noise over the audio band (AUDIO_BAND_LOW_HZ to Nyquist) whose power is the audio's
+    there, SNR_DB under it: the noise of the `pink_0db` condition, to be added to `audio`."""
+    noise = audio_band(colored_noise(np.random.default_rng(seed), len(audio), 1.0), rate)
+    power = np.mean(audio_band(audio.astype(np.float64), rate) ** 2) / 10 ** (SNR_DB / 10)
+    return noise * np.sqrt(power / np.mean(noise**2))
 
 
 def _read_mono(source: Path) -> tuple[np.ndarray, int]:
@@ -76,10 +99,7 @@ def _flac_copy(source: Path, target_dir: Path, audio: np.ndarray, rate: int) -> 
 
 def _pink(source: Path, target_dir: Path, index: int) -> Path:
     audio, rate = _read_mono(source)
-    audio = audio.astype(np.float64)
-    rms = np.sqrt(np.mean(audio**2))
-    noise = colored_noise(np.random.default_rng(index), len(audio), 1.0) * rms / 10 ** (SNR_DB / 20)
-    mixed = audio + noise
+    mixed = audio.astype(np.float64) + pink_noise_for(audio, rate, index)
     mixed /= max(1.0, np.abs(mixed).max() / 0.99)  # scale both together: the SNR stays
     return _flac_copy(source, target_dir, mixed.astype(np.float32), rate)
 
