@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 import unicodedata
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
@@ -209,25 +210,38 @@ async def list_jobs(request: Request) -> Response:
     return await asyncio.to_thread(lambda: JSONResponse(job_page(store, listing)))
 
 
+POLL_OVERLAP_NS = 5 * 10**9
+"""How far behind the present a poll link stays. A job's place in the listing is its job.json's
+time, which a coarse file-system clock gives several jobs at once, and a job made meanwhile can
+show up after one made later than it: each poll lists the jobs of its last 5 s again (a client
+skips the task_ids it has)."""
+
+
 def job_page(store: JobStore, listing: Listing) -> dict[str, Any]:
     """The jobs asked for, oldest first; `next`, the link to the next page when this one is full
-    (the next may be empty); and `poll`, the link to the jobs after all this page went through,
-    there on the last page too, for a client that waits for jobs made later. Only the jobs listed
-    are read: queued and running ones from the index."""
+    (the next may be empty); and `poll`, for a client waiting for what comes later, there on the
+    last page too: the link to the jobs after those that cannot come to be listed any more, so it
+    stops before a job a state filter skipped while it was unfinished, and POLL_OVERLAP_NS behind
+    the present. Only the jobs listed are read: queued and running ones from the index."""
     keys = store.listing_keys(unfinished_only=listing.states is not None and listing.states <= {"queued", "running"})
     if listing.after is not None:
         keys = keys[bisect.bisect_right(keys, listing.after) :]
     views: list[dict[str, Any]] = []
-    last = listing.after
+    went_through = settled = listing.after
+    horizon, unsettled = time.time_ns() - POLL_OVERLAP_NS, False
     for key in keys:
         if len(views) == listing.limit:
-            following = listing.link_after(last)
-            return {"jobs": views, "next": following, "poll": following}
+            return {"jobs": views, "next": listing.link_after(went_through), "poll": listing.link_after(settled)}
         with contextlib.suppress(NotFound), deleted_is_404(key[1]):
-            if listing.states is None or store.status(key[1]) in listing.states:
+            if listing.states is None or (status := store.status(key[1])) in listing.states:
                 views.append(job_view(store, key[1]))
-        last = key
-    return {"jobs": views, "next": None, "poll": listing.link_after(last)}
+            elif status not in FINISHED:  # skipped now, it may come to match
+                unsettled = True
+        went_through = key
+        unsettled = unsettled or key[0] >= horizon
+        if not unsettled:
+            settled = key
+    return {"jobs": views, "next": None, "poll": listing.link_after(settled)}
 
 
 def _job_id(request: Request) -> str:

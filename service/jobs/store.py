@@ -153,7 +153,9 @@ class JobStore:
             held = set()
             for place in places.iterdir():
                 with contextlib.suppress(FileNotFoundError):  # given back since it was listed
-                    if time.time() - place.stat().st_mtime > PLACE_SECONDS:
+                    # Expired, or named after a job already made (its process died before giving it
+                    # back): it counts for nothing more.
+                    if time.time() - place.stat().st_mtime > PLACE_SECONDS or _is_job(self.home / place.name):
                         place.unlink()
                     else:
                         held.add(place.name)
@@ -193,6 +195,7 @@ class JobStore:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 with contextlib.suppress(FileNotFoundError):  # expired (PLACE_SECONDS) and removed by a count
                     place = place.rename(place.with_name(job_id))
+                    place.touch()  # its PLACE_SECONDS run from here: a slow answer before it cannot expire it
         try:
             self._make(folder, job_id, request, upload)
         finally:

@@ -892,6 +892,33 @@ def test_a_job_whose_place_expired_meanwhile_is_still_made(store):
     assert store.exists("late") and store.places_held() == 0 and store.count_unfinished() == 1
 
 
+def test_a_job_made_between_the_places_and_the_jobs_read_counts_once(store, monkeypatch):
+    """A count lists the places, then reads the jobs: a job finished making (its place given back)
+    between the two is counted by the second. Read the other way round it was counted by neither,
+    and the bound let one job too many through."""
+    claimed = store.take_place(5).rename(store.home / ".places" / "x")
+    real_ids = store._unfinished_ids
+
+    def read_then_finish_making():
+        ids = real_ids()
+        store.create("x", JobRequest(sources=[], formats=["csv"]))
+        store.give_back_place(claimed)
+        return ids
+
+    monkeypatch.setattr(store, "_unfinished_ids", read_then_finish_making)
+    with pytest.raises(TooManyJobs) as full:
+        store.take_place(1)
+    assert full.value.args == (1,)
+
+
+def test_a_place_its_job_was_made_from_stops_counting_when_its_process_died_before_giving_it_back(store):
+    place = store.take_place(2).rename(store.home / ".places" / "made")
+    store.create("made", JobRequest(sources=[], formats=["csv"]))
+    store.save_state("made", JobState(status="done"))
+    store.give_back_place(store.take_place(1))  # the job is finished: nothing holds the one place
+    assert not place.exists()
+
+
 def _job_in_state(store, job_id, status):
     store.create(job_id, JobRequest(sources=[], formats=["csv"]))
     store.save_state(job_id, JobState(status=status))
@@ -1034,20 +1061,39 @@ async def test_the_job_listing_comes_in_pages_of_the_states_asked_for(http, stor
     assert await _pages(http, "/jobs?limit=7") == [["f1", "e2", "d3", "c4", "b5", "a6", "tie-a"], ["tie-b"]]
 
 
-async def test_the_last_page_links_to_the_jobs_made_after_it(http, store):
+async def test_the_poll_link_comes_back_to_what_may_still_be_listed(http, store):
     """With only `next` (null on the last page) a client waiting for new jobs had to list everything again."""
     made = time.time_ns() - 10**12
     _made_at(store, "b0", "done", made)
-    _made_at(store, "a1", "queued", made + 1000)
+    _made_at(store, "a1", "failed", made + 1000)
     last = (await http.get("/jobs?limit=5&state=done")).json()
     assert [v["task_id"] for v in last["jobs"]] == ["b0"] and last["next"] is None
-    assert last["poll"] == f"/jobs?state=done&limit=5&after={made + 1000}-a1"  # past the queued job it went through too
-    assert (await http.get(last["poll"])).json() == {"jobs": [], "next": None, "poll": last["poll"]}  # nothing new: the same link
-    _made_at(store, "c2", "done", made + 2000)
-    again = (await http.get(last["poll"])).json()
-    assert [v["task_id"] for v in again["jobs"]] == ["c2"] and again["poll"] == f"/jobs?state=done&limit=5&after={made + 2000}-c2"
+    assert last["poll"] == f"/jobs?state=done&limit=5&after={made + 1000}-a1"  # past the failed job: it stays so
+    assert (await http.get(last["poll"])).json() == {"jobs": [], "next": None, "poll": last["poll"]}  # nothing new
+    _made_at(store, "d2", "queued", made + 2000)
+    _made_at(store, "c3", "done", made + 3000)
+    polled = (await http.get(last["poll"])).json()
+    assert [v["task_id"] for v in polled["jobs"]] == ["c3"]
+    assert polled["poll"] == last["poll"]  # not past d2, which may come to be done
+    store.save_state("d2", JobState(status="done"))
+    polled = (await http.get(polled["poll"])).json()
+    assert [v["task_id"] for v in polled["jobs"]] == ["d2", "c3"]  # c3 again: a client skips what it has
+    assert polled["poll"] == f"/jobs?state=done&limit=5&after={made + 3000}-c3"
     full = (await http.get("/jobs?limit=1")).json()
     assert full["poll"] == full["next"]
+
+
+async def test_the_poll_link_stays_behind_the_jobs_just_made(http, store):
+    """A job.json's time is a coarse clock's (ms apart, shared by jobs made together) and a job made
+    meanwhile can show up after a later one: a poll past the newest job would miss it for good."""
+    made = time.time_ns() - 10**12
+    _made_at(store, "old", "done", made)
+    _made_at(store, "new", "done", time.time_ns())
+    page = (await http.get("/jobs")).json()
+    assert [v["task_id"] for v in page["jobs"]] == ["old", "new"]
+    assert page["poll"] == f"/jobs?limit=1000&after={made}-old"
+    _made_at(store, "aa-tied", "done", (store.folder("new") / "job.json").stat().st_mtime_ns)  # same tick, sorts first
+    assert [v["task_id"] for v in (await http.get(page["poll"])).json()["jobs"]] == ["aa-tied", "new"]
 
 
 def test_a_listing_looks_up_each_jobs_key_once(store):
