@@ -516,8 +516,8 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
                 "List analysis jobs with their state and progress, oldest first: a page of at most `limit` (1000 when not given) "
                 "and the link to the next",
                 {
-                    "description": "jobs; `next`: the next page's link, null on the last; `poll`: the link to the jobs after"
-                    " those this page went through, on the last page too (for jobs made later)",
+                    "description": "jobs; `next`: the next page's link, null on the last; `poll`, on the last page too: where to"
+                    " ask later for jobs that come to be listed (it may repeat some: skip the task_ids you have)",
                     **_json({"type": "object"}),
                 },
                 "401 422",
