@@ -76,6 +76,15 @@ def _is_job(folder: Path) -> bool:
     return (folder / "job.json").is_file() and (folder / "state.json").is_file()
 
 
+@contextmanager
+def _held(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock (flock) on lock_file for the block, shared by every process using the folder.
+    Blocking: run it off the event loop."""
+    with lock_file.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class TooManyUploads(Exception):
     """The uploads no job has taken are at their limit; the argument: how many wait."""
 
@@ -126,8 +135,7 @@ class JobStore:
         """An id and a fresh folder for one uploaded recording (kept under its own file name there).
         TooManyUploads when max_pending uploads wait already: counted and made under one lock, so
         uploads arriving together (from any worker) cannot all pass one count."""
-        with (self.home / ".uploads.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: run it off the event loop
+        with _held(self.home / ".uploads.lock"):
             if max_pending is not None and (waiting := self.pending_uploads()) >= max_pending:
                 raise TooManyUploads(waiting)
             upload_id = uuid.uuid4().hex
@@ -148,8 +156,7 @@ class JobStore:
         caller gives it back (give_back_place) once its job is on disk, or will never be."""
         places = self.home / ".places"
         places.mkdir(exist_ok=True)
-        with (self.home / ".jobs.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: run it off the event loop
+        with _held(self.home / ".jobs.lock"):
             held = set()
             for place in places.iterdir():
                 with contextlib.suppress(FileNotFoundError):  # given back since it was listed
@@ -191,11 +198,11 @@ class JobStore:
         counted and given back once it is on disk: at no moment does a count see both."""
         folder = self.folder(job_id)
         if place is not None:
-            with (self.home / ".jobs.lock").open("a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                with contextlib.suppress(FileNotFoundError):  # expired (PLACE_SECONDS) and removed by a count
-                    place = place.rename(place.with_name(job_id))
-                    place.touch()  # its PLACE_SECONDS run from here: a slow answer before it cannot expire it
+            # Under the lock a count holds, so the place is not renamed during one. FileNotFoundError:
+            # expired (PLACE_SECONDS) and removed by a count.
+            with _held(self.home / ".jobs.lock"), contextlib.suppress(FileNotFoundError):
+                place = place.rename(place.with_name(job_id))
+                place.touch()  # its PLACE_SECONDS run from here: a slow answer before it cannot expire it
         try:
             self._make(folder, job_id, request, upload)
         finally:
@@ -318,22 +325,19 @@ class JobStore:
         index each unfinished one it lacks. The states of the finished jobs this store has seen
         before are not read again: a recount lists the folder and reads the others."""
         counts = dict.fromkeys(STATES, 0)
-        finished: dict[str, str] = {}
+        listed = set()
         for folder in self.home.iterdir():
-            status = self._finished.get(folder.name)
-            if status is None:
-                if not (self.valid_id(folder.name) and _is_job(folder)):
-                    continue
-                try:
-                    status = self.state(folder.name).status
-                except FileNotFoundError:  # deleted since it was listed
-                    continue
-                if status not in FINISHED:
-                    (self._unfinished / folder.name).touch()
-            if status in FINISHED:
-                finished[folder.name] = status
+            if folder.name not in self._finished and not (self.valid_id(folder.name) and _is_job(folder)):
+                continue
+            try:
+                status = self.status(folder.name)
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            if status not in FINISHED:
+                (self._unfinished / folder.name).touch()
+            listed.add(folder.name)
             counts[status] += 1
-        self._finished = finished  # the deleted ones forgotten
+        self._finished = {job_id: status for job_id, status in self._finished.items() if job_id in listed}  # the deleted forgotten
         return counts
 
     def ask_cancel(self, job_id: str) -> None:
