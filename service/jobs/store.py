@@ -12,6 +12,7 @@ server knows every job's state and resumes the ones it was running.
     <jobs home>/<job id>/job.json          what was asked (sources, detection options, formats)
     <jobs home>/<job id>/state.json        status, progress, summary, error (rewritten atomically)
     <jobs home>/<job id>/input/            the uploaded recording, when there is one
+    <jobs home>/<job id>/upload            that upload's id (written before it moves in: see sweep_half_made)
     <jobs home>/<job id>/out/              the tables of `chorus analyze`, its journal and errors.csv
     <jobs home>/<job id>/cancel            present once a cancel was asked
     <jobs home>/<job id>/lock              held (flock) by the process that runs the job
@@ -71,6 +72,11 @@ class JobState:
     updated: float = field(default_factory=time.time)
 
 
+def _last_written(folder: Path) -> float:
+    """The newest modification time of folder and everything under it."""
+    return max(path.stat().st_mtime for path in (folder, *folder.rglob("*")))
+
+
 def _is_job(folder: Path) -> bool:
     """A folder with its request and its state on disk (one a crash left half made is not a job)."""
     return (folder / "job.json").is_file() and (folder / "state.json").is_file()
@@ -116,6 +122,7 @@ class JobStore:
         self._keys: dict[str, tuple[int, str]] = {}
         for left in home.glob(".deleted-*"):  # a server stopped half way through a delete
             shutil.rmtree(left, ignore_errors=True)
+        self.sweep_half_made()
 
     @staticmethod
     def valid_id(job_id: str) -> bool:
@@ -211,17 +218,20 @@ class JobStore:
 
     def _make(self, folder: Path, job_id: str, request: JobRequest, upload: Path | None) -> None:
         (folder / "out").mkdir(parents=True, exist_ok=True)
-        state = JobState()
-        if upload is not None:
-            try:
-                upload.rename(folder / "input")
-                request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
-            except FileNotFoundError:  # deleted or expired since the submission was checked
-                request = JobRequest(**{**asdict(request), "sources": []})
-                state = JobState(status="failed", error="its upload was deleted before the job started; upload the recording again")
-        # The state first: job.json is what makes the folder a job, so a crash between the two
-        # writes leaves a folder that is ignored rather than a job without a state.
         try:
+            state = JobState()
+            if upload is not None:
+                # Its id first: a process killed from here until job.json is written leaves the upload
+                # where sweep_half_made gives it back.
+                write_text(folder / "upload", upload.name)
+                try:
+                    upload.rename(folder / "input")
+                    request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
+                except FileNotFoundError:  # deleted or expired since the submission was checked
+                    request = JobRequest(**{**asdict(request), "sources": []})
+                    state = JobState(status="failed", error="its upload was deleted before the job started; upload the recording again")
+            # The state first: job.json is what makes the folder a job, so a crash between the two
+            # writes leaves a folder that is ignored (then swept) rather than a job without a state.
             self.save_state(job_id, state)
             write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
         except BaseException:  # (a full disk): the upload goes back, no folder is left that nothing lists or expires
@@ -229,6 +239,30 @@ class JobStore:
                 (folder / "input").rename(upload)
             shutil.rmtree(folder, ignore_errors=True)
             raise
+
+    def sweep_half_made(self, older_than: float = PLACE_SECONDS) -> list[str]:
+        """Remove the folders a process killed inside create left half made (no job.json: never a
+        job, so nothing lists, runs or expires them), giving their upload back under its own id, so
+        the client that got no answer finds it when it submits again; the folders' names. Only those
+        nothing was written to for older_than seconds: another worker may be making one now (a job
+        is made within a second). Run at every start and with every expiry pass."""
+        swept = []
+        for folder in self.home.iterdir():
+            if folder.name == "uploads" or not self.valid_id(folder.name) or not folder.is_dir() or _is_job(folder):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # made into a job, or swept by another process, meanwhile
+                if time.time() - _last_written(folder) < older_than or _is_job(folder):
+                    continue
+                upload_id = (folder / "upload").read_text().strip() if (folder / "upload").is_file() else ""
+                back = self.home / "uploads" / upload_id
+                if (folder / "input").is_dir() and self.valid_id(upload_id) and not back.exists():
+                    (folder / "input").rename(back)
+                trash = self.home / f".deleted-{folder.name}-{uuid.uuid4().hex[:8]}"
+                folder.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                (self._unfinished / folder.name).unlink(missing_ok=True)
+                swept.append(folder.name)
+        return swept
 
     def request(self, job_id: str) -> JobRequest:
         return JobRequest(**json.loads((self.folder(job_id) / "job.json").read_text()))
@@ -391,8 +425,8 @@ class JobStore:
         """Delete the finished jobs whose state last changed before `before` (a time.time(); None: no
         job) and the uploads no job took that were last written before `uploads_before` (None: the
         same time as jobs); the ids deleted. Another process may be deleting the same ones: what it
-        got to first is skipped."""
-        deleted: list[str] = []
+        got to first is skipped. Folders left half made (sweep_half_made) go too, and count among the ids."""
+        deleted = self.sweep_half_made()
         if before is not None:
             for job_id in self.jobs():
                 with contextlib.suppress(FileNotFoundError, JobBusyError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import threading
@@ -28,6 +29,7 @@ from service.adapters import jobs as jobs_adapter
 from service.adapters.jobs import JobGate
 from service.dataplane import Readiness
 from service.jobs import runner, submit
+from service.jobs import store as store_module
 from service.jobs.runner import JobRunner
 from service.jobs.store import PLACE_SECONDS, JobRequest, JobsFolderError, JobState, JobStore, TooManyJobs, open_job_store
 from tests.api.conftest import LABELS
@@ -789,6 +791,55 @@ def test_a_job_that_fails_to_be_made_gives_its_upload_back_and_leaves_no_folder(
         store.create("doomed", JobRequest(sources=[str(folder)], formats=["csv"]), folder)
     assert (folder / "a.wav").read_bytes() == wav and store.upload_path(upload_id) == folder
     assert not store.folder("doomed").exists()
+
+
+def _make_and_die(store: JobStore, job_id: str, upload: Path) -> None:
+    """In a forked child: make a job and die (as a SIGKILL would) just before its job.json is written."""
+    real_write = store_module.write_text
+
+    def write_then_die(path: Path, text: str) -> None:
+        if path.name == "job.json":
+            os._exit(9)
+        real_write(path, text)
+
+    store_module.write_text = write_then_die
+    store.create(job_id, JobRequest(sources=[], formats=["csv"]), upload)
+
+
+def _age(folder: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    for path in (folder, *folder.rglob("*")):
+        os.utime(path, (then, then))
+
+
+def test_a_job_its_process_died_making_gives_its_upload_back_at_the_next_start_and_leaves_nothing(store, wav):
+    """Killed inside create, after the upload moved in: the folder is never a job, so without the sweep
+    nothing would list, run or expire it, and the recording the client sent would be lost."""
+    upload_id, upload = store.new_upload()
+    (upload / "a.wav").write_bytes(wav)
+    child = multiprocessing.get_context("fork").Process(target=_make_and_die, args=(store, "dead1", upload))
+    child.start()
+    child.join()
+    assert child.exitcode == 9 and (store.home / "dead1" / "input" / "a.wav").is_file() and not store.exists("dead1")
+    assert store.sweep_half_made() == [] and (store.home / "dead1").is_dir()  # as young as one another worker is making
+    _age(store.home / "dead1", PLACE_SECONDS + 1)
+    type(store)(store.home)  # a start
+    assert not (store.home / "dead1").exists() and store.upload_path(upload_id) == upload
+    assert (upload / "a.wav").read_bytes() == wav and store.count_unfinished() == 0
+    assert list((store.home / ".unfinished").iterdir()) == [] and store.jobs() == []
+    store.create("again", JobRequest(sources=[], formats=["csv"]), upload)  # the client submits it again
+    assert store.request("again").sources == [str(store.home / "again" / "input" / "a.wav")]
+
+
+def test_the_expiry_pass_sweeps_half_made_folders_and_leaves_jobs_and_young_ones(store):
+    store.folder("no-upload").mkdir()  # killed before its state was written
+    (store.home / "no-upload" / "out").mkdir()
+    _age(store.home / "no-upload", PLACE_SECONDS + 1)
+    store.folder("young").mkdir()
+    _job_in_state(store, "old-job", "queued")
+    _age(store.home / "old-job", PLACE_SECONDS + 1)
+    assert store.expire(None) == ["no-upload"]
+    assert sorted(p.name for p in store.home.iterdir() if not p.name.startswith(".")) == ["old-job", "uploads", "young"]
 
 
 async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
