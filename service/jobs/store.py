@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -218,47 +219,56 @@ class JobStore:
 
     def _make(self, folder: Path, job_id: str, request: JobRequest, upload: Path | None) -> None:
         (folder / "out").mkdir(parents=True, exist_ok=True)
-        try:
-            state = JobState()
-            if upload is not None:
-                # Its id first: a process killed from here until job.json is written leaves the upload
-                # where sweep_half_made gives it back.
-                write_text(folder / "upload", upload.name)
-                try:
-                    upload.rename(folder / "input")
-                    request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
-                except FileNotFoundError:  # deleted or expired since the submission was checked
-                    request = JobRequest(**{**asdict(request), "sources": []})
-                    state = JobState(status="failed", error="its upload was deleted before the job started; upload the recording again")
-            # The state first: job.json is what makes the folder a job, so a crash between the two
-            # writes leaves a folder that is ignored (then swept) rather than a job without a state.
-            self.save_state(job_id, state)
-            write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
-        except BaseException:  # (a full disk): the upload goes back, no folder is left that nothing lists or expires
-            if upload is not None and (folder / "input").is_dir():
-                (folder / "input").rename(upload)
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        # Held while the job is made: a sweep (sweep_half_made) skips a folder whose lock is held,
+        # however long a slow disk makes this take.
+        with _held(folder / "lock"):
+            try:
+                state = JobState()
+                if upload is not None:
+                    # Its id first: a process killed from here until job.json is written leaves the
+                    # upload where sweep_half_made gives it back.
+                    write_text(folder / "upload", upload.name)
+                    try:
+                        upload.rename(folder / "input")
+                        request = JobRequest(**{**asdict(request), "sources": sorted(str(p) for p in (folder / "input").iterdir())})
+                    except FileNotFoundError:  # deleted or expired since the submission was checked
+                        request = JobRequest(**{**asdict(request), "sources": []})
+                        state = JobState(status="failed", error="its upload was deleted before the job started; upload the recording again")
+                # The state first: job.json is what makes the folder a job, so a crash between the two
+                # writes leaves a folder that is ignored (then swept) rather than a job without a state.
+                self.save_state(job_id, state)
+                write_text(folder / "job.json", json.dumps(asdict(request), indent=2) + "\n")
+            except BaseException:  # (a full disk): the upload goes back, no folder is left that nothing lists or expires
+                if upload is not None and (folder / "input").is_dir():
+                    (folder / "input").rename(upload)
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
 
     def sweep_half_made(self, older_than: float = PLACE_SECONDS) -> list[str]:
         """Remove the folders a process killed inside create left half made (no job.json: never a
         job, so nothing lists, runs or expires them), giving their upload back under its own id, so
         the client that got no answer finds it when it submits again; the folders' names. Only those
-        nothing was written to for older_than seconds: another worker may be making one now (a job
-        is made within a second). Run at every start and with every expiry pass."""
+        nothing was written to for older_than seconds and whose lock no process holds: another
+        worker may be making one now. Run at every start and with every expiry pass."""
         swept = []
         for folder in self.home.iterdir():
             if folder.name == "uploads" or not self.valid_id(folder.name) or not folder.is_dir() or _is_job(folder):
                 continue
-            with contextlib.suppress(FileNotFoundError):  # made into a job, or swept by another process, meanwhile
-                if time.time() - _last_written(folder) < older_than or _is_job(folder):
+            # FileNotFoundError: made into a job and deleted, or swept by another process, meanwhile.
+            with contextlib.suppress(FileNotFoundError, BlockingIOError):
+                if time.time() - _last_written(folder) < older_than:  # before the lock file is opened (made)
                     continue
-                upload_id = (folder / "upload").read_text().strip() if (folder / "upload").is_file() else ""
-                back = self.home / "uploads" / upload_id
-                if (folder / "input").is_dir() and self.valid_id(upload_id) and not back.exists():
-                    (folder / "input").rename(back)
-                trash = self.home / f".deleted-{folder.name}-{uuid.uuid4().hex[:8]}"
-                folder.rename(trash)
+                with (folder / "lock").open("a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: being made now
+                    if _is_job(folder):
+                        continue
+                    upload_id = (folder / "upload").read_text().strip() if (folder / "upload").is_file() else ""
+                    back = self.home / "uploads" / upload_id
+                    if (folder / "input").is_dir() and self.valid_id(upload_id) and not back.exists():
+                        (folder / "input").rename(back)
+                        os.utime(back)  # its keep time (expire) runs from its return, not from its upload
+                    trash = self.home / f".deleted-{folder.name}-{uuid.uuid4().hex[:8]}"
+                    folder.rename(trash)
                 shutil.rmtree(trash, ignore_errors=True)
                 (self._unfinished / folder.name).unlink(missing_ok=True)
                 swept.append(folder.name)

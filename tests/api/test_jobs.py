@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
@@ -817,6 +818,7 @@ def test_a_job_its_process_died_making_gives_its_upload_back_at_the_next_start_a
     nothing would list, run or expire it, and the recording the client sent would be lost."""
     upload_id, upload = store.new_upload()
     (upload / "a.wav").write_bytes(wav)
+    _age(upload, 7200)  # uploaded long before its submission
     child = multiprocessing.get_context("fork").Process(target=_make_and_die, args=(store, "dead1", upload))
     child.start()
     child.join()
@@ -826,6 +828,7 @@ def test_a_job_its_process_died_making_gives_its_upload_back_at_the_next_start_a
     type(store)(store.home)  # a start
     assert not (store.home / "dead1").exists() and store.upload_path(upload_id) == upload
     assert (upload / "a.wav").read_bytes() == wav and store.count_unfinished() == 0
+    assert store.expire(None, time.time() - 3600) == [] and upload.is_dir()  # its keep time runs from its return
     assert list((store.home / ".unfinished").iterdir()) == [] and store.jobs() == []
     store.create("again", JobRequest(sources=[], formats=["csv"]), upload)  # the client submits it again
     assert store.request("again").sources == [str(store.home / "again" / "input" / "a.wav")]
@@ -838,8 +841,14 @@ def test_the_expiry_pass_sweeps_half_made_folders_and_leaves_jobs_and_young_ones
     store.folder("young").mkdir()
     _job_in_state(store, "old-job", "queued")
     _age(store.home / "old-job", PLACE_SECONDS + 1)
-    assert store.expire(None) == ["no-upload"]
-    assert sorted(p.name for p in store.home.iterdir() if not p.name.startswith(".")) == ["old-job", "uploads", "young"]
+    store.folder("slow").mkdir()  # old, but its maker still holds its lock (a disk that hangs)
+    (store.home / "slow" / "lock").touch()
+    _age(store.home / "slow", PLACE_SECONDS + 1)
+    with (store.home / "slow" / "lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert store.expire(None) == ["no-upload"]
+    assert sorted(p.name for p in store.home.iterdir() if not p.name.startswith(".")) == ["old-job", "slow", "uploads", "young"]
+    assert store.sweep_half_made() == ["slow"]  # its maker died: the lock went with it
 
 
 async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
