@@ -10,7 +10,7 @@ from starlette.datastructures import State
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.adapters.http import WHERE_THE_ROUTES_ARE, readiness_body
+from service.adapters.http import WHERE_THE_ROUTES_ARE, ErrorJSONResponse, readiness_body
 from service.errors import NotFound, ShuttingDown, error_body
 
 READINESS = ("/readyz", "/v2/health/ready")
@@ -47,7 +47,7 @@ class ServingGate:
             headers = {**error.headers, "Connection": "close"}
             kserve = scope["path"].startswith("/v2")  # the Open Inference Protocol's error shape there
             body = {"error": error.message, "type": error.kind} if kserve else error_body(error)
-            await JSONResponse(body, status_code=error.status, headers=headers)(scope, receive, send)
+            await ErrorJSONResponse(body, status_code=error.status, headers=headers)(scope, receive, send)
             return
         elif scope["path"].startswith(BENTOML_FILES):
             await self.app(scope, receive, _json_not_found(scope, receive, send))
@@ -67,6 +67,6 @@ def _json_not_found(scope: Scope, receive: Receive, send: Send) -> Send:
             await send(message)
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             error = NotFound(f"no file {scope['path']}; {WHERE_THE_ROUTES_ARE}")
-            await JSONResponse(error_body(error), status_code=error.status)(scope, receive, send)
+            await ErrorJSONResponse(error_body(error), status_code=error.status)(scope, receive, send)
 
     return relay

@@ -57,14 +57,22 @@ def plane_of(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
+class ErrorJSONResponse(JSONResponse):
+    """An error's JSON body, in ASCII: a message that echoes what a client sent renders whatever it
+    holds (a lone surrogate, valid in JSON, has no UTF-8, and would turn a 4xx into a bare 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
+    return ErrorJSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 def kserve_error_response(exc: ServiceError) -> JSONResponse:
     """The Open Inference Protocol's error shape: 'error' is the message string (tritonclient reads it so)."""
     body = {"error": exc.message, "type": exc.kind, **exc.details}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    return ErrorJSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 def _json_errors(handler: Handler, respond: Callable[[ServiceError], JSONResponse]) -> Handler:

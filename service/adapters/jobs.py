@@ -37,6 +37,7 @@ from service.adapters.http import (
     body_chunks,
     check_content_length,
     check_known,
+    error_response,
     json_errors,
     media_type,
     once_each,
@@ -55,7 +56,6 @@ from service.errors import (
     TooManyRequests,
     UnsupportedMedia,
     as_service_error,
-    error_body,
 )
 from service.jobs.runner import recount_jobs
 from service.jobs.store import FINISHED, STATES, JobBusyError, JobRequest, JobStore, TooManyUploads
@@ -86,6 +86,11 @@ def job_view(store: JobStore, job_id: str) -> dict[str, Any]:
         "error": state.error,
         "outputs": {name: f"/jobs/{job_id}/outputs/{name}" for name in store.outputs(job_id)},
     }
+
+
+async def view_off_loop(store: JobStore, job_id: str) -> dict[str, Any]:
+    """job_view in a thread: a job of many recordings has as many tables to list."""
+    return await asyncio.to_thread(job_view, store, job_id)
 
 
 @contextlib.contextmanager
@@ -256,7 +261,7 @@ async def show_job(request: Request) -> Response:
     authorize(request)
     job_id = _job_id(request)
     with deleted_is_404(job_id):
-        return JSONResponse(job_view(store_of(request), job_id))
+        return JSONResponse(await view_off_loop(store_of(request), job_id))
 
 
 async def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
@@ -265,7 +270,7 @@ async def cancel(store: JobStore, job_id: str, metrics: Metrics) -> Response:
     with deleted_is_404(job_id):
         if store.cancel(job_id):  # a finished one has nothing to cancel, nor to recount
             await recount_jobs(store, metrics)
-        return JSONResponse(job_view(store, job_id))
+        return JSONResponse(await view_off_loop(store, job_id))
 
 
 @json_errors
@@ -305,9 +310,10 @@ async def job_output(request: Request) -> Response:
     authorize(request)
     store, job_id = store_of(request), _job_id(request)
     try:
-        path = store.output(job_id, request.path_params["name"])
+        with deleted_is_404(job_id):
+            path = await asyncio.to_thread(store.output, job_id, request.path_params["name"])
     except KeyError:
-        raise NotFound(f"job {job_id!r} has no output {request.path_params['name']!r}; it has {store.outputs(job_id)}") from None
+        raise NotFound(f"job {job_id!r} has no output {request.path_params['name']!r}; GET /jobs/{job_id} lists its outputs") from None
     return FileResponse(path, filename=path.name)
 
 
@@ -385,7 +391,7 @@ class JobGate:
         """The JSON error answer for what the gate refused or could not do, counted in the metrics."""
         error = as_service_error(exc, log, path)
         self.state.plane.metrics.record_error("analyze", error.kind, error.status)
-        await JSONResponse(error_body(error), status_code=error.status, headers=error.headers)(scope, receive, send)
+        await error_response(error)(scope, receive, send)
 
     async def _answer(self, request: Request, path: str) -> Response | CheckedSubmission:
         store = jobs_of(self.state)
@@ -424,10 +430,10 @@ class JobGate:
             raise NotFound(f"no job {job_id!r}")
         if path == TASK + "/status":
             with deleted_is_404(job_id):
-                return JSONResponse(job_view(store, job_id))
+                return JSONResponse(await view_off_loop(store, job_id))
         if path == TASK + "/get":
             with deleted_is_404(job_id):
-                view = job_view(store, job_id)
+                view = await view_off_loop(store, job_id)
             if view["state"] not in FINISHED:
                 raise BadRequest(
                     f"job {job_id} is not finished yet ({view['state']}); GET {TASK}/status?task_id={job_id} says how far it is"

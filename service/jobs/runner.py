@@ -160,23 +160,26 @@ class JobRunner:
         count_jobs(self.store, self.plane.metrics)
 
     async def run(self, job_id: str) -> JobState:
-        async with self._one_at_a_time:
-            try:
-                while True:
+        try:
+            while True:
+                # One job at a time runs here; a job another process holds is waited for outside that
+                # turn, so that after a restart, when every worker starts every job left, each worker
+                # runs one while the others' are followed, rather than all waiting on the same one.
+                async with self._one_at_a_time:
                     if self._stopping.is_set():  # queued behind a job the stop ended: the next start runs it
                         return self.store.state(job_id)
                     with self.store.running(job_id) as mine:
                         if mine:
                             return await self._run(job_id)
-                    # Another process holds the job: it runs it (follow its state on disk: no event
-                    # crosses processes), or only looks at it a moment (a cancel, a delete, a restart's
-                    # check), so the lock is tried again each time.
-                    state = self.store.state(job_id)
-                    if state.status in FINISHED:
-                        return state
-                    await asyncio.sleep(POLL_SECONDS)
-            except FileNotFoundError:  # deleted by a client once it had finished elsewhere
-                return JobState(status="failed", error="the job was deleted")
+                # Another process holds the job: it runs it (follow its state on disk: no event crosses
+                # processes), or only looks at it a moment (a cancel, a delete, a restart's check), so
+                # the lock is tried again each time.
+                state = self.store.state(job_id)
+                if state.status in FINISHED:
+                    return state
+                await asyncio.sleep(POLL_SECONDS)
+        except FileNotFoundError:  # deleted by a client once it had finished elsewhere
+            return JobState(status="failed", error="the job was deleted")
 
     async def _run(self, job_id: str) -> JobState:
         state = self.store.state(job_id)
@@ -196,6 +199,8 @@ class JobRunner:
             root = self.plane.settings.analyze_root
             allowed = [self.store.home, *([Path(root)] if root else [])]
             paths, seconds = await asyncio.to_thread(job_files, request.sources, allowed)
+            if self.store.cancel_asked(job_id):  # asked while a large folder was listed: never shown running
+                raise JobCancelled
             state.status = "running"
             state.files_total = len(paths)
             state.audio_seconds_total = round(seconds, 3)

@@ -472,7 +472,13 @@ class JobStore:
     def outputs(self, job_id: str) -> list[str]:
         """Names of the job's tables so far (relative to its out/ folder), the journal's own files left out."""
         out = self.folder(job_id) / "out"
-        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.relative_to(out).parts[0].startswith("."))
+        names: list[str] = []
+        for folder, subfolders, files in os.walk(out):
+            if folder == str(out):  # the journal's own (.chorus-analyze/: a part per recording) is not walked
+                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+                files = [name for name in files if not name.startswith(".")]
+            names.extend(os.path.relpath(os.path.join(folder, name), out) for name in files)
+        return sorted(names)
 
     def output(self, job_id: str, name: str) -> Path:
         """One of the job's tables by its name in outputs(): nothing else is ever served."""

@@ -40,15 +40,26 @@ def server_path(root: str | None, path: Any) -> Path:
         found = target.exists()
     except (OSError, ValueError) as exc:  # a name over 255 bytes, a lone surrogate the file system cannot encode
         raise InvalidParameter(f"path {path[:300]!r} is no path this server's file system can hold: {type(exc).__name__}") from None
+    except RuntimeError:  # what resolve() raises for a symbolic link that leads back to itself
+        raise InvalidParameter(f"path {path[:300]!r} goes round a loop of symbolic links; name a file or folder") from None
     if not found:
         raise NotFound(f"no file or folder {path[:300]!r} under the analyze root")
     return target
 
 
 def outside(files: list[Path], folders: list[Path]) -> list[Path]:
-    """The files whose real path (every symlink followed) lies in none of the folders."""
+    """The files whose real path (every symlink followed) lies in none of the folders, with those whose
+    links go round a loop (no real path to check)."""
     real_folders = [folder.resolve() for folder in folders]
-    return [f for f in files if not any(f.resolve().is_relative_to(folder) for folder in real_folders)]
+
+    def inside(file: Path) -> bool:
+        try:
+            real = file.resolve()
+        except RuntimeError:  # a loop of links
+            return False
+        return any(real.is_relative_to(folder) for folder in real_folders)
+
+    return [f for f in files if not inside(f)]
 
 
 def take_place_for_a_job(store: JobStore, max_unfinished: int) -> Path:
@@ -92,7 +103,7 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
             raise InvalidParameter(str(exc).replace(str(base) + os.sep, "").replace(str(base), "the analyze root")) from None
         escaping = outside(files, [base])
         if escaping:
-            raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root")
+            raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root (or round a loop)")
         sources = [str(target)]
     formats = _strings(body.get("formats", sorted(DEFAULT_FORMATS)), "formats")
     min_confidence = body.get("min_confidence")

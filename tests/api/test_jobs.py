@@ -195,6 +195,24 @@ async def test_a_path_the_file_system_cannot_hold_is_a_422(gate, bentoml_tasks, 
     assert bentoml_tasks.bodies == []
 
 
+@pytest.mark.parametrize("path", ["loop", "loop/x.wav", "loop/inner"])
+async def test_a_loop_of_links_is_a_clear_4xx_not_a_500(gate, bentoml_tasks, root, path):
+    (root / "loop").mkdir()
+    (root / "loop" / "x.wav").symlink_to("x.wav")  # resolve() raises RuntimeError on it
+    (root / "loop" / "inner").mkdir()
+    (root / "loop" / "inner" / "y.wav").symlink_to("y.wav")
+    response = await gate.post("/analyze/submit", json={"path": path})
+    assert response.status_code in (403, 422) and "loop" in response.json()["error"]["message"], response.text
+    assert bentoml_tasks.bodies == []
+
+
+async def test_an_error_that_echoes_a_lone_surrogate_is_still_a_json_4xx(gate, bentoml_tasks):
+    body = b'{"path": "site1", "formats": ["\\ud800"]}'  # valid JSON; the string it holds has no UTF-8
+    response = await gate.post("/analyze/submit", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "unknown output format" in response.json()["error"]["message"], response.text
+    assert response.content.isascii() and bentoml_tasks.bodies == []
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [("GET", "/analyze/cancel", "PUT, POST"), ("DELETE", "/analyze/status", "GET, HEAD"), ("POST", "/analyze/get", "GET, HEAD")],
@@ -849,6 +867,35 @@ def test_the_expiry_pass_sweeps_half_made_folders_and_leaves_jobs_and_young_ones
         assert store.expire(None) == ["no-upload"]
     assert sorted(p.name for p in store.home.iterdir() if not p.name.startswith(".")) == ["old-job", "slow", "uploads", "young"]
     assert store.sweep_half_made() == ["slow"]  # its maker died: the lock went with it
+
+
+async def test_a_job_another_process_holds_does_not_hold_up_the_next_one_here(plane, store, root):
+    """After a restart every worker starts every job left: one each runs, the others are followed."""
+    plane.settings.analyze_root = str(root)
+    for job_id in ("held", "next"):
+        store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    job_runner = JobRunner(store, plane)
+    with store.running("held"):  # another worker runs it
+        held = job_runner.start("held")
+        assert (await asyncio.wait_for(job_runner.start("next"), 10)).status == "done"
+        assert not held.done()
+    assert (await asyncio.wait_for(held, 10)).status == "done"  # its runner went away: this one takes it
+
+
+async def test_a_cancel_asked_while_a_jobs_files_are_listed_ends_it_before_it_shows_running(plane, store, root, monkeypatch):
+    plane.settings.analyze_root = str(root)
+    store.create("big", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    list_files = runner.job_files
+
+    def listed_while_cancelled(sources, allowed):
+        store.ask_cancel("big")  # what the cancel route does while the runner holds the job's lock
+        return list_files(sources, allowed)
+
+    monkeypatch.setattr(runner, "job_files", listed_while_cancelled)
+    saved, save = [], store.save_state
+    monkeypatch.setattr(store, "save_state", lambda job_id, state: (saved.append(state.status), save(job_id, state))[1])
+    state = await JobRunner(store, plane).run("big")
+    assert state.status == "cancelled" and saved == ["cancelled"]
 
 
 async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
