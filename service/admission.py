@@ -40,11 +40,21 @@ def given_up() -> bool:
 def hold_body(size: int) -> None:
     """Count `size` more bytes of the current request's body as held in memory, until the request
     and the work it leaves on threads have ended: Overloaded (503) when that would pass the worker's
-    max_body_bytes, with nothing counted. A declared length is held before the body is read, and
-    what arrives beyond it as it arrives. Outside a request's slot, or after it, nothing."""
+    max_body_bytes, with nothing counted. Bytes count as they arrive (check_body_room looks at a
+    declared length first). Outside a request's slot, or after it, nothing."""
     holding = _holding.get()
     if holding is not None:
         holding.hold(size)
+
+
+def check_body_room(size: int) -> None:
+    """Overloaded (503) when `size` more bytes would not fit the worker's max_body_bytes now; nothing
+    is counted. For a declared length before its body is read: a 503 then costs the client no
+    upload, while a client that declares much and sends little (16 x 32 MiB declared, a byte every
+    few seconds) holds no room it has not filled."""
+    holding = _holding.get()
+    if holding is not None and not holding.ended:
+        holding.admission.refuse_body_past_room(size)
 
 
 class Admission:

@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from service.admission import hold_body, off_loop
+from service.admission import check_body_room, hold_body, off_loop
 from service.auth import check_bearer
 from service.dataplane import DataPlane, Readiness
 from service.errors import (
@@ -172,14 +172,12 @@ async def body_chunks(
     """The body as it arrives: 413 as soon as it passes `limit` bytes (whatever Content-Length
     said), 408 when no part of it arrives for the read timeout (the settings' unless given), 499
     when the client goes away first. in_memory: the caller keeps the chunks (not a stream to disk),
-    so they count against the worker's bytes of bodies in flight (service.admission.hold_body): the
-    declared length before any of it is read (a 503 then costs no upload), the rest as it arrives."""
+    so they count against the worker's bytes of bodies in flight (service.admission.hold_body) as
+    they arrive, a declared length that would not fit being refused before any of it is read."""
     declared = check_content_length(request, limit)
-    held = 0
     if in_memory and declared:
-        hold_body(declared)
-        held = declared
-    size = 0
+        check_body_room(declared)
+    held = size = 0
     timeout = plane_of(request).settings.read_timeout_seconds if read_timeout is None else read_timeout
     stream = request.stream()
     while True:

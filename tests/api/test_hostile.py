@@ -589,6 +589,29 @@ async def test_a_batch_that_gives_up_keeps_one_slot_and_work_not_yet_begun_never
     assert plane.admission.in_flight == 0 and len(started) == 1  # the three waiting for a thread never ran
 
 
+async def test_a_body_declared_large_and_sent_slowly_holds_only_what_has_arrived(plane, http, wav):
+    """A client that declares 32 MiB and sends a byte now and then must not take the room honest
+    bodies need (16 such connections filled the 512 MiB of bodies in flight when a declared length
+    was counted before its body arrived)."""
+    plane.admission.max_body_bytes = len(wav) + 1000  # room for one recording
+    more = asyncio.Event()
+
+    async def trickle():
+        yield wav[:100]
+        await more.wait()
+        yield wav[100:]
+
+    slow = asyncio.create_task(http.post("/classify", content=trickle(), headers={"content-length": str(len(wav))}))
+    for _ in range(500):
+        if plane.admission.body_bytes:
+            break
+        await asyncio.sleep(0.01)
+    assert plane.admission.body_bytes == 100
+    assert (await http.post("/classify", content=wav)).status_code == 200  # the room its declared length would have taken
+    more.set()
+    assert (await slow).status_code == 200 and plane.admission.body_bytes == 0
+
+
 async def test_bodies_held_in_memory_are_bounded_per_worker_as_they_arrive(plane, http, wav, monkeypatch):
     """max_in_flight requests of max_upload_bytes each would be gigabytes: the bytes of bodies held
     are bounded too, counted as they arrive, and kept counted while a given-up request's thread
