@@ -64,6 +64,8 @@ from service.metrics import Metrics
 
 log = logging.getLogger("chorus.jobs")
 TASK = "/analyze"
+UPLOAD_PATH = "/jobs/uploads"
+"""Where a job's recording is streamed to disk (no request timeout: service.adapters.request_timeout)."""
 MAX_SUBMISSION_BYTES = 64 * 1024
 MAX_NAME_BYTES = 200
 BENTOML_STATUS = {"queued": "in_progress", "running": "in_progress", "done": "completed", "failed": "failed", "cancelled": "canceled"}
@@ -147,10 +149,13 @@ async def upload(request: Request) -> Response:
     target = folder / upload_name(request.query_params.get("name"))
     size = 0
     try:
-        with target.open("wb") as out:
+        out = await asyncio.to_thread(target.open, "wb")
+        try:
             async for chunk in body_chunks(request, limit, "the upload (a job's recording)", in_memory=False):
                 size += len(chunk)
                 await asyncio.to_thread(out.write, chunk)
+        finally:
+            await asyncio.to_thread(out.close)  # on a network file system, close writes back what the server lacks
         if size == 0:
             raise BadRequest("the upload is empty; send the recording as the request body")
     except BaseException:
@@ -319,7 +324,7 @@ async def job_output(request: Request) -> Response:
 
 ROUTES = [
     Route("/jobs", list_jobs, methods=["GET"]),
-    Route("/jobs/uploads", upload, methods=["POST"]),
+    Route(UPLOAD_PATH, upload, methods=["POST"]),
     Route("/jobs/uploads/{upload_id}", delete_upload, methods=["DELETE"]),
     Route("/jobs/{job_id}", show_job, methods=["GET"]),
     Route("/jobs/{job_id}", delete_job, methods=["DELETE"]),

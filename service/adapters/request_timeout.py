@@ -7,6 +7,10 @@ cancels it, so each request's timer and future stay alive for the whole timeout,
 thousand requests a second holds hundreds of MB). This one keeps the same contract and cancels its
 timer once the response starts. BentoML imports the class from that module when each worker builds
 its app, after importing the service; `cancel_request_timers` puts this one there.
+
+A job's upload (POST /jobs/uploads) has no such timeout: it streams to disk for as long as the
+recording takes to arrive (8 GiB at 100 Mbit/s is 11 minutes), paced by the read timeout of each
+chunk instead, and answers only once the whole file is in.
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from service.adapters.jobs import UPLOAD_PATH
+
+UNTIMED = frozenset({("POST", UPLOAD_PATH)})
+"""(method, path) of the requests the timeout leaves alone."""
+
 
 class TimeoutMiddleware(traffic.TimeoutMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket") or (scope.get("method"), scope["path"]) in UNTIMED:
             await self.app(scope, receive, send)
             return
         started = asyncio.Event()

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from service.adapters.jobs import UPLOAD_PATH
 from service.adapters.request_timeout import TimeoutMiddleware
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +34,19 @@ async def slow_stream(request):
     return StreamingResponse(chunks())
 
 
-APP = Starlette(routes=[Route("/quick", quick), Route("/never", never), Route("/stream", slow_stream)])
+async def slow_upload(request):
+    await asyncio.sleep(0.2)  # a recording still arriving, past the timeout
+    return PlainTextResponse("stored")
+
+
+APP = Starlette(
+    routes=[
+        Route("/quick", quick),
+        Route("/never", never),
+        Route("/stream", slow_stream),
+        Route(UPLOAD_PATH, slow_upload, methods=["POST"]),
+    ]
+)
 
 
 def live_timers() -> int:
@@ -61,3 +74,10 @@ async def test_an_answer_that_started_in_time_may_take_longer():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=TimeoutMiddleware(APP, timeout=0.1)), base_url="http://t") as client:
         response = await client.get("/stream")
     assert response.status_code == 200 and response.text == "started and finished"
+
+
+async def test_a_jobs_upload_streams_for_as_long_as_it_takes():
+    """8 GiB at 100 Mbit/s takes 11 minutes: the read timeout of each chunk paces it, not the 300 s."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=TimeoutMiddleware(APP, timeout=0.05)), base_url="http://t") as client:
+        assert (await client.post(UPLOAD_PATH)).text == "stored"
+        assert (await client.get("/never")).status_code == 504
