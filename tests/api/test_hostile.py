@@ -216,6 +216,25 @@ async def test_a_grpc_message_past_the_bytes_of_bodies_in_flight_is_unavailable(
     assert plane.admission.body_bytes == 0
 
 
+async def test_grpc_typed_contents_count_at_their_decoded_size(plane, grpc_call):
+    """A UINT8 value is a byte or two on the wire and ~16-48 in decoding: 32 MiB of them took ~570 MB
+    while only the message's 32 MiB was counted."""
+    plane.settings.max_upload_bytes = 48_000  # room for 1,000 typed values
+    request = infer_request(log_mel=("UINT8", [1001]))
+    request.inputs[0].contents.uint_contents.extend([1] * 1001)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_call(request)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 1000 values" in info.value.details()
+    assert "raw_input_contents" in info.value.details()
+    plane.admission.max_body_bytes = 40_000  # the room left is less than 1,000 values decode to
+    request = infer_request(log_mel=("UINT8", [1000]))
+    request.inputs[0].contents.uint_contents.extend([1] * 1000)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_call(request)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "CHORUS_MAX_BODY_BYTES_IN_FLIGHT" in info.value.details()
+    assert plane.admission.body_bytes == 0
+
+
 # Found by the fuzz suite (tests/api/test_fuzz_*.py), one case of each class.
 
 

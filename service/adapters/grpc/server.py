@@ -21,7 +21,7 @@ from service.adapters.grpc.messages import SERVICE, message, methods
 from service.admission import hold_body, off_loop
 from service.auth import check_bearer
 from service.dataplane import DataPlane
-from service.errors import BadRequest, InvalidParameter, ServiceError, as_service_error
+from service.errors import BadRequest, InvalidParameter, PayloadTooLarge, ServiceError, as_service_error
 from service.settings import ServiceSettings
 from service.tensors import Tensor, datatype_of, raw_bytes, tensor_from_raw, tensor_from_values
 
@@ -61,6 +61,36 @@ _CONTENTS_FIELD = {
 
 def grpc_status(error: ServiceError) -> grpc.StatusCode:
     return _STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+TYPED_VALUE_BYTES = 48
+"""Memory one typed-contents value takes while it is decoded, at most: a Python object (a float is
+24 bytes; small ints are shared), its list slot and its numpy copies. A message's typed values are
+held at this size (hold_body), not at their 1-5 bytes on the wire: 32 MiB of small UINT8 values
+decoded to ~570 MB when only the message's size was counted."""
+
+
+def typed_values(request: Any) -> int:
+    """How many typed-contents values the request's inputs carry (repeated fields know their length)."""
+    count = 0
+    for spec in request.inputs:
+        field = _CONTENTS_FIELD.get(spec.datatype)
+        if field is not None and spec.HasField("contents"):
+            count += len(getattr(spec.contents, field))
+    return count
+
+
+def hold_typed_values(request: Any, max_bytes: int) -> None:
+    """Count what decoding the request's typed contents will hold: 413 past max_bytes (the request
+    body limit) however much room there is, 503 past the room left (hold_body)."""
+    decoded = typed_values(request) * TYPED_VALUE_BYTES
+    if decoded > max_bytes:
+        raise PayloadTooLarge(
+            f"typed contents of {decoded // TYPED_VALUE_BYTES} values take ~{decoded} bytes to decode, past the limit of"
+            f" {max_bytes}; send at most {max_bytes // TYPED_VALUE_BYTES} values this way, or the data as raw_input_contents",
+            max_bytes=max_bytes,
+        )
+    hold_body(decoded)
 
 
 def _contents_values(name: str, datatype: str, contents: Any) -> list[Any]:
@@ -188,6 +218,7 @@ class InferenceServicer:
         self.plane.check_name(request.model_name)
         async with self.plane.admitted(self.plane.deadline(context.time_remaining())):
             hold_body(request.ByteSize())  # gRPC has the whole message already: refusing it frees it sooner
+            hold_typed_values(request, self.plane.settings.max_upload_bytes)
             # Off the event loop: decoding up to the upload limit of values takes seconds (BYTES items one by one).
             tensors = await off_loop(input_tensors, request)
             result = await self.plane.infer(
