@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from service.admission import given_up, off_loop
 from service.concurrency import gather_or_cancel
 from service.engine.client import BatchCall, EngineClient, TimedCall
 from service.engine.contracts import TimedRows
-from service.errors import InvalidParameter, from_audio_error
+from service.errors import InvalidParameter, PayloadTooLarge, from_audio_error
 from service.metrics import Metrics
 from service.models.base import ServedModel
 from service.models.tasks import AudioClassifier, ClassifyOptions
@@ -229,13 +230,25 @@ class BirdcallModel(ServedModel, AudioClassifier):
 
         return await self.window_outputs(await off_loop(features))
 
+    @property
+    def max_windows(self) -> int:
+        """The windows of the longest recording accepted (limits.max_seconds): what log_mel may carry."""
+        config = self.frontend.config
+        return max(1, math.floor((self.limits.max_seconds - config.clip_seconds) / config.stride_seconds) + 1)
+
     async def outputs_from_features(self, features: np.ndarray) -> WindowOutputs:
         expected = self.frontend.config.feature_shape
         if features.ndim != 4 or features.shape[1:] != expected or len(features) == 0:
             raise InvalidParameter(f"log_mel must have shape [n, {', '.join(map(str, expected))}], got {list(features.shape)}")
+        if len(features) > self.max_windows:  # as many as the longest recording /classify takes, not what fits the body
+            raise PayloadTooLarge(
+                f"log_mel has {len(features)} windows; at most {self.max_windows} are accepted (the windows of a"
+                f" {self.limits.max_seconds:g} s recording)"
+            )
+        features = features.astype(np.float32, copy=False)
         if not np.isfinite(features).all():
             raise InvalidParameter("log_mel contains NaN or infinite values")
-        return await self.window_outputs(features.astype(np.float32, copy=False))
+        return await self.window_outputs(features)
 
     # REST: /classify
 

@@ -149,5 +149,6 @@ class FramesModel(ServedModel, ImageGenerator):
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
         if set(inputs) != {"x_t", "t"}:
             raise InvalidParameter(f"send inputs 'x_t' and 't'; got {sorted(inputs)}")
-        x_t, t = numeric(inputs["x_t"], "FP32 images"), numeric(inputs["t"], "FP32 timesteps")
+        x_t = numeric(inputs["x_t"], "FP32 images").astype(np.float32)
+        t = numeric(inputs["t"], "FP32 timesteps").astype(np.float32)
         return {"v": await self.denoise(x_t, t)}

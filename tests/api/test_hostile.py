@@ -7,6 +7,7 @@ the rest of each class.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import struct
@@ -281,6 +282,19 @@ async def test_kserve_log_mel_that_drives_the_model_past_finite_numbers_is_a_422
     shape = [1, *FrontEndConfig().feature_shape]
     body = kserve([{"name": "log_mel", "datatype": "FP32", "shape": shape, "data": [-3e38] * math.prod(shape)}])
     status_of(await http.post("/v2/models/birdcall/infer", content=body), 422, "not finite")
+
+
+async def test_kserve_log_mel_of_more_windows_than_the_longest_recording_makes_is_a_413(http, plane, monkeypatch):
+    """Bounded by the windows of max_audio_seconds, not by what fits the body (32 MiB of UINT8 log_mel
+    was 1,633 windows, 7 times the longest /classify, and 134 MB once made float32)."""
+    model = await plane.classifier()
+    monkeypatch.setattr(model, "limits", dataclasses.replace(model.limits, max_seconds=7.5))  # 2 windows
+    shape = [3, *FrontEndConfig().feature_shape]
+    head = kserve([{"name": "log_mel", "datatype": "UINT8", "shape": shape, "parameters": {"binary_data_size": math.prod(shape)}}])
+    response = await http.post(
+        "/v2/models/birdcall/infer", content=head + bytes(math.prod(shape)), headers={"inference-header-content-length": str(len(head))}
+    )
+    status_of(response, 413, "log_mel has 3 windows; at most 2 are accepted")
 
 
 async def test_denoiser_outputs_past_finite_numbers_are_a_422(http, engine, monkeypatch):
