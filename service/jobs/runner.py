@@ -29,7 +29,7 @@ from analyze.run import Progress, RunConfig, Start, Summary, run
 from analyze.sources import expand_sources
 from service.dataplane import DataPlane
 from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
-from service.jobs.submit import outside
+from service.jobs.submit import in_client_terms, outside
 from service.metrics import Metrics
 from service.models.tasks import AudioClassifier
 
@@ -232,11 +232,20 @@ class JobRunner:
             state.status = "cancelled"
             log.info("job %s cancelled", job_id)
         except Exception as exc:  # the job fails; the server goes on
-            state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+            state.status, state.error = "failed", in_client_terms(f"{type(exc).__name__}: {exc}", self._server_folders())
             log.exception("job %s failed", job_id)
         self.store.save_state(job_id, state)
         await recount_jobs(self.store, self.plane.metrics)
         return state
+
+    def _server_folders(self) -> dict[Path, str]:
+        """The folders whose place on the server a failed job's error does not tell (in_client_terms)."""
+        root = self.plane.settings.analyze_root
+        roots = [Path(root), Path(root).resolve()] if root else []
+        homes = [self.store.home, self.store.home.resolve()]
+        # The longer first: a jobs folder may lie under the analyze root.
+        folders = {**dict.fromkeys(homes, "the jobs folder"), **dict.fromkeys(roots, "the analyze root")}
+        return dict(sorted(folders.items(), key=lambda item: -len(str(item[0]))))
 
     async def _to_its_end(self, work: Callable[[], Summary]) -> Summary:
         """`work` (a job's run) in a thread. When this is cancelled (the server stops) the run goes

@@ -23,6 +23,14 @@ def _strings(value: Any, name: str) -> list[str]:
     return value
 
 
+def in_client_terms(text: str, folders: dict[Path, str]) -> str:
+    """text with each of the server's folders said as clients know it (the analyze root's files by
+    their path under it): where those folders lie stays the server's."""
+    for folder, name in folders.items():
+        text = text.replace(str(folder) + os.sep, "").replace(str(folder), name)
+    return text
+
+
 def server_path(root: str | None, path: Any) -> Path:
     """A path a client names on the server: relative to the analyze root, and inside it once every
     symlink is followed (403 otherwise)."""
@@ -100,7 +108,7 @@ def check_submission(body: Any, store: JobStore, root: str | None, labels: list[
         try:
             files = expand_sources([str(target)])
         except SourceError as exc:  # said in the client's terms: where the analyze root is stays the server's
-            raise InvalidParameter(str(exc).replace(str(base) + os.sep, "").replace(str(base), "the analyze root")) from None
+            raise InvalidParameter(in_client_terms(str(exc), {base: "the analyze root"})) from None
         escaping = outside(files, [base])
         if escaping:
             raise Forbidden(f"{len(escaping)} file(s) under {body['path']!r} are links to outside the analyze root (or round a loop)")

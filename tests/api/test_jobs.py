@@ -670,6 +670,15 @@ async def test_jobs_waiting_when_the_server_stops_end_their_tasks_and_stay_queue
     assert {store.state(job_id).status for job_id in ("first", "second", "held")} == {"queued"}  # the next start runs them
 
 
+async def test_a_failed_jobs_error_names_its_files_under_the_root_not_where_the_root_is(plane, store, root):
+    plane.settings.analyze_root = str(root)
+    (root / "emptied").mkdir()  # its recordings moved away after the submission was checked
+    store.create("gone", JobRequest(sources=[str(root / "emptied")], formats=["csv"]))
+    state = await JobRunner(store, plane).run("gone")
+    assert state.status == "failed" and "emptied" in state.error and str(root) not in state.error, state.error
+    assert str(store.home) not in state.error
+
+
 def test_a_submission_whose_upload_was_deleted_meanwhile_is_a_failed_job_that_says_so(store, wav):
     upload_id, folder = store.new_upload()
     (folder / "a.wav").write_bytes(wav)
