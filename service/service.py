@@ -33,7 +33,7 @@ from service.dataplane import DataPlane
 from service.engine.client import BentoEngineClient
 from service.engine_service import Engine
 from service.heap import trim_periodically
-from service.jobs.runner import JobRunner, expire_periodically
+from service.jobs.runner import JobRunner, adopt_orphans_periodically, expire_periodically
 from service.jobs.store import JobsFolderError, default_home, open_job_store
 from service.lifecycle import Drain, stop_with_the_server
 from service.metrics import Metrics
@@ -90,6 +90,7 @@ class Chorus:
         self._grpc: grpc.aio.Server | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._expiring: asyncio.Task[None] | None = None
+        self._adopting: asyncio.Task[None] | None = None
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -99,6 +100,7 @@ class Chorus:
             self._expiring = asyncio.create_task(
                 expire_periodically(self.runner.store, settings.jobs_keep_hours, self.plane.metrics, settings.uploads_keep_hours)
             )
+            self._adopting = asyncio.create_task(adopt_orphans_periodically(self.runner))
         if settings.grpc_port:
             host = settings.grpc_host or http_listen_host() or "0.0.0.0"
             self._grpc = await start_grpc_server(self.plane, host, settings.grpc_port)
@@ -149,7 +151,7 @@ class Chorus:
 
     @bentoml.on_shutdown
     async def _stop_periodic_tasks(self) -> None:
-        for task in (self._trimming, self._expiring):
+        for task in (self._trimming, self._expiring, self._adopting):
             if task is not None:
                 task.cancel()
 

@@ -111,6 +111,27 @@ async def expire_periodically(store: JobStore, keep_hours: float | None, metrics
         await asyncio.sleep(min(600.0, *(keep / 20 for keep in keeps if keep is not None)))
 
 
+ADOPT_SECONDS = 30.0
+"""How often each API worker looks for orphaned jobs (JobRunner.orphans): the longest a job whose
+pod went away waits for another to take it up."""
+
+
+async def adopt_orphans_periodically(runner: JobRunner, every: float = ADOPT_SECONDS) -> None:
+    """Start here, every `every` seconds, the jobs no process means to run (JobRunner.orphans); the
+    workers that find one at once each follow it, and the job's lock lets one run it."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            orphans = await asyncio.to_thread(runner.orphans)  # a flock per unfinished job: the file system's time
+        except Exception:  # one pass failing (a file system error) must not end the adoption for good
+            log.exception("looking for orphaned jobs failed; trying again later")
+            continue
+        if orphans:
+            log.info("taking up %d job(s) no worker meant to run any more: %s", len(orphans), ", ".join(orphans))
+            for job_id in orphans:
+                runner.start(job_id)
+
+
 def model_info(model: AudioClassifier) -> ModelInfo:
     config = model.frontend.config
     return ModelInfo(model.info["name"], model.info["version"], tuple(model.labels), low_hz=config.f_min, high_hz=config.f_max)
@@ -159,7 +180,26 @@ class JobRunner:
                 self.start(job_id)
         count_jobs(self.store, self.plane.metrics)
 
+    def orphans(self) -> list[str]:
+        """The unfinished jobs no process means to run (JobStore.followed), oldest first, each left
+        running queued again: their worker stopped for good (a pod scaled down or lost: its jobs wait
+        for no restart) or its run failed to write its final state. None while this server stops."""
+        found = []
+        for _, job_id in self.store.listing_keys(unfinished_only=True):
+            if self._stopping.is_set():
+                return []
+            with contextlib.suppress(FileNotFoundError):  # deleted, or finished and deleted, meanwhile
+                if self.store.status(job_id) not in FINISHED and not self.store.followed(job_id):
+                    self.store.requeue_if_abandoned(job_id)
+                    found.append(job_id)
+        return found
+
     async def run(self, job_id: str) -> JobState:
+        try:
+            # Held until the run ends: while any process holds it the job is not an orphan.
+            followers = await asyncio.to_thread(self.store.follow, job_id)
+        except FileNotFoundError:
+            return JobState(status="failed", error="the job was deleted")
         try:
             while True:
                 # One job at a time runs here; a job another process holds is waited for outside that
@@ -180,6 +220,8 @@ class JobRunner:
                 await asyncio.sleep(POLL_SECONDS)
         except FileNotFoundError:  # deleted by a client once it had finished elsewhere
             return JobState(status="failed", error="the job was deleted")
+        finally:
+            followers.close()
 
     async def _run(self, job_id: str) -> JobState:
         state = self.store.state(job_id)

@@ -16,6 +16,7 @@ server knows every job's state and resumes the ones it was running.
     <jobs home>/<job id>/out/              the tables of `chorus analyze`, its journal and errors.csv
     <jobs home>/<job id>/cancel            present once a cancel was asked
     <jobs home>/<job id>/lock              held (flock) by the process that runs the job
+    <jobs home>/<job id>/followers         held shared (flock) by every process that means to run the job
     <jobs home>/.deleted-<job id>-<n>/     a deleted job's folder, renamed first so it stops being a
                                            job at once, removed next (or at the next start)
 """
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from analyze.atomic import write_text
 from features import Channels
@@ -485,6 +486,27 @@ class JobStore:
         if name not in self.outputs(job_id):
             raise KeyError(name)
         return self.folder(job_id) / "out" / name
+
+    def follow(self, job_id: str) -> IO[str]:
+        """Say that this process means to run the job, until the file returned is closed (or the
+        process ends): a shared lock on the job's followers file (followed). Blocks for a moment at
+        most, while a `followed` looks."""
+        followers = (self.folder(job_id) / "followers").open("a")
+        try:
+            fcntl.flock(followers, fcntl.LOCK_SH)
+        except BaseException:
+            followers.close()
+            raise
+        return followers
+
+    def followed(self, job_id: str) -> bool:
+        """Whether any process (this one included) means to run the job (follow)."""
+        with (self.folder(job_id) / "followers").open("a") as followers:
+            try:
+                fcntl.flock(followers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False  # the probe's lock goes with its file
 
     @contextmanager
     def running(self, job_id: str) -> Iterator[bool]:

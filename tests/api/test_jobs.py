@@ -907,6 +907,47 @@ async def test_a_cancel_asked_while_a_jobs_files_are_listed_ends_it_before_it_sh
     assert state.status == "cancelled" and saved == ["cancelled"]
 
 
+async def test_a_job_no_process_means_to_run_is_taken_up_by_another(plane, store, root):
+    """A pod scaled down (or lost) leaves its running and queued jobs on the shared volume with no
+    restart coming: the other workers find them (no one follows them) and take them up."""
+    plane.settings.analyze_root = str(root)
+    for job_id in ("was_running", "was_queued", "followed", "finished"):
+        store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("was_running", JobState(status="running", files_total=1))
+    store.save_state("finished", JobState(status="done"))
+    job_runner = JobRunner(store, plane)
+    with store.follow("followed"):  # a live worker waits to run this one
+        assert job_runner.orphans() == ["was_running", "was_queued"]
+        assert store.state("was_running").status == "queued"  # until a worker takes it up
+        assert not store.followed("was_queued")
+        task = job_runner.start("was_queued")
+        for _ in range(500):
+            if store.followed("was_queued"):
+                break
+            await asyncio.sleep(0.01)
+        assert job_runner.orphans() == ["was_running"]  # "was_queued" has a follower now
+        assert (await asyncio.wait_for(task, 10)).status == "done"
+    assert job_runner.orphans() == ["was_running", "followed"]  # its worker went away before running it
+    job_runner.stop()
+    assert job_runner.orphans() == []  # a stopping server takes up nothing
+
+
+async def test_orphans_are_taken_up_periodically(plane, store, root):
+    plane.settings.analyze_root = str(root)
+    store.create("orphan", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    store.save_state("orphan", JobState(status="running"))
+    job_runner = JobRunner(store, plane)
+    adopting = asyncio.create_task(runner.adopt_orphans_periodically(job_runner, every=0.01))
+    try:
+        for _ in range(1000):
+            if store.state("orphan").status == "done":
+                break
+            await asyncio.sleep(0.01)
+        assert store.state("orphan").status == "done"
+    finally:
+        adopting.cancel()
+
+
 async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
     plane.settings.analyze_root = str(root)
     store.create("brief", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
