@@ -177,7 +177,7 @@ async def body_chunks(
     declared = check_content_length(request, limit)
     if in_memory and declared:
         check_body_room(declared)
-    held = size = 0
+    size = 0
     timeout = plane_of(request).settings.read_timeout_seconds if read_timeout is None else read_timeout
     stream = request.stream()
     while True:
@@ -193,9 +193,8 @@ async def body_chunks(
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"{what} passes {limit} bytes, the limit", max_bytes=limit)
-        if in_memory and size > held:
-            hold_body(size - held)
-            held = size
+        if in_memory:
+            hold_body(len(chunk))
         yield chunk
 
 

@@ -117,19 +117,21 @@ pod went away waits for another to take it up."""
 
 
 async def adopt_orphans_periodically(runner: JobRunner, every: float = ADOPT_SECONDS) -> None:
-    """Start here, every `every` seconds, the jobs no process means to run (JobRunner.orphans); the
-    workers that find one at once each follow it, and the job's lock lets one run it."""
+    """Every `every` seconds, while this worker runs no job, start here the oldest job no process
+    means to run (JobRunner.orphans): one at a time, and only when idle, so that a busy worker does
+    not take up (follow) a lost pod's jobs that idle workers would run at once."""
     while True:
         await asyncio.sleep(every)
+        if not runner.idle:
+            continue
         try:
             orphans = await asyncio.to_thread(runner.orphans)  # a flock per unfinished job: the file system's time
         except Exception:  # one pass failing (a file system error) must not end the adoption for good
             log.exception("looking for orphaned jobs failed; trying again later")
             continue
-        if orphans:
-            log.info("taking up %d job(s) no worker meant to run any more: %s", len(orphans), ", ".join(orphans))
-            for job_id in orphans:
-                runner.start(job_id)
+        if orphans and runner.idle:
+            log.info("taking up job %s, which no worker meant to run any more (%d such)", orphans[0], len(orphans))
+            runner.start(orphans[0])
 
 
 def model_info(model: AudioClassifier) -> ModelInfo:
@@ -179,6 +181,11 @@ class JobRunner:
                 self.store.requeue_if_abandoned(job_id)
                 self.start(job_id)
         count_jobs(self.store, self.plane.metrics)
+
+    @property
+    def idle(self) -> bool:
+        """No job runs here, nor waits for its turn to."""
+        return not self._one_at_a_time.locked()
 
     def orphans(self) -> list[str]:
         """The unfinished jobs no process means to run (JobStore.followed), oldest first, each left

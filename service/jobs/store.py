@@ -382,7 +382,8 @@ class JobStore:
                 (self._unfinished / folder.name).touch()
             listed.add(folder.name)
             counts[status] += 1
-        self._finished = {job_id: status for job_id, status in self._finished.items() if job_id in listed}  # the deleted forgotten
+        # The deleted forgotten. A copy of the items: status() in another thread (a listing, the orphans' look) may add one meanwhile.
+        self._finished = {job_id: status for job_id, status in list(self._finished.items()) if job_id in listed}
         return counts
 
     def ask_cancel(self, job_id: str) -> None:

@@ -195,14 +195,14 @@ async def test_a_path_the_file_system_cannot_hold_is_a_422(gate, bentoml_tasks, 
     assert bentoml_tasks.bodies == []
 
 
-@pytest.mark.parametrize("path", ["loop", "loop/x.wav", "loop/inner"])
+@pytest.mark.parametrize("path", ["circle", "circle/x.wav", "circle/inner"])
 async def test_a_loop_of_links_is_a_clear_4xx_not_a_500(gate, bentoml_tasks, root, path):
-    (root / "loop").mkdir()
-    (root / "loop" / "x.wav").symlink_to("x.wav")  # resolve() raises RuntimeError on it
-    (root / "loop" / "inner").mkdir()
-    (root / "loop" / "inner" / "y.wav").symlink_to("y.wav")
+    (root / "circle").mkdir()
+    (root / "circle" / "x.wav").symlink_to("x.wav")  # resolve() raises RuntimeError on it
+    (root / "circle" / "inner").mkdir()
+    (root / "circle" / "inner" / "y.wav").symlink_to("y.wav")
     response = await gate.post("/analyze/submit", json={"path": path})
-    assert response.status_code in (403, 422) and "loop" in response.json()["error"]["message"], response.text
+    assert response.status_code in (403, 422) and "round a loop" in response.json()["error"]["message"], response.text
     assert bentoml_tasks.bodies == []
 
 
@@ -911,8 +911,9 @@ async def test_a_job_no_process_means_to_run_is_taken_up_by_another(plane, store
     """A pod scaled down (or lost) leaves its running and queued jobs on the shared volume with no
     restart coming: the other workers find them (no one follows them) and take them up."""
     plane.settings.analyze_root = str(root)
-    for job_id in ("was_running", "was_queued", "followed", "finished"):
+    for i, job_id in enumerate(("was_running", "was_queued", "followed", "finished")):
         store.create(job_id, JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+        os.utime(store.folder(job_id) / "job.json", ns=(i * 10**9, i * 10**9))  # the order, whatever the clock's tick
     store.save_state("was_running", JobState(status="running", files_total=1))
     store.save_state("finished", JobState(status="done"))
     job_runner = JobRunner(store, plane)
@@ -946,6 +947,19 @@ async def test_orphans_are_taken_up_periodically(plane, store, root):
         assert store.state("orphan").status == "done"
     finally:
         adopting.cancel()
+
+
+async def test_a_busy_worker_leaves_orphans_to_idle_ones(plane, store, root):
+    """Followed by a worker two hours into another job, a lost pod's job would wait those two hours
+    while idle workers, seeing it followed, left it alone."""
+    plane.settings.analyze_root = str(root)
+    store.create("orphan", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
+    job_runner = JobRunner(store, plane)
+    async with job_runner._one_at_a_time:  # this worker runs a long job
+        adopting = asyncio.create_task(runner.adopt_orphans_periodically(job_runner, every=0.01))
+        await asyncio.sleep(0.1)  # ten of its looks
+        adopting.cancel()
+        assert not store.followed("orphan") and job_runner._running == {}
 
 
 async def test_a_runner_forgets_the_jobs_it_has_run(plane, store, root):
