@@ -126,6 +126,13 @@ class ServiceSettings(BaseSettings):
     max_job_upload_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest recording uploaded for an analysis job, in bytes (413 while it streams)."
     )
+    min_job_upload_bytes_per_second: float = Field(
+        16 * 1024,
+        gt=0,
+        description="Slowest average rate a job's upload may arrive at, counted from its start once it has run for read_timeout_seconds;"
+        " 408 under it. Uploads have no overall timeout (a large one takes as long as the link needs): this ends one that trickles"
+        " a byte at a time while it holds one of max_pending_uploads.",
+    )
     max_pending_uploads: int = Field(
         32,
         ge=1,

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -167,11 +168,17 @@ def check_content_length(request: Request, limit: int) -> int | None:
 
 
 async def body_chunks(
-    request: Request, limit: int, what: str = "the request body", read_timeout: float | None = None, in_memory: bool = True
+    request: Request,
+    limit: int,
+    what: str = "the request body",
+    read_timeout: float | None = None,
+    in_memory: bool = True,
+    min_rate: float | None = None,
 ) -> AsyncIterator[bytes]:
     """The body as it arrives: 413 as soon as it passes `limit` bytes (whatever Content-Length
     said), 408 when no part of it arrives for the read timeout (the settings' unless given), 499
-    when the client goes away first. in_memory: the caller keeps the chunks (not a stream to disk),
+    when the client goes away first, and 408 when, after the read timeout, it has arrived at under
+    `min_rate` bytes a second on average (None: any rate). in_memory: the caller keeps the chunks (not a stream to disk),
     so they count against the worker's bytes of bodies in flight (service.admission.hold_body) as
     they arrive, a declared length that would not fit being refused before any of it is read."""
     declared = check_content_length(request, limit)
@@ -179,6 +186,7 @@ async def body_chunks(
         check_body_room(declared)
     size = 0
     timeout = plane_of(request).settings.read_timeout_seconds if read_timeout is None else read_timeout
+    started = time.monotonic()
     stream = request.stream()
     while True:
         try:
@@ -195,6 +203,10 @@ async def body_chunks(
             raise PayloadTooLarge(f"{what} passes {limit} bytes, the limit", max_bytes=limit)
         if in_memory:
             hold_body(len(chunk))
+        if min_rate is not None and (elapsed := time.monotonic() - started) > timeout and size < min_rate * elapsed:
+            raise RequestTimeout(
+                f"{what} arrives at {size / elapsed:.0f} bytes/s on average, under the {min_rate:g} accepted; send it over a faster link"
+            )
         yield chunk
 
 

@@ -151,7 +151,10 @@ async def upload(request: Request) -> Response:
     try:
         out = await asyncio.to_thread(target.open, "wb")
         try:
-            async for chunk in body_chunks(request, limit, "the upload (a job's recording)", in_memory=False):
+            chunks = body_chunks(
+                request, limit, "the upload (a job's recording)", in_memory=False, min_rate=plane.settings.min_job_upload_bytes_per_second
+            )
+            async for chunk in chunks:
                 size += len(chunk)
                 await asyncio.to_thread(out.write, chunk)
         finally:

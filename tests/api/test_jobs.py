@@ -126,6 +126,23 @@ async def test_an_upload_keeps_a_site_name_in_any_script(http, store, wav):
     assert (store.upload_path(response.json()["upload_id"]) / name).read_bytes() == wav
 
 
+async def test_an_upload_that_trickles_is_ended_and_leaves_nothing(http, plane, store, wav):
+    """Uploads have no overall timeout (a large one takes as long as the link needs); a byte now and
+    then, each inside the read timeout, would otherwise hold a pending upload's place for ever."""
+    plane.settings.read_timeout_seconds = 0.2
+    plane.settings.min_job_upload_bytes_per_second = 1000
+
+    async def trickle():
+        for _ in range(40):
+            yield b"\0" * 10
+            await asyncio.sleep(0.02)
+
+    response = await http.post("/jobs/uploads", params={"name": "a.wav"}, content=trickle())
+    assert response.status_code == 408 and "bytes/s on average, under the 1000 accepted" in response.json()["error"]["message"]
+    assert list((store.home / "uploads").iterdir()) == []
+    assert (await http.post("/jobs/uploads", params={"name": "a.wav"}, content=wav)).status_code == 201
+
+
 async def test_an_upload_over_the_limit_is_refused_while_it_streams_and_leaves_nothing(http, plane, store):
     plane.settings.max_job_upload_bytes = 100_000
     sent = 0
