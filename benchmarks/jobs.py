@@ -9,8 +9,9 @@ what interactive traffic leaves).
 Then, in a jobs folder that keeps 10,000 finished jobs (no CHORUS_JOBS_KEEP_HOURS): a submission's
 count against CHORUS_MAX_UNFINISHED_JOBS through the index of unfinished jobs, against a read of
 every job's state (what the count and the jobs gauge's recount at each job's start and end were
-before); the gauge's recount now (the finished states read once); and GET /jobs's work for every
-job unpaged, its default page, a page of 100, and the queued and running jobs.
+before); the gauge's recount now (the finished states read once); the sweep of half-made job
+folders and the look for orphaned jobs; and GET /jobs's work for every job unpaged, its default
+page, a page of 100, and the queued and running jobs.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def with_kept_jobs(kept: int, unfinished: int = 8) -> dict:
         every_state = _median_ms(lambda: JobStore(Path(folder)).counts())  # a fresh store reads every state
         store.counts()
         gauge = _median_ms(store.counts)  # then only the unfinished ones
+        sweep = _median_ms(store.sweep_half_made)  # each worker's start and expiry pass
+        orphans = _median_ms(store.orphans)  # each idle worker's look, every 30 s
         listings = {
             name: _median_ms(lambda listing=listing: job_page(store, listing), repeats=3)
             for name, listing in [
@@ -105,5 +108,7 @@ def with_kept_jobs(kept: int, unfinished: int = 8) -> dict:
         "every_state_read_ms": every_state,
         "ratio": round(every_state / max(index, 0.01), 1),
         "gauge_recount_ms": gauge,
+        "half_made_sweep_ms": sweep,
+        "orphans_look_ms": orphans,
         "list_jobs_ms": listings,
     }

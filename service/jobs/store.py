@@ -516,6 +516,18 @@ class JobStore:
                 return True
             return False  # the probe's lock goes with its file
 
+    def orphans(self) -> list[str]:
+        """The unfinished jobs no process means to run (followed), oldest first, each left running
+        queued again: their worker stopped for good (a pod scaled down or lost: its jobs wait for no
+        restart) or its run failed to write its final state."""
+        found = []
+        for _, job_id in self.listing_keys(unfinished_only=True):
+            with contextlib.suppress(FileNotFoundError):  # deleted, or finished and deleted, meanwhile
+                if self.status(job_id) not in FINISHED and not self.followed(job_id):
+                    self.requeue_if_abandoned(job_id)
+                    found.append(job_id)
+        return found
+
     @contextmanager
     def running(self, job_id: str) -> Iterator[bool]:
         """Whether this process may run the job: a lock on the job folder, held while it runs."""
