@@ -112,13 +112,13 @@ async def expire_periodically(store: JobStore, keep_hours: float | None, metrics
 
 
 ADOPT_SECONDS = 30.0
-"""How often each API worker looks for orphaned jobs (JobRunner.orphans): the longest a job whose
+"""How often each API worker looks for orphaned jobs (JobStore.orphans): the longest a job whose
 pod went away waits for another to take it up."""
 
 
 async def adopt_orphans_periodically(runner: JobRunner, every: float = ADOPT_SECONDS) -> None:
     """Every `every` seconds, while this worker runs no job, start here the oldest job no process
-    means to run (JobRunner.orphans): one at a time, and only when idle, so that a busy worker does
+    means to run (JobStore.orphans): one at a time, and only when idle, so that a busy worker does
     not take up (follow) a lost pod's jobs that idle workers would run at once."""
     while True:
         await asyncio.sleep(every)
