@@ -93,6 +93,22 @@ def _held(lock_file: Path) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _tried(lock_file: Path) -> Iterator[bool]:
+    """Whether an exclusive lock (flock) on lock_file was free, taken for the block when it was.
+    Never waits: for the event loop too."""
+    with lock_file.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class TooManyUploads(Exception):
     """The uploads no job has taken are at their limit; the argument: how many wait."""
 
@@ -263,12 +279,11 @@ class JobStore:
             ]
         for folder in maybe:
             # FileNotFoundError: made into a job and deleted, or swept by another process, meanwhile.
-            with contextlib.suppress(FileNotFoundError, BlockingIOError):
+            with contextlib.suppress(FileNotFoundError):
                 if time.time() - _last_written(folder) < older_than:  # before the lock file is opened (made)
                     continue
-                with (folder / "lock").open("a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: being made now
-                    if _is_job(folder):
+                with self.running(folder.name) as free:
+                    if not free or _is_job(folder):  # being made now, or made meanwhile
                         continue
                     upload_id = (folder / "upload").read_text().strip() if (folder / "upload").is_file() else ""
                     back = self.home / "uploads" / upload_id
@@ -509,12 +524,8 @@ class JobStore:
 
     def followed(self, job_id: str) -> bool:
         """Whether any process (this one included) means to run the job (follow)."""
-        with (self.folder(job_id) / "followers").open("a") as followers:
-            try:
-                fcntl.flock(followers, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            return False  # the probe's lock goes with its file
+        with _tried(self.folder(job_id) / "followers") as nobody:
+            return not nobody
 
     def orphans(self) -> list[str]:
         """The unfinished jobs no process means to run (followed), oldest first, each left running
@@ -531,16 +542,8 @@ class JobStore:
     @contextmanager
     def running(self, job_id: str) -> Iterator[bool]:
         """Whether this process may run the job: a lock on the job folder, held while it runs."""
-        with open(self.folder(job_id) / "lock", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with _tried(self.folder(job_id) / "lock") as mine:
+            yield mine
 
 
 class JobsFolderError(Exception):
