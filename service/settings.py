@@ -126,6 +126,19 @@ class ServiceSettings(BaseSettings):
     max_job_upload_bytes: int = Field(
         8 * 1024**3, ge=1, description="Largest recording uploaded for an analysis job, in bytes (413 while it streams)."
     )
+    max_job_audio_seconds: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Longest recording an analysis job decodes, in seconds, checked on the header and while decoding: a longer"
+        " one is a failed file in the job's errors table, the others go on. Bytes do not bound it (a FLAC of silence"
+        " decodes to days from megabytes). Default: a week.",
+    )
+    max_job_audio_samples: int = Field(
+        7 * 24 * 3600 * 48_000 * 2,
+        ge=1,
+        description="Most decoded samples (frames x channels) of one recording an analysis job decodes, checked as"
+        " max_job_audio_seconds is: bounds the decoding work of many channels at a high rate. Default: a week of 48 kHz stereo.",
+    )
     min_job_upload_bytes_per_second: float = Field(
         16 * 1024,
         gt=0,

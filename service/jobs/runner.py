@@ -254,7 +254,12 @@ class JobRunner:
             )
             pipeline = LocalPipeline(
                 self._scorer(job_id, model, state, asyncio.get_running_loop()),
-                FrontEndSpec.of(model.frontend, channels=request.channels),
+                FrontEndSpec.of(
+                    model.frontend,
+                    channels=request.channels,
+                    max_seconds=self.plane.settings.max_job_audio_seconds,
+                    max_samples=self.plane.settings.max_job_audio_samples,
+                ),
                 workers=1,
                 batch_windows=model.max_batch,
                 background=True,  # decoding on idle CPU time only: interactive requests first

@@ -442,6 +442,25 @@ async def test_a_job_runs_through_the_engine_and_leaves_its_tables(plane, store,
     assert any(s.status == "running" and (s.files_done, s.audio_seconds_done) == (1, 12.0) for s in saved), saved
 
 
+@pytest.mark.parametrize(
+    "limit, container",
+    [("max_job_audio_seconds", "WAV"), ("max_job_audio_samples", "FLAC")],
+)
+async def test_a_recording_past_the_jobs_decoded_limits_fails_alone_and_says_what_is_accepted(plane, store, root, limit, container):
+    """Bytes do not bound decoding (a FLAC of silence holds days in megabytes): a job's recordings are
+    held to a decoded length, and one past it is a failed file, not hours of a core."""
+    plane.settings.analyze_root = str(root)
+    setattr(plane.settings, limit, 8.0 if limit == "max_job_audio_seconds" else 8 * 16_000)
+    suffix = container.lower()
+    (root / "site1" / f"20240517_063000.{suffix}").write_bytes(encode(np.zeros(16_000 * 12, np.float32), 16_000, container, "PCM_16"))
+    store.create("job9", JobRequest(sources=[str(root / "site1")], formats=["csv"], min_confidence=0.0))
+    state = await JobRunner(store, plane).run("job9")
+    assert state.status == "done", state.error
+    assert state.summary["files_ok"] == 1 and state.summary["files_failed"] == 1
+    errors = store.output("job9", "errors.csv").read_text()
+    assert "20240517_063000" in errors and ("at most 8 s is accepted" in errors or "at most 128,000 are accepted" in errors), errors
+
+
 @pytest.mark.timeout(60)  # a FIFO opened for its header would wait for a writer for ever
 async def test_links_out_of_the_root_made_after_submission_fail_the_job_and_a_fifo_fails_only_itself(plane, store, root):
     plane.settings.analyze_root = str(root)
