@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".w64"})
 """What folders and globs pick up, compared case-insensitively (AudioMoth writes `.WAV`)."""
 MANIFEST_EXTENSION = ".csv"
 MANIFEST_COLUMN = "path"

@@ -115,12 +115,43 @@ def test_nan_in_a_late_block_is_rejected_after_earlier_windows_were_emitted():
     assert emitted > 0  # checked per block: nothing made the whole recording wait for the check
 
 
-@pytest.mark.parametrize(("container", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("MP3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    ("container", "subtype"),
+    [
+        ("WAV", "PCM_16"),
+        ("WAV", "FLOAT"),
+        ("FLAC", "PCM_16"),
+        ("MP3", "MPEG_LAYER_III"),
+        ("AIFF", "PCM_16"),
+        ("AIFF", "ULAW"),
+        ("AU", "PCM_24"),
+        ("W64", "FLOAT"),
+    ],
+)
 def test_a_file_cut_short_is_refused_as_truncated_not_read_as_a_shorter_recording(container, subtype):
     whole = encode(noise(6.0), 16_000, container, subtype)
     assert len(FrontEnd().analyze(whole).windows.features) >= 1  # the whole file is fine
     with pytest.raises(CorruptAudioError, match=r"file is truncated: its header declares 6.00 s"):
         FrontEnd().analyze(whole[: len(whole) // 3])
+
+
+@pytest.mark.parametrize("container", ["AU", "W64"])
+def test_a_header_that_claims_no_length_is_read_as_far_as_it_goes(container):
+    """AU's 'unknown' size (0xFFFFFFFF) and a W64 data chunk whose size was never written (0): a
+    recorder that streamed and never closed the file. No claim, so no truncation."""
+    data = bytearray(encode(noise(6.0), 16_000, container, "PCM_16"))
+    if container == "AU":
+        data[8:12] = (0xFFFFFFFF).to_bytes(4, "big")
+    else:
+        at = data.index(b"data") + 16
+        data[at : at + 8] = (0).to_bytes(8, "little")
+    assert len(FrontEnd().analyze(bytes(data[: len(data) // 2])).windows.features) >= 1
+
+
+@pytest.mark.parametrize("container", ["CAF", "VOC", "IRCAM"])
+def test_a_container_libsndfile_reads_but_nothing_here_checks_is_refused_saying_what_is_accepted(container):
+    with pytest.raises(UnsupportedFormatError, match=r"accepted: WAV, FLAC, .*AIFF"):
+        FrontEnd().analyze(encode(noise(1.0), 16_000, container, "PCM_16"))
 
 
 def test_a_decode_error_gives_the_decoder_reason_without_python_object_names():

@@ -115,7 +115,7 @@ def test_a_glob_matching_nothing_is_an_error_naming_it(tmp_path):
 
 def test_no_audio_at_all_is_an_error(tmp_path):
     touch(tmp_path / "notes.txt")
-    with pytest.raises(SourceError, match=r"no audio files \(\.flac .* \.wav, in any case\) found in"):
+    with pytest.raises(SourceError, match=r"no audio files \(\.aif .* \.wav, in any case\) found in"):
         expand_sources([tmp_path])
 
 
