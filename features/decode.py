@@ -138,6 +138,23 @@ def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
     return next(((offset + 4, size) for chunk, offset, size in _wav_chunks(head) if chunk == b"data"), None)
 
 
+def _seek_within(file: io.BufferedReader | io.BytesIO, offset: int, whence: int) -> int:
+    """Seek, with a position before the start taken as the start (as BytesIO takes a relative one).
+
+    A hostile header can have libsndfile ask for a negative position; the error Python raises there
+    is lost inside soundfile's C callback, which prints its traceback to the server's stderr, one
+    per request."""
+    base = 0 if whence == io.SEEK_SET else file.tell() if whence == io.SEEK_CUR else file.seek(0, io.SEEK_END)
+    return file.seek(max(0, base + offset))
+
+
+class _Bytes(io.BytesIO):
+    """An in-memory recording for libsndfile, seeking as _seek_within does."""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return super().seek(max(0, offset) if whence == io.SEEK_SET else offset, whence)  # relative ones stop at 0 already
+
+
 class _DataToTheEnd(io.RawIOBase):
     """A WAV file read as if its `data` size said "to the end of the file" (0xFFFFFFFF).
 
@@ -154,7 +171,7 @@ class _DataToTheEnd(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._file.seek(offset, whence)
+        return _seek_within(self._file, offset, whence)
 
     def tell(self) -> int:
         return self._file.tell()
@@ -286,10 +303,10 @@ class AudioReader:
             head = _read_head(source)
             # As bytes: soundfile encodes a str path strictly as UTF-8, which fails on a name that
             # is not (a Latin-1 name from an old card reads as surrogate escapes).
-            target: bytes | io.BytesIO | _DataToTheEnd = os.fsencode(source)
+            target: bytes | _Bytes | _DataToTheEnd = os.fsencode(source)
         else:
             head = bytes(source[:_HEADER_BYTES])
-            target = io.BytesIO(source)
+            target = _Bytes(source)
         if not head:
             raise EmptyAudioError(f"the audio is empty (0 bytes); a recording is needed, in one of: {_ACCEPTED_TEXT}")
         self._sniffed = _sniff(head)
@@ -301,7 +318,7 @@ class AudioReader:
             )
         data_size = _wav_data_size_at(head) if self._sniffed == "WAV" else None
         if data_size is not None and data_size[1] == 0:
-            raw = io.BytesIO(source) if isinstance(source, bytes) else open(os.fsencode(source), "rb")  # noqa: SIM115 (closed by close())
+            raw = _Bytes(source) if isinstance(source, bytes) else open(os.fsencode(source), "rb")  # noqa: SIM115 (closed by close())
             target = _DataToTheEnd(raw, data_size[0])
         self.max_seconds = max_seconds
         self.max_samples = max_samples

@@ -1,6 +1,6 @@
 """A corpus of malformed audio files, made by the tests (no binaries in the repository).
 
-Each accepted container (WAV, FLAC, OGG/Vorbis, OGG/Opus, MP3) is encoded from a short tone, then
+Each accepted container (WAV, FLAC, OGG/Vorbis, OGG/Opus, MP3, AIFF, AU, W64) is encoded from a short tone, then
 truncated at several offsets, has bytes flipped in its header and in its data, and random bytes
 behind its magic; WAV and FLAC headers are rewritten to claim what the data is not (zero or huge
 lengths, sample rates and channel counts); and a few files are odd on purpose: one sample, NaN and
@@ -51,6 +51,9 @@ def bases() -> dict[str, tuple[bytes, str]]:
         "OGG/Vorbis": (encode(tone(1.0, 22_050), 22_050, "OGG", "VORBIS"), "ogg"),
         "OGG/Opus": (encode(tone(1.0, 48_000), 48_000, "OGG", "OPUS"), "opus"),
         "MP3": (encode(tone(1.0, 44_100), 44_100, "MP3", "MPEG_LAYER_III"), "mp3"),
+        "AIFF": (encode(tone(1.0, 32_000, 2), 32_000, "AIFF", "PCM_24"), "aiff"),
+        "AU": (encode(tone(1.0, 8_000), 8_000, "AU", "ULAW"), "au"),
+        "W64": (encode(tone(1.0, 48_000), 48_000, "W64", "FLOAT"), "w64"),
     }
 
 
