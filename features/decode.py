@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 from soundfile import _ffi, _snd
 
+from features.containers import FAMILIES, declared_data_end, sniff, wav_chunks
 from features.errors import (
     AudioTooLargeError,
     AudioTooLongError,
@@ -56,29 +57,6 @@ class AudioFacts:
     """Container as libsndfile names it, e.g. WAV, FLAC, OGG, MP3."""
 
 
-_W64_RIFF = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"
-"""Sony Wave64's RIFF GUID (its chunks are named by GUIDs whose first four bytes spell the RIFF id)."""
-
-
-def _sniff(head: bytes) -> str | None:
-    """Name the container from its magic bytes, or None when it is none of the accepted ones."""
-    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        return "WAV"
-    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return "AIFF"
-    if head[:4] == b".snd":
-        return "AU"
-    if head[:16] == _W64_RIFF and head[24:28] == b"wave":
-        return "W64"
-    if head[:4] == b"fLaC":
-        return "FLAC"
-    if head[:4] == b"OggS":
-        return "OGG"
-    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
-        return "MP3"
-    return None
-
-
 def _read_into(file: sf.SoundFile, out: np.ndarray) -> int:
     """Decode the next len(out) frames into out (C-contiguous float32); returns the frames read.
 
@@ -112,30 +90,14 @@ _RAW_PCM16_CONTAINERS = frozenset({"WAV", "WAVEX", "RF64", "W64"})
 """Containers whose 16-bit PCM libsndfile hands over as stored (FLAC decodes to int32 either way)."""
 
 
-_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
-"""Data sizes a recorder writes while it streams (or when it died before closing the file): no claim."""
 MP3_FRAME_SLACK = 4 * 1152
 """MP3 lengths in a header are estimates (encoder delay, padding): a shortfall within this many frames
 (plus 1%) is not called truncation."""
 
 
-def _wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """(id, offset, declared size) of each chunk a RIFF/WAVE header holds within `head`, up to `data`;
-    nothing for RF64 and others (no 32-bit sizes to read)."""
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return
-    offset = 12
-    while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
-        yield chunk, offset, size
-        if chunk == b"data":
-            return
-        offset += 8 + size + (size & 1)
-
-
 def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
     """(offset of the `data` chunk's size field, the size it holds) in a RIFF/WAVE header, if found."""
-    return next(((offset + 4, size) for chunk, offset, size in _wav_chunks(head) if chunk == b"data"), None)
+    return next(((offset + 4, size) for chunk, offset, size in wav_chunks(head) if chunk == b"data"), None)
 
 
 def _seek_within(file: io.BufferedReader | io.BytesIO, offset: int, whence: int) -> int:
@@ -189,78 +151,18 @@ class _DataToTheEnd(io.RawIOBase):
         super().close()
 
 
-def _declared_wav_frames(head: bytes) -> int | None:
-    """Frames the WAV header's `data` chunk declares, or None when it claims nothing exact.
-
-    libsndfile clips the declared length to the bytes present, so a truncated WAV reads as a shorter,
-    valid one; the header is the only place the intended length is left.
-    """
-    block_align = 0
-    for chunk, offset, size in _wav_chunks(head):  # RF64 and others: no 32-bit claim to check
-        if chunk == b"fmt " and offset + 22 <= len(head):
-            block_align = int.from_bytes(head[offset + 20 : offset + 22], "little")
-        if chunk == b"data":
-            return size // block_align if block_align and size not in _WAV_UNKNOWN_SIZES else None
-    return None
-
-
-def _declared_aiff_frames(head: bytes) -> int | None:
-    """numSampleFrames of an AIFF/AIFC header's COMM chunk (big-endian chunks, even-padded)."""
-    offset = 12
-    while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "big")
-        if chunk == b"COMM":
-            return int.from_bytes(head[offset + 10 : offset + 14], "big") if offset + 14 <= len(head) else None
-        offset += 8 + size + (size & 1)
-    return None
-
-
-_AU_SAMPLE_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}
-"""Bytes per sample of the AU encodings with fixed-size samples (mu-law, linear 8-32 bit, float, double, A-law)."""
-
-
-def _declared_au_frames(head: bytes) -> int | None:
-    """Frames an AU header's data size declares; None for 'unknown' (0xFFFFFFFF, a stream) or a coded encoding."""
-    if len(head) < 24:
-        return None
-    size, encoding, channels = (int.from_bytes(head[i : i + 4], "big") for i in (8, 12, 20))
-    sample_bytes = _AU_SAMPLE_BYTES.get(encoding)
-    if size == 0xFFFFFFFF or not sample_bytes or not channels:
-        return None
-    return size // (sample_bytes * channels)
-
-
-def _declared_w64_frames(head: bytes) -> int | None:
-    """Frames a Wave64 header's data chunk declares (GUID-named chunks with 64-bit sizes that count
-    their 24-byte header, 8-byte aligned)."""
-    block_align, offset = 0, 40
-    while offset + 24 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 16 : offset + 24], "little")
-        if chunk == b"fmt " and offset + 38 <= len(head):
-            block_align = int.from_bytes(head[offset + 36 : offset + 38], "little")
-        if chunk == b"data":
-            return (size - 24) // block_align if block_align and size >= 24 else None
-        if size < 24:
-            return None
-        offset += (size + 7) & ~7
-    return None
-
-
-_DECLARED_FRAMES = {"WAV": _declared_wav_frames, "AIFF": _declared_aiff_frames, "AU": _declared_au_frames, "W64": _declared_w64_frames}
-"""Containers whose header states the length libsndfile clips to the bytes present: read from the header itself."""
-
-
-def _read_head(path: str | Path) -> bytes:
-    """The first bytes of a regular file; OSError for anything else. Opened without blocking and
+def _read_head(path: str | Path) -> tuple[bytes, int]:
+    """The first bytes of a regular file, and its size; OSError for anything else. Opened without blocking and
     checked before reading: a FIFO or a device named like a recording (`mkfifo x.wav` in a folder)
     would otherwise block the reader, and the run waiting on it, for ever."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         os.close(fd)
         reason = "not a regular file (a folder, FIFO, socket or device): only recordings stored as files are read"
         raise OSError(errno.EINVAL, reason, str(path))
     with os.fdopen(fd, "rb") as file:  # closes fd
-        return file.read(_HEADER_BYTES)
+        return file.read(_HEADER_BYTES), status.st_size
 
 
 RATES = (8_000, 384_000)
@@ -300,30 +202,36 @@ class AudioReader:
         if block_samples < 1:
             raise ValueError(f"block_samples must be >= 1, got {block_samples}")
         if isinstance(source, (str, Path)):
-            head = _read_head(source)
+            head, size = _read_head(source)
             # As bytes: soundfile encodes a str path strictly as UTF-8, which fails on a name that
             # is not (a Latin-1 name from an old card reads as surrogate escapes).
             target: bytes | _Bytes | _DataToTheEnd = os.fsencode(source)
         else:
-            head = bytes(source[:_HEADER_BYTES])
+            head, size = bytes(source[:_HEADER_BYTES]), len(source)
             target = _Bytes(source)
         if not head:
             raise EmptyAudioError(f"the audio is empty (0 bytes); a recording is needed, in one of: {_ACCEPTED_TEXT}")
-        self._sniffed = _sniff(head)
-        if self._sniffed is None:
-            # libsndfile reads twenty-odd more containers; these are the ones checked for a cut file (a
-            # half recording read as the whole says "no birds" for the rest), and fewer parsers face a hostile byte.
+        sniffed = sniff(head)
+        if sniffed is None:  # features/containers.py: why only these
             raise UnsupportedFormatError(
                 f"unsupported audio format (the bytes are not a recognised audio file); accepted: {_ACCEPTED_TEXT}"
             )
-        data_size = _wav_data_size_at(head) if self._sniffed == "WAV" else None
+        self._sniffed = sniffed.name
+        # Half a recording analyzed as if it were the whole would read as an hour without birds.
+        data_end = declared_data_end(sniffed, head)
+        if data_end is not None and data_end > size:
+            raise CorruptAudioError(
+                f"the {sniffed.name} file is truncated: its header declares {data_end:,} bytes, the file holds {size:,} "
+                f"({size / data_end:.0%}); the complete file is needed"
+            )
+        data_size = _wav_data_size_at(head[sniffed.offset :]) if sniffed.name == "WAV" else None
         if data_size is not None and data_size[1] == 0:
             raw = _Bytes(source) if isinstance(source, bytes) else open(os.fsencode(source), "rb")  # noqa: SIM115 (closed by close())
-            target = _DataToTheEnd(raw, data_size[0])
+            target = _DataToTheEnd(raw, sniffed.offset + data_size[0])
         self.max_seconds = max_seconds
         self.max_samples = max_samples
         self._opened = target if isinstance(target, _DataToTheEnd) else None
-        self._declared_frames: int | None = None  # known once the header is read (below)
+        self._declared_frames: int | None = None  # FLAC's and MP3's, once the header is read (below)
         self.frames_decoded = 0
         try:
             self._file = sf.SoundFile(target)
@@ -334,6 +242,11 @@ class AudioReader:
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.format = str(self._file.format)
+        if self.format not in FAMILIES[sniffed.name]:  # the checks above were made for what the bytes first said
+            self.close()
+            raise UnsupportedFormatError(
+                f"the file starts as {sniffed.name} but decodes as {self.format}; accepted, each as itself: {_ACCEPTED_TEXT}"
+            )
         if not RATES[0] <= self.sample_rate <= RATES[1] or not 1 <= self.channels <= MAX_CHANNELS:
             self.close()
             raise UnsupportedFormatError(
@@ -348,17 +261,12 @@ class AudioReader:
         if max_samples is not None and known and header_frames * self.channels > max_samples:
             self.close()
             raise _too_large(header_frames * self.channels, self.channels, max_samples, so_far=False)
-        # The length the file claims, where a cut file still claims its whole length: the WAV, AIFF, AU
-        # and W64 headers' own (libsndfile clips its count to the bytes present), FLAC's stream info, an MP3's length header. Ogg's comes
+        self.header_seconds = header_frames / self.sample_rate if known else None
+        """The duration the header states (None: it states none), before any decoding."""
+        # Frames a cut FLAC or MP3 still claims (its stream info, its length header), checked once
+        # decoded; the other containers' data sizes were checked above, and an Ogg's length comes
         # from its last page, which a cut file still has: no claim.
-        declared_in_head = _DECLARED_FRAMES.get(self._sniffed or "")
-        self._declared_frames = (
-            declared_in_head(head)
-            if declared_in_head is not None
-            else header_frames
-            if known and self._sniffed in ("FLAC", "MP3")
-            else None
-        )
+        self._declared_frames = header_frames if known and sniffed.name in ("FLAC", "MP3") else None
         # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
         self.block_frames = max(1, block_samples // self.channels)
         if known:

@@ -59,10 +59,10 @@ def value(samples, metric: str, **labels: str) -> float:
     return sum(v for (name, sample_labels), v in samples.items() if name == metric and want <= set(sample_labels))
 
 
-def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
-    """Audio -> bytes of a file in the given libsndfile format."""
+def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None, endian: str = "FILE") -> bytes:
+    """Audio -> bytes of a file in the given libsndfile format (and byte order: WAV BIG is RIFX, AU LITTLE 'dns.')."""
     buffer = io.BytesIO()
-    sf.write(buffer, audio, rate, format=fmt, subtype=subtype)
+    sf.write(buffer, audio, rate, format=fmt, subtype=subtype, endian=endian)
     return buffer.getvalue()
 
 

@@ -421,7 +421,7 @@ def build_spec(plane: DataPlane) -> dict[str, Any]:
         "info": {"title": "chorus", "version": "0.1.0", "description": "Bird-call classification and piano-frame generation."},
         "paths": {
             "/classify": _rest(
-                "Classify every 5 s window of a recording (WAV, FLAC, OGG/Vorbis, Opus, MP3; any rate and channels)",
+                "Classify every 5 s window of a recording (WAV, FLAC, OGG/Vorbis, Opus, MP3, AIFF, AU, W64; any rate and channels)",
                 _classify_params(),
                 audio_body,
                 {"description": "detections per window and per species, audio facts, model, timings", **_json(_ref("Classification"))},

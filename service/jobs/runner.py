@@ -13,20 +13,20 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from analyze.detections import DetectionSettings
 from analyze.pipeline import FrontEndSpec, LocalPipeline
 from analyze.records import ModelInfo
 from analyze.run import Progress, RunConfig, Start, Summary, run
 from analyze.sources import expand_sources
+from features.decode import AudioReader
+from features.errors import AudioError
 from service.dataplane import DataPlane
 from service.jobs.store import FINISHED, JobRequest, JobState, JobStore
 from service.jobs.submit import in_client_terms, outside
@@ -48,22 +48,21 @@ class ServerStopping(BaseException):
     """Raised inside a run when the server stops: the job stays running on disk, for the next start."""
 
 
-def audio_seconds(paths: list[Path]) -> float:
-    """Total duration from the files' headers (0 for a file whose header cannot be read, and for
-    anything but a regular file: opening a FIFO would wait for a writer)."""
+def audio_seconds(paths: list[Path], most: float) -> float:
+    """Total duration from the files' headers, each at most `most` (the limit a run holds it to),
+    read as a run opens them (AudioReader: containers checked by their bytes before libsndfile
+    parses them); 0 for a file that would fail, or whose header states no length."""
     total = 0.0
     for path in paths:
-        if not path.is_file():
-            continue
         try:
-            info = sf.info(os.fsencode(path))
-            total += info.frames / info.samplerate if info.frames > 0 else 0.0
-        except (sf.LibsndfileError, RuntimeError, OSError):
+            with AudioReader(path) as reader:
+                total += min(reader.header_seconds or 0.0, most)
+        except (AudioError, OSError):
             continue
     return total
 
 
-def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], float]:
+def job_files(sources: list[str], allowed: list[Path], most_seconds: float) -> tuple[list[Path], float]:
     """The job's files and their audio seconds from the headers. Their links are checked again
     here, at run time: one leading outside the allowed folders may have been made since the
     submission was checked. File-system work that may take a while: run it off the event loop."""
@@ -71,7 +70,7 @@ def job_files(sources: list[str], allowed: list[Path]) -> tuple[list[Path], floa
     escaping = outside(paths, allowed)
     if escaping:
         raise PermissionError(f"{len(escaping)} file(s) of the job lead outside the analyze root, through links made since its submission")
-    return paths, audio_seconds(paths)
+    return paths, audio_seconds(paths, most_seconds)
 
 
 _COUNTING = threading.Lock()
@@ -237,7 +236,7 @@ class JobRunner:
             model = await self.plane.classifier()
             root = self.plane.settings.analyze_root
             allowed = [self.store.home, *([Path(root)] if root else [])]
-            paths, seconds = await asyncio.to_thread(job_files, request.sources, allowed)
+            paths, seconds = await asyncio.to_thread(job_files, request.sources, allowed, self.plane.settings.max_job_audio_seconds)
             if self.store.cancel_asked(job_id):  # asked while a large folder was listed: never shown running
                 raise JobCancelled
             state.status = "running"

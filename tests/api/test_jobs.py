@@ -457,6 +457,8 @@ async def test_a_recording_past_the_jobs_decoded_limits_fails_alone_and_says_wha
     state = await JobRunner(store, plane).run("job9")
     assert state.status == "done", state.error
     assert state.summary["files_ok"] == 1 and state.summary["files_failed"] == 1
+    if limit == "max_job_audio_seconds":  # the progress total counts what a run may decode: 1 s + at most 8 s
+        assert state.audio_seconds_total == 9.0
     errors = store.output("job9", "errors.csv").read_text()
     assert "20240517_063000" in errors and ("at most 8 s is accepted" in errors or "at most 128,000 are accepted" in errors), errors
 
@@ -932,9 +934,9 @@ async def test_a_cancel_asked_while_a_jobs_files_are_listed_ends_it_before_it_sh
     store.create("big", JobRequest(sources=[str(root / "site1")], formats=["csv"]))
     list_files = runner.job_files
 
-    def listed_while_cancelled(sources, allowed):
+    def listed_while_cancelled(sources, allowed, most_seconds):
         store.ask_cancel("big")  # what the cancel route does while the runner holds the job's lock
-        return list_files(sources, allowed)
+        return list_files(sources, allowed, most_seconds)
 
     monkeypatch.setattr(runner, "job_files", listed_while_cancelled)
     saved, save = [], store.save_state

@@ -21,8 +21,10 @@ from features import (
     NormStats,
     UnsupportedFormatError,
     WindowSpan,
+    decode,
     window_count,
 )
+from features.containers import Sniffed
 from features.decode import AudioReader
 from tests.conftest import encode
 
@@ -131,8 +133,93 @@ def test_nan_in_a_late_block_is_rejected_after_earlier_windows_were_emitted():
 def test_a_file_cut_short_is_refused_as_truncated_not_read_as_a_shorter_recording(container, subtype):
     whole = encode(noise(6.0), 16_000, container, subtype)
     assert len(FrontEnd().analyze(whole).windows.features) >= 1  # the whole file is fine
-    with pytest.raises(CorruptAudioError, match=r"file is truncated: its header declares 6.00 s"):
+    # In seconds where the header states frames (FLAC, MP3), in bytes where it states the data's size.
+    declared = "6.00 s" if container in ("FLAC", "MP3") else r"[\d,]+ bytes, the file holds [\d,]+ \(33%\)"
+    with pytest.raises(CorruptAudioError, match=rf"file is truncated: its header declares {declared}"):
         FrontEnd().analyze(whole[: len(whole) // 3])
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _id3(data: bytes) -> bytes:
+    return b"ID3\x03\x00\x00\x00\x00\x00\x64" + bytes(100) + data
+
+
+def _streamed(container: str, data: bytes) -> bytes:
+    """The header a tool writes when it streams to a pipe and cannot seek back to fill in the sizes."""
+    out = bytearray(data)
+    if container == "AIFF":  # sox: FORM, COMM's frames and SSND's size near 2^31
+        at = out.index(b"SSND") + 4
+        out[at : at + 4] = (0x7F000008).to_bytes(4, "big")
+    else:  # W64, ffmpeg: the data chunk's size 2^63 - 1
+        at = out.index(b"data") + 16
+        out[at : at + 8] = (2**63 - 1).to_bytes(8, "little")
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("made", "cut"),
+    [
+        (lambda: encode(noise(3.0), 16_000, "RF64", "PCM_16"), True),  # ds64's 64-bit size
+        (lambda: encode(noise(3.0), 16_000, "WAV", "PCM_16", endian="BIG"), True),  # RIFX
+        (lambda: encode(noise(3.0), 16_000, "W64", "IMA_ADPCM"), True),  # block align is a block, not a frame
+        (lambda: encode(noise(3.0), 16_000, "WAV", "MS_ADPCM"), True),
+        (lambda: encode(noise(3.0), 16_000, "AU", "G721_32"), True),
+        (lambda: encode(noise(3.0), 16_000, "AU", "PCM_16", endian="LITTLE"), True),  # 'dns.'
+        (lambda: _id3(encode(noise(3.0), 16_000, "WAV", "PCM_16")), True),
+        (lambda: _id3(encode(noise(3.0), 16_000, "AIFF", "PCM_16")), True),
+        (lambda: _streamed("AIFF", encode(noise(3.0), 16_000, "AIFF", "PCM_16")), False),
+        (lambda: _streamed("W64", encode(noise(3.0), 16_000, "W64", "PCM_16")), False),
+    ],
+    ids=[
+        "RF64",
+        "RIFX",
+        "W64 IMA ADPCM",
+        "WAV MS ADPCM",
+        "AU G.721",
+        "AU little-endian",
+        "ID3 + WAV",
+        "ID3 + AIFF",
+        "AIFF sox streamed",
+        "W64 ffmpeg streamed",
+    ],
+)
+def test_whole_files_decode_and_cut_ones_are_refused_whatever_the_codec_or_the_writer(tmp_path, made, cut):
+    """The check reads the data's size from the header, not a frame count: ADPCM and G.72x count
+    blocks, not frames. A writer streaming to a pipe leaves a marker instead of a size: no claim."""
+    data = made()
+    path = tmp_path / "recording.bin"
+    path.write_bytes(data)
+    assert len(FrontEnd().analyze(path).windows.features) >= 1
+    path.write_bytes(_cut(data))
+    if cut:
+        with pytest.raises(CorruptAudioError, match="truncated"):
+            FrontEnd().analyze(path)
+    else:
+        assert len(FrontEnd().analyze(path).windows.features) >= 1
+
+
+def test_an_mp3_whose_frames_start_after_junk_is_found_by_its_frames(tmp_path):
+    """Zero padding or a stream captured mid-frame before the first frame header: two frame headers
+    a frame apart say MPEG audio, as libsndfile finds it when it reads the file."""
+    mp3 = encode(noise(3.0), 16_000, "MP3", "MPEG_LAYER_III")
+    for name, data in {"padded": bytes(500) + mp3, "mid-frame": mp3[1001:]}.items():
+        (tmp_path / f"{name}.mp3").write_bytes(data)
+        assert len(FrontEnd().analyze(tmp_path / f"{name}.mp3").windows.features) >= 1, name
+
+
+def test_a_container_libsndfile_reads_as_another_than_its_bytes_named_is_refused(monkeypatch):
+    """The checks made on the first bytes hold only for the container they name; should libsndfile
+    find another behind them (it reads some containers behind an ID3 tag), the file is refused."""
+    monkeypatch.setattr(decode, "sniff", lambda head: Sniffed("FLAC"))
+    with pytest.raises(UnsupportedFormatError, match="starts as FLAC but decodes as WAV"):
+        FrontEnd().analyze(encode(noise(1.0), 16_000, "WAV", "PCM_16"))
+    id3_then_caf = _id3(encode(noise(1.0), 16_000, "CAF", "PCM_16"))
+    monkeypatch.undo()
+    with pytest.raises(AudioError):
+        FrontEnd().analyze(id3_then_caf)
 
 
 @pytest.mark.parametrize("container", ["AU", "W64"])

@@ -1,0 +1,205 @@
+"""What a recording's first bytes say: which container it is, where it starts, and where its header
+says the audio data ends. Pure byte parsing, before libsndfile sees the file.
+
+Only the containers named here are opened: each is one whose cut copy can be told from a whole one
+(libsndfile clips a header's length to the bytes present, so a cut WAV, AIFF, AU or W64 reads as a
+shorter valid file; FLAC and MP3 keep their stated length, checked after decoding), and libsndfile's
+twenty-odd other parsers never meet a hostile byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+FAMILIES = {
+    "WAV": frozenset({"WAV", "WAVEX", "RF64"}),
+    "AIFF": frozenset({"AIFF"}),
+    "AU": frozenset({"AU"}),
+    "W64": frozenset({"W64"}),
+    "FLAC": frozenset({"FLAC"}),
+    "OGG": frozenset({"OGG"}),
+    "MP3": frozenset({"MP3"}),
+}
+"""Each container sniffed here -> the major formats libsndfile may name it by once opened."""
+
+WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+"""Data sizes a recorder writes while it streams (or when it died before closing the file): no claim."""
+_STREAMED_32 = range(0x7F000000, 0x7F000100)
+"""The 32-bit sizes sox writes into an AIFF header it streams to a pipe (it cannot seek back): no claim."""
+_W64_RIFF = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"
+"""Sony Wave64's RIFF GUID (its chunks are named by GUIDs whose first four bytes spell the RIFF id)."""
+_W64_HEADER = 24
+"""Bytes of a Wave64 chunk's GUID and size; its size counts them."""
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """A container recognised by its magic bytes."""
+
+    name: str
+    """WAV, AIFF, AU, W64, FLAC, OGG or MP3 (keys of FAMILIES)."""
+    offset: int = 0
+    """Where the container starts in the file: after an ID3 tag put in front of a WAV or AIFF."""
+
+
+def sniff(head: bytes) -> Sniffed | None:
+    """The container the first bytes name, or None when they name none of the accepted ones."""
+    name = _magic(head)
+    if name is not None:
+        return Sniffed(name)
+    if head[:3] == b"ID3":
+        after = _id3_end(head)
+        inner = _magic(head[after:]) if after < len(head) else None
+        # Some tools put an ID3 tag in front of a WAV or AIFF; libsndfile reads the container behind it.
+        return Sniffed(inner, after) if inner is not None else Sniffed("MP3")
+    if _mpeg_frames_at(head) is not None:  # junk, padding or an APE tag before the first frame
+        return Sniffed("MP3")
+    return None
+
+
+def _magic(head: bytes) -> str | None:
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "WAV"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "AIFF"
+    if head[:4] in (b".snd", b"dns."):
+        return "AU"
+    if head[:16] == _W64_RIFF and head[24:28] == b"wave":
+        return "W64"
+    if head[:4] == b"fLaC":
+        return "FLAC"
+    if head[:4] == b"OggS":
+        return "OGG"
+    if head[:1] == b"\xff" and head[1:2] >= b"\xe0":  # a frame sync at the start, as before any check of its fields
+        return "MP3"
+    return None
+
+
+def _id3_end(head: bytes) -> int:
+    """Bytes an ID3v2 tag at the start takes: 10, its sync-safe size, and a footer if flagged."""
+    size = 0
+    for byte in head[6:10]:
+        size = (size << 7) | (byte & 0x7F)
+    return 10 + size + (10 if len(head) > 5 and head[5] & 0x10 else 0)
+
+
+# MPEG audio frame headers: kbit/s by (MPEG-1?, layer) and bitrate index 1-14; Hz by version.
+_KBPS = {
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_HZ = {3: (44_100, 48_000, 32_000), 2: (22_050, 24_000, 16_000), 0: (11_025, 12_000, 8_000)}
+
+
+def _mpeg_header(head: bytes, at: int) -> tuple[int, int, int] | None:
+    """(frame length in bytes, version, rate) of a valid MPEG audio frame header at `at`, else None."""
+    if at + 4 > len(head) or head[at] != 0xFF or head[at + 1] & 0xE0 != 0xE0:
+        return None
+    version, layer_bits = (head[at + 1] >> 3) & 3, (head[at + 1] >> 1) & 3
+    bitrate_index, rate_index, padding = head[at + 2] >> 4, (head[at + 2] >> 2) & 3, (head[at + 2] >> 1) & 1
+    if version == 1 or layer_bits == 0 or not 1 <= bitrate_index <= 14 or rate_index == 3:
+        return None  # reserved, or free format (no length to follow)
+    layer, mpeg1 = 4 - layer_bits, version == 3
+    bits_per_second, rate = _KBPS[mpeg1, layer][bitrate_index - 1] * 1000, _HZ[version][rate_index]
+    if layer == 1:
+        return (12 * bits_per_second // rate + padding) * 4, version, rate
+    per_frame = 72 if layer == 3 and not mpeg1 else 144
+    return per_frame * bits_per_second // rate + padding, version, rate
+
+
+def _mpeg_frames_at(head: bytes) -> int | None:
+    """Where, in `head`, a frame header is followed by another of the same stream: MPEG audio."""
+    at = head.find(b"\xff")
+    while at != -1:
+        first = _mpeg_header(head, at)
+        if first is not None:
+            second = _mpeg_header(head, at + first[0])
+            if second is not None and second[1:] == first[1:]:
+                return at
+        at = head.find(b"\xff", at + 1)
+    return None
+
+
+def declared_data_end(sniffed: Sniffed, head: bytes) -> int | None:
+    """The byte offset, in the file, where the header says the audio data ends; None where it makes
+    no claim (a stream's marker, RF64's 64-bit sizes, a chunk beyond `head`) or states lengths in
+    frames (FLAC, MP3) or pages (Ogg). A file shorter than this was cut."""
+    body = head[sniffed.offset :]
+    end = {"WAV": _wav_data_end, "AIFF": _aiff_data_end, "AU": _au_data_end, "W64": _w64_data_end}.get(sniffed.name, _no_claim)(body)
+    return None if end is None else sniffed.offset + end
+
+
+def _no_claim(head: bytes) -> None:
+    return None
+
+
+def wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(id, offset, declared size) of each chunk a RIFF/WAVE header holds within `head`, up to `data`;
+    nothing for RF64 and others (no 32-bit sizes to read)."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        yield chunk, offset, size
+        if chunk == b"data":
+            return
+        offset += 8 + size + (size & 1)
+
+
+def _wav_data_end(head: bytes) -> int | None:
+    """The data chunk's end. RIFX is RIFF with big-endian sizes; RF64 puts the data's size in its
+    ds64 chunk (64 bits, for recordings past 4 GiB) and 0xFFFFFFFF in the data chunk's own."""
+    order: Literal["big", "little"] = "big" if head[:4] == b"RIFX" else "little"
+    large = head[:4] == b"RF64"
+    offset, ds64_data_size = 12, None
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], order)
+        if chunk == b"ds64" and large and offset + 24 <= len(head):
+            ds64_data_size = int.from_bytes(head[offset + 16 : offset + 24], "little")
+        if chunk == b"data":
+            if large:
+                return offset + 8 + ds64_data_size if ds64_data_size and ds64_data_size < 1 << 62 else None
+            return offset + 8 + size if size not in WAV_UNKNOWN_SIZES else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
+def _aiff_data_end(head: bytes) -> int | None:
+    """The SSND chunk's end: its size, not COMM's frame count, which counts packets for ima4."""
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "big")
+        if chunk == b"SSND":
+            return offset + 8 + size if size != 0 and size not in _STREAMED_32 else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
+def _au_data_end(head: bytes) -> int | None:
+    """Data offset + data size ('.snd' big-endian, 'dns.' little); 0xFFFFFFFF says 'unknown'."""
+    if len(head) < 12:
+        return None
+    order: Literal["big", "little"] = "big" if head[:4] == b".snd" else "little"
+    offset, size = int.from_bytes(head[4:8], order), int.from_bytes(head[8:12], order)
+    return offset + size if size != 0xFFFFFFFF else None
+
+
+def _w64_data_end(head: bytes) -> int | None:
+    """The data chunk's end (GUID-named chunks, 64-bit sizes counting their header, 8-byte aligned).
+    ffmpeg streaming to a pipe writes 2^63 - 1, sox a size under the header's own: no claim."""
+    offset = 40
+    while offset + _W64_HEADER <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 16 : offset + 24], "little")
+        if size < _W64_HEADER or size >= 1 << 62:
+            return None
+        if chunk == b"data":
+            return offset + size
+        offset += (size + 7) & ~7
+    return None
