@@ -1,5 +1,6 @@
-"""Headers rewritten at random, for the containers whose length chorus reads from the header itself
-(WAV, AIFF, AU, W64): each is decoded or refused with a typed AudioError, never another exception,
+"""Headers rewritten at random, for the containers whose data size chorus reads from the header itself
+(WAV, RF64, RIFX, AIFF, AU, W64) and MP3 (found by its frame headers): each is decoded or refused
+with a typed AudioError, never another exception,
 and nothing is printed from inside libsndfile's callbacks (an error raised there is lost, and its
 traceback lands on the server's stderr, one per request)."""
 
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features import AudioError, FrontEnd
+from features.containers import declared_data_end, sniff
 from tests.conftest import encode
 
 _TONE = (0.3 * np.sin(np.arange(4_000) * 0.3)).astype(np.float32)
@@ -21,6 +23,9 @@ _FILES = {
     "AIFF": encode(_TONE, 8_000, "AIFF", "PCM_16"),
     "AU": encode(_TONE, 8_000, "AU", "PCM_16"),
     "W64": encode(_TONE, 8_000, "W64", "PCM_16"),
+    "RF64": encode(_TONE, 8_000, "RF64", "PCM_16"),
+    "RIFX": encode(_TONE, 8_000, "WAV", "PCM_16", endian="BIG"),
+    "MP3": encode(_TONE, 8_000, "MP3", "MPEG_LAYER_III"),
 }
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 _HOSTILE_WORDS = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x18", b"\x01\x00\x00\x00"]
@@ -44,3 +49,17 @@ def test_a_rewritten_header_is_decoded_or_refused_with_an_audio_error(container,
         del data[keep:]
     with contextlib.suppress(AudioError):
         FrontEnd().analyze(bytes(data))
+
+
+@settings(max_examples=2_000, deadline=None, derandomize=True)
+@given(
+    head=st.one_of(st.binary(max_size=512), st.sampled_from(sorted(_FILES)).flatmap(lambda name: st.just(_FILES[name][:64]))),
+    tail=st.binary(max_size=256),
+)
+def test_the_container_parsers_answer_any_bytes(head, tail):
+    """sniff and declared_data_end on any bytes: an answer, no exception, no endless walk."""
+    data = head + tail
+    sniffed = sniff(data)
+    if sniffed is not None:
+        end = declared_data_end(sniffed, data)
+        assert end is None or end >= 0
