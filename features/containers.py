@@ -3,8 +3,8 @@ says the audio data ends. Pure byte parsing, before libsndfile sees the file.
 
 Only the containers named here are opened: each is one whose cut copy can be told from a whole one
 (libsndfile clips a header's length to the bytes present, so a cut WAV, AIFF, AU or W64 reads as a
-shorter valid file; FLAC and MP3 keep their stated length, checked after decoding), and libsndfile's
-twenty-odd other parsers never meet a hostile byte.
+shorter valid file; FLAC and MP3 keep their stated length, checked after decoding; an Ogg stream's
+last page says it is the last), and libsndfile's twenty-odd other parsers never meet a hostile byte.
 """
 
 from __future__ import annotations
@@ -203,3 +203,28 @@ def _w64_data_end(head: bytes) -> int | None:
             return offset + size
         offset += (size + 7) & ~7
     return None
+
+
+OGG_TAIL_BYTES = 70_000
+"""Bytes from a file's end that hold its last Ogg page's start (a page is at most 65,307 bytes)."""
+
+
+def ogg_stream_ends(tail: bytes) -> bool:
+    """Whether the last complete Ogg page in `tail` (the file's last bytes) carries the end-of-stream
+    flag, as every finished Ogg file's does. A file cut short, or whose writer stopped before the end,
+    stops at a page without it; libsndfile reads its length from that page and decodes it as shorter."""
+    at = tail.rfind(b"OggS")
+    while at != -1:
+        if _ogg_page_is_whole(tail, at):
+            return bool(tail[at + 5] & 0x04)
+        at = tail.rfind(b"OggS", 0, at)
+    return False
+
+
+def _ogg_page_is_whole(data: bytes, at: int) -> bool:
+    """A page header at `at` (version 0) whose segment table and body lie within `data`."""
+    if at + 27 > len(data) or data[at + 4] != 0:
+        return False
+    count = data[at + 26]
+    table = data[at + 27 : at + 27 + count]
+    return len(table) == count and at + 27 + count + sum(table) <= len(data)

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from soundfile import _ffi, _snd
 
-from features.containers import FAMILIES, declared_data_end, sniff, wav_chunks
+from features.containers import FAMILIES, OGG_TAIL_BYTES, declared_data_end, ogg_stream_ends, sniff, wav_chunks
 from features.errors import (
     AudioTooLargeError,
     AudioTooLongError,
@@ -165,6 +165,15 @@ def _read_head(path: str | Path) -> tuple[bytes, int]:
         return file.read(_HEADER_BYTES), status.st_size
 
 
+def _tail(source: Source, size: int) -> bytes:
+    """The last OGG_TAIL_BYTES of a recording (bytes, or a regular file `size` bytes long)."""
+    if isinstance(source, bytes):
+        return source[-OGG_TAIL_BYTES:]
+    with open(os.fsencode(source), "rb") as file:
+        file.seek(max(0, size - OGG_TAIL_BYTES))
+        return file.read(OGG_TAIL_BYTES)
+
+
 RATES = (8_000, 384_000)
 """Sample rates accepted, in Hz (inclusive): what recorders write, with a bound a hostile header cannot pass."""
 MAX_CHANNELS = 64
@@ -223,6 +232,11 @@ class AudioReader:
             raise CorruptAudioError(
                 f"the {sniffed.name} file is truncated: its header declares {data_end:,} bytes, the file holds {size:,} "
                 f"({size / data_end:.0%}); the complete file is needed"
+            )
+        if sniffed.name == "OGG" and not ogg_stream_ends(_tail(source, size)):
+            raise CorruptAudioError(
+                "the OGG file is truncated: its last page does not end its stream, as a finished Ogg file's does; the complete "
+                "file is needed (one whose writer stopped early reads as far as it goes once remuxed: ffmpeg -i in.ogg -c copy out.ogg)"
             )
         data_size = _wav_data_size_at(head[sniffed.offset :]) if sniffed.name == "WAV" else None
         if data_size is not None and data_size[1] == 0:

@@ -1,5 +1,5 @@
 """Headers rewritten at random, for the containers whose data size chorus reads from the header itself
-(WAV, RF64, RIFX, AIFF, AU, W64) and MP3 (found by its frame headers): each is decoded or refused
+(WAV, RF64, RIFX, AIFF, AU, W64), MP3 (found by its frame headers) and Ogg (its last page): each is decoded or refused
 with a typed AudioError, never another exception,
 and nothing is printed from inside libsndfile's callbacks (an error raised there is lost, and its
 traceback lands on the server's stderr, one per request)."""
@@ -26,6 +26,7 @@ _FILES = {
     "RF64": encode(_TONE, 8_000, "RF64", "PCM_16"),
     "RIFX": encode(_TONE, 8_000, "WAV", "PCM_16", endian="BIG"),
     "MP3": encode(_TONE, 8_000, "MP3", "MPEG_LAYER_III"),
+    "OGG": encode(_TONE, 8_000, "OGG", "VORBIS"),
 }
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 _HOSTILE_WORDS = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x18", b"\x01\x00\x00\x00"]

@@ -222,6 +222,18 @@ def test_a_container_libsndfile_reads_as_another_than_its_bytes_named_is_refused
         FrontEnd().analyze(id3_then_caf)
 
 
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_an_ogg_cut_short_even_at_a_page_boundary_is_refused_as_truncated(subtype):
+    """libsndfile reads an Ogg's length from its last page, so a cut one read as a shorter recording;
+    every finished Ogg stream's last page says it is the last."""
+    whole = encode(noise(6.0), 48_000, "OGG", subtype)
+    assert len(FrontEnd().analyze(whole).windows.features) >= 1
+    last_page = whole.rindex(b"OggS")
+    for cut in (last_page, len(whole) // 2, len(whole) - 1):
+        with pytest.raises(CorruptAudioError, match="OGG file is truncated: its last page does not end its stream"):
+            FrontEnd().analyze(whole[:cut])
+
+
 @pytest.mark.parametrize("container", ["AU", "W64"])
 def test_a_header_that_claims_no_length_is_read_as_far_as_it_goes(container):
     """AU's 'unknown' size (0xFFFFFFFF) and a W64 data chunk whose size was never written (0): a
