@@ -140,13 +140,14 @@ def _no_claim(head: bytes) -> None:
 
 
 def wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """(id, offset, declared size) of each chunk a RIFF/WAVE header holds within `head`, up to `data`;
-    nothing for RF64 and others (no 32-bit sizes to read)."""
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    """(id, offset, declared size) of each chunk a RIFF, RIFX (big-endian sizes) or RF64 WAVE header
+    holds within `head`, up to `data`."""
+    if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
         return
+    order: Literal["big", "little"] = "big" if head[:4] == b"RIFX" else "little"
     offset = 12
     while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], order)
         yield chunk, offset, size
         if chunk == b"data":
             return
@@ -154,20 +155,16 @@ def wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
 
 
 def _wav_data_end(head: bytes) -> int | None:
-    """The data chunk's end. RIFX is RIFF with big-endian sizes; RF64 puts the data's size in its
-    ds64 chunk (64 bits, for recordings past 4 GiB) and 0xFFFFFFFF in the data chunk's own."""
-    order: Literal["big", "little"] = "big" if head[:4] == b"RIFX" else "little"
-    large = head[:4] == b"RF64"
-    offset, ds64_data_size = 12, None
-    while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], order)
-        if chunk == b"ds64" and large and offset + 24 <= len(head):
+    """The data chunk's end. RF64 puts the data's size in its ds64 chunk (64 bits, for recordings
+    past 4 GiB) and 0xFFFFFFFF in the data chunk's own."""
+    ds64_data_size = None
+    for chunk, offset, size in wav_chunks(head):
+        if chunk == b"ds64" and head[:4] == b"RF64" and offset + 24 <= len(head):
             ds64_data_size = int.from_bytes(head[offset + 16 : offset + 24], "little")
         if chunk == b"data":
-            if large:
+            if head[:4] == b"RF64":
                 return offset + 8 + ds64_data_size if ds64_data_size and ds64_data_size < 1 << 62 else None
             return offset + 8 + size if size not in WAV_UNKNOWN_SIZES else None
-        offset += 8 + size + (size & 1)
     return None
 
 

@@ -96,7 +96,7 @@ MP3_FRAME_SLACK = 4 * 1152
 
 
 def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
-    """(offset of the `data` chunk's size field, the size it holds) in a RIFF/WAVE header, if found."""
+    """(offset of the `data` chunk's size field, the size it holds) in a WAVE header (RIFF, RIFX, RF64), if found."""
     return next(((offset + 4, size) for chunk, offset, size in wav_chunks(head) if chunk == b"data"), None)
 
 
