@@ -206,16 +206,34 @@ OGG_TAIL_BYTES = 70_000
 """Bytes from a file's end that hold its last Ogg page's start (a page is at most 65,307 bytes)."""
 
 
-def ogg_stream_ends(tail: bytes) -> bool:
-    """Whether the last complete Ogg page in `tail` (the file's last bytes) carries the end-of-stream
-    flag, as every finished Ogg file's does. A file cut short, or whose writer stopped before the end,
-    stops at a page without it; libsndfile reads its length from that page and decodes it as shorter."""
+def ogg_ending(head: bytes, tail: bytes) -> Literal["ends", "cut", "other stream"]:
+    """How an Ogg file ends, from its first bytes and its last (OGG_TAIL_BYTES).
+
+    "ends": its last whole page ends the stream its first page began (the end-of-stream flag every
+    finished Ogg stream's last page carries). "cut": no such flag, as in a file cut short or whose
+    writer stopped early; libsndfile reads the length from the last page and decodes it as shorter.
+    "other stream": the last page belongs to another stream (chained or multiplexed files), of which
+    libsndfile decodes only the first, leaving the rest unread.
+    """
+    if _ogg_streams_begun(head) > 1:  # multiplexed: every stream's first page comes before any other page
+        return "other stream"
     at = tail.rfind(b"OggS")
     while at != -1:
         if _ogg_page_is_whole(tail, at):
-            return bool(tail[at + 5] & 0x04)
+            if tail[at + 14 : at + 18] != head[14:18]:
+                return "other stream"
+            return "ends" if tail[at + 5] & 0x04 else "cut"
         at = tail.rfind(b"OggS", 0, at)
-    return False
+    return "cut"
+
+
+def _ogg_streams_begun(head: bytes) -> int:
+    """The beginning-of-stream pages at the start of an Ogg file: one per stream it multiplexes."""
+    at, count = 0, 0
+    while _ogg_page_is_whole(head, at) and head[at : at + 4] == b"OggS" and head[at + 5] & 0x02:
+        count += 1
+        at += 27 + head[at + 26] + sum(head[at + 27 : at + 27 + head[at + 26]])
+    return count
 
 
 def _ogg_page_is_whole(data: bytes, at: int) -> bool:

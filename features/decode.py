@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from soundfile import _ffi, _snd
 
-from features.containers import FAMILIES, OGG_TAIL_BYTES, declared_data_end, ogg_stream_ends, sniff, wav_chunks
+from features.containers import FAMILIES, OGG_TAIL_BYTES, declared_data_end, ogg_ending, sniff, wav_chunks
 from features.errors import (
     AudioTooLargeError,
     AudioTooLongError,
@@ -233,10 +233,16 @@ class AudioReader:
                 f"the {sniffed.name} file is truncated: its header declares {data_end:,} bytes, the file holds {size:,} "
                 f"({size / data_end:.0%}); the complete file is needed"
             )
-        if sniffed.name == "OGG" and not ogg_stream_ends(_tail(source, size)):
+        ending = ogg_ending(head, _tail(source, size)) if sniffed.name == "OGG" else "ends"
+        if ending == "cut":
             raise CorruptAudioError(
                 "the OGG file is truncated: its last page does not end its stream, as a finished Ogg file's does; the complete "
                 "file is needed (one whose writer stopped early reads as far as it goes once remuxed: ffmpeg -i in.ogg -c copy out.ogg)"
+            )
+        if ending == "other stream":
+            raise UnsupportedFormatError(
+                "the OGG file holds more than one stream (chained or multiplexed), and only its first would be read; one audio "
+                "stream per file is accepted (ffmpeg -i in.ogg -map 0:a:0 -c copy out.ogg keeps the first)"
             )
         data_size = _wav_data_size_at(head[sniffed.offset :]) if sniffed.name == "WAV" else None
         if data_size is not None and data_size[1] == 0:
@@ -278,8 +284,7 @@ class AudioReader:
         self.header_seconds = header_frames / self.sample_rate if known else None
         """The duration the header states (None: it states none), before any decoding."""
         # Frames a cut FLAC or MP3 still claims (its stream info, its length header), checked once
-        # decoded; the other containers' data sizes were checked above, and an Ogg's length comes
-        # from its last page, which a cut file still has: no claim.
+        # decoded; the other containers' data sizes, and an Ogg's last page, were checked above.
         self._declared_frames = header_frames if known and sniffed.name in ("FLAC", "MP3") else None
         # No bigger than the file says it is: libsndfile zero-fills the unread rest of a read buffer.
         self.block_frames = max(1, block_samples // self.channels)

@@ -27,6 +27,7 @@ from features import (
 from features.containers import Sniffed
 from features.decode import AudioReader
 from tests.conftest import encode
+from training.ogg_pages import with_serial
 
 # Max |difference| of ln-mel values vs torchaudio (run in float64: the exact values) on the same audio.
 # Measured 1.3e-5 on noise at amplitude 0.1, and 1.1e-3 on the loud sine's abrupt start at t=0
@@ -232,6 +233,29 @@ def test_an_ogg_cut_short_even_at_a_page_boundary_is_refused_as_truncated(subtyp
     for cut in (last_page, len(whole) // 2, len(whole) - 1):
         with pytest.raises(CorruptAudioError, match="OGG file is truncated: its last page does not end its stream"):
             FrontEnd().analyze(whole[:cut])
+
+
+def _ogg_pages(data: bytes) -> list[bytes]:
+    pages, at = [], 0
+    while at < len(data):
+        count = data[at + 26]
+        end = at + 27 + count + sum(data[at + 27 : at + 27 + count])
+        pages.append(data[at:end])
+        at = end
+    return pages
+
+
+def test_an_ogg_of_several_streams_is_refused_since_only_its_first_would_be_read():
+    """libsndfile decodes an Ogg's first stream only: the rest of a chained file (two recordings one
+    after the other) or a multiplexed one (two tracks) would be left unread, without a word."""
+    first = with_serial(encode(noise(3.0), 48_000, "OGG", "VORBIS"), 1)
+    second = with_serial(encode(noise(2.0), 48_000, "OGG", "VORBIS"), 2)
+    assert len(FrontEnd().analyze(first).windows.features) >= 1
+    a, b = _ogg_pages(first), _ogg_pages(second)
+    multiplexed = a[0] + b[0] + b"".join(a[1:]) + b"".join(b[1:])  # every stream's first page before the others
+    for chained_or_multiplexed in (first + second, multiplexed):
+        with pytest.raises(UnsupportedFormatError, match="holds more than one stream"):
+            FrontEnd().analyze(chained_or_multiplexed)
 
 
 @pytest.mark.parametrize("container", ["AU", "W64"])
