@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features import AudioError, FrontEnd
-from features.containers import declared_data_end, sniff
+from features.containers import OGG_TAIL_BYTES, declared_data_end, ogg_ending, sniff
 from tests.conftest import encode
 
 _TONE = (0.3 * np.sin(np.arange(4_000) * 0.3)).astype(np.float32)
@@ -58,9 +58,10 @@ def test_a_rewritten_header_is_decoded_or_refused_with_an_audio_error(container,
     tail=st.binary(max_size=256),
 )
 def test_the_container_parsers_answer_any_bytes(head, tail):
-    """sniff and declared_data_end on any bytes: an answer, no exception, no endless walk."""
+    """sniff, declared_data_end and ogg_ending on any bytes: an answer, no exception, no endless walk."""
     data = head + tail
     sniffed = sniff(data)
     if sniffed is not None:
         end = declared_data_end(sniffed, data)
         assert end is None or end >= 0
+    assert ogg_ending(data, data[-OGG_TAIL_BYTES:]) in ("ends", "cut", "other stream")
