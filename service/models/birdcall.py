@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats, WindowSpan, grid_frames
+from features import Analysis, AudioError, FrontEnd, FrontEndConfig, InvalidSamplesError, NormStats, WindowSpan, grid_frames, window_count
 from layout import artifacts
 from service.admission import given_up, off_loop
 from service.concurrency import gather_or_cancel
@@ -234,7 +234,7 @@ class BirdcallModel(ServedModel, AudioClassifier):
     def max_windows(self) -> int:
         """The windows of the longest recording accepted (limits.max_seconds): what log_mel may carry."""
         config = self.frontend.config
-        return max(1, math.floor((self.limits.max_seconds - config.clip_seconds) / config.stride_seconds) + 1)
+        return window_count(math.floor(self.limits.max_seconds * config.sample_rate), config)
 
     async def outputs_from_features(self, features: np.ndarray) -> WindowOutputs:
         expected = self.frontend.config.feature_shape
