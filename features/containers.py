@@ -219,7 +219,7 @@ def ogg_ending(head: bytes, tail: bytes) -> Literal["ends", "cut", "other stream
         return "other stream"
     at = tail.rfind(b"OggS")
     while at != -1:
-        if _ogg_page_is_whole(tail, at):
+        if ogg_page_end(tail, at) is not None:
             if tail[at + 14 : at + 18] != head[14:18]:
                 return "other stream"
             return "ends" if tail[at + 5] & 0x04 else "cut"
@@ -230,16 +230,18 @@ def ogg_ending(head: bytes, tail: bytes) -> Literal["ends", "cut", "other stream
 def _ogg_streams_begun(head: bytes) -> int:
     """The beginning-of-stream pages at the start of an Ogg file: one per stream it multiplexes."""
     at, count = 0, 0
-    while _ogg_page_is_whole(head, at) and head[at : at + 4] == b"OggS" and head[at + 5] & 0x02:
+    while (end := ogg_page_end(head, at)) is not None and head[at + 5] & 0x02:
         count += 1
-        at += 27 + head[at + 26] + sum(head[at + 27 : at + 27 + head[at + 26]])
+        at = end
     return count
 
 
-def _ogg_page_is_whole(data: bytes, at: int) -> bool:
-    """A page header at `at` (version 0) whose segment table and body lie within `data`."""
-    if at + 27 > len(data) or data[at + 4] != 0:
-        return False
+def ogg_page_end(data: bytes, at: int) -> int | None:
+    """Where the Ogg page at `at` ends: a capture pattern and version 0 whose segment table and body
+    lie within `data`; None otherwise."""
+    if at + 27 > len(data) or data[at : at + 4] != b"OggS" or data[at + 4] != 0:
+        return None
     count = data[at + 26]
     table = data[at + 27 : at + 27 + count]
-    return len(table) == count and at + 27 + count + sum(table) <= len(data)
+    end = at + 27 + count + sum(table)
+    return end if len(table) == count and end <= len(data) else None

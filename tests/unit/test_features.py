@@ -24,7 +24,7 @@ from features import (
     decode,
     window_count,
 )
-from features.containers import Sniffed
+from features.containers import Sniffed, ogg_page_end
 from features.decode import AudioReader
 from tests.conftest import encode
 from training.ogg_pages import with_serial
@@ -237,9 +237,7 @@ def test_an_ogg_cut_short_even_at_a_page_boundary_is_refused_as_truncated(subtyp
 
 def _ogg_pages(data: bytes) -> list[bytes]:
     pages, at = [], 0
-    while at < len(data):
-        count = data[at + 26]
-        end = at + 27 + count + sum(data[at + 27 : at + 27 + count])
+    while (end := ogg_page_end(data, at)) is not None:
         pages.append(data[at:end])
         at = end
     return pages
