@@ -35,6 +35,8 @@ def _train(args: argparse.Namespace) -> int:
         except DataError as error:
             print(f"chorus train: {error}", file=sys.stderr)
             return 2
+        if result["short_budget_note"]:
+            print(f"chorus train: note: {result['short_budget_note']}", file=sys.stderr, flush=True)
     else:
         from training import train_frames as frames
 

@@ -105,6 +105,7 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}), {metrics['seconds']} s in all "
         f"({metrics['seconds_data']} s data, {metrics['seconds_training']} s training); windows {metrics['windows']}.",
         f"Calibration: {cal['method']}, T = {cal['temperature']}; default threshold {cal['threshold']} ({cal['threshold_rule']}).",
+        *([f"Note: {metrics['short_budget_note']}"] if metrics.get("short_budget_note") else []),
         "",
         "| figure | val | test |",
         "|---|---|---|",

@@ -199,10 +199,24 @@ def test_fixed_epochs_ignore_the_clock_and_repeat_bit_for_bit(tiny_birdcall, tmp
     runs = [train_birdcall(hurried, Workspace(tmp_path / name), data_csv=data) for name in ("a", "b")]
     assert [run["epochs_run"] for run in runs] == [3, 3]
     assert runs[0]["epoch_loop_budget_seconds"] is None
+    assert runs[0]["stopped_by"] == "epochs" and runs[0]["short_budget_note"] is None
     weights = [(tmp_path / name / "checkpoints" / "birdcall" / "model.safetensors").read_bytes() for name in ("a", "b")]
     assert weights[0] == weights[1]
     with pytest.raises(ValueError, match="at least 1"):
         with_epochs(PROFILES["tiny"], 0)
+
+
+def test_chorus_train_says_when_the_clock_ended_training_short_of_the_figures_epochs(tmp_path, monkeypatch, capsys):
+    """A slow host's 5-minute budget makes a weaker model: the user is told, with the command that trains it fully."""
+    from training import train_birdcall as birdcall_training
+
+    monkeypatch.setenv("CHORUS_HOME", str(tmp_path / "home"))
+    note = "the 5-minute budget trained 8.0 epochs on this machine; ..."
+    monkeypatch.setattr(birdcall_training, "train_birdcall", lambda profile, workspace, data_csv: {"short_budget_note": note})
+    assert main(["train", "birdcall"]) == 0
+    captured = capsys.readouterr()
+    assert f"chorus train: note: {note}" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1]) == {"short_budget_note": note}
 
 
 def test_epochs_are_refused_for_frames_with_the_reason(tmp_path, monkeypatch, capsys):
@@ -220,7 +234,11 @@ def test_chorus_up_trains_what_is_missing_with_the_default_options(tmp_path, mon
 
     monkeypatch.setenv("CHORUS_HOME", str(tmp_path / "home"))
     trained, steps = {}, []
-    monkeypatch.setattr(birdcall_training, "train_birdcall", lambda profile, workspace, data_csv: trained.setdefault("birdcall", profile))
+    monkeypatch.setattr(
+        birdcall_training,
+        "train_birdcall",
+        lambda profile, workspace, data_csv: {"profile": trained.setdefault("birdcall", profile), "short_budget_note": None},
+    )
     monkeypatch.setattr(frames_training, "train_frames", lambda profile, workspace, data_dir: trained.setdefault("frames", profile))
     monkeypatch.setattr(cli, "_print_result", lambda result: None)
     monkeypatch.setattr(cli, "_export_model", lambda model, variants: steps.append(("export", model, variants)) or {})

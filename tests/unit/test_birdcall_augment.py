@@ -7,10 +7,21 @@ import math
 from dataclasses import replace
 from itertools import pairwise
 
+import numpy as np
 import torch
 
 from training.birdcall_augment import mix_pairs, roll_time
-from training.train_birdcall import COMMAND_RESERVE_SECONDS, PROFILES, _learning_rate, epoch_loop_seconds, masked_bce
+from training.birdcall_data import WindowSet
+from training.train_birdcall import (
+    COMMAND_RESERVE_SECONDS,
+    PROFILES,
+    FitOutcome,
+    _fit,
+    _learning_rate,
+    epoch_loop_seconds,
+    masked_bce,
+    short_budget_note,
+)
 
 
 def test_roll_moves_each_window_in_time_only():
@@ -75,6 +86,49 @@ def test_the_epoch_loop_leaves_the_command_its_five_minutes():
     unbounded = replace(profile, command_minutes=None)
     assert epoch_loop_seconds(unbounded, 97.0) == profile.max_minutes * 60
     assert epoch_loop_seconds(replace(profile, max_minutes=2.0), 47.0) == 120
+
+
+def test_a_budget_that_ends_training_short_of_the_figures_epochs_says_so_with_the_command():
+    profile = PROFILES["default"]
+    assert profile.figures_epochs == 15
+    # A CPU without bfloat16: 7.6 epochs in 190 s of loop, 80 s spent outside it.
+    slow = FitOutcome({}, 7, "clock", 7.6, 190.0)
+    note = short_budget_note(profile, slow, 80.0)
+    assert note is not None and "trained 7.6 epochs" in note and "`chorus train birdcall --epochs 15`" in note
+    assert "about 8 minutes here" in note  # (80 + 15 * 25) / 60 = 7.6, rounded up
+    # Nothing to say when the figures' epochs ran, when the validation loss stopped falling, or
+    # without the clock (--epochs), or for a profile with no figures.
+    assert short_budget_note(profile, FitOutcome({}, 14, "clock", 15.2, 190.0), 80.0) is None
+    assert short_budget_note(profile, FitOutcome({}, 3, "patience", 7.0, 190.0), 80.0) is None
+    assert short_budget_note(profile, FitOutcome({}, 7, "epochs", 7.0, 190.0), 80.0) is None
+    assert short_budget_note(PROFILES["tiny"], slow, 80.0) is None
+
+
+def _windows(n: int, classes: int = 3) -> WindowSet:
+    rng = np.random.default_rng(0)
+    targets = (rng.random((n, classes)) < 0.3).astype(np.float32)
+    return WindowSet(
+        rng.normal(size=(n, 1, 4, 8)).astype(np.float32),
+        targets,
+        np.ones_like(targets, dtype=bool),
+        np.arange(n),
+        np.full(targets.shape, np.nan, np.float32),
+    )
+
+
+def test_the_clock_ends_the_loop_at_a_step_and_an_epoch_it_did_not_start_is_not_recorded():
+    """Four windows, batch 2: two steps an epoch. A clock that ticks one second a reading, against a
+    budget of 4.5 s, runs out as epoch 3 begins (the readings: start, then one a step)."""
+    ticks = iter(range(100))
+    profile = replace(PROFILES["tiny"], batch_size=2, max_epochs=10, patience=10, mix_share=0.0)
+    train, val = _windows(4), _windows(4)
+    val_tensors = (torch.from_numpy(val.log_mels), torch.from_numpy(val.targets), torch.ones(4, 3))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 3))
+    fit = _fit(model, train, val_tensors, lambda x: x, profile, budget=4.5, clock=lambda: float(next(ticks)))
+    assert fit.stopped_by == "clock" and fit.epochs_trained == 2.0
+    assert len(fit.history["val_loss"]) == 2 and all(loss > 0 for loss in fit.history["train_loss"])
+    unbounded = _fit(model, train, val_tensors, lambda x: x, replace(profile, max_epochs=3), budget=None)
+    assert unbounded.stopped_by == "epochs" and unbounded.epochs_trained == 3.0 and len(unbounded.history["val_loss"]) == 3
 
 
 def test_loss_weighs_windows_known_to_be_empty():
