@@ -96,13 +96,18 @@ def plot_split(
     plot_detections(matrix, rows, [*labels, "nothing"], path, title)
 
 
+_STOPPED_BY = {"clock": "the time budget ended them", "patience": "validation loss had stopped falling", "epochs": "all that were asked"}
+"""training.train_birdcall.FitOutcome.stopped_by, in words."""
+
+
 def markdown_report(metrics: dict[str, Any]) -> str:
     """The figures people read first, then per-class precision/recall on the test split."""
     cal = metrics["calibration"]
     lines = [
         f"# birdcall training report ({metrics['profile']})",
         "",
-        f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}), {metrics['seconds']} s in all "
+        f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}; {_STOPPED_BY[metrics['stopped_by']]}),"
+        f" {metrics['seconds']} s in all "
         f"({metrics['seconds_data']} s data, {metrics['seconds_training']} s training); windows {metrics['windows']}.",
         f"Calibration: {cal['method']}, T = {cal['temperature']}; default threshold {cal['threshold']} ({cal['threshold_rule']}).",
         *([f"Note: {metrics['short_budget_note']}"] if metrics.get("short_budget_note") else []),
