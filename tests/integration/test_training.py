@@ -191,6 +191,13 @@ def test_a_users_own_data_is_not_held_to_the_stand_in_datas_time_budget(tiny_bir
     assert epoch_loop_seconds(hurried, 0.0) == 1.0  # what generated data would get, even read in no time
 
 
+def test_a_users_own_data_gets_no_note_about_the_generated_datas_figures(tiny_birdcall, tmp_path):
+    """The clock cuts this run short of `figures_epochs`, but those figures are the stand-in data's."""
+    hurried = replace(PROFILES["tiny"], max_minutes=1e-6, max_epochs=50, patience=50, figures_epochs=50)
+    result = train_birdcall(hurried, Workspace(tmp_path), data_csv=Path(tiny_birdcall["data_csv"]))
+    assert result["stopped_by"] == "clock" and result["short_budget_note"] is None
+
+
 def test_fixed_epochs_ignore_the_clock_and_repeat_bit_for_bit(tiny_birdcall, tmp_path):
     """`chorus train birdcall --epochs N`: N epochs however short the time budget, and the same
     weights from the same data and seed (the clock-driven default varies with the host's load)."""
