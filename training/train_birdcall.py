@@ -211,17 +211,16 @@ class FitOutcome:
     or "epochs" (max_epochs ran)."""
     epochs_trained: float
     """Epochs of optimizer steps taken: the clock may end the last one part way."""
-    seconds: float
-    """The loop's wall-clock time."""
 
 
-def short_budget_note(profile: BirdcallProfile, fit: FitOutcome, seconds_outside_loop: float) -> str | None:
+def short_budget_note(profile: BirdcallProfile, fit: FitOutcome, seconds_training: float, seconds: float) -> str | None:
     """What to tell the user when the clock ended training short of the epochs the profile's figures
-    need (None otherwise): a slower host's budget, not the data, decided how good the model is."""
+    need (None otherwise): a slower host's budget, not the data, decided how good the model is.
+    seconds_training: the loop's time; seconds: the whole run's, whose rest an `--epochs` run spends too."""
     wanted = profile.figures_epochs
     if fit.stopped_by != "clock" or wanted is None or fit.epochs_trained >= wanted:
         return None
-    minutes = (seconds_outside_loop + wanted * fit.seconds / max(fit.epochs_trained, 1e-9)) / 60
+    minutes = (seconds - seconds_training + wanted * seconds_training / max(fit.epochs_trained, 1e-9)) / 60
     return (
         f"the {profile.command_minutes or profile.max_minutes:g}-minute budget trained {fit.epochs_trained:.1f} epochs on this"
         f" machine; the {profile.name} profile's figures (docs/training.md) were reached with {wanted}."
@@ -251,7 +250,7 @@ def _fit(
     generator = torch.Generator().manual_seed(profile.seed)
     steps_per_epoch = -(-len(x_train) // profile.batch_size)
     keep_freed_memory()  # from here: the data phase's large temporaries were mapped and given back as usual
-    progress, steps_taken, stopped_by = 0.0, 0, "epochs"
+    progress, steps_taken = 0.0, 0
     for epoch in range(1, profile.max_epochs + 1):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
@@ -285,7 +284,6 @@ def _fit(
             total += loss.item() * len(idx)
             seen += len(idx)
         if seen == 0:  # the clock ran out as this epoch began: it has nothing to validate or record
-            stopped_by = "clock"
             break
         logits = predict_logits(model, val[0])
         val_loss = masked_bce(torch.from_numpy(logits), val[1], val[2], profile.empty_window_weight).item()
@@ -299,11 +297,11 @@ def _fit(
             best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
-        if progress >= 1.0 or stale >= profile.patience:
-            stopped_by = "clock" if progress >= 1.0 else "patience"
+        if stale >= profile.patience or progress >= 1.0:
             break
     model.load_state_dict(best_state)
-    return FitOutcome(history, best_epoch, stopped_by, steps_taken / steps_per_epoch, clock() - started)
+    stopped_by = "clock" if progress >= 1.0 else "patience" if stale >= profile.patience else "epochs"
+    return FitOutcome(history, best_epoch, stopped_by, steps_taken / steps_per_epoch)
 
 
 def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Path | None = None) -> dict:
@@ -406,10 +404,8 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         "checkpoint": str(checkpoint_dir),
         "reports": str(reports),
     }
-    # Everything but the loop, as the `--epochs` run would spend it too (data, imports, report). The
-    # figures are the generated data's: a user's own data has none to fall short of.
-    outside_loop = metrics["seconds"] - fit.seconds
-    metrics["short_budget_note"] = short_budget_note(profile, fit, outside_loop) if generated else None
+    # The figures are the generated data's: a user's own data has none to fall short of.
+    metrics["short_budget_note"] = short_budget_note(profile, fit, seconds_training, metrics["seconds"]) if generated else None
     config = {
         "model": "birdcall",
         artifacts.ARCH: arch.to_dict(),

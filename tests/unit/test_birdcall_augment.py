@@ -91,17 +91,17 @@ def test_the_epoch_loop_leaves_the_command_its_five_minutes():
 def test_a_budget_that_ends_training_short_of_the_figures_epochs_says_so_with_the_command():
     profile = PROFILES["default"]
     assert profile.figures_epochs == 15
-    # A CPU without bfloat16: 7.6 epochs in 190 s of loop, 80 s spent outside it.
-    slow = FitOutcome({}, 7, "clock", 7.6, 190.0)
-    note = short_budget_note(profile, slow, 80.0)
+    # A CPU without bfloat16: 7.6 epochs in 190 s of loop, 270 s in all (80 s outside it).
+    slow = FitOutcome({}, 7, "clock", 7.6)
+    note = short_budget_note(profile, slow, 190.0, 270.0)
     assert note is not None and "trained 7.6 epochs" in note and "`chorus train birdcall --epochs 15`" in note
     assert "about 8 minutes here" in note  # (80 + 15 * 25) / 60 = 7.6, rounded up
     # Nothing to say when the figures' epochs ran, when the validation loss stopped falling, or
     # without the clock (--epochs), or for a profile with no figures.
-    assert short_budget_note(profile, FitOutcome({}, 14, "clock", 15.2, 190.0), 80.0) is None
-    assert short_budget_note(profile, FitOutcome({}, 3, "patience", 7.0, 190.0), 80.0) is None
-    assert short_budget_note(profile, FitOutcome({}, 7, "epochs", 7.0, 190.0), 80.0) is None
-    assert short_budget_note(PROFILES["tiny"], slow, 80.0) is None
+    assert short_budget_note(profile, FitOutcome({}, 14, "clock", 15.2), 190.0, 270.0) is None
+    assert short_budget_note(profile, FitOutcome({}, 3, "patience", 7.0), 190.0, 270.0) is None
+    assert short_budget_note(profile, FitOutcome({}, 7, "epochs", 7.0), 190.0, 270.0) is None
+    assert short_budget_note(PROFILES["tiny"], slow, 190.0, 270.0) is None
 
 
 def _windows(n: int, classes: int = 3) -> WindowSet:
