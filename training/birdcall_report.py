@@ -106,7 +106,8 @@ def markdown_report(metrics: dict[str, Any]) -> str:
     lines = [
         f"# birdcall training report ({metrics['profile']})",
         "",
-        f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}; {_STOPPED_BY[metrics['stopped_by']]}),"
+        f"{metrics['epochs_run']} epochs ({metrics['epochs_trained']:g} passes over the training windows;"
+        f" best {metrics['best_epoch']}; {_STOPPED_BY[metrics['stopped_by']]}),"
         f" {metrics['seconds']} s in all "
         f"({metrics['seconds_data']} s data, {metrics['seconds_training']} s training); windows {metrics['windows']}.",
         f"Calibration: {cal['method']}, T = {cal['temperature']}; default threshold {cal['threshold']} ({cal['threshold_rule']}).",

@@ -391,6 +391,8 @@ def train_birdcall(profile: BirdcallProfile, workspace: Workspace, data_csv: Pat
         "train_class_share": {label: round(float(splits["train"].targets[:, i].mean()), 6) for i, label in enumerate(labels)},
         "best_epoch": fit.best_epoch,
         "epochs_run": len(history["val_loss"]),
+        # Passes over the training windows: a last epoch the clock cut counts for the share it ran.
+        "epochs_trained": round(fit.epochs_trained, 2),
         "stopped_by": fit.stopped_by,
         "windows": {name: len(ws) for name, ws in splits.items()},
         "n_classes": len(labels),

@@ -204,7 +204,9 @@ def test_fixed_epochs_ignore_the_clock_and_repeat_bit_for_bit(tiny_birdcall, tmp
     hurried = with_epochs(replace(PROFILES["tiny"], max_minutes=1e-6, patience=10), 3)
     data = Path(tiny_birdcall["data_csv"])
     runs = [train_birdcall(hurried, Workspace(tmp_path / name), data_csv=data) for name in ("a", "b")]
-    assert [run["epochs_run"] for run in runs] == [3, 3]
+    assert [(run["epochs_run"], run["epochs_trained"]) for run in runs] == [(3, 3.0), (3, 3.0)]
+    report = (tmp_path / "a" / "reports" / "birdcall" / "training_report.md").read_text()
+    assert "3 epochs (3 passes over the training windows; best " in report
     assert runs[0]["epoch_loop_budget_seconds"] is None
     assert runs[0]["stopped_by"] == "epochs" and runs[0]["short_budget_note"] is None
     weights = [(tmp_path / name / "checkpoints" / "birdcall" / "model.safetensors").read_bytes() for name in ("a", "b")]
