@@ -96,13 +96,14 @@ def recall_by_level(
 
 
 def recording_accuracy(scores: np.ndarray, recording: np.ndarray, recording_targets: np.ndarray) -> tuple[float, int]:
-    """Among recordings with at least one species: share whose top species (mean window score) is one of
-    theirs, and how many recordings."""
+    """Among recordings with at least one species: share whose top species is one of theirs, and how many
+    recordings. The top species is the one with the highest window score, as the service orders a
+    recording's summary (its first species at min_confidence 0)."""
     correct = []
     for rec in np.flatnonzero(recording_targets.any(axis=1)):
         mask = recording == rec
         if mask.any():
-            correct.append(recording_targets[rec, scores[mask].mean(axis=0).argmax()] > 0.5)
+            correct.append(recording_targets[rec, scores[mask].max(axis=0).argmax()] > 0.5)
     return (float(np.mean(correct)) if correct else 0.0), len(correct)
 
 

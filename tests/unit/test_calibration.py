@@ -74,3 +74,7 @@ def test_detection_figures():
     # Recording 0 holds windows 0-1 (owl), recording 1 windows 2-4 (wren).
     accuracy, n = dm.recording_accuracy(scores, np.array([0, 0, 1, 1, 1]), np.array([[1, 0], [0, 1]]))
     assert (accuracy, n) == (1.0, 2)
+    # One loud owl window against a wren heard faintly throughout: the owl tops the recording, by its
+    # highest window as the service's summary orders species (the wren's mean is the higher).
+    loud_once = np.array([[0.9, 0.4], [0.0, 0.4], [0.0, 0.4]])
+    assert dm.recording_accuracy(loud_once, np.zeros(3, dtype=int), np.array([[1, 0]])) == (1.0, 1)
