@@ -112,21 +112,26 @@ def spectrogram(features: np.ndarray, config: FrontEndConfig, duration_seconds: 
 
 def summarize(spans: list[WindowSpan], scores: np.ndarray, detected: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
     """Per species detected anywhere: windows detected, max and mean score over them, first and last time;
-    the species with the highest score first."""
-    summary = []
+    the species with the highest score first (by the unrounded score: saturated scores round alike,
+    and the order must stay the one training's recording accuracy measures)."""
+    ranked = []
     for j in np.flatnonzero(detected.any(axis=0)):
         rows = np.flatnonzero(detected[:, j])
-        summary.append(
-            {
-                "label": labels[j],
-                "windows": len(rows),
-                "max_score": round(float(scores[rows, j].max()), 6),
-                "mean_score": round(float(scores[rows, j].mean()), 6),
-                "first_seconds": round(spans[rows[0]].start, 3),
-                "last_seconds": round(spans[rows[-1]].end, 3),
-            }
+        top = float(scores[rows, j].max())
+        ranked.append(
+            (
+                (-top, labels[j]),
+                {
+                    "label": labels[j],
+                    "windows": len(rows),
+                    "max_score": round(top, 6),
+                    "mean_score": round(float(scores[rows, j].mean()), 6),
+                    "first_seconds": round(spans[rows[0]].start, 3),
+                    "last_seconds": round(spans[rows[-1]].end, 3),
+                },
+            )
         )
-    return sorted(summary, key=lambda s: (-s["max_score"], s["label"]))
+    return [entry for _, entry in sorted(ranked, key=lambda pair: pair[0])]
 
 
 class BirdcallModel(ServedModel, AudioClassifier):

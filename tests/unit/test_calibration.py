@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.windows import WindowSpan
+from service.models.birdcall import summarize
 from training import detection_metrics as dm
 from training.calibration import best_threshold, calibrate, fit_temperature, sigmoid
 
@@ -78,3 +80,14 @@ def test_detection_figures():
     # highest window as the service's summary orders species (the wren's mean is the higher).
     loud_once = np.array([[0.9, 0.4], [0.0, 0.4], [0.0, 0.4]])
     assert dm.recording_accuracy(loud_once, np.zeros(3, dtype=int), np.array([[1, 0]])) == (1.0, 1)
+
+
+def test_the_service_summary_lists_first_the_species_recording_accuracy_counts():
+    # Both species saturate: their scores round to the same 1.0, and the summary must still put the
+    # one with the higher score first (not the alphabetical one), as recording_accuracy ranks them.
+    scores = np.array([[0.9999996, 0.9999999], [0.2, 0.3]], dtype=np.float64)
+    spans = [WindowSpan(0.0, 5.0), WindowSpan(2.5, 7.5)]
+    summary = summarize(spans, scores, scores >= 0.5, ["alder_owl", "zebra_wren"])
+    assert [s["label"] for s in summary] == ["zebra_wren", "alder_owl"]
+    assert summary[0]["max_score"] == summary[1]["max_score"] == 1.0
+    assert dm.recording_accuracy(scores, np.zeros(2, dtype=int), np.array([[0, 1]])) == (1.0, 1)
