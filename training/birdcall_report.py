@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -96,8 +96,15 @@ def plot_split(
     plot_detections(matrix, rows, [*labels, "nothing"], path, title)
 
 
-_STOPPED_BY = {"clock": "the time budget ended them", "patience": "validation loss had stopped falling", "epochs": "all that were asked"}
-"""training.train_birdcall.FitOutcome.stopped_by, in words."""
+StopReason = Literal["clock", "patience", "epochs"]
+"""What ended training's epoch loop (training.train_birdcall.FitOutcome.stopped_by)."""
+
+STOPPED_BY: dict[StopReason, str] = {
+    "clock": "the time budget ended them",
+    "patience": "validation loss had stopped falling",
+    "epochs": "all that were asked",
+}
+"""Each StopReason in the report's words."""
 
 
 def markdown_report(metrics: dict[str, Any]) -> str:
@@ -107,7 +114,7 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         f"# birdcall training report ({metrics['profile']})",
         "",
         f"{metrics['epochs_run']} epochs ({metrics['epochs_trained']:g} passes over the training windows;"
-        f" best {metrics['best_epoch']}; {_STOPPED_BY[metrics['stopped_by']]}),"
+        f" best {metrics['best_epoch']}; {STOPPED_BY[metrics['stopped_by']]}),"
         f" {metrics['seconds']} s in all "
         f"({metrics['seconds_data']} s data, {metrics['seconds_training']} s training); windows {metrics['windows']}.",
         f"Calibration: {cal['method']}, T = {cal['temperature']}; default threshold {cal['threshold']} ({cal['threshold_rule']}).",

@@ -33,7 +33,7 @@ from training.birdcall_augment import mix_pairs, roll_time
 from training.birdcall_data import WindowSet, check_trainable, dataset_hash, featurize, read_manifest, species_of
 from training.birdcall_generate import GenerateSpec, ensure_dataset
 from training.birdcall_model import BirdCallArch, BirdCallNet, first_time_pool_for
-from training.birdcall_report import markdown_report, plot_split, recording_targets, split_figures
+from training.birdcall_report import StopReason, markdown_report, plot_split, recording_targets, split_figures
 from training.calibration import calibrate, sigmoid
 from training.checkpoint import save_checkpoint
 from training.detection_metrics import detection_share, precision_recall, reliability
@@ -206,7 +206,7 @@ def epoch_loop_seconds(profile: BirdcallProfile, seconds_so_far: float) -> float
 class FitOutcome:
     history: dict[str, list[float]]
     best_epoch: int
-    stopped_by: str
+    stopped_by: StopReason
     """What ended the loop: "clock" (the time budget), "patience" (validation loss stopped falling)
     or "epochs" (max_epochs ran)."""
     epochs_trained: float
@@ -300,7 +300,7 @@ def _fit(
         if stale >= profile.patience or progress >= 1.0:
             break
     model.load_state_dict(best_state)
-    stopped_by = "clock" if progress >= 1.0 else "patience" if stale >= profile.patience else "epochs"
+    stopped_by: StopReason = "clock" if progress >= 1.0 else "patience" if stale >= profile.patience else "epochs"
     return FitOutcome(history, best_epoch, stopped_by, steps_taken / steps_per_epoch)
 
 

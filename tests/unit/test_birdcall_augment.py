@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from itertools import pairwise
+from typing import get_args
 
 import numpy as np
 import torch
 
 from training.birdcall_augment import mix_pairs, roll_time
 from training.birdcall_data import WindowSet
+from training.birdcall_report import STOPPED_BY, StopReason
 from training.train_birdcall import (
     COMMAND_RESERVE_SECONDS,
     PROFILES,
@@ -129,6 +131,10 @@ def test_the_clock_ends_the_loop_at_a_step_and_an_epoch_it_did_not_start_is_not_
     assert len(fit.history["val_loss"]) == 2 and all(loss > 0 for loss in fit.history["train_loss"])
     unbounded = _fit(model, train, val_tensors, lambda x: x, replace(profile, max_epochs=3), budget=None)
     assert unbounded.stopped_by == "epochs" and unbounded.epochs_trained == 3.0 and len(unbounded.history["val_loss"]) == 3
+
+
+def test_the_report_words_every_reason_the_loop_can_stop_for():
+    assert set(STOPPED_BY) == set(get_args(StopReason)) and all(STOPPED_BY.values())
 
 
 def test_loss_weighs_windows_known_to_be_empty():
