@@ -23,6 +23,8 @@ OTHER_VARIABLES = {
     "CHORUS_BASELINE_DEVICE": "device of the benchmark's torch baseline (benchmarks/baseline_app.py)",
     "CHORUS_TEST_ARTIFACTS": "where tests leave screenshots and logs (tests/)",
 }
+WEEK_SECONDS = 7 * 24 * 3600
+"""The longest recording a job takes by default: what a field recorder left running for a week holds."""
 
 
 class UnknownSettingError(ValueError):
@@ -127,14 +129,14 @@ class ServiceSettings(BaseSettings):
         8 * 1024**3, ge=1, description="Largest recording uploaded for an analysis job, in bytes (413 while it streams)."
     )
     max_job_audio_seconds: float = Field(
-        7 * 24 * 3600.0,
+        float(WEEK_SECONDS),
         gt=0,
         description="Longest recording an analysis job decodes, in seconds, checked on the header and while decoding: a longer"
         " one is a failed file in the job's errors table, the others go on. Bytes do not bound it (a FLAC of silence"
         " decodes to days from megabytes). Default: a week.",
     )
     max_job_audio_samples: int = Field(
-        7 * 24 * 3600 * 48_000 * 2,
+        WEEK_SECONDS * 48_000 * 2,
         ge=1,
         description="Most decoded samples (frames x channels) of one recording an analysis job decodes, checked as"
         " max_job_audio_seconds is: bounds the decoding work of many channels at a high rate. Default: a week of 48 kHz stereo.",
