@@ -95,9 +95,23 @@ MP3_FRAME_SLACK = 4 * 1152
 (plus 1%) is not called truncation."""
 
 
-def _wav_data_size_at(head: bytes) -> tuple[int, int] | None:
-    """(offset of the `data` chunk's size field, the size it holds) in a WAVE header (RIFF, RIFX, RF64), if found."""
-    return next(((offset + 4, size) for chunk, offset, size in wav_chunks(head) if chunk == b"data"), None)
+def _unwritten_wav_size(head: bytes, size: int) -> tuple[int, bytes] | None:
+    """Where a WAVE header (RIFF, RIFX, RF64) left its data size unwritten (0), and the bytes that say
+    "to the end of the file" there; None when the size is written or no data chunk is in `head`.
+
+    A recorder that loses power before closing its file leaves the size at 0, which libsndfile reads
+    as no samples at all. RIFF's 32-bit field reads to the end as 0xFFFFFFFF; RF64 keeps the size in
+    its ds64 chunk (64 bits), given here as the bytes from the data's start to the file's end."""
+    ds64_size_at = None
+    for chunk, offset, declared in wav_chunks(head):
+        if chunk == b"ds64" and head[:4] == b"RF64" and offset + 24 <= len(head):
+            ds64_size_at = offset + 16
+        if chunk == b"data":
+            if ds64_size_at is not None:
+                unwritten = int.from_bytes(head[ds64_size_at : ds64_size_at + 8], "little") == 0
+                return (ds64_size_at, max(0, size - offset - 8).to_bytes(8, "little")) if unwritten else None
+            return (offset + 4, b"\xff" * 4) if declared == 0 else None
+    return None
 
 
 def _seek_within(file: io.BufferedReader | io.BytesIO, offset: int, whence: int) -> int:
@@ -118,13 +132,10 @@ class _Bytes(io.BytesIO):
 
 
 class _DataToTheEnd(io.RawIOBase):
-    """A WAV file read as if its `data` size said "to the end of the file" (0xFFFFFFFF).
+    """A WAV file read with its unwritten data size (_unwritten_wav_size) saying "to the end of the file"."""
 
-    A recorder that loses power before closing its file leaves the size at 0, which libsndfile
-    reads as no samples at all; with 0xFFFFFFFF it reads every sample present."""
-
-    def __init__(self, file: io.BufferedReader | io.BytesIO, size_at: int):
-        self._file, self._size_at = file, size_at
+    def __init__(self, file: io.BufferedReader | io.BytesIO, size_at: int, size_bytes: bytes):
+        self._file, self._size_at, self._size_bytes = file, size_at, size_bytes
 
     def readable(self) -> bool:
         return True
@@ -141,9 +152,10 @@ class _DataToTheEnd(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         start = self._file.tell()
         count = self._file.readinto(buffer)
-        overlap_start, overlap_end = max(start, self._size_at), min(start + count, self._size_at + 4)
+        overlap_start, overlap_end = max(start, self._size_at), min(start + count, self._size_at + len(self._size_bytes))
         if overlap_start < overlap_end:
-            memoryview(buffer).cast("B")[overlap_start - start : overlap_end - start] = b"\xff" * (overlap_end - overlap_start)
+            patch = self._size_bytes[overlap_start - self._size_at : overlap_end - self._size_at]
+            memoryview(buffer).cast("B")[overlap_start - start : overlap_end - start] = patch
         return count
 
     def close(self) -> None:
@@ -244,10 +256,10 @@ class AudioReader:
                 "the OGG file holds more than one stream (chained or multiplexed), and only its first would be read; one audio "
                 "stream per file is accepted (ffmpeg -i in.ogg -map 0:a:0 -c copy out.ogg keeps the first)"
             )
-        data_size = _wav_data_size_at(head[sniffed.offset :]) if sniffed.name == "WAV" else None
-        if data_size is not None and data_size[1] == 0:
+        unwritten = _unwritten_wav_size(head[sniffed.offset :], size - sniffed.offset) if sniffed.name == "WAV" else None
+        if unwritten is not None:
             raw = _Bytes(source) if isinstance(source, bytes) else open(os.fsencode(source), "rb")  # noqa: SIM115 (closed by close())
-            target = _DataToTheEnd(raw, sniffed.offset + data_size[0])
+            target = _DataToTheEnd(raw, sniffed.offset + unwritten[0], unwritten[1])
         self.max_seconds = max_seconds
         self.max_samples = max_samples
         self._opened = target if isinstance(target, _DataToTheEnd) else None

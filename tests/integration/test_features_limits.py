@@ -137,3 +137,20 @@ def test_a_wav_whose_recorder_died_before_writing_its_size_is_read_to_the_end(tm
     analysis = FrontEnd().analyze(bytes(data) if as_bytes else died)
     assert analysis.audio.duration_seconds == 20.0
     np.testing.assert_array_equal(analysis.windows.features, FrontEnd().analyze(complete).windows.features)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_an_rf64_whose_recorder_died_before_writing_its_size_is_read_to_the_end(tmp_path, as_bytes):
+    """RF64 (WAV past 4 GiB) keeps the data size in its ds64 chunk; a recorder that dies leaves it 0."""
+    complete = tmp_path / "complete.wav"
+    sf.write(complete, np.random.default_rng(0).uniform(-0.5, 0.5, 20 * 48_000).astype(np.float32), 48_000, "PCM_16", format="RF64")
+    data = bytearray(complete.read_bytes())
+    assert data[:4] == b"RF64" and data[12:16] == b"ds64"
+    data[28:36] = bytes(8)  # ds64: RIFF size, then the data size
+    died = tmp_path / "died.wav"
+    died.write_bytes(bytes(data))
+    with sf.SoundFile(died) as raw:
+        assert raw.frames == 0  # what libsndfile alone reads of it
+    analysis = FrontEnd().analyze(bytes(data) if as_bytes else died)
+    assert analysis.audio.duration_seconds == 20.0
+    np.testing.assert_array_equal(analysis.windows.features, FrontEnd().analyze(complete).windows.features)
