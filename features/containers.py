@@ -206,23 +206,30 @@ OGG_TAIL_BYTES = 70_000
 """Bytes from a file's end that hold its last Ogg page's start (a page is at most 65,307 bytes)."""
 
 
-def ogg_ending(head: bytes, tail: bytes) -> Literal["ends", "cut", "other stream"]:
+OggEnding = Literal["ends", "cut", "headers only", "other stream"]
+
+
+def ogg_ending(head: bytes, tail: bytes) -> OggEnding:
     """How an Ogg file ends, from its first bytes and its last (OGG_TAIL_BYTES).
 
     "ends": its last whole page ends the stream its first page began (the end-of-stream flag every
     finished Ogg stream's last page carries). "cut": no such flag, as in a file cut short or whose
     writer stopped early; libsndfile reads the length from the last page and decodes it as shorter.
-    "other stream": the last page belongs to another stream (chained or multiplexed files), of which
-    libsndfile decodes only the first, leaving the rest unread.
+    "headers only": no such flag, and the file ends with a page that ends before any audio (granule
+    position 0), as an encoder given no audio leaves it (ffmpeg writes no last page then) or a copy
+    cut just after the headers; a part of a page after it is a cut. "other stream": the last page belongs to another stream (chained or
+    multiplexed files), of which libsndfile decodes only the first, leaving the rest unread.
     """
     if _ogg_streams_begun(head) > 1:  # multiplexed: every stream's first page comes before any other page
         return "other stream"
     at = tail.rfind(b"OggS")
     while at != -1:
-        if ogg_page_end(tail, at) is not None:
+        if (end := ogg_page_end(tail, at)) is not None:
             if tail[at + 14 : at + 18] != head[14:18]:
                 return "other stream"
-            return "ends" if tail[at + 5] & 0x04 else "cut"
+            if tail[at + 5] & 0x04:
+                return "ends"
+            return "headers only" if tail[at + 6 : at + 14] == bytes(8) and end == len(tail) else "cut"
         at = tail.rfind(b"OggS", 0, at)
     return "cut"
 

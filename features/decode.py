@@ -251,6 +251,11 @@ class AudioReader:
                 "the OGG file is truncated: its last page does not end its stream, as a finished Ogg file's does; the complete "
                 "file is needed (one whose writer stopped early reads as far as it goes once remuxed: ffmpeg -i in.ogg -c copy out.ogg)"
             )
+        if ending == "headers only":
+            raise EmptyAudioError(
+                "the OGG file holds no audio, only its headers (its encoder was given none, or it was cut just after them); "
+                "a recording at least a few milliseconds long is needed"
+            )
         if ending == "other stream":
             raise UnsupportedFormatError(
                 "the OGG file holds more than one stream (chained or multiplexed), and only its first would be read; one audio "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -241,6 +242,17 @@ def _ogg_pages(data: bytes) -> list[bytes]:
         pages.append(data[at:end])
         at = end
     return pages
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_an_ogg_of_headers_alone_is_refused_as_empty_not_as_truncated(subtype):
+    """An encoder given no audio (ffmpeg -t 0) writes the header pages and no last page: nothing was
+    cut, there is nothing to analyze."""
+    pages = _ogg_pages(encode(noise(3.0), 48_000, "OGG", subtype))
+    headers = b"".join(itertools.takewhile(lambda page: page[6:14] == bytes(8), pages))
+    assert 0 < len(headers) < sum(map(len, pages))
+    with pytest.raises(EmptyAudioError, match="the OGG file holds no audio, only its headers"):
+        FrontEnd().analyze(headers)
 
 
 def test_an_ogg_of_several_streams_is_refused_since_only_its_first_would_be_read():
