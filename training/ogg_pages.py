@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+from features.containers import ogg_page_end
+
 SERIAL = 0x63686F72
 """Every generated stream's serial number (b"chor" read big-endian): one stream per file, so any fixed value is valid."""
 
@@ -45,12 +47,11 @@ def with_serial(data: bytes, serial: int = SERIAL) -> bytes:
     """The Ogg stream `data` with every page's serial number set to `serial` and its CRC recomputed."""
     out = bytearray(data)
     position = 0
-    while position < len(out):
+    while position < len(data):  # the pages of `data` are where `out`'s are: only serials and CRCs change
+        end = ogg_page_end(data, position)
+        if end is None:
+            raise ValueError(f"not a whole Ogg page at byte {position}")
         capture, version, kind, granule, _, sequence, _, segments = _HEADER.unpack_from(out, position)
-        if capture != b"OggS":
-            raise ValueError(f"not an Ogg page at byte {position}")
-        table_end = position + _HEADER.size + segments
-        end = table_end + sum(out[position + _HEADER.size : table_end])
         _HEADER.pack_into(out, position, capture, version, kind, granule, serial, sequence, 0, segments)
         struct.pack_into("<I", out, position + _CRC_OFFSET, ogg_crc(bytes(out[position:end])))
         position = end

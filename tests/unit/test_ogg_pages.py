@@ -42,9 +42,12 @@ def test_a_new_serial_keeps_the_audio_and_valid_page_checksums():
     assert len(after) == len(audio)
 
 
-def test_only_ogg_is_rewritten():
-    with pytest.raises(ValueError, match="not an Ogg page at byte 0"):
+def test_only_whole_ogg_pages_are_rewritten():
+    with pytest.raises(ValueError, match="not a whole Ogg page at byte 0"):
         with_serial(b"RIFF" + bytes(40))
+    whole = _ogg(np.zeros(16_000, np.float32), 16_000)
+    with pytest.raises(ValueError, match=f"not a whole Ogg page at byte {whole.rindex(b'OggS')}"):
+        with_serial(whole[:-1])
 
 
 @pytest.mark.parametrize("container, subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16")])
