@@ -139,19 +139,24 @@ def _no_claim(head: bytes) -> None:
     return None
 
 
+def _iff_chunks(head: bytes, order: Literal["big", "little"], last: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(id, offset, declared size) of each chunk after the 12-byte header of an IFF-style file (RIFF
+    WAVE, AIFF) within `head`, up to the chunk `last` (the audio data's)."""
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], order)
+        yield chunk, offset, size
+        if chunk == last:
+            return
+        offset += 8 + size + (size & 1)
+
+
 def wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
     """(id, offset, declared size) of each chunk a RIFF, RIFX (big-endian sizes) or RF64 WAVE header
     holds within `head`, up to `data`."""
     if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
         return
-    order: Literal["big", "little"] = "big" if head[:4] == b"RIFX" else "little"
-    offset = 12
-    while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], order)
-        yield chunk, offset, size
-        if chunk == b"data":
-            return
-        offset += 8 + size + (size & 1)
+    yield from _iff_chunks(head, "big" if head[:4] == b"RIFX" else "little", b"data")
 
 
 def _wav_data_end(head: bytes) -> int | None:
@@ -170,12 +175,9 @@ def _wav_data_end(head: bytes) -> int | None:
 
 def _aiff_data_end(head: bytes) -> int | None:
     """The SSND chunk's end: its size, not COMM's frame count, which counts packets for ima4."""
-    offset = 12
-    while offset + 8 <= len(head):
-        chunk, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "big")
+    for chunk, offset, size in _iff_chunks(head, "big", b"SSND"):
         if chunk == b"SSND":
             return offset + 8 + size if size != 0 and size not in _STREAMED_32 else None
-        offset += 8 + size + (size & 1)
     return None
 
 
