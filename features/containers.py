@@ -219,8 +219,9 @@ def ogg_ending(head: bytes, tail: bytes) -> OggEnding:
     writer stopped early; libsndfile reads the length from the last page and decodes it as shorter.
     "headers only": no such flag, and the file ends with a page that ends before any audio (granule
     position 0), as an encoder given no audio leaves it (ffmpeg writes no last page then) or a copy
-    cut just after the headers; a part of a page after it is a cut. "other stream": the last page belongs to another stream (chained or
-    multiplexed files), of which libsndfile decodes only the first, leaving the rest unread.
+    cut just after the headers; a part of a page after it is a cut. "other stream": the last page
+    belongs to another stream (chained or multiplexed files), of which libsndfile decodes only the
+    first, leaving the rest unread.
     """
     if _ogg_streams_begun(head) > 1:  # multiplexed: every stream's first page comes before any other page
         return "other stream"
