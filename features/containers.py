@@ -151,7 +151,7 @@ def _iff_chunks(head: bytes, order: Literal["big", "little"], last: bytes) -> It
         offset += 8 + size + (size & 1)
 
 
-def wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
+def _wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
     """(id, offset, declared size) of each chunk a RIFF, RIFX (big-endian sizes) or RF64 WAVE header
     holds within `head`, up to `data`."""
     if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
@@ -159,18 +159,42 @@ def wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
     yield from _iff_chunks(head, "big" if head[:4] == b"RIFX" else "little", b"data")
 
 
-def _wav_data_end(head: bytes) -> int | None:
-    """The data chunk's end. RF64 puts the data's size in its ds64 chunk (64 bits, for recordings
-    past 4 GiB) and 0xFFFFFFFF in the data chunk's own."""
-    ds64_data_size = None
-    for chunk, offset, size in wav_chunks(head):
+@dataclass(frozen=True)
+class WavDataSize:
+    """Where a WAVE header states its data's size, and what it states."""
+
+    at: int
+    """Offset of the size field in the header."""
+    width: int
+    """8: RF64's ds64 chunk (64 bits, for recordings past 4 GiB); 4: the data chunk's own field."""
+    value: int
+    """The size it states, in bytes (0 where a writer never came back to fill it in)."""
+    data_start: int
+    """Offset of the data's first byte."""
+
+
+def wav_data_size(head: bytes) -> WavDataSize | None:
+    """The field of a RIFF, RIFX or RF64 WAVE header that states its data's size: RF64's ds64 chunk
+    where the header has one (the data chunk's own field then says 0xFFFFFFFF), else the data chunk's.
+    None when no data chunk lies within `head`."""
+    ds64_at = None
+    for chunk, offset, size in _wav_chunks(head):
         if chunk == b"ds64" and head[:4] == b"RF64" and offset + 24 <= len(head):
-            ds64_data_size = int.from_bytes(head[offset + 16 : offset + 24], "little")
+            ds64_at = offset + 16
         if chunk == b"data":
-            if head[:4] == b"RF64":
-                return offset + 8 + ds64_data_size if ds64_data_size and ds64_data_size < 1 << 62 else None
-            return offset + 8 + size if size not in WAV_UNKNOWN_SIZES else None
+            if ds64_at is not None:
+                return WavDataSize(ds64_at, 8, int.from_bytes(head[ds64_at : ds64_at + 8], "little"), offset + 8)
+            return WavDataSize(offset + 4, 4, size, offset + 8)
     return None
+
+
+def _wav_data_end(head: bytes) -> int | None:
+    """The data chunk's end, where the header states the data's size (wav_data_size)."""
+    stated = wav_data_size(head)
+    if stated is None or (stated.width == 4 and head[:4] == b"RF64"):  # an RF64 without its ds64: no usable size
+        return None
+    unknown = (stated.value == 0 or stated.value >= 1 << 62) if stated.width == 8 else stated.value in WAV_UNKNOWN_SIZES
+    return None if unknown else stated.data_start + stated.value
 
 
 def _aiff_data_end(head: bytes) -> int | None:

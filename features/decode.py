@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from soundfile import _ffi, _snd
 
-from features.containers import FAMILIES, OGG_TAIL_BYTES, declared_data_end, ogg_ending, sniff, wav_chunks
+from features.containers import FAMILIES, OGG_TAIL_BYTES, declared_data_end, ogg_ending, sniff, wav_data_size
 from features.errors import (
     AudioTooLargeError,
     AudioTooLongError,
@@ -102,16 +102,11 @@ def _unwritten_wav_size(head: bytes, size: int) -> tuple[int, bytes] | None:
     A recorder that loses power before closing its file leaves the size at 0, which libsndfile reads
     as no samples at all. RIFF's 32-bit field reads to the end as 0xFFFFFFFF; RF64 keeps the size in
     its ds64 chunk (64 bits), given here as the bytes from the data's start to the file's end."""
-    ds64_size_at = None
-    for chunk, offset, declared in wav_chunks(head):
-        if chunk == b"ds64" and head[:4] == b"RF64" and offset + 24 <= len(head):
-            ds64_size_at = offset + 16
-        if chunk == b"data":
-            if ds64_size_at is not None:
-                unwritten = int.from_bytes(head[ds64_size_at : ds64_size_at + 8], "little") == 0
-                return (ds64_size_at, max(0, size - offset - 8).to_bytes(8, "little")) if unwritten else None
-            return (offset + 4, b"\xff" * 4) if declared == 0 else None
-    return None
+    stated = wav_data_size(head)
+    if stated is None or stated.value != 0:
+        return None
+    to_the_end = b"\xff" * 4 if stated.width == 4 else max(0, size - stated.data_start).to_bytes(8, "little")
+    return stated.at, to_the_end
 
 
 def _seek_within(file: io.BufferedReader | io.BytesIO, offset: int, whence: int) -> int:
