@@ -41,7 +41,8 @@ class Sniffed:
     name: str
     """WAV, AIFF, AU, W64, FLAC, OGG or MP3 (keys of FAMILIES)."""
     offset: int = 0
-    """Where the container starts in the file: after an ID3 tag put in front of a WAV or AIFF."""
+    """Where the container starts in the file: after an ID3 tag put in front of a WAV or AIFF, or at an
+    MP3's first frame after junk (libsndfile finds such frames only in a file named .mp3)."""
 
 
 def sniff(head: bytes) -> Sniffed | None:
@@ -54,8 +55,8 @@ def sniff(head: bytes) -> Sniffed | None:
         inner = _magic(head[after:]) if after < len(head) else None
         # Some tools put an ID3 tag in front of a WAV or AIFF; libsndfile reads the container behind it.
         return Sniffed(inner, after) if inner is not None else Sniffed("MP3")
-    if _mpeg_frames_at(head) is not None:  # junk, padding or an APE tag before the first frame
-        return Sniffed("MP3")
+    if (first_frame := _mpeg_frames_at(head)) is not None:  # junk, padding or an APE tag before the first frame
+        return Sniffed("MP3", first_frame)
     return None
 
 

@@ -120,10 +120,21 @@ def _seek_within(file: io.BufferedReader | io.BytesIO, offset: int, whence: int)
 
 
 class _Bytes(io.BytesIO):
-    """An in-memory recording for libsndfile, seeking as _seek_within does."""
+    """An in-memory recording for libsndfile, as if it began at `start` (no copy), seeking as _seek_within does."""
+
+    def __init__(self, data: bytes, start: int = 0):
+        super().__init__(data)
+        self._start = start
+        super().seek(start)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return super().seek(max(0, offset) if whence == io.SEEK_SET else offset, whence)  # relative ones stop at 0 already
+        position = super().seek(self._start + max(0, offset) if whence == io.SEEK_SET else offset, whence)
+        if position < self._start:
+            position = super().seek(self._start)
+        return position - self._start
+
+    def tell(self) -> int:
+        return super().tell() - self._start
 
 
 class _DataToTheEnd(io.RawIOBase):
@@ -158,27 +169,26 @@ class _DataToTheEnd(io.RawIOBase):
         super().close()
 
 
-def _read_head(path: str | Path) -> tuple[bytes, int]:
-    """The first bytes of a regular file, and its size; OSError for anything else. Opened without blocking and
+def _open_regular(path: str | Path) -> int:
+    """A descriptor of a regular file; OSError for anything else. Opened without blocking and
     checked before reading: a FIFO or a device named like a recording (`mkfifo x.wav` in a folder)
-    would otherwise block the reader, and the run waiting on it, for ever."""
+    would otherwise block the reader, and the run waiting on it, for ever. Everything after reads
+    this descriptor, never the name again: a file swapped for a FIFO or another recording after the
+    check is not what gets decoded."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     status = os.fstat(fd)
     if not stat.S_ISREG(status.st_mode):
         os.close(fd)
         reason = "not a regular file (a folder, FIFO, socket or device): only recordings stored as files are read"
         raise OSError(errno.EINVAL, reason, str(path))
-    with os.fdopen(fd, "rb") as file:  # closes fd
-        return file.read(_HEADER_BYTES), status.st_size
+    return fd
 
 
-def _tail(source: Source, size: int) -> bytes:
-    """The last OGG_TAIL_BYTES of a recording (bytes, or a regular file `size` bytes long)."""
+def _tail(source: bytes | int, size: int) -> bytes:
+    """The last OGG_TAIL_BYTES of a recording (bytes, or a regular file's descriptor, `size` bytes long)."""
     if isinstance(source, bytes):
         return source[-OGG_TAIL_BYTES:]
-    with open(os.fsencode(source), "rb") as file:
-        file.seek(max(0, size - OGG_TAIL_BYTES))
-        return file.read(OGG_TAIL_BYTES)
+    return os.pread(source, OGG_TAIL_BYTES, max(0, size - OGG_TAIL_BYTES))
 
 
 RATES = (8_000, 384_000)
@@ -217,11 +227,24 @@ class AudioReader:
         """max_seconds bounds the duration, max_samples the decoded frames x channels (both: None = no limit)."""
         if block_samples < 1:
             raise ValueError(f"block_samples must be >= 1, got {block_samples}")
-        if isinstance(source, (str, Path)):
-            head, size = _read_head(source)
-            # As bytes: soundfile encodes a str path strictly as UTF-8, which fails on a name that
-            # is not (a Latin-1 name from an old card reads as surrogate escapes).
-            target: bytes | _Bytes | _DataToTheEnd = os.fsencode(source)
+        self.max_seconds = max_seconds
+        self.max_samples = max_samples
+        # A path is opened once, here; libsndfile reads the same descriptor (so a name that is not
+        # UTF-8, from an old card, needs no encoding either). Closed by close(), or here on a refusal.
+        opened: bytes | int = _open_regular(source) if isinstance(source, (str, Path)) else source
+        self._fd = opened if isinstance(opened, int) else None
+        try:
+            self._open(opened, block_samples)
+        except BaseException:
+            self._close_fd()
+            raise
+
+    def _open(self, source: bytes | int, block_samples: int) -> None:
+        """The checks and libsndfile's open, on the recording's bytes or its file's descriptor."""
+        if isinstance(source, int):
+            size = os.fstat(source).st_size
+            head = os.pread(source, _HEADER_BYTES, 0)
+            target: int | _Bytes | _DataToTheEnd = source
         else:
             head, size = bytes(source[:_HEADER_BYTES]), len(source)
             target = _Bytes(source)
@@ -256,17 +279,20 @@ class AudioReader:
                 "the OGG file holds more than one stream (chained or multiplexed), and only its first would be read; one audio "
                 "stream per file is accepted (ffmpeg -i in.ogg -map 0:a:0 -c copy out.ogg keeps the first)"
             )
+        if sniffed.name == "MP3" and sniffed.offset:  # libsndfile reads from where its frames begin
+            if isinstance(source, int):
+                os.lseek(source, sniffed.offset, os.SEEK_SET)  # sf_open_fd takes the position as the file's start
+            else:
+                target = _Bytes(source, sniffed.offset)
         unwritten = _unwritten_wav_size(head[sniffed.offset :], size - sniffed.offset) if sniffed.name == "WAV" else None
         if unwritten is not None:
-            raw = _Bytes(source) if isinstance(source, bytes) else open(os.fsencode(source), "rb")  # noqa: SIM115 (closed by close())
+            raw = _Bytes(source) if isinstance(source, bytes) else open(source, "rb", closefd=False)  # noqa: SIM115 (closed by close())
             target = _DataToTheEnd(raw, sniffed.offset + unwritten[0], unwritten[1])
-        self.max_seconds = max_seconds
-        self.max_samples = max_samples
         self._opened = target if isinstance(target, _DataToTheEnd) else None
         self._declared_frames: int | None = None  # FLAC's and MP3's, once the header is read (below)
         self.frames_decoded = 0
         try:
-            self._file = sf.SoundFile(target)
+            self._file = sf.SoundFile(target, closefd=False)
         except _LIBSNDFILE_ERRORS as exc:
             if self._opened is not None:
                 self._opened.close()
@@ -287,12 +313,12 @@ class AudioReader:
             )
         header_frames = self._file.frames
         known = 0 < header_frames < _UNKNOWN_FRAMES
-        if max_seconds is not None and known and header_frames / self.sample_rate > max_seconds:
+        if self.max_seconds is not None and known and header_frames / self.sample_rate > self.max_seconds:
             self.close()
-            raise _too_long(header_frames / self.sample_rate, max_seconds, so_far=False)
-        if max_samples is not None and known and header_frames * self.channels > max_samples:
+            raise _too_long(header_frames / self.sample_rate, self.max_seconds, so_far=False)
+        if self.max_samples is not None and known and header_frames * self.channels > self.max_samples:
             self.close()
-            raise _too_large(header_frames * self.channels, self.channels, max_samples, so_far=False)
+            raise _too_large(header_frames * self.channels, self.channels, self.max_samples, so_far=False)
         self.header_seconds = header_frames / self.sample_rate if known else None
         """The duration the header states (None: it states none), before any decoding."""
         # Frames a cut FLAC or MP3 still claims (its stream info, its length header), checked once
@@ -368,6 +394,12 @@ class AudioReader:
         self._file.close()
         if self._opened is not None:
             self._opened.close()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> AudioReader:
         return self

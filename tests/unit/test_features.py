@@ -103,6 +103,56 @@ def test_a_fifo_or_folder_named_like_a_recording_is_refused_without_blocking(tmp
             AudioReader(path)
 
 
+@pytest.mark.timeout(20)
+def test_a_file_swapped_after_its_checks_is_not_what_gets_decoded(tmp_path, monkeypatch):
+    """The checks (regular file, container, size) and the decoding read one descriptor: a file
+    replaced by another recording, or by a FIFO that would block for ever, between the checks
+    and libsndfile's open is not opened again by name."""
+    import features.decode
+
+    path = tmp_path / "swapped.wav"
+    path.write_bytes(encode(noise(3.0), 16_000, "WAV", "PCM_16"))
+    (tmp_path / "other.wav").write_bytes(encode(noise(7.0), 16_000, "WAV", "PCM_16"))
+    checked = features.decode.sniff
+
+    def sniff_then_swap(head: bytes) -> Sniffed | None:
+        if replacement == "fifo":
+            path.unlink()
+            os.mkfifo(path)
+        else:
+            os.replace(tmp_path / "other.wav", path)
+        return checked(head)
+
+    monkeypatch.setattr(features.decode, "sniff", sniff_then_swap)
+    for replacement in ("recording", "fifo"):
+        with AudioReader(path) as reader:
+            assert sum(len(block) for block in reader.blocks()) == 3 * 16_000, replacement
+        path.unlink()
+        path.write_bytes(encode(noise(3.0), 16_000, "WAV", "PCM_16"))
+
+
+def test_every_file_opened_is_closed_whether_it_is_read_or_refused(tmp_path):
+    good = tmp_path / "good.flac"
+    good.write_bytes(encode(noise(1.0), 16_000, "FLAC", "PCM_16"))
+    wav = encode(noise(1.0), 16_000, "WAV", "PCM_16")
+    unwritten = tmp_path / "unwritten.wav"  # read through the size overlay
+    unwritten.write_bytes(wav[:40] + bytes(4) + wav[44:])
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(wav[: len(wav) // 2])
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio" * 100)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        for path in (good, unwritten):
+            assert len(FrontEnd().analyze(path).windows.features) >= 1
+        for path in (cut, junk):
+            with pytest.raises(AudioError):
+                FrontEnd().analyze(path)
+        with AudioReader(good) as reader:
+            next(reader.blocks())  # left part way
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_zero_sample_file_is_empty():
     with pytest.raises(EmptyAudioError):
         FrontEnd().analyze(encode(np.zeros((0, 1), np.float32), 16_000, "WAV", "PCM_16"))
@@ -205,11 +255,17 @@ def test_whole_files_decode_and_cut_ones_are_refused_whatever_the_codec_or_the_w
 
 def test_an_mp3_whose_frames_start_after_junk_is_found_by_its_frames(tmp_path):
     """Zero padding or a stream captured mid-frame before the first frame header: two frame headers
-    a frame apart say MPEG audio, as libsndfile finds it when it reads the file."""
+    a frame apart say MPEG audio, and it is read from that frame on, uploaded or from a file of any
+    name (libsndfile alone finds such frames only in a file named .mp3)."""
     mp3 = encode(noise(3.0), 16_000, "MP3", "MPEG_LAYER_III")
+    whole = FrontEnd().analyze(mp3).audio.duration_seconds
     for name, data in {"padded": bytes(500) + mp3, "mid-frame": mp3[1001:]}.items():
-        (tmp_path / f"{name}.mp3").write_bytes(data)
-        assert len(FrontEnd().analyze(tmp_path / f"{name}.mp3").windows.features) >= 1, name
+        for file_name in (f"{name}.mp3", f"{name}.bin"):
+            (tmp_path / file_name).write_bytes(data)
+        for source in (data, tmp_path / f"{name}.mp3", tmp_path / f"{name}.bin"):
+            analysis = FrontEnd().analyze(source)
+            assert len(analysis.windows.features) >= 1, (name, source)
+            assert whole - 0.2 < analysis.audio.duration_seconds <= whole, (name, source)  # mid-frame loses its cut frames
 
 
 def test_a_container_libsndfile_reads_as_another_than_its_bytes_named_is_refused(monkeypatch):
