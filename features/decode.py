@@ -169,8 +169,8 @@ class _DataToTheEnd(io.RawIOBase):
         super().close()
 
 
-def _open_regular(path: str | Path) -> int:
-    """A descriptor of a regular file; OSError for anything else. Opened without blocking and
+def _open_regular(path: str | Path) -> tuple[int, int]:
+    """A descriptor of a regular file, and its size; OSError for anything else. Opened without blocking and
     checked before reading: a FIFO or a device named like a recording (`mkfifo x.wav` in a folder)
     would otherwise block the reader, and the run waiting on it, for ever. Everything after reads
     this descriptor, never the name again: a file swapped for a FIFO or another recording after the
@@ -181,7 +181,7 @@ def _open_regular(path: str | Path) -> int:
         os.close(fd)
         reason = "not a regular file (a folder, FIFO, socket or device): only recordings stored as files are read"
         raise OSError(errno.EINVAL, reason, str(path))
-    return fd
+    return fd, status.st_size
 
 
 def _tail(source: bytes | int, size: int) -> bytes:
@@ -231,22 +231,21 @@ class AudioReader:
         self.max_samples = max_samples
         # A path is opened once, here; libsndfile reads the same descriptor (so a name that is not
         # UTF-8, from an old card, needs no encoding either). Closed by close(), or here on a refusal.
-        opened: bytes | int = _open_regular(source) if isinstance(source, (str, Path)) else source
+        opened, size = _open_regular(source) if isinstance(source, (str, Path)) else (source, len(source))
         self._fd = opened if isinstance(opened, int) else None
         try:
-            self._open(opened, block_samples)
+            self._open(opened, size, block_samples)
         except BaseException:
             self._close_fd()
             raise
 
-    def _open(self, source: bytes | int, block_samples: int) -> None:
-        """The checks and libsndfile's open, on the recording's bytes or its file's descriptor."""
+    def _open(self, source: bytes | int, size: int, block_samples: int) -> None:
+        """The checks and libsndfile's open, on the recording's bytes or its file's descriptor (`size` bytes)."""
         if isinstance(source, int):
-            size = os.fstat(source).st_size
             head = os.pread(source, _HEADER_BYTES, 0)
             target: int | _Bytes | _DataToTheEnd = source
         else:
-            head, size = bytes(source[:_HEADER_BYTES]), len(source)
+            head = bytes(source[:_HEADER_BYTES])
             target = _Bytes(source)
         if not head:
             raise EmptyAudioError(f"the audio is empty (0 bytes); a recording is needed, in one of: {_ACCEPTED_TEXT}")
@@ -286,7 +285,7 @@ class AudioReader:
                 target = _Bytes(source, sniffed.offset)
         unwritten = _unwritten_wav_size(head[sniffed.offset :], size - sniffed.offset) if sniffed.name == "WAV" else None
         if unwritten is not None:
-            raw = _Bytes(source) if isinstance(source, bytes) else open(source, "rb", closefd=False)  # noqa: SIM115 (closed by close())
+            raw = target if isinstance(target, _Bytes) else open(source, "rb", closefd=False)  # noqa: SIM115 (closed by close())
             target = _DataToTheEnd(raw, sniffed.offset + unwritten[0], unwritten[1])
         self._opened = target if isinstance(target, _DataToTheEnd) else None
         self._declared_frames: int | None = None  # FLAC's and MP3's, once the header is read (below)
